@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from taxifare_core.contract import (
     CSV_TIME_FORMAT,
@@ -30,6 +33,10 @@ from taxifare_core.contract import (
 )
 
 _MISSING_TEXT = frozenset({"", "null", "none", "nan", "na", "n/a"})
+_MISSING_ARROW = pa.array(sorted(_MISSING_TEXT))
+# Finite decimal numbers only: no "inf", no "1_000", no hex, as a CSV reader expects.
+_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+_WHOLE_NUMBER = r"^[-+]?\d+(\.0*)?$"
 _TIME_FORMATS = (
     CSV_TIME_FORMAT,
     "%Y-%m-%d %H:%M:%S",
@@ -60,20 +67,19 @@ def is_missing(value) -> bool:
 
 
 def parse_number(column: str, value) -> float:
-    """A numeric field as float; NaN when missing; MalformedRecord when not a number."""
+    """A numeric field as float; NaN when missing; MalformedRecord when not a (whole) number."""
     if is_missing(value):
         return math.nan
-    if isinstance(value, bool):
-        raise MalformedRecord(f"{column}: expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise MalformedRecord(f"{column}: expected a number, got {value!r}") from None
-    if math.isinf(number):
-        raise MalformedRecord(f"{column}: expected a finite number, got {value!r}")
-    if column == PASSENGER_COLUMN and not math.isnan(number) and number != int(number):
-        raise MalformedRecord(f"{column}: expected a whole number, got {value!r}")
-    return number
+    if isinstance(value, str):
+        pattern = _WHOLE_NUMBER if column == PASSENGER_COLUMN else _NUMBER
+        if not re.match(pattern, value.strip()):
+            raise MalformedRecord(_number_message(column).format(value=value))
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or math.isinf(value):
+        raise MalformedRecord(_number_message(column).format(value=value))
+    if column == PASSENGER_COLUMN and value != int(value):
+        raise MalformedRecord(_number_message(column).format(value=value))
+    return float(value)
 
 
 def parse_timestamp(value) -> datetime | None:
@@ -136,55 +142,63 @@ def header_columns(header_line: str) -> list[str]:
     return columns
 
 
-def _numeric_column(values: pd.Series, column: str) -> tuple[np.ndarray, pd.Series]:
-    """Vectorized parse_number: (float64 values, per-row reason or None)."""
+def _number_message(column: str) -> str:
+    """The reason template for an unreadable value of a numeric column."""
+    kind = "a whole number" if column == PASSENGER_COLUMN else "a number"
+    return f"{column}: expected {kind}, got {{value!r}}"
+
+
+def _set_reasons(reasons: np.ndarray, bad: np.ndarray, values: pd.Series, message: str) -> None:
+    """Write `message` (formatted with the raw value) for rows that are bad and have no reason yet."""
+    rows = np.flatnonzero(bad & (reasons == None))  # noqa: E711 - elementwise on an object array
+    for row in rows:
+        reasons[row] = message.format(value=values.iloc[row])
+
+
+def _text(values: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    """A raw column as trimmed Arrow text, and where it is missing."""
+    text = pc.utf8_trim_whitespace(pa.array(values.astype("string"), type=pa.string()))
+    missing = pc.or_kleene(pc.is_null(text), pc.is_in(pc.utf8_lower(text), value_set=_MISSING_ARROW))
+    return text, missing.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _numeric_column(values: pd.Series, column: str, reasons: np.ndarray) -> np.ndarray:
+    """Vectorized parse_number: float64 values, NaN when missing; bad rows get a reason."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        reasons = pd.Series(None, index=values.index, dtype=object)
+        _set_reasons(reasons, np.isinf(numbers), values, f"{column}: expected a number, got {{value!r}}")
     else:
-        text = values.astype("string").str.strip()
-        missing = text.isna() | text.str.lower().isin(_MISSING_TEXT)
-        numbers = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
-        unreadable = (~missing & np.isnan(numbers)).to_numpy(dtype=bool)
-        reasons = pd.Series(None, index=values.index, dtype=object)
-        if unreadable.any():
-            reasons[unreadable] = [
-                f"{column}: expected a number, got {v!r}" for v in values[unreadable]
-            ]
-    bad = np.isinf(numbers)
+        text, missing = _text(values)
+        pattern = _WHOLE_NUMBER if column == PASSENGER_COLUMN else _NUMBER
+        readable = pc.fill_null(pc.match_substring_regex(text, pattern), False).to_numpy(zero_copy_only=False)
+        numbers = pc.cast(pc.if_else(readable, text, None), pa.float64()).to_numpy(zero_copy_only=False)
+        numbers = np.where(readable, numbers, np.nan)
+        _set_reasons(reasons, ~missing & ~readable, values, _number_message(column))
     if column == PASSENGER_COLUMN:
-        bad |= np.isfinite(numbers) & (numbers != np.floor(numbers))
-    if bad.any():
-        word = "a whole number" if column == PASSENGER_COLUMN else "a finite number"
-        reasons[bad & reasons.isna().to_numpy()] = [
-            f"{column}: expected {word}, got {v!r}" for v in values[bad & reasons.isna().to_numpy()]
-        ]
-    return numbers, reasons
+        fractional = np.isfinite(numbers) & (numbers != np.floor(numbers))
+        _set_reasons(reasons, fractional, values, _number_message(column))
+    return numbers
 
 
-def _time_column(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Vectorized parse_timestamp: (datetime64[ns, UTC] Series, NaT when missing; per-row reason)."""
-    reasons = pd.Series(None, index=values.index, dtype=object)
+def _time_column(values: pd.Series, reasons: np.ndarray) -> pd.Series:
+    """Vectorized parse_timestamp: datetime64[ns, UTC], NaT when missing; bad rows get a reason."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC").dt.as_unit("ns"), reasons
+        return values.dt.tz_convert("UTC").dt.as_unit("ns")
     if pd.api.types.is_datetime64_dtype(values):
-        return values.dt.tz_localize("UTC").dt.as_unit("ns"), reasons
+        return values.dt.tz_localize("UTC").dt.as_unit("ns")
     if values.dtype == object and len(values) and isinstance(values.iloc[0], datetime):
-        values = values.map(parse_timestamp, na_action="ignore")
-        return pd.to_datetime(values, utc=True).dt.as_unit("ns"), reasons
-    text = values.astype("string").str.strip()
-    missing = text.isna() | text.str.lower().isin(_MISSING_TEXT)
-    stamps = pd.to_datetime(text, format=CSV_TIME_FORMAT, errors="coerce", utc=True)
-    stamps = stamps.dt.as_unit("ns")
+        return pd.to_datetime(values.map(parse_timestamp, na_action="ignore"), utc=True).dt.as_unit("ns")
+    text, missing = _text(values)
+    parsed = pc.strptime(text, format=CSV_TIME_FORMAT, unit="ns", error_is_null=True)
+    stamps = pd.Series(parsed.to_numpy(zero_copy_only=False), index=values.index).dt.tz_localize("UTC")
     # Rows not in the common CSV form go through the per-record parser.
-    for position in np.flatnonzero((~missing & stamps.isna()).to_numpy(dtype=bool)):
+    for row in np.flatnonzero(~missing & stamps.isna().to_numpy()):
         try:
-            stamps.iloc[position] = pd.Timestamp(parse_timestamp(text.iloc[position]))
+            stamps.iloc[row] = pd.Timestamp(parse_timestamp(text[row].as_py()))
         except MalformedRecord as error:
-            reasons.iloc[position] = error.reason
-    return stamps, reasons
+            if reasons[row] is None:
+                reasons[row] = error.reason
+    return stamps
 
 
 def parse_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
@@ -192,20 +206,15 @@ def parse_frame(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
 
     Returns the typed rides (numeric columns float64, `pickup_datetime`
     datetime64[ns, UTC] with NaT when missing) and, for every row that is bad
-    input, its reason (a Series indexed like `raw`, None for good rows).
+    input, its reason (a Series indexed like `raw`, None for good rows). The
+    first bad column in contract order gives the reason, as in `parse_record`.
     """
     absent = [column for column in RAW_COLUMNS if column not in raw.columns]
     if absent:
         raise MalformedRecord(f"missing column(s): {', '.join(absent)}")
-    typed = {}
-    reasons = pd.Series(None, index=raw.index, dtype=object)
-    for column in NUMERIC_COLUMNS:
-        typed[column], column_reasons = _numeric_column(raw[column], column)
-        reasons = reasons.fillna(column_reasons) if column_reasons.notna().any() else reasons
-    typed[TIME_COLUMN], time_reasons = _time_column(raw[TIME_COLUMN])
-    if time_reasons.notna().any():
-        reasons = reasons.fillna(time_reasons)
+    reasons = np.full(len(raw), None, dtype=object)
+    typed = {column: _numeric_column(raw[column], column, reasons) for column in NUMERIC_COLUMNS}
+    typed[TIME_COLUMN] = _time_column(raw[TIME_COLUMN], reasons)
     if KEY_COLUMN in raw.columns:
         typed[KEY_COLUMN] = raw[KEY_COLUMN].astype("string").to_numpy(dtype=object, na_value=None)
-    frame = pd.DataFrame(typed, index=raw.index)
-    return frame, reasons
+    return pd.DataFrame(typed, index=raw.index), pd.Series(reasons, index=raw.index, dtype=object)

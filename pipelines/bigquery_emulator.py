@@ -1,0 +1,100 @@
+"""Point Apache Beam's BigQuery IO at a local BigQuery emulator, in this process.
+
+Beam has no endpoint option for BigQuery, so this redirects the three private names
+its ReadFromBigQuery goes through (a Beam upgrade that moves them fails
+tests/test_bigquery_emulator.py::test_beam_still_has_the_redirected_names):
+
+- `BigQueryWrapper._bigquery_client` builds the REST client (jobs, tables, datasets);
+- `apache_beam.io.gcp.bigquery.bq_storage` gives the Storage Read API client (DIRECT_READ);
+- `gce_metadata_util.fetch_dataflow_job_id` would ask the GCE metadata server.
+
+Both clients use anonymous credentials, so nothing looks for a login. The redirect
+lives in this process only: run the pipeline on the DirectRunner in-process
+(`--direct_running_mode in_memory`), which is what `--bigquery_emulator HOST:PORT`
+of `python -m pipelines.preprocess` is for.
+
+    from pipelines.bigquery_emulator import use_bigquery_emulator
+    use_bigquery_emulator("127.0.0.1:9050")            # REST; Storage Read on port + 10
+    use_bigquery_emulator("127.0.0.1:9050", grpc_port=9060)
+"""
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+import grpc
+from google.auth.credentials import AnonymousCredentials
+
+from apache_beam.io.gcp import bigquery as beam_bigquery
+from apache_beam.io.gcp import bigquery_tools, gce_metadata_util
+from apache_beam.io.gcp.internal.clients import bigquery as bigquery_api
+from apache_beam.internal.http_client import get_new_http
+
+# `local-bigquery serve` listens for gRPC (Storage Read) on its REST port + 10 by default.
+DEFAULT_GRPC_PORT_OFFSET = 10
+REST_PATH = "/bigquery/v2/"
+# Names this module replaces, for the guard test: (owner, attribute).
+REDIRECTED_NAMES = (
+    (bigquery_tools.BigQueryWrapper, "_bigquery_client"),
+    (beam_bigquery, "bq_storage"),
+    (gce_metadata_util, "fetch_dataflow_job_id"),
+)
+
+
+def parse_host_port(host_port: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); ValueError with a clear message otherwise."""
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT for the BigQuery emulator, got {host_port!r}")
+    return host, int(port)
+
+
+def _rest_client(base_url: str, pipeline_options=None):
+    """Beam's apitools BigQuery client, talking to the emulator."""
+    # No credentials at all: apitools then sends plain requests, as the emulator expects.
+    return bigquery_api.BigqueryV2(
+        url=base_url, http=get_new_http(), get_credentials=False, response_encoding="utf8"
+    )
+
+
+def _storage_module(grpc_target: str) -> types.ModuleType:
+    """A stand-in for google.cloud.bigquery_storage_v1 whose read client uses an insecure channel."""
+    import google.cloud.bigquery_storage_v1 as bq_storage
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+        BigQueryReadGrpcTransport,
+    )
+
+    def read_client(**kwargs):
+        transport = BigQueryReadGrpcTransport(channel=grpc.insecure_channel(grpc_target))
+        return bq_storage.BigQueryReadClient(transport=transport, **kwargs)
+
+    module = types.ModuleType(f"{bq_storage.__name__}_emulator")
+    module.__dict__.update(bq_storage.__dict__)
+    module.BigQueryReadClient = read_client
+    return module
+
+
+def _no_dataflow_job_id() -> str:
+    """Not on a Dataflow worker: the emulator's jobs get no beam_job_id label."""
+    return ""
+
+
+def use_bigquery_emulator(host_port: str, grpc_port: int | None = None) -> None:
+    """Send this process's Beam BigQuery reads to the emulator at host_port (REST)."""
+    host, port = parse_host_port(host_port)
+    grpc_port = grpc_port or port + DEFAULT_GRPC_PORT_OFFSET
+    for owner, name in REDIRECTED_NAMES:
+        if not hasattr(owner, name):
+            raise RuntimeError(
+                f"apache_beam moved {getattr(owner, '__name__', owner)}.{name}: "
+                "pipelines/bigquery_emulator.py must follow it"
+            )
+    base_url = f"http://{host}:{port}{REST_PATH}"
+    bigquery_tools.BigQueryWrapper._bigquery_client = staticmethod(
+        functools.partial(_rest_client, base_url)
+    )
+    beam_bigquery.bq_storage = _storage_module(f"{host}:{grpc_port}")
+    gce_metadata_util.fetch_dataflow_job_id = _no_dataflow_job_id
+    # google-cloud-bigquery clients made elsewhere in this process follow too.
+    os.environ["BIGQUERY_EMULATOR_HOST"] = f"http://{host}:{port}"

@@ -1,0 +1,102 @@
+"""Write seeded, realistic raw NYC taxi rides as sharded CSVs (see taxifare_core/generate.py).
+
+    python scripts/generate_rides.py                      # the default sample, once
+    python scripts/generate_rides.py --rows 10000000 --num_shards 8 --output /tmp/rides
+
+Without --output it fills the embedded default sample folder
+($LOCAL_DATA_PATH/raw/generated_{rows}_seed{seed}) if it is absent, atomically.
+Bad flags and unwritable outputs end with one error line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from taxifare_core import generate  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not usage plus a line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _at_least(minimum: int):
+    """argparse type: an integer >= minimum (underscores allowed, e.g. 1_000_000)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line."""
+    parser = _Parser(
+        prog="generate_rides.py",
+        description="Generate realistic raw NYC taxi rides (the raw table's columns plus key, "
+        "with the real data's share of dirty rows) as CSV shards with a header each. "
+        "Row i depends only on --seed, so any --num_shards gives the same rows.",
+    )
+    parser.add_argument("--rows", type=_at_least(0), default=generate.DEFAULT_SAMPLE_ROWS,
+                        help="number of rides to write (default %(default)s)")
+    parser.add_argument("--seed", type=_at_least(0), default=generate.DEFAULT_SEED,
+                        help="random seed; same seed, same rides (default %(default)s)")
+    parser.add_argument("--num_shards", type=_at_least(1), default=1,
+                        help="number of CSV files; each holds a contiguous range of rows (default %(default)s)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder to write PREFIX-00000-of-0000K.csv files into (default: the "
+                        "embedded default sample folder under $LOCAL_DATA_PATH/raw, written only if absent)")
+    parser.add_argument("--prefix", default="rides", help="file name prefix (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete PREFIX-*.csv files already in --output instead of refusing")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Generate, report progress per block on stderr and one summary line on stdout."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+
+    def progress(rows: int) -> None:
+        # Only worth a line when there is more than one block to wait for.
+        if args.rows > generate.BLOCK_ROWS:
+            seconds = time.perf_counter() - start
+            print(f"  {rows:,}/{args.rows:,} rows ({rows / args.rows:.0%}) in {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
+
+    target = args.output or generate.default_sample_dir(args.rows, args.seed)
+    try:
+        if args.output is None:
+            if target.is_dir():
+                print(f"default sample already present: {target} (nothing written)")
+                return 0
+            glob = generate.ensure_default_sample(args.rows, args.seed, args.num_shards, progress)
+            files = sorted(Path(glob).parent.glob(Path(glob).name))
+        else:
+            files = generate.write_ride_shards(
+                args.output, args.rows, args.seed, args.num_shards, args.prefix, args.overwrite, progress
+            )
+    except OSError as err:
+        print(f"generate_rides.py: error: cannot write to {target}: {err}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.rows:,} rows to {len(files)} file(s) in {target} in {seconds:.2f} s "
+          f"({args.rows / max(seconds, 1e-9):,.0f} rows/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

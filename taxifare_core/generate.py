@@ -1,0 +1,472 @@
+"""Seeded generator of realistic raw NYC taxi rides: the project's embedded default data.
+
+Rides have the raw table's columns plus `key` (CONTRACT.md section 1) and its usual
+dirt (zero coordinates, rides outside New York, bad fares and passenger counts, a
+few empty fields and exact duplicates). Every figure below was measured on the
+real 8,000-ride sample (/work/shared/data/nyc_taxi_fare_sample_8k.csv) - shares,
+profiles and fitted zone weights, never its rows - except the NYC meter and toll
+tariffs, which are public, and taxi speeds, which the sample cannot show.
+
+Row i depends only on (seed, i): rows are made in fixed blocks of BLOCK_ROWS, each
+seeded from SeedSequence(seed, spawn_key=(block,)), so any sharding or start row
+yields the same rows. Pure numpy/pandas/pyarrow (no Beam, no TensorFlow).
+
+    python scripts/generate_rides.py --rows 1000000 --num_shards 4 --output /tmp/rides
+
+    >>> from taxifare_core import contract, generate
+    >>> rides = generate.generate_rides(1000, seed=1)
+    >>> tuple(rides.columns) == contract.RAW_COLUMNS_WITH_KEY
+    True
+    >>> 0.01 < generate.dirty_shares(rides)["total"] < 0.06
+    True
+
+Pickup times follow the sample's stamps: its "UTC" stamps follow New York's
+wall clock (fewest rides at 04:00-05:00, most at 18:00-22:00 on the stamp), so the
+generator draws the stamp from that same profile, exactly as the real table has it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from taxifare_core import contract
+
+BLOCK_ROWS = 100_000
+DEFAULT_SAMPLE_ROWS = 100_000
+DEFAULT_SEED = 42
+FIRST_DAY, LAST_DAY = np.datetime64("2009-01-01"), np.datetime64("2015-06-30")
+
+# --- time, measured on the sample's stamps -----------------------------------
+
+YEAR_RIDES = {2009: 1232, 2010: 1224, 2011: 1286, 2012: 1294, 2013: 1235, 2014: 1159, 2015: 570}
+MONTH_RIDES = (642, 580, 696, 614, 671, 677, 616, 549, 589, 627, 591, 578)  # 2009-2014 only
+WEEKDAY_RIDES = (1056, 1136, 1163, 1151, 1164, 1242, 1088)  # Monday first
+HOUR_RIDES_WEEKDAY = (170, 109, 69, 57, 39, 57, 135, 269, 322, 333, 239, 266,
+                      287, 278, 277, 241, 228, 292, 377, 338, 353, 336, 316, 282)  # fmt: skip
+HOUR_RIDES_WEEKEND = (144, 129, 95, 88, 64, 23, 22, 38, 56, 76, 90, 126,
+                      121, 120, 123, 111, 98, 101, 112, 127, 104, 118, 130, 114)  # fmt: skip
+# Two vendors: one stamps whole minutes and carries most 5-6 passenger rides;
+# it had about half the rides until it vanishes from the 2015 sample.
+MINUTE_VENDOR_SHARE = {2015: 0.012}, 0.495
+PASSENGER_RIDES = {  # passengers 1..6, by vendor
+    "seconds": (3359, 627, 173, 76, 22, 22),
+    "minutes": (2262, 520, 182, 73, 526, 126),
+}
+
+# --- places: a Gaussian mixture of named zones --------------------------------
+# Centres and spreads are placed by hand (Manhattan zones stretched along its
+# street grid, 29 degrees east of north); the pickup and dropoff weights (%) were
+# fitted by EM to the sample's in-box pickups and dropoffs.
+# name, lon, lat, sd along the axis (km), sd across (km), axis angle (deg), pickup %, dropoff %
+ZONES = (
+    ("financial_district", -74.009, 40.709, 0.6, 0.5, 29, 2.96, 3.09),
+    ("tribeca_soho", -74.004, 40.722, 0.7, 0.6, 29, 3.49, 3.52),
+    ("village", -73.996, 40.733, 0.8, 0.8, 29, 16.76, 12.15),
+    ("lower_east_side", -73.984, 40.722, 0.6, 0.6, 29, 1.89, 2.01),
+    ("chelsea_flatiron", -73.993, 40.745, 0.8, 0.7, 29, 7.01, 6.62),
+    ("midtown", -73.981, 40.757, 1.2, 0.8, 29, 37.69, 38.38),
+    ("upper_east_side", -73.958, 40.774, 1.2, 0.5, 29, 13.55, 13.25),
+    ("upper_west_side", -73.975, 40.786, 1.2, 0.5, 29, 8.29, 7.91),
+    ("harlem", -73.945, 40.812, 1.5, 0.7, 29, 0.68, 1.48),
+    ("upper_manhattan", -73.935, 40.850, 2.0, 0.7, 29, 0.17, 0.93),
+    ("jfk", -73.785, 40.645, 0.5, 0.5, 0, 1.64, 0.70),
+    ("lga", -73.872, 40.773, 0.4, 0.3, 0, 2.01, 1.16),
+    ("ewr", -74.178, 40.692, 0.4, 0.4, 0, 0.00, 0.17),
+    ("williamsburg", -73.957, 40.714, 0.6, 0.6, 0, 0.74, 1.21),
+    ("downtown_brooklyn", -73.988, 40.688, 0.8, 0.8, 0, 1.24, 1.58),
+    ("brooklyn", -73.955, 40.655, 3.0, 3.0, 0, 0.24, 1.66),
+    ("long_island_city", -73.930, 40.752, 1.2, 1.2, 0, 1.15, 1.85),
+    ("queens", -73.840, 40.725, 4.0, 4.0, 0, 0.27, 1.57),
+    ("bronx", -73.900, 40.840, 3.0, 3.0, 0, 0.06, 0.38),
+    ("new_york_area", -73.950, 40.730, 10.0, 10.0, 0, 0.18, 0.39),
+)
+ZONE_NAMES = tuple(z[0] for z in ZONES)
+MANHATTAN_ZONES = ZONE_NAMES[:10]
+AIRPORT_ZONES = ("jfk", "lga", "ewr")
+SAME_ZONE_SHARE = 0.45  # trips that stay in their pickup zone (never at an airport)
+ZERO_DISTANCE_SHARE = 0.011  # the sample's rides whose dropoff equals the pickup
+KM_PER_DEG_LAT = 110.57
+KM_PER_DEG_LON = 111.32 * np.cos(np.radians(40.75))
+
+# --- the meter (NYC TLC tariffs; fare_amount excludes surcharges and tips) ----
+
+FLAG_DROP = 2.5
+RATE_CHANGE = np.datetime64("2012-09-04")
+UNIT_PRICE = (0.4, 0.5)  # per 1/5 mile or per slow unit, before / after the change
+SLOW_UNIT_MINUTES = (2.0, 1.0)
+JFK_FLAT_FARE = (45.0, 52.0)
+# Bridge and tunnel tolls, which some vendors add into fare_amount.
+TOLLS = ((np.datetime64("2009-01-01"), 4.57), (np.datetime64("2010-12-30"), 4.80),
+         (np.datetime64("2013-03-03"), 5.33), (np.datetime64("2015-03-22"), 5.54))  # fmt: skip
+JFK_TOLL_SHARE, LONG_TRIP_TOLL_SHARE, LONG_TRIP_KM = 0.7, 0.2, 8.0
+ODD_FARE_SHARE = 0.02  # hand-entered round-dollar fares
+# Mean taxi speed (km/h) by hour of the stamp, weekdays; weekends run freer.
+SPEED_KMH = (24, 25, 26, 27, 28, 26, 21, 15, 12, 12, 12, 12,
+             12, 12, 12, 12, 13, 13, 13, 14, 16, 18, 20, 22)  # fmt: skip
+WEEKEND_SPEEDUP = 1.2
+
+# --- dirt: share of rows per kind (the sample's counts by contract rule) ------
+# Missing values and duplicates are absent from the sample; 0.1% each exercises
+# those rules. The sample's outside-box rows are split into its kinds.
+DIRT = {
+    "zero_coordinates": 0.0185,
+    "passenger_zero": 0.0039,
+    "passenger_many": 0.0001,
+    "fare_not_positive": 0.0002,
+    "fare_huge": 0.00005,
+    "partial_zero": 0.001,
+    "gps_default": 0.001,  # a receiver's stuck position, far north-east of the box
+    "swapped_lat_lon": 0.0005,
+    "typo": 0.0005,
+    "far_away": 0.00125,
+    "missing": 0.001,
+    "duplicate": 0.001,
+}
+GPS_DEFAULT_POINT = (-73.137393, 41.366138)
+
+
+def _weights(counts) -> np.ndarray:
+    """Counts to probabilities."""
+    counts = np.asarray(counts, dtype=float)
+    return counts / counts.sum()
+
+
+@lru_cache(maxsize=1)
+def _day_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every day of the range, its cumulative draw probability and whether it is a weekend."""
+    days = np.arange(FIRST_DAY, LAST_DAY + 1)
+    years = days.astype("datetime64[Y]").astype(int) + 1970
+    months = days.astype("datetime64[M]").astype(int) % 12
+    weekday = (days.astype(int) + 3) % 7  # 1970-01-01 was a Thursday
+    days_in_year = {y: (years == y).sum() for y in YEAR_RIDES}
+    per_day = np.array([YEAR_RIDES[y] / days_in_year[y] for y in years])
+    weight = per_day * _weights(MONTH_RIDES)[months] * _weights(WEEKDAY_RIDES)[weekday]
+    return days, np.cumsum(weight) / weight.sum(), weekday >= 5
+
+
+@lru_cache(maxsize=1)
+def _zone_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zone centres, 2x2 degree transforms, cumulative pickup/dropoff weights, airport flags."""
+    centres = np.array([(z[1], z[2]) for z in ZONES])
+    transforms = []
+    for _, _, _, along, across, angle, _, _ in ZONES:
+        a = np.radians(angle)
+        km = np.array([[np.sin(a) * along, np.cos(a) * across],
+                       [np.cos(a) * along, -np.sin(a) * across]])  # fmt: skip
+        transforms.append(km / np.array([[KM_PER_DEG_LON], [KM_PER_DEG_LAT]]))
+    pickup = np.cumsum(_weights([z[6] for z in ZONES]))
+    dropoff = np.cumsum(_weights([z[7] for z in ZONES]))
+    airport = np.isin(ZONE_NAMES, AIRPORT_ZONES)
+    return centres, np.array(transforms), pickup, dropoff, airport
+
+
+def _draw(rng: np.random.Generator, cumulative: np.ndarray, n: int) -> np.ndarray:
+    """n indices drawn from a cumulative distribution."""
+    return np.minimum(np.searchsorted(cumulative, rng.random(n), side="right"), len(cumulative) - 1)
+
+
+# Arrow casts second timestamps to "%Y-%m-%d %H:%M:%S" text 30x faster than its
+# strftime; the CSV form is that text plus a literal suffix (" UTC").
+_ISO_SECONDS = "%Y-%m-%d %H:%M:%S"
+_CSV_TIME_SUFFIX = contract.CSV_TIME_FORMAT.removeprefix(_ISO_SECONDS)
+assert "%" not in _CSV_TIME_SUFFIX, contract.CSV_TIME_FORMAT
+
+
+def _stamp_text(stamps: pa.Array) -> pa.Array:
+    """Naive second-resolution timestamps as "%Y-%m-%d %H:%M:%S" strings."""
+    return stamps.cast(pa.string())
+
+
+def _haversine_km(lon1, lat1, lon2, lat2) -> np.ndarray:
+    """Great-circle distance (CONTRACT.md section 3)."""
+    lon1, lat1, lon2, lat2 = map(np.radians, (lon1, lat1, lon2, lat2))
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * contract.EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
+
+
+def _times(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pickup stamps (datetime64[s]) and whether their vendor stamps whole minutes."""
+    days, cumulative, weekend = _day_table()
+    day = _draw(rng, cumulative, n)
+    u = rng.random(n)
+    hour = np.where(
+        weekend[day],
+        np.searchsorted(np.cumsum(_weights(HOUR_RIDES_WEEKEND)), u, side="right"),
+        np.searchsorted(np.cumsum(_weights(HOUR_RIDES_WEEKDAY)), u, side="right"),
+    ).clip(0, 23)
+    years = days[day].astype("datetime64[Y]").astype(int) + 1970
+    by_year, otherwise = MINUTE_VENDOR_SHARE
+    minute_share = np.array([by_year.get(y, otherwise) for y in range(2009, 2016)])[years - 2009]
+    whole_minutes = rng.random(n) < minute_share
+    seconds = np.where(whole_minutes, 0, rng.integers(0, 60, n))
+    offset = hour * 3600 + rng.integers(0, 60, n) * 60 + seconds
+    return days[day].astype("datetime64[s]") + offset, whole_minutes
+
+
+def _places(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """Pickup/dropoff coordinates and zone indices."""
+    centres, transforms, pickup_cum, dropoff_cum, airport = _zone_tables()
+    pickup_zone = _draw(rng, pickup_cum, n)
+    dropoff_zone = np.where(
+        (rng.random(n) < SAME_ZONE_SHARE) & ~airport[pickup_zone],
+        pickup_zone,
+        _draw(rng, dropoff_cum, n),
+    )
+    points = []
+    for zone in (pickup_zone, dropoff_zone):
+        offset = np.einsum("nij,nj->ni", transforms[zone], rng.standard_normal((n, 2)))
+        points.append(centres[zone] + offset)
+    (plon, plat), (dlon, dlat) = points[0].T, points[1].T
+    return plon, plat, dlon, dlat, pickup_zone, dropoff_zone
+
+
+def _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zone) -> np.ndarray:
+    """Meter fares: flag drop + distance units + slow-traffic time units, plus tolls and odd fares."""
+    n = len(stamps)
+    after = (stamps >= RATE_CHANGE).astype(int)
+    straight = _haversine_km(plon, plat, dlon, dlat)
+    # Streets add a detour to the straight line, more on short trips.
+    driven = straight * 1.25 * rng.lognormal(0.0, 0.2, n) + 0.5 * rng.random(n)
+    hour = (stamps - stamps.astype("datetime64[D]")).astype(int) // 3600
+    speed = np.asarray(SPEED_KMH)[hour] * np.where(weekend, WEEKEND_SPEEDUP, 1.0)
+    # Longer trips reach highways; the lognormal is the traffic of the day.
+    speed = speed * (1 + np.minimum(driven, 20) / 15) * rng.lognormal(0.0, 0.4, n)
+    minutes = driven / speed * 60
+    # Lights and pickup queues add slow time even to the shortest ride.
+    slow_minutes = minutes * np.clip(1.1 - speed / 30, 0.05, 0.9) + rng.exponential(1.5, n)
+    units = np.floor(driven / 1.609344 * 5) + np.floor(slow_minutes / np.take(SLOW_UNIT_MINUTES, after))
+    fare = FLAG_DROP + np.take(UNIT_PRICE, after) * units
+
+    manhattan = np.isin(np.arange(len(ZONES)), [ZONE_NAMES.index(z) for z in MANHATTAN_ZONES])
+    jfk = ZONE_NAMES.index("jfk")
+    flat = ((pickup_zone == jfk) & manhattan[dropoff_zone]) | ((dropoff_zone == jfk) & manhattan[pickup_zone])
+    fare = np.where(flat, np.take(JFK_FLAT_FARE, after), fare)
+    odd = rng.random(n) < ODD_FARE_SHARE
+    fare = np.where(odd, np.round(fare * rng.uniform(0.8, 1.2, n)), fare)
+    toll_share = np.where(flat, JFK_TOLL_SHARE, np.where(straight > LONG_TRIP_KM, LONG_TRIP_TOLL_SHARE, 0))
+    toll_dates, toll_amounts = zip(*TOLLS)
+    toll = np.asarray(toll_amounts)[np.searchsorted(np.asarray(toll_dates), stamps, side="right") - 1]
+    return np.round(fare + np.where(rng.random(n) < toll_share, toll, 0.0), 2)
+
+
+def _block_table(seed: int, block: int) -> pa.Table:
+    """All BLOCK_ROWS rows of one block, as an Arrow table with nulls for missing values."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+    n = BLOCK_ROWS
+    stamps, whole_minutes = _times(rng, n)
+    _, _, weekend_days = _day_table()
+    weekend = weekend_days[(stamps.astype("datetime64[D]") - FIRST_DAY).astype(int)]
+    plon, plat, dlon, dlat, pickup_zone, dropoff_zone = _places(rng, n)
+    fare = _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zone)
+    same_spot = rng.random(n) < ZERO_DISTANCE_SHARE
+    dlon, dlat = np.where(same_spot, plon, dlon), np.where(same_spot, plat, dlat)
+    passengers = np.where(
+        whole_minutes,
+        _draw(rng, np.cumsum(_weights(PASSENGER_RIDES["minutes"])), n),
+        _draw(rng, np.cumsum(_weights(PASSENGER_RIDES["seconds"])), n),
+    ) + 1
+
+    kind = _draw(rng, np.cumsum([*DIRT.values(), 1 - sum(DIRT.values())]), n)
+    is_ = {name: kind == i for i, name in enumerate(DIRT)}
+    coords = np.stack([plon, plat, dlon, dlat])  # contract.COORDINATE_COLUMNS order
+    coords[:, is_["zero_coordinates"]] = 0.0
+    half = rng.integers(0, 2, n)  # which end (pickup 0, dropoff 1) a one-ended dirt hits
+    for end in (0, 1):
+        coords[2 * end : 2 * end + 2, is_["partial_zero"] & (half == end)] = 0.0
+        gps = is_["gps_default"] & ((half == end) | (rng.random(n) < 0.3))
+        coords[2 * end : 2 * end + 2, gps] = np.array(GPS_DEFAULT_POINT)[:, None]
+        # Far rides start or end 40-60 km away: beyond the box in every direction.
+        far = is_["far_away"] & (half == end)
+        angle, radius = rng.uniform(0, 2 * np.pi, n), rng.uniform(40, 60, n)
+        coords[2 * end, far] += (radius * np.cos(angle) / KM_PER_DEG_LON)[far]
+        coords[2 * end + 1, far] += (radius * np.sin(angle) / KM_PER_DEG_LAT)[far]
+    coords[:, is_["swapped_lat_lon"]] = coords[[1, 0, 3, 2]][:, is_["swapped_lat_lon"]]
+    # A typo scales one coordinate by ten, either way.
+    typo_col = rng.integers(0, 4, n)
+    typo_factor = np.where(rng.random(n) < 0.5, 10.0, 0.1)
+    rows = np.flatnonzero(is_["typo"])
+    coords[typo_col[rows], rows] *= typo_factor[rows]
+    passengers = np.where(is_["passenger_zero"], 0, passengers)
+    passengers = np.where(is_["passenger_many"], rng.choice([9, 49, 208], n), passengers)
+    fare = np.where(is_["fare_not_positive"], np.where(rng.random(n) < 0.5, -fare, 0.0), fare)
+    fare = np.where(is_["fare_huge"], np.round(rng.uniform(400, 2000, n), 2), fare)
+    coords = np.round(coords, 6)
+
+    # Exact duplicates copy the seven columns of another (non-duplicate) row of the block.
+    dupes = np.flatnonzero(is_["duplicate"])
+    originals = np.flatnonzero(~is_["duplicate"])[rng.integers(0, n - len(dupes), len(dupes))]
+    for column in (stamps, fare, passengers, coords.T):
+        column[dupes] = column[originals]
+
+    first_row = block * BLOCK_ROWS
+    # Like the real keys: the pickup time, then a unique suffix (here the row number).
+    key = pc.binary_join_element_wise(
+        _stamp_text(pa.array(stamps.astype("int64"), type=pa.timestamp("s"))),
+        pc.utf8_lpad(pa.array(np.arange(first_row, first_row + n)).cast(pa.string()), 7, "0"),
+        ".",
+    )
+    # A missing row loses one of its seven columns.
+    missing_col = np.where(is_["missing"], rng.integers(0, len(contract.RAW_COLUMNS), n), -1)
+    values = [fare, stamps.astype("int64"), *coords, passengers]
+    types = [pa.float64(), pa.timestamp("s", tz="UTC"), *[pa.float64()] * 4, pa.int16()]
+    columns = [key] + [
+        pa.array(v, type=t, mask=missing_col == i) for i, (v, t) in enumerate(zip(values, types))
+    ]
+    return pa.table(columns, names=list(contract.RAW_COLUMNS_WITH_KEY))
+
+
+def _iter_tables(start: int, stop: int, seed: int) -> Iterator[pa.Table]:
+    """Arrow tables of rows [start, stop), block by block."""
+    for block in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
+        lo = max(start, block * BLOCK_ROWS) - block * BLOCK_ROWS
+        hi = min(stop, (block + 1) * BLOCK_ROWS) - block * BLOCK_ROWS
+        yield _block_table(seed, block).slice(lo, hi - lo)
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow rides to the raw DataFrame schema (nullable passenger_count, ns timestamps)."""
+    table = table.set_column(
+        2, contract.TIME_COLUMN, table[contract.TIME_COLUMN].cast(pa.timestamp("ns", tz="UTC"))
+    )
+    return table.to_pandas(types_mapper={pa.int16(): pd.Int16Dtype()}.get)
+
+
+def iter_ride_blocks(n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0) -> Iterator[pd.DataFrame]:
+    """Rows [start_row, start_row + n_rows) as DataFrames of at most BLOCK_ROWS rows."""
+    for table in _iter_tables(start_row, start_row + n_rows, seed):
+        yield _to_frame(table)
+
+
+def generate_rides(n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0) -> pd.DataFrame:
+    """Rows [start_row, start_row + n_rows) in memory, index 0..n_rows-1."""
+    frames = list(iter_ride_blocks(n_rows, seed, start_row))
+    if not frames:
+        return _to_frame(_block_table(seed, 0).slice(0, 0))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _csv_table(table: pa.Table) -> pa.Table:
+    """The table with its timestamps in the contract's CSV form."""
+    stamps = table[contract.TIME_COLUMN].cast(pa.timestamp("s"))
+    text = pc.binary_join_element_wise(_stamp_text(stamps), _CSV_TIME_SUFFIX, "")
+    return table.set_column(2, contract.TIME_COLUMN, text)
+
+
+def shard_paths(output_dir, num_shards: int, prefix: str = "rides") -> list[Path]:
+    """Shard file names, e.g. rides-00000-of-00004.csv."""
+    return [Path(output_dir) / f"{prefix}-{k:05d}-of-{num_shards:05d}.csv" for k in range(num_shards)]
+
+
+def write_ride_shards(
+    output_dir,
+    n_rows: int,
+    seed: int = DEFAULT_SEED,
+    num_shards: int = 1,
+    prefix: str = "rides",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Stream n_rows rides to num_shards CSVs (contiguous row ranges, header in each).
+
+    Refuses a directory that already holds `{prefix}-*.csv` files unless `overwrite`
+    (which deletes them first): a glob over the folder would mix two runs.
+    `progress(rows_written)` is called after every block.
+    """
+    if n_rows < 0 or num_shards < 1:
+        raise ValueError(f"need n_rows >= 0 and num_shards >= 1, got {n_rows} and {num_shards}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stale = sorted(output_dir.glob(f"{prefix}-*.csv"))
+    if stale and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds {stale[0].name}; overwrite=True (--overwrite) replaces them"
+        )
+    for path in stale:
+        path.unlink()
+    header = (",".join(contract.RAW_COLUMNS_WITH_KEY) + "\n").encode()
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+    paths, written = shard_paths(output_dir, num_shards, prefix), 0
+    for k, path in enumerate(paths):
+        with open(path, "wb") as out:
+            out.write(header)
+            for table in _iter_tables(k * n_rows // num_shards, (k + 1) * n_rows // num_shards, seed):
+                pa_csv.write_csv(_csv_table(table), out, options)
+                written += table.num_rows
+                if progress:
+                    progress(written)
+    return paths
+
+
+def default_sample_dir(n_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = DEFAULT_SEED) -> Path:
+    """Where the embedded default sample lives, under the local data path."""
+    return contract.local_data_path() / "raw" / f"generated_{n_rows}_seed{seed}"
+
+
+def ensure_default_sample(
+    n_rows: int = DEFAULT_SAMPLE_ROWS,
+    seed: int = DEFAULT_SEED,
+    num_shards: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> str:
+    """Generate the default sample once if absent; return the glob of its CSVs."""
+    final = default_sample_dir(n_rows, seed)
+    if not final.is_dir():
+        # Write beside it, then rename: an interrupted run never leaves a half sample.
+        temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(temp, ignore_errors=True)
+        write_ride_shards(temp, n_rows, seed, num_shards, progress=progress)
+        try:
+            temp.rename(final)
+        except OSError:  # another process finished first: its rows are identical
+            shutil.rmtree(temp, ignore_errors=True)
+            if not final.is_dir():
+                raise
+    return str(final / "rides-*.csv")
+
+
+def dirty_shares(rides: pd.DataFrame) -> dict[str, float]:
+    """Share of rows each cleaning rule drops (first failing rule wins), plus "total".
+
+    A measuring helper for comparing samples, not the pipeline's cleaner. Duplicates
+    (later copies of the seven columns) come first, then contract.ROW_RULES in order.
+    """
+    raw = rides[list(contract.RAW_COLUMNS)]
+    num = raw[list(contract.NUMERIC_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype("float64")
+    lat = num[["pickup_latitude", "dropoff_latitude"]]
+    lon = num[["pickup_longitude", "dropoff_longitude"]]
+    fails = {
+        contract.RULE_DUPLICATE: raw.duplicated(keep="first").to_numpy(),
+        contract.RULE_MISSING: raw.isna().any(axis=1).to_numpy(),
+        contract.RULE_ZERO_COORDINATES: (num[list(contract.COORDINATE_COLUMNS)] == 0).all(axis=1).to_numpy(),
+        contract.RULE_PASSENGER_COUNT: ~(
+            (num[contract.PASSENGER_COLUMN] > contract.PASSENGER_MIN_EXCLUSIVE)
+            & (num[contract.PASSENGER_COLUMN] < contract.PASSENGER_MAX_EXCLUSIVE)
+        ).to_numpy(),
+        contract.RULE_FARE: ~(
+            (num[contract.LABEL_COLUMN] > contract.FARE_MIN_EXCLUSIVE)
+            & (num[contract.LABEL_COLUMN] < contract.FARE_MAX_EXCLUSIVE)
+        ).to_numpy(),
+        contract.RULE_LATITUDE: ~lat.apply(
+            lambda c: c.between(contract.LATITUDE_MIN, contract.LATITUDE_MAX)
+        ).all(axis=1).to_numpy(),
+        contract.RULE_LONGITUDE: ~lon.apply(
+            lambda c: c.between(contract.LONGITUDE_MIN, contract.LONGITUDE_MAX)
+        ).all(axis=1).to_numpy(),
+    }
+    taken = np.zeros(len(rides), dtype=bool)
+    shares = {}
+    for rule in contract.CLEANING_RULES:
+        first = fails[rule] & ~taken
+        shares[rule] = first.sum() / max(len(rides), 1)
+        taken |= first
+    shares["total"] = taken.sum() / max(len(rides), 1)
+    return {rule: float(share) for rule, share in shares.items()}

@@ -1,0 +1,77 @@
+"""The data scientists' Keras network (CONTRACT.md section 5), with the loss as a choice.
+
+TensorFlow / Keras are imported inside the functions: the preprocessing
+pipeline imports `taxifare_core` on Beam workers that must not load TensorFlow.
+
+    >>> model = build_model(learning_rate=0.0005, loss="mse")
+    >>> model.fit(X, y, batch_size=256)
+"""
+from __future__ import annotations
+
+import os
+
+from taxifare_core.contract import (
+    LEARNING_RATE,
+    MODEL_BN_MOMENTUM,
+    MODEL_DROPOUT,
+    MODEL_L2,
+    MODEL_UNITS,
+    N_FEATURES,
+)
+
+LOSSES = ("mse", "huber", "mae")
+# Huber's threshold in dollars: errors under it are squared, larger ones count linearly.
+HUBER_DELTA = 1.0
+
+
+def keras_module():
+    """Keras, imported quietly on first use."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    return keras
+
+
+def loss_function(name: str):
+    """The Keras loss for a name in LOSSES."""
+    keras = keras_module()
+    if name == "mse":
+        return keras.losses.MeanSquaredError()
+    if name == "huber":
+        return keras.losses.Huber(delta=HUBER_DELTA)
+    if name == "mae":
+        return keras.losses.MeanAbsoluteError()
+    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+
+
+def build_model(learning_rate: float = LEARNING_RATE, loss: str = "mse", seed: int | None = None):
+    """The contract's network, compiled with Adam, the chosen loss and the MAE metric."""
+    keras = keras_module()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    first, second = MODEL_UNITS
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(N_FEATURES,)),
+            layers.Dense(first, activation="relu", kernel_regularizer=keras.regularizers.L2(MODEL_L2)),
+            layers.BatchNormalization(momentum=MODEL_BN_MOMENTUM),
+            layers.Dropout(MODEL_DROPOUT),
+            layers.Dense(second, activation="relu"),
+            layers.BatchNormalization(momentum=MODEL_BN_MOMENTUM),
+            layers.Dropout(MODEL_DROPOUT),
+            layers.Dense(1, activation="linear"),
+        ]
+    )
+    compile_model(model, learning_rate, loss)
+    return model
+
+
+def compile_model(model, learning_rate: float, loss: str) -> None:
+    """(Re)compile with Adam at `learning_rate`, the named loss and MAE."""
+    keras = keras_module()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=loss_function(loss),
+        metrics=["mae"],
+    )

@@ -1,0 +1,168 @@
+"""Streaming reader of processed shards: fixed-size chunks of (features, fares), any shard count.
+
+Shards are the preprocessing pipeline's CSVs (65 features then fare, no header;
+CONTRACT.md section 4), found by a glob on local disk or `gs://`. Rows flow
+through pyarrow's streaming CSV reader into one preallocated chunk at a time,
+so memory depends on `chunk_size`, never on the dataset; chunks cross shard
+boundaries, so their count follows `chunk_size`, not the number of shards.
+
+    >>> for features, fares in iter_chunks("/tmp/processed/train-*.csv", chunk_size=100_000):
+    ...     model.fit(features, fares)
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from taxifare_core import storage
+from taxifare_core.contract import N_FEATURES, N_PROCESSED_COLUMNS
+
+# pyarrow parses this many bytes per block; bigger blocks parse faster, in parallel.
+BLOCK_BYTES = 8 << 20
+_COLUMN_NAMES = [f"c{j}" for j in range(N_PROCESSED_COLUMNS)]
+
+
+class ShardError(ValueError):
+    """No shard matches the glob, or a shard is not a processed CSV."""
+
+
+def shard_paths(pattern: str) -> list[str]:
+    """The shards matching a glob, sorted; ShardError when none does."""
+    paths = storage.glob(pattern)
+    if not paths:
+        raise ShardError(f"no file matches {pattern}")
+    return paths
+
+
+def _open_stream(path: str):
+    """pyarrow's streaming CSV reader over one shard (local or remote, compression by extension)."""
+    source = path if not storage.is_remote(path) else pa.PythonFile(storage.open_binary(path), mode="r")
+    compression = pa.Codec.detect(path).name if path.endswith((".gz", ".bz2", ".zst", ".lz4")) else None
+    stream = pa.input_stream(source, compression=compression)
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=_COLUMN_NAMES, block_size=BLOCK_BYTES),
+        convert_options=pacsv.ConvertOptions(column_types={name: pa.float32() for name in _COLUMN_NAMES}),
+    )
+
+
+def _iter_batches(path: str) -> Iterator[pa.RecordBatch]:
+    """Record batches of one shard; an empty shard yields nothing."""
+    try:
+        reader = _open_stream(path)
+    except pa.ArrowInvalid as error:
+        if "Empty CSV file" in str(error):
+            return
+        raise ShardError(f"{path}: not a processed CSV ({error})") from None
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as error:
+            raise ShardError(
+                f"{path}: not a processed CSV of {N_PROCESSED_COLUMNS} numeric columns ({error})"
+            ) from None
+        if batch.num_rows:
+            yield batch
+
+
+def _iter_row_blocks(paths: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """(path, batch) over every shard in order."""
+    for path in paths:
+        for batch in _iter_batches(path):
+            yield path, batch
+
+
+def _fill(features: np.ndarray, fares: np.ndarray, at: int, batch: pa.RecordBatch, rows: slice, path: str) -> None:
+    """Copy `rows` of a record batch into the chunk buffers from row `at`."""
+    part = batch.slice(rows.start, rows.stop - rows.start)
+    if any(column.null_count for column in part.columns):
+        raise ShardError(f"{path}: empty value in a processed row")
+    end = at + part.num_rows
+    for j in range(N_FEATURES):
+        features[at:end, j] = part.column(j).to_numpy()
+    fares[at:end] = part.column(N_FEATURES).to_numpy()
+
+
+def _chunks(paths: list[str], chunk_size: int, skip_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of exactly `chunk_size` rows (the last may be shorter), after `skip_rows` rows."""
+    features = np.empty((chunk_size, N_FEATURES), dtype=np.float32)
+    fares = np.empty(chunk_size, dtype=np.float32)
+    filled, to_skip = 0, skip_rows
+    for path, batch in _iter_row_blocks(paths):
+        start = min(to_skip, batch.num_rows)
+        to_skip -= start
+        while start < batch.num_rows:
+            take = min(chunk_size - filled, batch.num_rows - start)
+            _fill(features, fares, filled, batch, slice(start, start + take), path)
+            filled, start = filled + take, start + take
+            if filled == chunk_size:
+                yield features, fares
+                # A fresh buffer: the consumer may still hold the previous one.
+                features = np.empty((chunk_size, N_FEATURES), dtype=np.float32)
+                fares = np.empty(chunk_size, dtype=np.float32)
+                filled = 0
+    if filled:
+        yield features[:filled], fares[:filled]
+
+
+def _prefetched(iterator: Iterator, depth: int) -> Iterator:
+    """Run `iterator` in a background thread, `depth` items ahead (pyarrow parses without the GIL)."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                items.put(item)
+            items.put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            items.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def iter_chunks(
+    pattern: str, chunk_size: int, skip_rows: int = 0, prefetch: int = 1
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features float32 (n, 65), fares float32 (n,)) chunks over all shards of `pattern`.
+
+    `skip_rows` resumes after that many rows; `prefetch` chunks are read ahead
+    in a thread while the caller trains (0: read in the caller's thread).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    chunks = _chunks(shard_paths(pattern), chunk_size, skip_rows)
+    return _prefetched(chunks, prefetch) if prefetch > 0 else chunks
+
+
+def read_rows(pattern: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `max_rows` rows of the shards (a bounded sample), as (features, fares)."""
+    for features, fares in _chunks(shard_paths(pattern), max_rows, 0):
+        return features.copy(), fares.copy()
+    return np.empty((0, N_FEATURES), dtype=np.float32), np.empty(0, dtype=np.float32)
