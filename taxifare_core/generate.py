@@ -54,9 +54,8 @@ HOUR_RIDES_WEEKDAY = (170, 109, 69, 57, 39, 57, 135, 269, 322, 333, 239, 266,
                       287, 278, 277, 241, 228, 292, 377, 338, 353, 336, 316, 282)  # fmt: skip
 HOUR_RIDES_WEEKEND = (144, 129, 95, 88, 64, 23, 22, 38, 56, 76, 90, 126,
                       121, 120, 123, 111, 98, 101, 112, 127, 104, 118, 130, 114)  # fmt: skip
-# Two vendors: one stamps whole minutes and carries most 5-6 passenger rides;
-# it had about half the rides until it vanishes from the 2015 sample.
-MINUTE_VENDOR_SHARE = {2015: 0.012}, 0.495
+# Two vendors: one stamps whole minutes and carries most 5-6 passenger rides.
+MINUTE_VENDOR_SHARE = (0.469, 0.504, 0.489, 0.505, 0.511, 0.495, 0.012)  # 2009..2015
 PASSENGER_RIDES = {  # passengers 1..6, by vendor
     "seconds": (3359, 627, 173, 76, 22, 22),
     "minutes": (2262, 520, 182, 73, 526, 126),
@@ -132,6 +131,10 @@ DIRT = {
     "duplicate": 0.001,
 }
 GPS_DEFAULT_POINT = (-73.137393, 41.366138)
+BOX_CENTRE = (
+    (contract.LONGITUDE_MIN + contract.LONGITUDE_MAX) / 2,
+    (contract.LATITUDE_MIN + contract.LATITUDE_MAX) / 2,
+)
 
 
 def _weights(counts) -> np.ndarray:
@@ -193,8 +196,8 @@ def _haversine_km(lon1, lat1, lon2, lat2) -> np.ndarray:
     return 2 * contract.EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
 
 
-def _times(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pickup stamps (datetime64[s]) and whether their vendor stamps whole minutes."""
+def _times(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pickup stamps (datetime64[s]), weekend flags, and whether the vendor stamps whole minutes."""
     days, cumulative, weekend = _day_table()
     day = _draw(rng, cumulative, n)
     u = rng.random(n)
@@ -203,13 +206,11 @@ def _times(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         np.searchsorted(np.cumsum(_weights(HOUR_RIDES_WEEKEND)), u, side="right"),
         np.searchsorted(np.cumsum(_weights(HOUR_RIDES_WEEKDAY)), u, side="right"),
     ).clip(0, 23)
-    years = days[day].astype("datetime64[Y]").astype(int) + 1970
-    by_year, otherwise = MINUTE_VENDOR_SHARE
-    minute_share = np.array([by_year.get(y, otherwise) for y in range(2009, 2016)])[years - 2009]
-    whole_minutes = rng.random(n) < minute_share
+    year_index = (days[day].astype("datetime64[Y]") - FIRST_DAY.astype("datetime64[Y]")).astype(int)
+    whole_minutes = rng.random(n) < np.asarray(MINUTE_VENDOR_SHARE)[year_index]
     seconds = np.where(whole_minutes, 0, rng.integers(0, 60, n))
     offset = hour * 3600 + rng.integers(0, 60, n) * 60 + seconds
-    return days[day].astype("datetime64[s]") + offset, whole_minutes
+    return days[day].astype("datetime64[s]") + offset, weekend[day], whole_minutes
 
 
 def _places(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
@@ -246,8 +247,7 @@ def _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zo
     units = np.floor(driven / 1.609344 * 5) + np.floor(slow_minutes / np.take(SLOW_UNIT_MINUTES, after))
     fare = FLAG_DROP + np.take(UNIT_PRICE, after) * units
 
-    manhattan = np.isin(np.arange(len(ZONES)), [ZONE_NAMES.index(z) for z in MANHATTAN_ZONES])
-    jfk = ZONE_NAMES.index("jfk")
+    manhattan, jfk = np.isin(ZONE_NAMES, MANHATTAN_ZONES), ZONE_NAMES.index("jfk")
     flat = ((pickup_zone == jfk) & manhattan[dropoff_zone]) | ((dropoff_zone == jfk) & manhattan[pickup_zone])
     fare = np.where(flat, np.take(JFK_FLAT_FARE, after), fare)
     odd = rng.random(n) < ODD_FARE_SHARE
@@ -262,11 +262,10 @@ def _block_table(seed: int, block: int) -> pa.Table:
     """All BLOCK_ROWS rows of one block, as an Arrow table with nulls for missing values."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
     n = BLOCK_ROWS
-    stamps, whole_minutes = _times(rng, n)
-    _, _, weekend_days = _day_table()
-    weekend = weekend_days[(stamps.astype("datetime64[D]") - FIRST_DAY).astype(int)]
+    stamps, weekend, whole_minutes = _times(rng, n)
     plon, plat, dlon, dlat, pickup_zone, dropoff_zone = _places(rng, n)
     fare = _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zone)
+    # Rides that end where they start keep the fare of the trip (the GPS froze).
     same_spot = rng.random(n) < ZERO_DISTANCE_SHARE
     dlon, dlat = np.where(same_spot, plon, dlon), np.where(same_spot, plat, dlat)
     passengers = np.where(
@@ -275,35 +274,37 @@ def _block_table(seed: int, block: int) -> pa.Table:
         _draw(rng, np.cumsum(_weights(PASSENGER_RIDES["seconds"])), n),
     ) + 1
 
+    # Each row gets at most one kind of dirt.
     kind = _draw(rng, np.cumsum([*DIRT.values(), 1 - sum(DIRT.values())]), n)
-    is_ = {name: kind == i for i, name in enumerate(DIRT)}
+    dirt = {name: kind == i for i, name in enumerate(DIRT)}
     coords = np.stack([plon, plat, dlon, dlat])  # contract.COORDINATE_COLUMNS order
-    coords[:, is_["zero_coordinates"]] = 0.0
+    coords[:, dirt["zero_coordinates"]] = 0.0
     half = rng.integers(0, 2, n)  # which end (pickup 0, dropoff 1) a one-ended dirt hits
     for end in (0, 1):
-        coords[2 * end : 2 * end + 2, is_["partial_zero"] & (half == end)] = 0.0
-        gps = is_["gps_default"] & ((half == end) | (rng.random(n) < 0.3))
+        coords[2 * end : 2 * end + 2, dirt["partial_zero"] & (half == end)] = 0.0
+        gps = dirt["gps_default"] & ((half == end) | (rng.random(n) < 0.3))
         coords[2 * end : 2 * end + 2, gps] = np.array(GPS_DEFAULT_POINT)[:, None]
-        # Far rides start or end 40-60 km away: beyond the box in every direction.
-        far = is_["far_away"] & (half == end)
+        # Far rides start or end 40-60 km from the box centre: beyond its corners (34 km).
+        far = dirt["far_away"] & (half == end)
         angle, radius = rng.uniform(0, 2 * np.pi, n), rng.uniform(40, 60, n)
-        coords[2 * end, far] += (radius * np.cos(angle) / KM_PER_DEG_LON)[far]
-        coords[2 * end + 1, far] += (radius * np.sin(angle) / KM_PER_DEG_LAT)[far]
-    coords[:, is_["swapped_lat_lon"]] = coords[[1, 0, 3, 2]][:, is_["swapped_lat_lon"]]
+        coords[2 * end, far] = (BOX_CENTRE[0] + radius * np.cos(angle) / KM_PER_DEG_LON)[far]
+        coords[2 * end + 1, far] = (BOX_CENTRE[1] + radius * np.sin(angle) / KM_PER_DEG_LAT)[far]
+    coords[:, dirt["swapped_lat_lon"]] = coords[[1, 0, 3, 2]][:, dirt["swapped_lat_lon"]]
     # A typo scales one coordinate by ten, either way.
     typo_col = rng.integers(0, 4, n)
     typo_factor = np.where(rng.random(n) < 0.5, 10.0, 0.1)
-    rows = np.flatnonzero(is_["typo"])
+    rows = np.flatnonzero(dirt["typo"])
     coords[typo_col[rows], rows] *= typo_factor[rows]
-    passengers = np.where(is_["passenger_zero"], 0, passengers)
-    passengers = np.where(is_["passenger_many"], rng.choice([9, 49, 208], n), passengers)
-    fare = np.where(is_["fare_not_positive"], np.where(rng.random(n) < 0.5, -fare, 0.0), fare)
-    fare = np.where(is_["fare_huge"], np.round(rng.uniform(400, 2000, n), 2), fare)
+    passengers = np.where(dirt["passenger_zero"], 0, passengers)
+    # Absurd counts like those of the full public data set (9, 49, 208).
+    passengers = np.where(dirt["passenger_many"], rng.choice([9, 49, 208], n), passengers)
+    fare = np.where(dirt["fare_not_positive"], np.where(rng.random(n) < 0.5, -fare, 0.0), fare)
+    fare = np.where(dirt["fare_huge"], np.round(rng.uniform(400, 2000, n), 2), fare)
     coords = np.round(coords, 6)
 
     # Exact duplicates copy the seven columns of another (non-duplicate) row of the block.
-    dupes = np.flatnonzero(is_["duplicate"])
-    originals = np.flatnonzero(~is_["duplicate"])[rng.integers(0, n - len(dupes), len(dupes))]
+    dupes = np.flatnonzero(dirt["duplicate"])
+    originals = np.flatnonzero(~dirt["duplicate"])[rng.integers(0, n - len(dupes), len(dupes))]
     for column in (stamps, fare, passengers, coords.T):
         column[dupes] = column[originals]
 
@@ -315,7 +316,7 @@ def _block_table(seed: int, block: int) -> pa.Table:
         ".",
     )
     # A missing row loses one of its seven columns.
-    missing_col = np.where(is_["missing"], rng.integers(0, len(contract.RAW_COLUMNS), n), -1)
+    missing_col = np.where(dirt["missing"], rng.integers(0, len(contract.RAW_COLUMNS), n), -1)
     values = [fare, stamps.astype("int64"), *coords, passengers]
     types = [pa.float64(), pa.timestamp("s", tz="UTC"), *[pa.float64()] * 4, pa.int16()]
     columns = [key] + [
