@@ -20,11 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from taxifare_core import generate  # noqa: E402
 
 
+PROG = Path(__file__).name
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, not usage plus a line."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
 def _at_least(minimum: int):
@@ -45,7 +48,7 @@ def _at_least(minimum: int):
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line."""
     parser = _Parser(
-        prog="generate_rides.py",
+        prog=PROG,
         description="Generate realistic raw NYC taxi rides (the raw table's columns plus key, "
         "with the real data's share of dirty rows) as CSV shards with a header each. "
         "Row i depends only on --seed, so any --num_shards gives the same rows.",
@@ -55,11 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=_at_least(0), default=generate.DEFAULT_SEED,
                         help="random seed; same seed, same rides (default %(default)s)")
     parser.add_argument("--num_shards", type=_at_least(1), default=1,
-                        help="number of CSV files; each holds a contiguous range of rows (default %(default)s)")
+                        help="number of CSV files, each a contiguous range of rows "
+                        "(default %(default)s)")
     parser.add_argument("--output", type=Path, default=None,
-                        help="folder to write PREFIX-00000-of-0000K.csv files into (default: the "
-                        "embedded default sample folder under $LOCAL_DATA_PATH/raw, written only if absent)")
-    parser.add_argument("--prefix", default="rides", help="file name prefix (default %(default)s)")
+                        help="folder for the PREFIX-00000-of-0000K.csv files (default: the "
+                        "embedded default sample folder, $LOCAL_DATA_PATH/raw/"
+                        "generated_ROWS_seedSEED, written only if absent)")
+    parser.add_argument("--prefix", default=generate.DEFAULT_PREFIX,
+                        help="file name prefix, with --output (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete PREFIX-*.csv files already in --output instead of refusing")
     return parser.parse_args(argv)
@@ -86,11 +92,10 @@ def main(argv=None) -> int:
             glob = generate.ensure_default_sample(args.rows, args.seed, args.num_shards, progress)
             files = sorted(Path(glob).parent.glob(Path(glob).name))
         else:
-            files = generate.write_ride_shards(
-                args.output, args.rows, args.seed, args.num_shards, args.prefix, args.overwrite, progress
-            )
+            files = generate.write_ride_shards(args.output, args.rows, args.seed, args.num_shards,
+                                               args.prefix, args.overwrite, progress)  # fmt: skip
     except OSError as err:
-        print(f"generate_rides.py: error: cannot write to {target}: {err}", file=sys.stderr)
+        print(f"{PROG}: error: cannot write to {target}: {err}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     print(f"wrote {args.rows:,} rows to {len(files)} file(s) in {target} in {seconds:.2f} s "

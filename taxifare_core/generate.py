@@ -1,15 +1,15 @@
 """Seeded generator of realistic raw NYC taxi rides: the project's embedded default data.
 
 Rides have the raw table's columns plus `key` (CONTRACT.md section 1) and its usual
-dirt (zero coordinates, rides outside New York, bad fares and passenger counts, a
-few empty fields and exact duplicates). Every figure below was measured on the
-real 8,000-ride sample (/work/shared/data/nyc_taxi_fare_sample_8k.csv) - shares,
-profiles and fitted zone weights, never its rows - except the NYC meter and toll
-tariffs, which are public, and taxi speeds, which the sample cannot show.
+dirt: zero coordinates, rides outside New York, bad fares and passenger counts, a
+few empty fields and exact duplicates. The figures below were measured on the real
+8,000-ride sample (/work/shared/data/nyc_taxi_fare_sample_8k.csv) - shares, profiles,
+fitted zone weights, never its rows - except the public NYC meter and toll tariffs
+and taxi speeds, which the sample cannot show.
 
 Row i depends only on (seed, i): rows are made in fixed blocks of BLOCK_ROWS, each
 seeded from SeedSequence(seed, spawn_key=(block,)), so any sharding or start row
-yields the same rows. Pure numpy/pandas/pyarrow (no Beam, no TensorFlow).
+gives the same rows. Pure numpy/pandas/pyarrow (no Beam, no TensorFlow).
 
     python scripts/generate_rides.py --rows 1000000 --num_shards 4 --output /tmp/rides
 
@@ -20,9 +20,11 @@ yields the same rows. Pure numpy/pandas/pyarrow (no Beam, no TensorFlow).
     >>> 0.01 < generate.dirty_shares(rides)["total"] < 0.06
     True
 
-Pickup times follow the sample's stamps: its "UTC" stamps follow New York's
-wall clock (fewest rides at 04:00-05:00, most at 18:00-22:00 on the stamp), so the
-generator draws the stamp from that same profile, exactly as the real table has it.
+Pickup stamps copy the real table's clock: its "UTC" stamps follow New York's wall
+clock (fewest rides at 04:00-05:00, most at 18:00-22:00 on the stamp), so the stamp
+is drawn from that profile as written, and the pipeline's UTC-to-New-York conversion
+treats generated and real rows alike. In memory, coordinates and fares are float64
+(the CSV values exactly) and passenger_count is a nullable Int16.
 """
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from taxifare_core import contract
+from taxifare_core import cleaning, contract
 
 BLOCK_ROWS = 100_000
 DEFAULT_SAMPLE_ROWS = 100_000
 DEFAULT_SEED = 42
+DEFAULT_PREFIX = "rides"
 FIRST_DAY, LAST_DAY = np.datetime64("2009-01-01"), np.datetime64("2015-06-30")
 
 # --- time, measured on the sample's stamps -----------------------------------
@@ -89,12 +92,15 @@ ZONES = (
     ("new_york_area", -73.950, 40.730, 10.0, 10.0, 0, 0.18, 0.39),
 )
 ZONE_NAMES = tuple(z[0] for z in ZONES)
-MANHATTAN_ZONES = ZONE_NAMES[:10]
+MANHATTAN_ZONES = ZONE_NAMES[:10]  # the zones with the 29-degree axis
 AIRPORT_ZONES = ("jfk", "lga", "ewr")
-SAME_ZONE_SHARE = 0.45  # trips that stay in their pickup zone (never at an airport)
+# Trips that stay in their pickup zone (never at an airport): tuned so that trip
+# lengths match the sample's quartiles.
+SAME_ZONE_SHARE = 0.45
 ZERO_DISTANCE_SHARE = 0.011  # the sample's rides whose dropoff equals the pickup
 KM_PER_DEG_LAT = 110.57
 KM_PER_DEG_LON = 111.32 * np.cos(np.radians(40.75))
+KM_PER_MILE = 1.609344
 
 # --- the meter (NYC TLC tariffs; fare_amount excludes surcharges and tips) ----
 
@@ -108,7 +114,8 @@ TOLLS = ((np.datetime64("2009-01-01"), 4.57), (np.datetime64("2010-12-30"), 4.80
          (np.datetime64("2013-03-03"), 5.33), (np.datetime64("2015-03-22"), 5.54))  # fmt: skip
 JFK_TOLL_SHARE, LONG_TRIP_TOLL_SHARE, LONG_TRIP_KM = 0.7, 0.2, 8.0
 ODD_FARE_SHARE = 0.02  # hand-entered round-dollar fares
-# Mean taxi speed (km/h) by hour of the stamp, weekdays; weekends run freer.
+# Mean taxi speed (km/h) by hour of the stamp, weekdays (weekends run freer): typical
+# city speeds, tuned with the meter so that fares match the sample's quartiles.
 SPEED_KMH = (24, 25, 26, 27, 28, 26, 21, 15, 12, 12, 12, 12,
              12, 12, 12, 12, 13, 13, 13, 14, 16, 18, 20, 22)  # fmt: skip
 WEEKEND_SPEEDUP = 1.2
@@ -182,6 +189,7 @@ def _draw(rng: np.random.Generator, cumulative: np.ndarray, n: int) -> np.ndarra
 _ISO_SECONDS = "%Y-%m-%d %H:%M:%S"
 _CSV_TIME_SUFFIX = contract.CSV_TIME_FORMAT.removeprefix(_ISO_SECONDS)
 assert "%" not in _CSV_TIME_SUFFIX, contract.CSV_TIME_FORMAT
+_TIME_INDEX = contract.RAW_COLUMNS_WITH_KEY.index(contract.TIME_COLUMN)
 
 
 def _stamp_text(stamps: pa.Array) -> pa.Array:
@@ -192,7 +200,8 @@ def _stamp_text(stamps: pa.Array) -> pa.Array:
 def _haversine_km(lon1, lat1, lon2, lat2) -> np.ndarray:
     """Great-circle distance (CONTRACT.md section 3)."""
     lon1, lat1, lon2, lat2 = map(np.radians, (lon1, lat1, lon2, lat2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    a = np.sin((lat2 - lat1) / 2) ** 2
+    a = a + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * contract.EARTH_RADIUS_KM * np.arcsin(np.sqrt(a))
 
 
@@ -231,7 +240,7 @@ def _places(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
 
 
 def _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zone) -> np.ndarray:
-    """Meter fares: flag drop + distance units + slow-traffic time units, plus tolls and odd fares."""
+    """Meter fares: flag drop + distance and slow-traffic units, plus tolls and odd fares."""
     n = len(stamps)
     after = (stamps >= RATE_CHANGE).astype(int)
     straight = _haversine_km(plon, plat, dlon, dlat)
@@ -244,89 +253,105 @@ def _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zo
     minutes = driven / speed * 60
     # Lights and pickup queues add slow time even to the shortest ride.
     slow_minutes = minutes * np.clip(1.1 - speed / 30, 0.05, 0.9) + rng.exponential(1.5, n)
-    units = np.floor(driven / 1.609344 * 5) + np.floor(slow_minutes / np.take(SLOW_UNIT_MINUTES, after))
+    units = np.floor(driven / KM_PER_MILE * 5)
+    units = units + np.floor(slow_minutes / np.take(SLOW_UNIT_MINUTES, after))
     fare = FLAG_DROP + np.take(UNIT_PRICE, after) * units
 
     manhattan, jfk = np.isin(ZONE_NAMES, MANHATTAN_ZONES), ZONE_NAMES.index("jfk")
-    flat = ((pickup_zone == jfk) & manhattan[dropoff_zone]) | ((dropoff_zone == jfk) & manhattan[pickup_zone])
+    flat = (pickup_zone == jfk) & manhattan[dropoff_zone]
+    flat |= (dropoff_zone == jfk) & manhattan[pickup_zone]
     fare = np.where(flat, np.take(JFK_FLAT_FARE, after), fare)
     odd = rng.random(n) < ODD_FARE_SHARE
     fare = np.where(odd, np.round(fare * rng.uniform(0.8, 1.2, n)), fare)
-    toll_share = np.where(flat, JFK_TOLL_SHARE, np.where(straight > LONG_TRIP_KM, LONG_TRIP_TOLL_SHARE, 0))
-    toll_dates, toll_amounts = zip(*TOLLS)
-    toll = np.asarray(toll_amounts)[np.searchsorted(np.asarray(toll_dates), stamps, side="right") - 1]
+    toll_share = np.where(straight > LONG_TRIP_KM, LONG_TRIP_TOLL_SHARE, 0.0)
+    toll_share = np.where(flat, JFK_TOLL_SHARE, toll_share)
+    toll_dates, toll_amounts = (np.asarray(x) for x in zip(*TOLLS))
+    toll = toll_amounts[np.searchsorted(toll_dates, stamps, side="right") - 1]
     return np.round(fare + np.where(rng.random(n) < toll_share, toll, 0.0), 2)
 
 
-def _block_table(seed: int, block: int) -> pa.Table:
-    """All BLOCK_ROWS rows of one block, as an Arrow table with nulls for missing values."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
-    n = BLOCK_ROWS
+def _clean_rides(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """n clean rides: the seven raw columns as numpy arrays (coordinates as one 4 x n array)."""
     stamps, weekend, whole_minutes = _times(rng, n)
     plon, plat, dlon, dlat, pickup_zone, dropoff_zone = _places(rng, n)
     fare = _fares(rng, stamps, weekend, plon, plat, dlon, dlat, pickup_zone, dropoff_zone)
     # Rides that end where they start keep the fare of the trip (the GPS froze).
     same_spot = rng.random(n) < ZERO_DISTANCE_SHARE
     dlon, dlat = np.where(same_spot, plon, dlon), np.where(same_spot, plat, dlat)
-    passengers = np.where(
-        whole_minutes,
-        _draw(rng, np.cumsum(_weights(PASSENGER_RIDES["minutes"])), n),
-        _draw(rng, np.cumsum(_weights(PASSENGER_RIDES["seconds"])), n),
-    ) + 1
+    seconds, minutes = (_draw(rng, np.cumsum(_weights(PASSENGER_RIDES[v])), n) + 1
+                        for v in ("seconds", "minutes"))  # fmt: skip
+    passengers = np.where(whole_minutes, minutes, seconds)
+    coords = np.stack([plon, plat, dlon, dlat])  # contract.COORDINATE_COLUMNS order
+    return {"fare": fare, "stamps": stamps, "coords": coords, "passengers": passengers}
 
-    # Each row gets at most one kind of dirt.
+
+def _add_dirt(rng: np.random.Generator, rides: dict[str, np.ndarray]) -> np.ndarray:
+    """Dirty some rides in place (at most one kind each); return the column each row misses (-1)."""
+    coords, n = rides["coords"], len(rides["fare"])
     kind = _draw(rng, np.cumsum([*DIRT.values(), 1 - sum(DIRT.values())]), n)
     dirt = {name: kind == i for i, name in enumerate(DIRT)}
-    coords = np.stack([plon, plat, dlon, dlat])  # contract.COORDINATE_COLUMNS order
     coords[:, dirt["zero_coordinates"]] = 0.0
-    half = rng.integers(0, 2, n)  # which end (pickup 0, dropoff 1) a one-ended dirt hits
+    end_of = rng.integers(0, 2, n)  # the end (pickup 0, dropoff 1) a one-ended dirt hits
     for end in (0, 1):
-        coords[2 * end : 2 * end + 2, dirt["partial_zero"] & (half == end)] = 0.0
-        gps = dirt["gps_default"] & ((half == end) | (rng.random(n) < 0.3))
-        coords[2 * end : 2 * end + 2, gps] = np.array(GPS_DEFAULT_POINT)[:, None]
+        lon, lat = 2 * end, 2 * end + 1
+        coords[lon : lat + 1, dirt["partial_zero"] & (end_of == end)] = 0.0
+        stuck = dirt["gps_default"] & ((end_of == end) | (rng.random(n) < 0.3))
+        coords[lon : lat + 1, stuck] = np.array(GPS_DEFAULT_POINT)[:, None]
         # Far rides start or end 40-60 km from the box centre: beyond its corners (34 km).
-        far = dirt["far_away"] & (half == end)
-        angle, radius = rng.uniform(0, 2 * np.pi, n), rng.uniform(40, 60, n)
-        coords[2 * end, far] = (BOX_CENTRE[0] + radius * np.cos(angle) / KM_PER_DEG_LON)[far]
-        coords[2 * end + 1, far] = (BOX_CENTRE[1] + radius * np.sin(angle) / KM_PER_DEG_LAT)[far]
-    coords[:, dirt["swapped_lat_lon"]] = coords[[1, 0, 3, 2]][:, dirt["swapped_lat_lon"]]
+        far = dirt["far_away"] & (end_of == end)
+        angle, km = rng.uniform(0, 2 * np.pi, n), rng.uniform(40, 60, n)
+        coords[lon, far] = (BOX_CENTRE[0] + km * np.cos(angle) / KM_PER_DEG_LON)[far]
+        coords[lat, far] = (BOX_CENTRE[1] + km * np.sin(angle) / KM_PER_DEG_LAT)[far]
+    swapped = dirt["swapped_lat_lon"]
+    coords[:, swapped] = coords[[1, 0, 3, 2]][:, swapped]
     # A typo scales one coordinate by ten, either way.
-    typo_col = rng.integers(0, 4, n)
-    typo_factor = np.where(rng.random(n) < 0.5, 10.0, 0.1)
     rows = np.flatnonzero(dirt["typo"])
-    coords[typo_col[rows], rows] *= typo_factor[rows]
-    passengers = np.where(dirt["passenger_zero"], 0, passengers)
+    factor = np.where(rng.random(n) < 0.5, 10.0, 0.1)
+    coords[rng.integers(0, 4, n)[rows], rows] *= factor[rows]
+
+    passengers, fare = rides["passengers"], rides["fare"]
+    passengers[dirt["passenger_zero"]] = 0
     # Absurd counts like those of the full public data set (9, 49, 208).
-    passengers = np.where(dirt["passenger_many"], rng.choice([9, 49, 208], n), passengers)
-    fare = np.where(dirt["fare_not_positive"], np.where(rng.random(n) < 0.5, -fare, 0.0), fare)
-    fare = np.where(dirt["fare_huge"], np.round(rng.uniform(400, 2000, n), 2), fare)
-    coords = np.round(coords, 6)
+    passengers[dirt["passenger_many"]] = rng.choice([9, 49, 208], n)[dirt["passenger_many"]]
+    fare[:] = np.where(dirt["fare_not_positive"], np.where(rng.random(n) < 0.5, -fare, 0.0), fare)
+    fare[:] = np.where(dirt["fare_huge"], np.round(rng.uniform(400, 2000, n), 2), fare)
+    coords[:] = np.round(coords, 6)
 
     # Exact duplicates copy the seven columns of another (non-duplicate) row of the block.
     dupes = np.flatnonzero(dirt["duplicate"])
     originals = np.flatnonzero(~dirt["duplicate"])[rng.integers(0, n - len(dupes), len(dupes))]
-    for column in (stamps, fare, passengers, coords.T):
+    for column in (rides["stamps"], fare, passengers, coords.T):
         column[dupes] = column[originals]
+    # A missing row loses one of its seven columns.
+    return np.where(dirt["missing"], rng.integers(0, len(contract.RAW_COLUMNS), n), -1)
 
-    first_row = block * BLOCK_ROWS
+
+def _block_table(seed: int, block: int) -> pa.Table:
+    """All BLOCK_ROWS rows of one block, as an Arrow table with nulls for missing values."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+    rides = _clean_rides(rng, BLOCK_ROWS)
+    missing = _add_dirt(rng, rides)
+    stamps = rides["stamps"].astype("int64")
     # Like the real keys: the pickup time, then a unique suffix (here the row number).
+    rows = np.arange(block * BLOCK_ROWS, (block + 1) * BLOCK_ROWS)
     key = pc.binary_join_element_wise(
-        _stamp_text(pa.array(stamps.astype("int64"), type=pa.timestamp("s"))),
-        pc.utf8_lpad(pa.array(np.arange(first_row, first_row + n)).cast(pa.string()), 7, "0"),
+        _stamp_text(pa.array(stamps, type=pa.timestamp("s"))),
+        pc.utf8_lpad(pa.array(rows).cast(pa.string()), 7, "0"),
         ".",
     )
-    # A missing row loses one of its seven columns.
-    missing_col = np.where(dirt["missing"], rng.integers(0, len(contract.RAW_COLUMNS), n), -1)
-    values = [fare, stamps.astype("int64"), *coords, passengers]
+    values = [rides["fare"], stamps, *rides["coords"], rides["passengers"]]
     types = [pa.float64(), pa.timestamp("s", tz="UTC"), *[pa.float64()] * 4, pa.int16()]
-    columns = [key] + [
-        pa.array(v, type=t, mask=missing_col == i) for i, (v, t) in enumerate(zip(values, types))
+    columns = [
+        pa.array(column, type=kind, mask=missing == i)
+        for i, (column, kind) in enumerate(zip(values, types))
     ]
-    return pa.table(columns, names=list(contract.RAW_COLUMNS_WITH_KEY))
+    return pa.table([key, *columns], names=list(contract.RAW_COLUMNS_WITH_KEY))
 
 
 def _iter_tables(start: int, stop: int, seed: int) -> Iterator[pa.Table]:
     """Arrow tables of rows [start, stop), block by block."""
+    if not 0 <= start <= stop:
+        raise ValueError(f"need 0 <= start <= stop, got {start} and {stop}")
     for block in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
         lo = max(start, block * BLOCK_ROWS) - block * BLOCK_ROWS
         hi = min(stop, (block + 1) * BLOCK_ROWS) - block * BLOCK_ROWS
@@ -335,13 +360,14 @@ def _iter_tables(start: int, stop: int, seed: int) -> Iterator[pa.Table]:
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:
     """Arrow rides to the raw DataFrame schema (nullable passenger_count, ns timestamps)."""
-    table = table.set_column(
-        2, contract.TIME_COLUMN, table[contract.TIME_COLUMN].cast(pa.timestamp("ns", tz="UTC"))
-    )
+    stamps = table[contract.TIME_COLUMN].cast(pa.timestamp("ns", tz="UTC"))
+    table = table.set_column(_TIME_INDEX, contract.TIME_COLUMN, stamps)
     return table.to_pandas(types_mapper={pa.int16(): pd.Int16Dtype()}.get)
 
 
-def iter_ride_blocks(n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0) -> Iterator[pd.DataFrame]:
+def iter_ride_blocks(
+    n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0
+) -> Iterator[pd.DataFrame]:
     """Rows [start_row, start_row + n_rows) as DataFrames of at most BLOCK_ROWS rows."""
     for table in _iter_tables(start_row, start_row + n_rows, seed):
         yield _to_frame(table)
@@ -359,12 +385,13 @@ def _csv_table(table: pa.Table) -> pa.Table:
     """The table with its timestamps in the contract's CSV form."""
     stamps = table[contract.TIME_COLUMN].cast(pa.timestamp("s"))
     text = pc.binary_join_element_wise(_stamp_text(stamps), _CSV_TIME_SUFFIX, "")
-    return table.set_column(2, contract.TIME_COLUMN, text)
+    return table.set_column(_TIME_INDEX, contract.TIME_COLUMN, text)
 
 
-def shard_paths(output_dir, num_shards: int, prefix: str = "rides") -> list[Path]:
+def shard_paths(output_dir, num_shards: int, prefix: str = DEFAULT_PREFIX) -> list[Path]:
     """Shard file names, e.g. rides-00000-of-00004.csv."""
-    return [Path(output_dir) / f"{prefix}-{k:05d}-of-{num_shards:05d}.csv" for k in range(num_shards)]
+    names = (f"{prefix}-{k:05d}-of-{num_shards:05d}.csv" for k in range(num_shards))
+    return [Path(output_dir) / name for name in names]
 
 
 def write_ride_shards(
@@ -372,7 +399,7 @@ def write_ride_shards(
     n_rows: int,
     seed: int = DEFAULT_SEED,
     num_shards: int = 1,
-    prefix: str = "rides",
+    prefix: str = DEFAULT_PREFIX,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
@@ -388,9 +415,8 @@ def write_ride_shards(
     output_dir.mkdir(parents=True, exist_ok=True)
     stale = sorted(output_dir.glob(f"{prefix}-*.csv"))
     if stale and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} already holds {stale[0].name}; overwrite=True (--overwrite) replaces them"
-        )
+        raise FileExistsError(f"{output_dir} already holds {stale[0].name}; "
+                              "overwrite=True (--overwrite) replaces them")  # fmt: skip
     for path in stale:
         path.unlink()
     header = (",".join(contract.RAW_COLUMNS_WITH_KEY) + "\n").encode()
@@ -399,7 +425,8 @@ def write_ride_shards(
     for k, path in enumerate(paths):
         with open(path, "wb") as out:
             out.write(header)
-            for table in _iter_tables(k * n_rows // num_shards, (k + 1) * n_rows // num_shards, seed):
+            first, stop = k * n_rows // num_shards, (k + 1) * n_rows // num_shards
+            for table in _iter_tables(first, stop, seed):
                 pa_csv.write_csv(_csv_table(table), out, options)
                 written += table.num_rows
                 if progress:
@@ -424,50 +451,20 @@ def ensure_default_sample(
         # Write beside it, then rename: an interrupted run never leaves a half sample.
         temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(temp, ignore_errors=True)
-        write_ride_shards(temp, n_rows, seed, num_shards, progress=progress)
         try:
+            write_ride_shards(temp, n_rows, seed, num_shards, progress=progress)
             temp.rename(final)
-        except OSError:  # another process finished first: its rows are identical
+        except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
-            if not final.is_dir():
+            if not final.is_dir():  # else another process finished first, with the same rows
                 raise
-    return str(final / "rides-*.csv")
+    return str(final / f"{DEFAULT_PREFIX}-*.csv")
 
 
 def dirty_shares(rides: pd.DataFrame) -> dict[str, float]:
-    """Share of rows each cleaning rule drops (first failing rule wins), plus "total".
-
-    A measuring helper for comparing samples, not the pipeline's cleaner. Duplicates
-    (later copies of the seven columns) come first, then contract.ROW_RULES in order.
-    """
-    raw = rides[list(contract.RAW_COLUMNS)]
-    num = raw[list(contract.NUMERIC_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype("float64")
-    lat = num[["pickup_latitude", "dropoff_latitude"]]
-    lon = num[["pickup_longitude", "dropoff_longitude"]]
-    fails = {
-        contract.RULE_DUPLICATE: raw.duplicated(keep="first").to_numpy(),
-        contract.RULE_MISSING: raw.isna().any(axis=1).to_numpy(),
-        contract.RULE_ZERO_COORDINATES: (num[list(contract.COORDINATE_COLUMNS)] == 0).all(axis=1).to_numpy(),
-        contract.RULE_PASSENGER_COUNT: ~(
-            (num[contract.PASSENGER_COLUMN] > contract.PASSENGER_MIN_EXCLUSIVE)
-            & (num[contract.PASSENGER_COLUMN] < contract.PASSENGER_MAX_EXCLUSIVE)
-        ).to_numpy(),
-        contract.RULE_FARE: ~(
-            (num[contract.LABEL_COLUMN] > contract.FARE_MIN_EXCLUSIVE)
-            & (num[contract.LABEL_COLUMN] < contract.FARE_MAX_EXCLUSIVE)
-        ).to_numpy(),
-        contract.RULE_LATITUDE: ~lat.apply(
-            lambda c: c.between(contract.LATITUDE_MIN, contract.LATITUDE_MAX)
-        ).all(axis=1).to_numpy(),
-        contract.RULE_LONGITUDE: ~lon.apply(
-            lambda c: c.between(contract.LONGITUDE_MIN, contract.LONGITUDE_MAX)
-        ).all(axis=1).to_numpy(),
-    }
-    taken = np.zeros(len(rides), dtype=bool)
-    shares = {}
-    for rule in contract.CLEANING_RULES:
-        first = fails[rule] & ~taken
-        shares[rule] = first.sum() / max(len(rides), 1)
-        taken |= first
-    shares["total"] = taken.sum() / max(len(rides), 1)
-    return {rule: float(share) for rule, share in shares.items()}
+    """Share of rows each cleaning rule drops (taxifare_core.cleaning), plus "total"."""
+    dropped = cleaning.clean(rides).dropped
+    count = max(len(rides), 1)
+    shares = {rule: float((dropped == rule).sum() / count) for rule in contract.CLEANING_RULES}
+    shares["total"] = len(dropped) / count
+    return shares

@@ -9,6 +9,7 @@ pipeline imports `taxifare_core` on Beam workers that must not load TensorFlow.
 from __future__ import annotations
 
 import os
+import sys
 
 from taxifare_core.contract import (
     LEARNING_RATE,
@@ -25,11 +26,32 @@ HUBER_DELTA = 1.0
 
 
 def keras_module():
-    """Keras, imported quietly on first use."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Keras, imported on first use with TensorFlow's start-up chatter kept off stderr."""
+    if "keras" not in sys.modules:
+        _quiet_tensorflow_import()
     import keras
 
     return keras
+
+
+def _quiet_tensorflow_import() -> None:
+    """Import TensorFlow and probe devices with stderr (fd 2) silenced.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA probing) are printed before
+    its log level applies; Python errors still surface once stderr is back.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def loss_function(name: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 
@@ -27,7 +28,10 @@ PARAMS_FILE = "params.json"
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "training_curve.png"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE_FILE = "state.json"
 RUN_NAME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+# A run folder's name: the timestamp, plus "-N" when two runs start in the same microsecond.
+_RUN_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z(-\d+)?$")
 
 
 class NoModelError(LookupError):
@@ -65,10 +69,30 @@ def run_names(registry: str | None = None, finished: bool = True) -> list[str]:
     root = registry_root(registry)
     if not storage.isdir(root):
         return []
-    names = [name for name in storage.listdir(root) if storage.isdir(storage.join(root, name))]
+    names = [
+        name for name in storage.listdir(root)
+        if _RUN_NAME.match(name) and storage.isdir(storage.join(root, name))
+    ]
+    names.sort(key=_run_sort_key)
     if finished:
         names = [name for name in names if storage.exists(storage.join(root, name, MODEL_FILE))]
     return names
+
+
+def _run_sort_key(name: str) -> tuple[str, int]:
+    """Chronological order: the timestamp, then the collision suffix as a number."""
+    stamp, _, suffix = name.partition("-")
+    return stamp, int(suffix or 0)
+
+
+def unfinished_runs(registry: str | None = None) -> list[str]:
+    """Names of runs that stopped before saving their model but left a checkpoint, oldest first."""
+    root = registry_root(registry)
+    return [
+        name for name in run_names(root, finished=False)
+        if not storage.exists(storage.join(root, name, MODEL_FILE))
+        and storage.exists(storage.join(root, name, CHECKPOINT_DIR, CHECKPOINT_STATE_FILE))
+    ]
 
 
 def run_path(name: str | None = None, registry: str | None = None) -> str:

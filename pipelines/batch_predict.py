@@ -1,0 +1,268 @@
+"""Beam batch prediction: raw ride CSVs -> parse / validate / encode -> RunInference (Keras) -> key,fare_pred.
+
+    python -m pipelines.predict --input 'rides-*.csv' --output /tmp/predictions
+    python -m pipelines.predict --input 'gs://b/rides-*.csv' --output gs://b/predictions \
+        --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp
+
+Reads CSV files with a header (the raw table's columns; `fare_amount` and `key`
+optional) in blocks of lines, prepares each block with the same parse, rules
+and features as preprocessing (`taxifare_core.serving`, fare rule aside: the
+fare is what we predict), prices the blocks with `RunInference` and a Keras
+model handler, and writes:
+
+    OUTPUT/predictions-SSSSS-of-NNNNN.csv   key,fare_pred   (key: the ride's key, else its line number)
+    OUTPUT/dead_letter-SSSSS-of-NNNNN.csv   key,reason,input  (rides that cannot be priced, and why)
+
+With several input files, a ride without key is named `file.csv:LINE`.
+Importing this module never imports TensorFlow: the handler loads Keras on the worker.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.cli import UsageError
+from taxifare_core import contract, registry, storage
+from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+
+COUNTER_NAMESPACE = "taxifare_predict"
+PREDICTIONS, DEAD_LETTER = "predictions", "dead_letter"
+PREDICTIONS_HEADER = "key,fare_pred"
+DEAD_LETTER_HEADER = "key,reason,input"
+DEFAULT_BLOCK_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class RideBlock:
+    """Up to block_rows non-blank lines of one file: (line number, text) pairs and the file's header."""
+
+    source: str
+    columns: tuple[str, ...]
+    lines: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class EncodedBlock:
+    """Rides ready for the model: their output keys and float32 (n, 65) features."""
+
+    keys: tuple[str, ...]
+    features: np.ndarray
+
+
+def read_columns(path: str) -> tuple[str, ...]:
+    """A CSV file's header columns; UsageError when a needed column is absent."""
+    with FileSystems.open(path) as handle:
+        first = handle.readline().decode("utf-8-sig").rstrip("\r\n")
+    columns = tuple(name.strip() for name in next(csv.reader([first]), []))
+    absent = [column for column in SERVING_COLUMNS if column not in columns]
+    if absent:
+        raise UsageError(f"{path}: header lacks column(s) {', '.join(absent)}")
+    return columns
+
+
+class ReadRideBlocksFn(beam.DoFn):
+    """ReadableFile -> RideBlocks (line numbers count the header as line 1)."""
+
+    def __init__(self, block_rows: int):
+        self.block_rows = block_rows
+
+    def process(self, readable):
+        path = readable.metadata.path
+        columns = read_columns(path)
+        lines: list[tuple[int, str]] = []
+        with readable.open() as handle:
+            handle.readline()
+            for number, raw in enumerate(handle, start=2):
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if not text.strip():
+                    continue
+                lines.append((number, text))
+                if len(lines) == self.block_rows:
+                    yield RideBlock(path, columns, tuple(lines))
+                    lines = []
+        if lines:
+            yield RideBlock(path, columns, tuple(lines))
+
+
+def _csv_line(*fields) -> str:
+    """Fields as one CSV line (quoted where needed)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(fields)
+    return buffer.getvalue()
+
+
+def encode_block(block: RideBlock, name_by_file: bool) -> tuple[EncodedBlock, list[str]]:
+    """One block -> (the rides the model can price, dead-letter lines for the others)."""
+    label = (lambda n: f"{block.source.rsplit('/', 1)[-1]}:{n}") if name_by_file else str
+    fields = [next(csv.reader([text]), []) for _, text in block.lines]
+    fits = [len(row) == len(block.columns) for row in fields]
+    dead = [
+        _csv_line(label(number), f"expected {len(block.columns)} fields, got {len(row)}", text)
+        for (number, text), row, ok in zip(block.lines, fields, fits) if not ok
+    ]
+    lines = [line for line, ok in zip(block.lines, fits) if ok]
+    frame = pd.DataFrame([row for row, ok in zip(fields, fits) if ok], columns=list(block.columns), dtype=object)
+    if not len(frame):
+        return EncodedBlock((), np.empty((0, contract.N_FEATURES), dtype=np.float32)), dead
+    keys = [
+        key.strip() if contract.KEY_COLUMN in block.columns and key.strip() else label(number)
+        for (number, _), key in zip(lines, frame.get(contract.KEY_COLUMN, pd.Series([""] * len(frame))))
+    ]
+    prepared = prepare_rides(frame[list(SERVING_COLUMNS)])
+    dead += [
+        _csv_line(key, reason, text)
+        for key, reason, (_, text) in zip(keys, prepared.reasons, lines) if reason is not None
+    ]
+    good_keys = tuple(key for key, ok in zip(keys, prepared.valid) if ok)
+    return EncodedBlock(good_keys, prepared.features), dead
+
+
+class EncodeBlockFn(beam.DoFn):
+    """RideBlock -> EncodedBlock; rides that cannot be priced to the "dead_letter" output."""
+
+    def __init__(self, name_by_file: bool):
+        self.name_by_file = name_by_file
+        self.dead = Metrics.counter(COUNTER_NAMESPACE, DEAD_LETTER)
+
+    def process(self, block: RideBlock):
+        encoded, dead = encode_block(block, self.name_by_file)
+        if dead:
+            self.dead.inc(len(dead))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
+        if encoded.keys:
+            yield encoded
+
+
+class KerasBlockModelHandler(ModelHandler[EncodedBlock, PredictionResult, Any]):
+    """RunInference handler: a `.keras` model (local or gs://) pricing whole EncodedBlocks."""
+
+    def __init__(self, model_uri: str):
+        super().__init__()
+        self.model_uri = model_uri
+
+    def load_model(self):
+        """Load the Keras model once per worker (TensorFlow imported here, not at module import)."""
+        return registry.load_keras_model(self.model_uri)
+
+    def run_inference(self, batch: Sequence[EncodedBlock], model, inference_args=None) -> Iterable[PredictionResult]:
+        """One forward pass over the blocks of a batch; each block gets its fares back."""
+        features = np.concatenate([block.features for block in batch])
+        fares = np.asarray(model.predict_on_batch(features)).reshape(-1)
+        bounds = np.cumsum([0] + [len(block.keys) for block in batch])
+        return [PredictionResult(block, fares[a:b]) for block, a, b in zip(batch, bounds[:-1], bounds[1:])]
+
+    def batch_elements_kwargs(self):
+        """Blocks are batches already: a few per forward pass."""
+        return {"min_batch_size": 1, "max_batch_size": 4}
+
+    def get_metrics_namespace(self) -> str:
+        return COUNTER_NAMESPACE
+
+
+def format_predictions(result: PredictionResult) -> str:
+    """A priced block as `key,fare_pred` lines (cents)."""
+    return "\n".join(_csv_line(key, f"{fare:.2f}") for key, fare in zip(result.example.keys, result.inference))
+
+
+class CountPredictionsFn(beam.DoFn):
+    """Counts priced rides, passes the block on."""
+
+    def __init__(self):
+        self.priced = Metrics.counter(COUNTER_NAMESPACE, PREDICTIONS)
+
+    def process(self, result: PredictionResult):
+        self.priced.inc(len(result.example.keys))
+        yield result
+
+
+class PredictRideFiles(beam.PTransform):
+    """A file pattern of raw ride CSVs -> {"predictions": key,fare_pred text, "dead_letter": key,reason,input text}."""
+
+    def __init__(self, pattern: str, model_uri: str, name_by_file: bool, block_rows: int = DEFAULT_BLOCK_ROWS):
+        super().__init__()
+        self.pattern, self.model_uri = pattern, model_uri
+        self.name_by_file, self.block_rows = name_by_file, block_rows
+
+    def expand(self, pbegin):
+        encoded = (
+            pbegin
+            | "InputPattern" >> beam.Create([self.pattern])
+            | "MatchFiles" >> fileio.MatchAll()
+            | "OpenFiles" >> fileio.ReadMatches()
+            | "ReadBlocks" >> beam.ParDo(ReadRideBlocksFn(self.block_rows))
+            | "SpreadBlocks" >> beam.Reshuffle()
+            | "Prepare" >> beam.ParDo(EncodeBlockFn(self.name_by_file)).with_outputs(DEAD_LETTER, main="encoded")
+        )
+        predictions = (
+            encoded["encoded"]
+            | "RunInference" >> RunInference(KerasBlockModelHandler(self.model_uri))
+            | "CountPredictions" >> beam.ParDo(CountPredictionsFn())
+            | "FormatPredictions" >> beam.Map(format_predictions)
+        )
+        return {PREDICTIONS: predictions, DEAD_LETTER: encoded[DEAD_LETTER]}
+
+
+def _remove_previous_outputs(output_dir: str) -> None:
+    """Delete earlier prediction shards so a smaller run never leaves stale ones beside its own."""
+    for prefix in (PREDICTIONS, DEAD_LETTER):
+        matches = FileSystems.match([storage.join(output_dir, f"{prefix}-*.csv")])[0].metadata_list
+        if matches:
+            FileSystems.delete([m.path for m in matches])
+
+
+def _counter(result, name: str) -> int:
+    """A committed counter's value after the pipeline has finished."""
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(COUNTER_NAMESPACE).with_name(name))
+    return int(sum(c.committed or c.attempted or 0 for c in query["counters"]))
+
+
+def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_dir: str | None = None,
+        beam_args: list[str] | None = None, block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
+    """Run the batch prediction and print a summary; returns counts and output globs.
+
+    UsageError when no file matches or a header lacks a column; registry.NoModelError when no model.
+    """
+    started = time.perf_counter()
+    model_uri = storage.join(registry.run_path(run_name, registry_dir), registry.MODEL_FILE)
+    files = [m.path for m in FileSystems.match([input_glob])[0].metadata_list]
+    if not files:
+        raise UsageError(f"no file matches {input_glob}")
+    for path in files:
+        read_columns(path)
+    storage.makedirs(output_dir)
+    _remove_previous_outputs(output_dir)
+    print(f"predicting {len(files)} file(s) with {model_uri} -> {output_dir}", flush=True)
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
+    outputs = pipeline | "PredictRides" >> PredictRideFiles(input_glob, model_uri, len(files) > 1, block_rows)
+    outputs[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
+        storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
+    )
+    outputs[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
+        storage.join(output_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = {
+        "predicted": _counter(result, PREDICTIONS),
+        "dead_letter": _counter(result, DEAD_LETTER),
+        "predictions": storage.join(output_dir, f"{PREDICTIONS}-*.csv"),
+        "dead_letter_files": storage.join(output_dir, f"{DEAD_LETTER}-*.csv"),
+        "model": model_uri,
+        "seconds": time.perf_counter() - started,
+    }
+    print(f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
+          f"{summary['dead_letter']:,} could not be priced -> {summary['dead_letter_files']}")
+    return summary

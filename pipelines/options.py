@@ -1,0 +1,233 @@
+"""Command-line options of `python -m pipelines.preprocess`, in Beam's PipelineOptions style.
+
+`PreprocessOptions` declares this pipeline's flags; every other flag (`--runner`,
+`--direct_num_workers`, `--project`, `--temp_location`, ...) passes through to Beam.
+`resolve_config` validates them strictly and returns a `PreprocessConfig`:
+
+    options = PipelineOptions(argv)
+    config = resolve_config(options)     # raises UsageError with one clear line
+"""
+from __future__ import annotations
+
+import argparse
+import calendar
+import sys
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import PurePosixPath
+
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+from pipelines.sources import DEFAULT_BLOCK_ROWS, QueryError, build_query, parse_date, table_name
+from pipelines.transforms import DEDUPE_MODES
+from taxifare_core import contract
+
+SOURCES = ("csv", "bigquery")
+READ_METHODS = ("DIRECT_READ", "EXPORT")
+# The in-process engine the DirectRunner falls back to: chosen directly so an
+# offline machine never waits for the Prism download the DirectRunner tries first.
+DEFAULT_RUNNER = "FnApiRunner"
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+DEFAULT_DEDUPE = "batch"
+
+BEAM_FLAGS_HELP = """\
+Beam flags pass through, for example:
+  --runner NAME          DirectRunner-compatible local engine by default (FnApiRunner,
+                         in process, works offline); DataflowRunner for Google Cloud
+  --direct_num_workers N --direct_running_mode multi_processing
+                         run the local engine in N worker processes
+  --project ID           GCP project billed for BigQuery reads (required with --source bigquery)
+  --temp_location gs://BUCKET/tmp
+                         staging area (required by --read_method EXPORT and by Dataflow)
+  --region REGION        Dataflow region
+Counts, timings and the output folder are printed at the end and saved in OUTPUT/summary.json."""
+
+
+class UsageError(ValueError):
+    """A bad flag value, reported as one line with exit code 2."""
+
+
+class PreprocessOptions(PipelineOptions):
+    """This pipeline's flags (the rest are Beam's)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--source", choices=SOURCES, default="csv",
+            help="where raw rides come from (default: csv)")
+        parser.add_argument(
+            "--input", default=None,
+            help="with --source csv: a file or glob of CSVs with a header (local or gs://); "
+                 "default: the embedded generated sample (100k rows, made once)")
+        parser.add_argument(
+            "--output", default=None,
+            help="output folder (local or gs://); default: "
+                 "$LOCAL_DATA_PATH/processed/processed_{min_date}_{max_date}_{size}")
+        parser.add_argument(
+            "--data_size", default=None,
+            help=f"with --source bigquery: the table, one of {', '.join(contract.DATA_SIZES)} "
+                 f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
+                 "label of the default output folder (default: the input folder's name)")
+        parser.add_argument(
+            "--min_date", default=contract.DEFAULT_MIN_DATE,
+            help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE})")
+        parser.add_argument(
+            "--max_date", default=contract.DEFAULT_MAX_DATE,
+            help="last pickup date kept, YYYY-MM-DD; as BigQuery's BETWEEN, it means midnight UTC, "
+                 f"so only rides at exactly 00:00:00 of that day are kept (default {contract.DEFAULT_MAX_DATE})")
+        parser.add_argument(
+            "--val_start", default=None,
+            help="rides picked up from this date (midnight UTC) on go to val, earlier ones to train; "
+                 "default: one month before --max_date")
+        parser.add_argument(
+            "--dedupe", choices=DEDUPE_MODES, default=DEFAULT_DEDUPE,
+            help="exact duplicates: 'batch' removes them within each block of --block_rows rows "
+                 "(flat memory, the origin course's chunked approach; default), 'global' across the "
+                 "whole input (a shuffle: exact, but local memory grows ~0.5 GB per million rows), "
+                 "'none' keeps them")
+        parser.add_argument(
+            "--num_shards", type=int, default=0,
+            help="shards per output (train, val, errors); 0 lets the runner decide (default). "
+                 "A fixed count makes the local runners hold the output in memory")
+        parser.add_argument(
+            "--block_rows", type=int, default=DEFAULT_BLOCK_ROWS,
+            help=f"rows per batch: the unit of vectorized work and of --dedupe batch (default {DEFAULT_BLOCK_ROWS:,})")
+        parser.add_argument(
+            "--bq_project", default=contract.BQ_PROJECT,
+            help=f"project holding the raw tables (default {contract.BQ_PROJECT})")
+        parser.add_argument(
+            "--bq_dataset", default=contract.BQ_DATASET,
+            help=f"dataset holding the raw tables (default {contract.BQ_DATASET})")
+        parser.add_argument(
+            "--read_method", choices=READ_METHODS, default="DIRECT_READ",
+            help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)")
+        parser.add_argument(
+            "--bigquery_emulator", default=None, metavar="HOST:PORT",
+            help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Validated settings of one run (JSON-friendly: strings and ints only)."""
+
+    source: str
+    input: str | None
+    query: str | None
+    table: str | None
+    output: str
+    data_size: str
+    min_date: str
+    max_date: str
+    val_start: str
+    dedupe: str
+    num_shards: int
+    block_rows: int
+    read_method: str
+    bigquery_emulator: str | None
+    runner: str
+
+    def to_dict(self) -> dict:
+        """The config as a plain dict."""
+        return asdict(self)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.ArgumentParser:
+    """The parser behind --help and the first, strict check of this pipeline's flags."""
+    parser = _OneLineParser(
+        prog=prog,
+        description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
+                    "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
+                    "the dead letter (OUTPUT/errors-*.jsonl) and OUTPUT/summary.json.",
+        epilog=BEAM_FLAGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    PreprocessOptions._add_argparse_args(parser)
+    return parser
+
+
+def one_month_before(day: date) -> date:
+    """The same day one calendar month earlier (clamped to the month's length)."""
+    year, month = (day.year, day.month - 1) if day.month > 1 else (day.year - 1, 12)
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def _csv_size_label(pattern: str) -> str:
+    """The {size} label of a CSV input: the name of the folder holding the files."""
+    parts = PurePosixPath(pattern.replace("\\", "/")).parts
+    folders = [part for part in parts[:-1] if not any(ch in part for ch in "*?[")]
+    name = folders[-1] if folders else PurePosixPath(parts[-1]).stem
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "csv"
+
+
+def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
+    """Validate the flags and fill defaults; UsageError (one line) when something is wrong.
+
+    `default_input` is called for the CSV input when --input is absent (it makes the embedded sample).
+    """
+    flags = options.view_as(PreprocessOptions)
+    cloud = options.view_as(GoogleCloudOptions)
+    try:
+        low = parse_date(flags.min_date, "--min_date")
+        high = parse_date(flags.max_date, "--max_date")
+        val_start = parse_date(flags.val_start, "--val_start") if flags.val_start else one_month_before(high)
+    except QueryError as error:
+        raise UsageError(str(error)) from None
+    if low > high:
+        raise UsageError(f"--min_date {low} is after --max_date {high}")
+    if flags.num_shards < 0:
+        raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {flags.num_shards}")
+    if flags.block_rows < 1:
+        raise UsageError(f"--block_rows must be at least 1, got {flags.block_rows}")
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+
+    query = table = pattern = None
+    if flags.source == "bigquery":
+        data_size = flags.data_size or contract.DEFAULT_DATA_SIZE
+        try:
+            query = build_query(data_size, flags.min_date, flags.max_date, flags.bq_project, flags.bq_dataset)
+        except QueryError as error:
+            raise UsageError(str(error)) from None
+        table = table_name(data_size, flags.bq_project, flags.bq_dataset)
+        if not flags.bigquery_emulator:
+            if not cloud.project:
+                raise UsageError(
+                    "--source bigquery needs the GCP project to bill: pass --project YOUR_PROJECT "
+                    "(or --source csv --input FILES to run offline)")
+            if flags.read_method == "EXPORT" and not (cloud.temp_location or "").startswith("gs://"):
+                raise UsageError("--read_method EXPORT needs --temp_location gs://BUCKET/PATH")
+        if flags.input:
+            raise UsageError("--input is for --source csv; --source bigquery reads the query's table")
+    else:
+        pattern = flags.input or (default_input() if default_input else None)
+        if not pattern:
+            raise UsageError("--source csv needs --input FILES")
+        data_size = flags.data_size or _csv_size_label(pattern)
+    output = flags.output or str(
+        contract.local_data_path() / "processed"
+        / contract.processed_dir_name(low.isoformat(), high.isoformat(), data_size)
+    )
+    return PreprocessConfig(
+        source=flags.source,
+        input=pattern,
+        query=query,
+        table=table,
+        output=output.rstrip("/") or "/",
+        data_size=data_size,
+        min_date=low.isoformat(),
+        max_date=high.isoformat(),
+        val_start=val_start.isoformat(),
+        dedupe=flags.dedupe,
+        num_shards=flags.num_shards,
+        block_rows=flags.block_rows,
+        read_method=flags.read_method,
+        bigquery_emulator=flags.bigquery_emulator,
+        runner=runner,
+    )

@@ -1,0 +1,174 @@
+"""The Beam preprocessing pipeline: raw rides (CSV or BigQuery) -> clean -> 65 features -> sharded CSVs.
+
+    python -m pipelines.preprocess                      # the embedded sample, in process, offline
+    python -m pipelines.preprocess --input 'data/rides-*.csv' --output /tmp/processed
+    python -m pipelines.preprocess --direct_num_workers 2 --direct_running_mode multi_processing
+    python -m pipelines.preprocess --source bigquery --data_size 200k --project MY_PROJECT
+    python -m pipelines.preprocess --help
+
+Writes OUTPUT/train-SSSSS-of-NNNNN.csv and OUTPUT/val-SSSSS-of-NNNNN.csv (66 columns,
+no header), OUTPUT/errors-SSSSS-of-NNNNN.jsonl (the dead letter), OUTPUT/summary.json,
+and, for a BigQuery run, the raw rows as OUTPUT/raw-SSSSS-of-NNNNN.csv (with a header)
+so the next run can read them with --source csv instead of querying again.
+
+`build_preprocess(pipeline_or_rows, config)` builds the graph and returns its
+PCollections, so tests can feed `beam.Create` rows in place of the source.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+from pipelines.options import DEFAULT_RUNNER, PreprocessConfig, UsageError, help_parser, resolve_config
+from pipelines.sources import ReadCsvBlocks, read_from_bigquery, read_header
+from pipelines.summary import SUMMARY_FILE, build_summary, counters_from_result, format_table, write_summary
+from pipelines.transforms import (
+    DEAD_LETTER,
+    RIDES,
+    TRAIN,
+    VAL,
+    FormatRawRecords,
+    ParseCsvBlocks,
+    ParseRecordBatches,
+    PreprocessRides,
+)
+from taxifare_core import contract
+from taxifare_core.parsing import MalformedRecord
+
+RAW = "raw"
+# Output file prefixes under OUTPUT/, and their suffixes.
+OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("errors", ".jsonl"), RAW: ("raw", ".csv")}
+
+
+def read_source(pipeline: beam.Pipeline, config: PreprocessConfig) -> beam.PCollection:
+    """The raw input: RawBlocks of CSV lines, or BigQuery's rows as dicts."""
+    if config.source == "csv":
+        return pipeline | "ReadCsv" >> ReadCsvBlocks(config.input, config.block_rows)
+    if config.bigquery_emulator:
+        from pipelines.bigquery_emulator import use_bigquery_emulator
+
+        use_bigquery_emulator(config.bigquery_emulator)
+    options = pipeline.options.view_as(GoogleCloudOptions)
+    project = options.project or (contract.BQ_PROJECT if config.bigquery_emulator else None)
+    read = read_from_bigquery(config.query, config.read_method, project, options.temp_location)
+    return pipeline | "ReadBigQuery" >> read
+
+
+def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollection]:
+    """The pipeline graph from a Pipeline (reads config's source) or a PCollection of raw input.
+
+    A PCollection stands for what the source would give: RawBlocks for
+    --source csv, dict rows shaped like BigQuery's for --source bigquery.
+    Returns {"train", "val"} CSV text, {"dead_letter"} JSON lines and, for
+    BigQuery, {"raw"} CSV text of the rows read (the raw cache).
+    """
+    raw = read_source(source, config) if isinstance(source, beam.Pipeline) else source
+    outputs = {}
+    if config.source == "csv":
+        parsed = raw | "ParseCsv" >> ParseCsvBlocks()
+    else:
+        parsed = raw | "ParseBigQueryRows" >> ParseRecordBatches(config.table, config.block_rows)
+        outputs[RAW] = raw | "FormatRawCache" >> FormatRawRecords(config.block_rows)
+    lines = parsed[RIDES] | "Preprocess" >> PreprocessRides(
+        config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows
+    )
+    outputs.update({TRAIN: lines[TRAIN], VAL: lines[VAL], DEAD_LETTER: parsed[DEAD_LETTER]})
+    return outputs
+
+
+def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig) -> None:
+    """Attach a sharded text sink to each output under config.output."""
+    for name, pcoll in outputs.items():
+        prefix, suffix = OUTPUT_FILES[name]
+        header = ",".join(contract.RAW_COLUMNS) if name == RAW else None
+        pcoll | f"Write{prefix.capitalize()}" >> beam.io.WriteToText(
+            f"{config.output}/{prefix}",
+            file_name_suffix=suffix,
+            num_shards=config.num_shards,
+            shard_name_template="-SSSSS-of-NNNNN",
+            header=header,
+        )
+
+
+def remove_previous_outputs(config: PreprocessConfig) -> None:
+    """Delete the shards a previous run left in the output folder (never the raw cache a CSV run reads)."""
+    names = [TRAIN, VAL, DEAD_LETTER] + ([RAW] if config.source == "bigquery" else [])
+    patterns = [f"{config.output}/{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names]
+    patterns.append(f"{config.output}/{SUMMARY_FILE}")
+    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def check_input(config: PreprocessConfig) -> list[str]:
+    """The CSV files the input matches, each with a usable header; UsageError otherwise."""
+    matched = [m.path for m in FileSystems.match([config.input])[0].metadata_list]
+    if not matched:
+        raise UsageError(f"no file matches --input {config.input}")
+    for path in matched:
+        try:
+            read_header(path)
+        except MalformedRecord as error:
+            raise UsageError(str(error)) from None
+    return matched
+
+
+def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
+    """Run the pipeline to the end; write and return the summary."""
+    if config.source == "csv":
+        check_input(config)
+    if not FileSystems.exists(config.output):
+        FileSystems.mkdirs(config.output)
+    remove_previous_outputs(config)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    write_outputs(build_preprocess(pipeline, config), config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started)
+    write_summary(f"{config.output}/{SUMMARY_FILE}", summary)
+    return summary
+
+
+def _default_input() -> str:
+    """The embedded generated sample (made once under the local data path)."""
+    from taxifare_core.generate import ensure_default_sample
+
+    return ensure_default_sample()
+
+
+def pipeline_options(argv: list[str]) -> PipelineOptions:
+    """Beam options from the command line, with the offline in-process runner unless --runner is given."""
+    options = PipelineOptions(argv)
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: validate flags, run, print the summary table."""
+    argv = sys.argv[1:] if argv is None else argv
+    help_parser().parse_known_args(argv)  # --help, and one-line errors for this pipeline's flags
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    options = pipeline_options(argv)
+    try:
+        config = resolve_config(options, default_input=_default_input)
+        source = config.input if config.source == "csv" else f"BigQuery {config.table}"
+        print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
+              file=sys.stderr)
+        summary = run(options, config)
+    except UsageError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(summary))
+    print(f"summary: {config.output}/{SUMMARY_FILE}")
+    return 0 if summary["balanced"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

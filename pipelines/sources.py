@@ -1,0 +1,207 @@
+"""Where raw rides come from: CSV files read in row blocks, or the contract's BigQuery query.
+
+CSV input is read as *blocks* of `block_rows` lines (one Beam element each), so the
+rest of the pipeline works on batches with numpy instead of one row per element.
+Blocks are planned per file (byte ranges of whole lines, with their first line
+number), reshuffled so parallel workers share them, then read with `FileSystems`
+(local paths and `gs://` alike).
+
+    >>> build_query("200k", "2009-01-01", "2015-01-01").splitlines()[1]
+    'FROM `wagon-public-datasets`.taxifare.raw_200k'
+
+    pipeline | ReadCsvBlocks("data/rides-*.csv", block_rows=100_000)   # -> RawBlock elements
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from taxifare_core import contract
+from taxifare_core.parsing import MalformedRecord, header_columns
+
+# The origin course's CHUNK_SIZE: also the size of the batches that `--dedupe batch` dedupes within.
+DEFAULT_BLOCK_ROWS = 100_000
+_READ_CHUNK_BYTES = 16 * 1024 * 1024
+_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+# GCP project ids (optionally domain-scoped) and BigQuery dataset names.
+_PROJECT_PATTERN = re.compile(r"(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_DATASET_PATTERN = re.compile(r"[A-Za-z0-9_]{1,1024}")
+
+
+class QueryError(ValueError):
+    """A query parameter that is not allowed (bad date, size, project or dataset)."""
+
+
+def parse_date(text: str, flag: str = "date") -> date:
+    """A strict YYYY-MM-DD date; QueryError otherwise."""
+    if not isinstance(text, str) or not _DATE_PATTERN.fullmatch(text):
+        raise QueryError(f"{flag} must be a date as YYYY-MM-DD, got {text!r}")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise QueryError(f"{flag} is not a real date: {text!r}") from None
+
+
+def build_query(
+    data_size: str,
+    min_date: str,
+    max_date: str,
+    project: str = contract.BQ_PROJECT,
+    dataset: str = contract.BQ_DATASET,
+) -> str:
+    """The contract's query for one table size and date window; every part validated first.
+
+    Only re-formatted, validated values reach the SQL text: dates are parsed and
+    written back with `isoformat()`, the size comes from contract.DATA_SIZES.
+    """
+    if data_size not in contract.DATA_SIZES:
+        raise QueryError(f"data size must be one of {', '.join(contract.DATA_SIZES)}, got {data_size!r}")
+    low, high = parse_date(min_date, "min_date"), parse_date(max_date, "max_date")
+    if low > high:
+        raise QueryError(f"min_date {low} is after max_date {high}")
+    if not isinstance(project, str) or not _PROJECT_PATTERN.fullmatch(project):
+        raise QueryError(f"not a valid GCP project id: {project!r}")
+    if not isinstance(dataset, str) or not _DATASET_PATTERN.fullmatch(dataset):
+        raise QueryError(f"not a valid BigQuery dataset name: {dataset!r}")
+    return contract.QUERY_TEMPLATE.format(
+        columns=", ".join(contract.RAW_COLUMNS),
+        project=project,
+        dataset=dataset,
+        data_size=contract.DATA_SIZES[contract.DATA_SIZES.index(data_size)],
+        min_date=low.isoformat(),
+        max_date=high.isoformat(),
+    )
+
+
+def table_name(data_size: str, project: str = contract.BQ_PROJECT, dataset: str = contract.BQ_DATASET) -> str:
+    """The raw table a query reads, for reports: project.dataset.raw_SIZE."""
+    return f"{project}.{dataset}.raw_{data_size}"
+
+
+# --- CSV blocks ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockSpan:
+    """Where one block lies in a file: bytes [start, end) hold whole lines from `first_line` (1-based)."""
+
+    path: str
+    start: int
+    end: int
+    first_line: int
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RawBlock:
+    """The raw bytes of one block of CSV lines (no header), with where they came from."""
+
+    source: str
+    first_line: int
+    columns: tuple[str, ...]
+    data: bytes
+
+
+def _open(path: str):
+    """A file opened as raw bytes (no decompression: byte offsets must stay real)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_header(path: str) -> tuple[tuple[str, ...], int]:
+    """The CSV header's columns and the byte offset just after it; MalformedRecord if unusable."""
+    with _open(path) as handle:
+        first = handle.readline()
+    if not first.strip():
+        raise MalformedRecord(f"{path}: empty file or empty header line")
+    columns = header_columns(first.decode("utf-8-sig").rstrip("\r\n"))
+    return tuple(columns), len(first)
+
+
+def plan_blocks(path: str, block_rows: int) -> list[BlockSpan]:
+    """Byte ranges of `block_rows` lines each over one file (one pass counting newlines)."""
+    columns, offset = read_header(path)
+    spans, start, line, lines_in_block = [], offset, 2, 0
+    position = offset
+    with _open(path) as handle:
+        handle.seek(offset)
+        while chunk := handle.read(_READ_CHUNK_BYTES):
+            newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + position + 1
+            # Cut after every block_rows-th newline of the running count.
+            first_cut = block_rows - lines_in_block - 1
+            for end in newlines[first_cut::block_rows]:
+                spans.append(BlockSpan(path, start, int(end), line, columns))
+                line += block_rows
+                start = int(end)
+            lines_in_block = (lines_in_block + len(newlines)) % block_rows
+            position += len(chunk)
+    if position > start:  # the last block, with or without a final newline
+        spans.append(BlockSpan(path, start, position, line, columns))
+    return spans
+
+
+def read_block(span: BlockSpan) -> RawBlock:
+    """The bytes of one planned block."""
+    with _open(span.path) as handle:
+        handle.seek(span.start)
+        data = handle.read(span.end - span.start)
+    return RawBlock(span.path, span.first_line, span.columns, data)
+
+
+class PlanBlocksFn(beam.DoFn):
+    """FileMetadata -> the BlockSpans of that file."""
+
+    def __init__(self, block_rows: int = DEFAULT_BLOCK_ROWS):
+        self.block_rows = block_rows
+
+    def process(self, metadata):
+        yield from plan_blocks(metadata.path, self.block_rows)
+
+
+class ReadBlockFn(beam.DoFn):
+    """BlockSpan -> RawBlock."""
+
+    def process(self, span: BlockSpan):
+        yield read_block(span)
+
+
+class ReadCsvBlocks(beam.PTransform):
+    """A file pattern (glob, local or gs://) -> RawBlock elements of `block_rows` lines."""
+
+    def __init__(self, pattern: str, block_rows: int = DEFAULT_BLOCK_ROWS):
+        super().__init__()
+        self.pattern = pattern
+        self.block_rows = block_rows
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "InputPattern" >> beam.Create([self.pattern])
+            | "MatchFiles" >> fileio.MatchAll()
+            | "PlanBlocks" >> beam.ParDo(PlanBlocksFn(self.block_rows))
+            # Spread the blocks over workers (FnApiRunner processes, Dataflow VMs).
+            | "SpreadBlocks" >> beam.Reshuffle()
+            | "ReadBlocks" >> beam.ParDo(ReadBlockFn())
+        )
+
+
+def read_from_bigquery(query: str, read_method: str, project: str | None, temp_location: str | None):
+    """Beam's BigQuery read of `query` (rows as dicts; TIMESTAMP as datetime)."""
+    from apache_beam.io.gcp.bigquery import ReadFromBigQuery
+
+    kwargs = {}
+    if temp_location:
+        kwargs["gcs_location"] = temp_location
+    return ReadFromBigQuery(
+        query=query,
+        use_standard_sql=True,
+        method=getattr(ReadFromBigQuery.Method, read_method),
+        project=project,
+        **kwargs,
+    )

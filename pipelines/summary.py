@@ -1,0 +1,89 @@
+"""The run's summary: Beam counters -> OUTPUT/summary.json and a printed table.
+
+The counts add up by construction: every row read ends in exactly one of
+bad input, a dropping rule, duplicates, train or val; `balanced` says whether they did.
+
+    summary = build_summary(counters_from_result(result), config.to_dict(), seconds)
+    write_summary(f"{config.output}/summary.json", summary); print(format_table(summary))
+"""
+from __future__ import annotations
+
+import json
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipelines.transforms import (
+    BAD_INPUT,
+    COUNTER_NAMESPACE,
+    DROP_RULES,
+    ROWS_READ,
+    TRAIN_ROWS,
+    VAL_ROWS,
+)
+from taxifare_core import contract
+
+SUMMARY_FILE = "summary.json"
+
+
+def counters_from_result(result) -> dict[str, int]:
+    """This pipeline's counters, summed over steps, from a finished PipelineResult."""
+    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def build_summary(counters: dict[str, int], config: dict, seconds: float) -> dict:
+    """The summary record: counts, the rules' drops, the mode that ran, timing and the balance check."""
+    dropped = {rule: counters.get(rule, 0) for rule in DROP_RULES}
+    counts = {
+        "rows_read": counters.get(ROWS_READ, 0),
+        "bad_input": counters.get(BAD_INPUT, 0),
+        "dropped": dropped,
+        "dropped_total": sum(dropped.values()),
+        "duplicates": counters.get(contract.RULE_DUPLICATE, 0),
+        "train_rows": counters.get(TRAIN_ROWS, 0),
+        "val_rows": counters.get(VAL_ROWS, 0),
+    }
+    accounted = (
+        counts["bad_input"] + counts["dropped_total"] + counts["duplicates"]
+        + counts["train_rows"] + counts["val_rows"]
+    )
+    return {
+        **counts,
+        "balanced": accounted == counts["rows_read"],
+        "seconds": round(seconds, 2),
+        "dedupe": config.get("dedupe"),
+        "config": config,
+    }
+
+
+def write_summary(path: str, summary: dict) -> None:
+    """Write the summary as JSON (local path or gs://)."""
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write((json.dumps(summary, indent=2) + "\n").encode())
+
+
+def format_table(summary: dict) -> str:
+    """The summary as an aligned text table."""
+    dedupe_note = {
+        "batch": "duplicates (within batches)",
+        "global": "duplicates (whole input)",
+        "none": "duplicates (not removed)",
+    }.get(summary.get("dedupe"), "duplicates")
+    rows = [("rows read", summary["rows_read"]), ("bad input (dead letter)", summary["bad_input"])]
+    rows += [(f"dropped: {rule}", n) for rule, n in summary["dropped"].items()]
+    rows += [
+        (dedupe_note, summary["duplicates"]),
+        ("train rows", summary["train_rows"]),
+        ("val rows", summary["val_rows"]),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  {value:>12,}" for label, value in rows]
+    lines.append(f"{'seconds':<{width}}  {summary['seconds']:>12,.1f}")
+    verdict = "yes" if summary["balanced"] else "NO"
+    lines.append(f"read = bad + dropped + duplicates + train + val: {verdict}")
+    return "\n".join(lines)

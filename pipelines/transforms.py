@@ -1,0 +1,478 @@
+"""The preprocessing steps as Beam DoFns and composite PTransforms, working on batches.
+
+Every element after the source is a *batch* of rides (a pandas DataFrame or a
+`ProcessedBatch`), so the work is numpy over ~100k rows at a time through
+`taxifare_core` and the per-element overhead of Beam is paid per batch, not per
+row. Steps, each with a `Metrics.counter` in namespace `COUNTER_NAMESPACE`:
+
+    RawBlock (CSV) | ParseCsvBlocks()          -> {"rides": typed DataFrames, "dead_letter": JSON lines}
+    BigQuery dicts | ParseRecordBatches(n)     -> the same
+    rides | FilterDateWindow(min_date, max_date)     counts "outside_date_range"
+          | CleanRides(dedupe="batch"|"global"|"none")  counts each contract rule and "duplicate"
+          | EncodeRides()                             -> ProcessedBatch (n, 66) float32
+          | SplitTrainVal(val_start)                  -> tagged "train" / "val", counted
+          | FormatCsvLines()                          -> one text element per batch
+
+Bad input (unparseable rows) leaves through the "dead_letter" output as JSON lines
+{"source", "line", "record", "reason"}: nothing is lost and every row read ends in
+exactly one counter. Importing this module never imports TensorFlow; the DoFns are
+plain module-level classes (no save_main_session needed).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from apache_beam.metrics import Metrics
+
+from pipelines.sources import RawBlock
+from taxifare_core import contract
+from taxifare_core.cleaning import clean
+from taxifare_core.features import format_csv, processed_rows
+from taxifare_core.parsing import MalformedRecord, parse_frame
+
+COUNTER_NAMESPACE = "taxifare"
+ROWS_READ = "rows_read"
+BAD_INPUT = "bad_input"
+OUTSIDE_DATE_RANGE = "outside_date_range"
+TRAIN_ROWS = "train_rows"
+VAL_ROWS = "val_rows"
+# Rows dropped by a filter, in the order they are applied: the date window, then the contract's rules.
+DROP_RULES = (OUTSIDE_DATE_RANGE, *contract.ROW_RULES)
+DEDUPE_MODES = ("batch", "global", "none")
+
+RIDES, DEAD_LETTER, TRAIN, VAL = "rides", "dead_letter", "train", "val"
+
+_NULL_TEXT = ["", "null", "NULL", "Null", "none", "None", "NONE", "nan", "NaN", "NAN", "na", "NA", "n/a", "N/A"]
+_CSV_TYPES = {
+    **{column: pa.float64() for column in contract.NUMERIC_COLUMNS},
+    contract.TIME_COLUMN: pa.timestamp("ns"),
+}
+
+
+def _counter(name: str):
+    """A counter of this pipeline's namespace."""
+    return Metrics.counter(COUNTER_NAMESPACE, name)
+
+
+def utc_nanoseconds(day: date | datetime | str) -> int:
+    """Midnight UTC of a date (or an aware datetime) as epoch nanoseconds, the typed frames' unit."""
+    stamp = pd.Timestamp(day)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.as_unit("ns").value)
+
+
+def dead_letter_line(source: str, line: int | None, record: str, reason: str) -> str:
+    """One JSON line of the dead letter."""
+    return json.dumps({"source": source, "line": line, "record": record, "reason": reason})
+
+
+def empty_rides() -> pd.DataFrame:
+    """A typed rides frame with no rows."""
+    frame = pd.DataFrame({column: np.empty(0, dtype=np.float64) for column in contract.NUMERIC_COLUMNS})
+    frame[contract.TIME_COLUMN] = pd.Series([], dtype="datetime64[ns, UTC]")
+    return frame[list(contract.RAW_COLUMNS)]
+
+
+# --- parse + validate ----------------------------------------------------------
+
+
+def _typed_block(body: bytes, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """Fast path: the block read by Arrow with the contract's types; None if any line needs the slow path."""
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=list(columns)),
+            convert_options=pacsv.ConvertOptions(
+                column_types=_CSV_TYPES,
+                include_columns=list(contract.RAW_COLUMNS),
+                timestamp_parsers=[contract.CSV_TIME_FORMAT],
+                null_values=_NULL_TEXT,
+                strings_can_be_null=True,
+            ),
+        )
+    except pa.ArrowInvalid:
+        return None
+    # Arrow skips blank lines and splits quoted newlines: then line numbers need the slow path.
+    if table.num_rows != body.count(b"\n") + 1:
+        return None
+    return table.to_pandas()
+
+
+def _text_block(body: bytes, columns: tuple[str, ...], first_line: int) -> tuple[pd.DataFrame, np.ndarray, list]:
+    """Slow path: split each line with the csv module; (text frame, line numbers, [(line, text, reason)])."""
+    rows, line_numbers, bad = [], [], []
+    for offset, text in enumerate(body.decode("utf-8", errors="replace").split("\n")):
+        text = text.rstrip("\r")
+        if not text.strip():
+            continue
+        fields = next(csv.reader([text]), [])
+        if len(fields) != len(columns):
+            bad.append((first_line + offset, text, f"expected {len(columns)} fields, got {len(fields)}"))
+            continue
+        rows.append(fields)
+        line_numbers.append(first_line + offset)
+    frame = pd.DataFrame(rows, columns=list(columns), dtype=object)[list(contract.RAW_COLUMNS)]
+    return frame, np.asarray(line_numbers, dtype=np.int64), bad
+
+
+def parse_block(block: RawBlock) -> tuple[pd.DataFrame, list[str], int]:
+    """One CSV block -> (typed rides, dead-letter JSON lines, rows read).
+
+    Rows read counts every non-blank line; each is either in the typed rides or
+    in the dead letter with its file, line number, verbatim text and reason.
+    """
+    body = block.data[:-1] if block.data.endswith(b"\n") else block.data
+    if not body.strip():
+        return empty_rides(), [], 0
+    frame = _typed_block(body, block.columns)
+    if frame is not None:
+        line_numbers, bad = block.first_line + np.arange(len(frame)), []
+    else:
+        frame, line_numbers, bad = _text_block(body, block.columns, block.first_line)
+    typed, reasons = parse_frame(frame)
+    dead = [dead_letter_line(block.source, line, text, reason) for line, text, reason in bad]
+    failed = reasons.notna().to_numpy()
+    if failed.any():
+        lines = body.split(b"\n")
+        for position in np.flatnonzero(failed):
+            line = int(line_numbers[position])
+            text = lines[line - block.first_line].decode("utf-8", errors="replace").rstrip("\r")
+            dead.append(dead_letter_line(block.source, line, text, reasons.iloc[position]))
+        typed = typed[~failed]
+    return typed[list(contract.RAW_COLUMNS)], dead, len(typed) + len(dead)
+
+
+def _json_value(value):
+    """A BigQuery value as JSON text can hold it (timestamps as ISO strings)."""
+    return value.isoformat() if isinstance(value, (datetime, date)) else str(value)
+
+
+def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str]]:
+    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines)."""
+    dead, complete = [], []
+    for record in records:
+        absent = [column for column in contract.RAW_COLUMNS if column not in record]
+        if absent:
+            reason = f"missing column(s): {', '.join(absent)}"
+            dead.append(dead_letter_line(source, None, json.dumps(record, default=_json_value), reason))
+        else:
+            complete.append(record)
+    if not complete:
+        return empty_rides(), dead
+    raw = pd.DataFrame.from_records(complete, columns=list(contract.RAW_COLUMNS))
+    times = raw[contract.TIME_COLUMN]
+    if times.map(lambda v: v is None or isinstance(v, datetime)).all():
+        # BigQuery TIMESTAMPs arrive as datetimes: convert them in one call.
+        raw[contract.TIME_COLUMN] = pd.to_datetime(times, utc=True)
+    try:
+        typed, reasons = parse_frame(raw)
+    except MalformedRecord as error:
+        lines = [dead_letter_line(source, None, json.dumps(r, default=_json_value), error.reason) for r in complete]
+        return empty_rides(), dead + lines
+    failed = reasons.notna().to_numpy()
+    for position in np.flatnonzero(failed):
+        record = json.dumps(complete[position], default=_json_value)
+        dead.append(dead_letter_line(source, None, record, reasons.iloc[position]))
+    return typed[~failed][list(contract.RAW_COLUMNS)], dead
+
+
+class ParseCsvBlockFn(beam.DoFn):
+    """RawBlock -> typed rides DataFrame; unparseable lines to the "dead_letter" output."""
+
+    def __init__(self):
+        self.rows_read = _counter(ROWS_READ)
+        self.bad_input = _counter(BAD_INPUT)
+
+    def process(self, block: RawBlock):
+        rides, dead, read = parse_block(block)
+        self.rows_read.inc(read)
+        if dead:
+            self.bad_input.inc(len(dead))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
+        if len(rides):
+            yield rides
+
+
+class ParseRecordBatchFn(beam.DoFn):
+    """A list of dict rows -> typed rides DataFrame; unparseable rows to the "dead_letter" output."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.rows_read = _counter(ROWS_READ)
+        self.bad_input = _counter(BAD_INPUT)
+
+    def process(self, records: list):
+        self.rows_read.inc(len(records))
+        rides, dead = parse_records(records, self.source)
+        if dead:
+            self.bad_input.inc(len(dead))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
+        if len(rides):
+            yield rides
+
+
+class ParseCsvBlocks(beam.PTransform):
+    """RawBlocks -> {"rides": typed DataFrames, "dead_letter": JSON-lines text}."""
+
+    def expand(self, blocks):
+        outputs = blocks | "ParseCsvBlock" >> beam.ParDo(ParseCsvBlockFn()).with_outputs(DEAD_LETTER, main=RIDES)
+        return {RIDES: outputs[RIDES], DEAD_LETTER: outputs[DEAD_LETTER]}
+
+
+class ParseRecordBatches(beam.PTransform):
+    """Dict rows (BigQuery) -> batches of `batch_rows` -> {"rides", "dead_letter"} as ParseCsvBlocks."""
+
+    def __init__(self, source: str, batch_rows: int):
+        super().__init__()
+        self.source = source
+        self.batch_rows = batch_rows
+
+    def expand(self, records):
+        outputs = (
+            records
+            | "BatchRecords" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
+            | "ParseRecordBatch" >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(DEAD_LETTER, main=RIDES)
+        )
+        return {RIDES: outputs[RIDES], DEAD_LETTER: outputs[DEAD_LETTER]}
+
+
+def format_raw_records(records: list) -> str:
+    """Dict rows as CSV text in the contract's raw form (the seven columns, CSV timestamps, no header)."""
+    raw = pd.DataFrame.from_records(records, columns=list(contract.RAW_COLUMNS))
+    stamps = pd.to_datetime(raw[contract.TIME_COLUMN], utc=True, errors="coerce", format="mixed")
+    raw[contract.TIME_COLUMN] = stamps.dt.strftime(contract.CSV_TIME_FORMAT)
+    return raw.to_csv(header=False, index=False, lineterminator="\n").rstrip("\n")
+
+
+class FormatRawRecords(beam.PTransform):
+    """Dict rows (BigQuery) -> CSV text batches for the raw cache (write with the raw header)."""
+
+    def __init__(self, batch_rows: int):
+        super().__init__()
+        self.batch_rows = batch_rows
+
+    def expand(self, records):
+        return (
+            records
+            | "BatchRawRecords" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
+            | "FormatRawCsv" >> beam.Map(format_raw_records)
+        )
+
+
+# --- filter + clean --------------------------------------------------------------
+
+
+class FilterDateWindowFn(beam.DoFn):
+    """Keep rides with min_date <= pickup <= max_date (BigQuery's BETWEEN of midnights); a missing time is kept for the missing-value rule."""
+
+    def __init__(self, min_date, max_date):
+        self.low, self.high = utc_nanoseconds(min_date), utc_nanoseconds(max_date)
+        self.outside = _counter(OUTSIDE_DATE_RANGE)
+
+    def process(self, rides: pd.DataFrame):
+        stamps = rides[contract.TIME_COLUMN]
+        nanoseconds = stamps.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)
+        outside = stamps.notna().to_numpy() & ((nanoseconds < self.low) | (nanoseconds > self.high))
+        if outside.any():
+            self.outside.inc(int(outside.sum()))
+            rides = rides[~outside]
+        if len(rides):
+            yield rides
+
+
+class CleanRidesFn(beam.DoFn):
+    """Apply the contract's per-row rules (and, with dedupe, duplicates within the batch); count each rule."""
+
+    def __init__(self, dedupe: bool):
+        self.dedupe = dedupe
+        self.dropped = {rule: _counter(rule) for rule in contract.CLEANING_RULES}
+
+    def process(self, rides: pd.DataFrame):
+        result = clean(rides, dedupe=self.dedupe)
+        for rule, count in result.dropped.value_counts().items():
+            self.dropped[rule].inc(int(count))
+        if len(result.kept):
+            yield result.kept
+
+
+def rides_to_tuples(rides: pd.DataFrame):
+    """Each ride's seven columns as a hashable tuple (time as epoch ns), the key of exact deduplication."""
+    columns = [
+        rides[c].to_numpy(dtype="datetime64[ns]").view(np.int64).tolist()
+        if c == contract.TIME_COLUMN
+        else rides[c].to_numpy(dtype=np.float64).tolist()
+        for c in contract.RAW_COLUMNS
+    ]
+    return zip(*columns)
+
+
+def tuples_to_rides(rows: list) -> pd.DataFrame:
+    """Tuples of rides_to_tuples back to a typed rides frame."""
+    columns = list(zip(*rows)) if rows else [[] for _ in contract.RAW_COLUMNS]
+    frame = {}
+    for name, values in zip(contract.RAW_COLUMNS, columns):
+        if name == contract.TIME_COLUMN:
+            frame[name] = pd.to_datetime(np.asarray(values, dtype=np.int64), utc=True)
+        else:
+            frame[name] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(frame)
+
+
+class KeepOneCopyFn(beam.DoFn):
+    """(ride tuple, copies) -> the ride once; counts the extra copies as "duplicate"."""
+
+    def __init__(self):
+        self.duplicates = _counter(contract.RULE_DUPLICATE)
+
+    def process(self, element):
+        ride, copies = element
+        if copies > 1:
+            self.duplicates.inc(copies - 1)
+        yield ride
+
+
+class DeduplicateGlobally(beam.PTransform):
+    """Exact deduplication over the whole input: one element per ride through a shuffle, then re-batched.
+
+    Memory on the local runners grows with the input (every ride is held by the
+    shuffle); right for Dataflow, where the shuffle is a service.
+    """
+
+    def __init__(self, batch_rows: int):
+        super().__init__()
+        self.batch_rows = batch_rows
+
+    def expand(self, rides):
+        return (
+            rides
+            | "RidesToTuples" >> beam.FlatMap(rides_to_tuples)
+            | "CountCopies" >> beam.combiners.Count.PerElement()
+            | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn())
+            | "Rebatch" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
+            | "TuplesToRides" >> beam.Map(tuples_to_rides)
+        )
+
+
+class CleanRides(beam.PTransform):
+    """Typed rides -> clean rides, deduplicated per `dedupe` ("batch", "global" or "none")."""
+
+    def __init__(self, dedupe: str = "batch", batch_rows: int = 100_000):
+        super().__init__()
+        if dedupe not in DEDUPE_MODES:
+            raise ValueError(f"dedupe must be one of {DEDUPE_MODES}, got {dedupe!r}")
+        self.dedupe = dedupe
+        self.batch_rows = batch_rows
+
+    def expand(self, rides):
+        kept = rides | "ApplyRules" >> beam.ParDo(CleanRidesFn(dedupe=self.dedupe == "batch"))
+        if self.dedupe == "global":
+            kept = kept | "DeduplicateGlobally" >> DeduplicateGlobally(self.batch_rows)
+        return kept
+
+
+# --- encode + split + format -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessedBatch:
+    """Processed rows (n, 66) float32 (65 features then fare) and each row's pickup time in epoch ns."""
+
+    rows: np.ndarray
+    pickup_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def encode_rides(rides: pd.DataFrame) -> ProcessedBatch:
+    """Clean rides -> their processed rows through taxifare_core (vectorized)."""
+    stamps = rides[contract.TIME_COLUMN].dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return ProcessedBatch(processed_rows(rides), stamps)
+
+
+class EncodeRidesFn(beam.DoFn):
+    """Clean rides DataFrame -> ProcessedBatch (the 65 features + fare)."""
+
+    def process(self, rides: pd.DataFrame):
+        yield encode_rides(rides)
+
+
+class EncodeRides(beam.PTransform):
+    """Clean rides -> ProcessedBatch elements."""
+
+    def expand(self, rides):
+        return rides | "EncodeFeatures" >> beam.ParDo(EncodeRidesFn())
+
+
+class SplitTrainValFn(beam.DoFn):
+    """ProcessedBatch -> "train" (pickup before val_start) and "val" (from val_start on) outputs, counted."""
+
+    def __init__(self, val_start):
+        self.val_start = utc_nanoseconds(val_start)
+        self.train_rows = _counter(TRAIN_ROWS)
+        self.val_rows = _counter(VAL_ROWS)
+
+    def process(self, batch: ProcessedBatch):
+        is_val = batch.pickup_ns >= self.val_start
+        n_val = int(is_val.sum())
+        if n_val < len(batch):
+            self.train_rows.inc(len(batch) - n_val)
+            yield beam.pvalue.TaggedOutput(TRAIN, ProcessedBatch(batch.rows[~is_val], batch.pickup_ns[~is_val]))
+        if n_val:
+            self.val_rows.inc(n_val)
+            yield beam.pvalue.TaggedOutput(VAL, ProcessedBatch(batch.rows[is_val], batch.pickup_ns[is_val]))
+
+
+class SplitTrainVal(beam.PTransform):
+    """ProcessedBatches -> {"train", "val"} chronologically at `val_start` (a date, midnight UTC)."""
+
+    def __init__(self, val_start):
+        super().__init__()
+        self.val_start = val_start
+
+    def expand(self, batches):
+        outputs = batches | "SplitByDate" >> beam.ParDo(SplitTrainValFn(self.val_start)).with_outputs(TRAIN, VAL)
+        return {TRAIN: outputs[TRAIN], VAL: outputs[VAL]}
+
+
+def format_lines(batch: ProcessedBatch) -> str:
+    """A ProcessedBatch as CSV text: 66 columns, no header, float32 precision, lines joined by newline."""
+    return format_csv(batch.rows)
+
+
+class FormatCsvLines(beam.PTransform):
+    """ProcessedBatches -> one CSV text element per batch (many lines), ready for WriteToText."""
+
+    def expand(self, batches):
+        return batches | "FormatCsv" >> beam.Map(format_lines)
+
+
+class PreprocessRides(beam.PTransform):
+    """Typed rides -> {"train", "val"} CSV text: date window, cleaning, dedupe, encode, split, format."""
+
+    def __init__(self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000):
+        super().__init__()
+        self.min_date, self.max_date, self.val_start = min_date, max_date, val_start
+        self.dedupe, self.batch_rows = dedupe, batch_rows
+
+    def expand(self, rides):
+        split = (
+            rides
+            | "FilterDateWindow" >> beam.ParDo(FilterDateWindowFn(self.min_date, self.max_date))
+            | "Clean" >> CleanRides(self.dedupe, self.batch_rows)
+            | "Encode" >> EncodeRides()
+            | "Split" >> SplitTrainVal(self.val_start)
+        )
+        return {
+            TRAIN: split[TRAIN] | "FormatTrain" >> FormatCsvLines(),
+            VAL: split[VAL] | "FormatVal" >> FormatCsvLines(),
+        }

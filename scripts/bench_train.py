@@ -1,0 +1,162 @@
+"""Benchmark of the streaming trainer: speed vs in-memory `model.fit`, and memory vs dataset size.
+
+    .venv/bin/python scripts/bench_train.py                       # 1 M and 4 M rows
+    .venv/bin/python scripts/bench_train.py --rows 200000 --scale 4 --keep /tmp/bench_train
+
+One run does, each case in its own process (so peak memory is its own):
+  1. stream    - `pipelines.train.run` over N rows of shards, one epoch per chunk;
+  2. in_memory - the same N rows loaded first, then one `model.fit` epoch, same
+                 model, batch size and validation rows;
+  3. stream_big - the trainer over scale x N rows (the same shards listed
+                 `scale` times through symlinks: equal content, scale x the rows).
+It prints rows per second (training rows / wall seconds of the training call,
+validation included in both) and peak resident memory, then checks the issue's
+targets: streaming >= 0.8 x in-memory rate, and peak memory growth from N to
+scale x N under 20%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from taxifare_core import cleaning, contract, features, generate, parsing
+
+TARGET_RATE_RATIO = 0.8
+TARGET_MEMORY_GROWTH = 0.20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_shards(folder: Path, rows: int, shards: int, val_rows: int, scale: int, seed: int) -> None:
+    """`shards` train shards of rows/shards processed rows, a val shard, and a `big` folder of symlinks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done, per_shard = 0, rows // shards
+    print(f"writing {rows:,} processed rows in {shards} shard(s) + {val_rows:,} val rows to {folder}", flush=True)
+    for index in range(shards + 1):
+        wanted = per_shard if index < shards else val_rows
+        raw = generate.generate_rides(int(wanted * 1.08) + 100, seed=seed + index)
+        typed, reasons = parsing.parse_frame(raw)
+        processed = features.processed_rows(cleaning.clean(typed[reasons.isna()]).kept)[:wanted]
+        name = f"train-{index:05d}-of-{shards:05d}.csv" if index < shards else "val-00000-of-00001.csv"
+        (folder / name).write_text(features.format_csv(processed) + "\n")
+        done += len(processed)
+    big = folder / "big"
+    big.mkdir(exist_ok=True)
+    for copy in range(scale):
+        for index in range(shards):
+            link = big / f"train-{copy * shards + index:05d}-of-{scale * shards:05d}.csv"
+            if not link.exists():
+                link.symlink_to(folder / f"train-{index:05d}-of-{shards:05d}.csv")
+
+
+def child_stream(train_glob: str, val_glob: str, args) -> dict:
+    """Case 'stream': the real trainer, one epoch per chunk."""
+    from pipelines import train
+
+    with tempfile.TemporaryDirectory() as registry_dir:
+        options = train.parse_args([
+            "--train", train_glob, "--val", val_glob, "--registry", registry_dir,
+            "--chunk_size", str(args.chunk_size), "--batch_size", str(args.batch_size),
+            "--max_epochs_per_chunk", "1", "--seed", "1",
+        ])
+        metrics = train.run(options)
+    return {"rows": metrics["rows"], "seconds": metrics["seconds"], "chunks": metrics["chunks"]}
+
+
+def child_in_memory(train_glob: str, val_glob: str, args) -> dict:
+    """Case 'in_memory': load every row, then one model.fit epoch with the same validation rows."""
+    from pipelines.train import DEFAULT_MAX_VAL_ROWS
+    from taxifare_core import reader
+    from taxifare_core.model import build_model, keras_module
+
+    x, y = reader.read_rows(train_glob, max_rows=10**12)
+    validation = reader.read_rows(val_glob, DEFAULT_MAX_VAL_ROWS)
+    model = build_model(seed=1)
+    keras = keras_module()
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=contract.PATIENCE, restore_best_weights=True)
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=args.batch_size, epochs=1, validation_data=validation,
+              callbacks=[stopper], shuffle=True, verbose=0)
+    return {"rows": len(y), "seconds": time.perf_counter() - started}
+
+
+def run_child(case: str, train_glob: str, val_glob: str, args) -> dict:
+    """Run one case in a fresh process; its JSON result plus peak memory."""
+    command = [sys.executable, __file__, "--child", case, "--train_glob", train_glob, "--val_glob", val_glob,
+               "--chunk_size", str(args.chunk_size), "--batch_size", str(args.batch_size)]
+    print(f"case {case} ...", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"case {case} failed")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["rows_per_second"] = result["rows"] / result["seconds"]
+    print(f"  {result['rows']:,} rows in {result['seconds']:.1f} s = {result['rows_per_second']:,.0f} rows/s, "
+          f"peak memory {result['peak_rss_mb']:,.0f} MB", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, build shards, run the three cases, print and check the targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the base case")
+    parser.add_argument("--scale", type=int, default=4, help="the big case has scale x rows")
+    parser.add_argument("--shards", type=int, default=4, help="train shards of the base case")
+    parser.add_argument("--val_rows", type=int, default=20_000, help="validation rows (2%% of 1 M)")
+    parser.add_argument("--chunk_size", type=int, default=100_000, help="trainer chunk size")
+    parser.add_argument("--batch_size", type=int, default=contract.BATCH_SIZE, help="batch size of both fits")
+    parser.add_argument("--keep", type=Path, default=None, help="reuse / keep the shards in this folder")
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--child", choices=("stream", "in_memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--train_glob", help=argparse.SUPPRESS)
+    parser.add_argument("--val_glob", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        case = child_stream if args.child == "stream" else child_in_memory
+        result = case(args.train_glob, args.val_glob, args)
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return 0
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or Path(scratch)
+        if not (folder / "val-00000-of-00001.csv").exists():
+            make_shards(folder, args.rows, args.shards, args.val_rows, args.scale, seed=100)
+        train_glob, val_glob = str(folder / "train-*.csv"), str(folder / "val-*.csv")
+        results = {
+            "stream": run_child("stream", train_glob, val_glob, args),
+            "in_memory": run_child("in_memory", train_glob, val_glob, args),
+            "stream_big": run_child("stream", str(folder / "big" / "train-*.csv"), val_glob, args),
+        }
+    ratio = results["stream"]["rows_per_second"] / results["in_memory"]["rows_per_second"]
+    growth = results["stream_big"]["peak_rss_mb"] / results["stream"]["peak_rss_mb"] - 1
+    results["rate_ratio"], results["memory_growth"] = ratio, growth
+    print(f"\nstreaming / in-memory rate: {ratio:.2f} (target >= {TARGET_RATE_RATIO}) "
+          f"{'OK' if ratio >= TARGET_RATE_RATIO else 'MISSED'}")
+    print(f"peak memory {results['stream']['rows']:,} -> {results['stream_big']['rows']:,} rows: "
+          f"{results['stream']['peak_rss_mb']:,.0f} -> {results['stream_big']['peak_rss_mb']:,.0f} MB "
+          f"({growth:+.1%}, target < {TARGET_MEMORY_GROWTH:.0%}) {'OK' if growth < TARGET_MEMORY_GROWTH else 'MISSED'}")
+    print(f"in-memory fit peak memory for {results['in_memory']['rows']:,} rows: "
+          f"{results['in_memory']['peak_rss_mb']:,.0f} MB")
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

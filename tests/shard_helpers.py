@@ -1,0 +1,30 @@
+"""Test data for the trainer, registry and prediction tests: processed shards and raw ride files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from taxifare_core import cleaning, features, generate, parsing
+
+
+def processed_rows(n_rows: int, seed: int = 7) -> np.ndarray:
+    """About `n_rows` processed rows (65 features + fare) of generated clean rides."""
+    raw = generate.generate_rides(int(n_rows * 1.1) + 20, seed=seed)
+    typed, reasons = parsing.parse_frame(raw)
+    kept = cleaning.clean(typed[reasons.isna()]).kept
+    return features.processed_rows(kept)[:n_rows]
+
+
+def write_shards(folder: Path, rows: np.ndarray, sizes: list[int], prefix: str = "train") -> list[Path]:
+    """Split `rows` into shards of the given sizes, named like the preprocessing pipeline's."""
+    assert sum(sizes) == len(rows), (sizes, len(rows))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, start = [], 0
+    for index, size in enumerate(sizes):
+        path = folder / f"{prefix}-{index:05d}-of-{len(sizes):05d}.csv"
+        text = features.format_csv(rows[start:start + size])
+        path.write_text(text + "\n" if text else "")
+        paths.append(path)
+        start += size
+    return paths

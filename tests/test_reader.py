@@ -1,0 +1,78 @@
+"""The streaming shard reader: fixed-size chunks across shards, resume offsets, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shard_helpers import processed_rows, write_shards
+
+from taxifare_core import contract, reader
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    """21 processed rows."""
+    return processed_rows(21)
+
+
+@pytest.fixture
+def shards(tmp_path, rows):
+    """Three shards of 7, 5 and 9 rows, plus an empty one (Beam can write those)."""
+    write_shards(tmp_path, rows, [7, 0, 5, 9])
+    return str(tmp_path / "train-*.csv")
+
+
+def _stack(chunks):
+    chunks = list(chunks)
+    return [len(y) for _, y in chunks], np.vstack([x for x, _ in chunks]), np.concatenate([y for _, y in chunks])
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_chunks_follow_chunk_size_across_shards(shards, rows, prefetch):
+    sizes, features, fares = _stack(reader.iter_chunks(shards, chunk_size=4, prefetch=prefetch))
+    assert sizes == [4, 4, 4, 4, 4, 1]
+    assert features.shape == (21, contract.N_FEATURES) and features.dtype == np.float32
+    np.testing.assert_allclose(features, rows[:, :-1], atol=contract.PROCESSED_TOLERANCE)
+    np.testing.assert_allclose(fares, rows[:, -1], atol=contract.PROCESSED_TOLERANCE)
+
+
+def test_one_chunk_when_chunk_size_exceeds_data(shards):
+    sizes, _, _ = _stack(reader.iter_chunks(shards, chunk_size=1000))
+    assert sizes == [21]
+
+
+def test_skip_rows_resumes_mid_shard(shards, rows):
+    sizes, features, fares = _stack(reader.iter_chunks(shards, chunk_size=4, skip_rows=10))
+    assert sizes == [4, 4, 3]
+    np.testing.assert_allclose(fares, rows[10:, -1], atol=contract.PROCESSED_TOLERANCE)
+    np.testing.assert_allclose(features, rows[10:, :-1], atol=contract.PROCESSED_TOLERANCE)
+
+
+def test_chunks_are_independent_buffers(shards):
+    first, second = [x for x, _ in reader.iter_chunks(shards, chunk_size=4)][:2]
+    assert not np.shares_memory(first, second)
+
+
+def test_read_rows_is_bounded(shards, rows):
+    features, fares = reader.read_rows(shards, max_rows=8)
+    assert features.shape == (8, contract.N_FEATURES)
+    np.testing.assert_allclose(fares, rows[:8, -1], atol=contract.PROCESSED_TOLERANCE)
+
+
+def test_no_matching_shard_is_a_clear_error(tmp_path):
+    with pytest.raises(reader.ShardError, match="no file matches"):
+        list(reader.iter_chunks(str(tmp_path / "nothing-*.csv"), chunk_size=4))
+
+
+def test_wrong_column_count_is_a_clear_error(tmp_path):
+    (tmp_path / "train-00000-of-00001.csv").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(reader.ShardError, match="train-00000-of-00001.csv"):
+        list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=4))
+
+
+def test_text_in_a_shard_is_a_clear_error(tmp_path, rows):
+    path = write_shards(tmp_path, rows[:3], [3])[0]
+    lines = path.read_text().splitlines()
+    lines[1] = ",".join(["x"] * contract.N_PROCESSED_COLUMNS)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(reader.ShardError, match="not a processed CSV"):
+        list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=4))
