@@ -53,3 +53,12 @@ def report_usage_error(prog: str, error: Exception) -> int:
     """Print a usage error as one line; returns the exit code."""
     print(f"{prog}: error: {error}", file=sys.stderr)
     return EXIT_USAGE
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except when there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)

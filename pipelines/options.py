@@ -159,12 +159,16 @@ def one_month_before(day: date) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
+def _folder_safe(label: str) -> str:
+    """A label usable in a folder name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label) or "csv"
+
+
 def _csv_size_label(pattern: str) -> str:
     """The {size} label of a CSV input: the name of the folder holding the files."""
     parts = PurePosixPath(pattern.replace("\\", "/")).parts
     folders = [part for part in parts[:-1] if not any(ch in part for ch in "*?[")]
-    name = folders[-1] if folders else PurePosixPath(parts[-1]).stem
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "csv"
+    return _folder_safe(folders[-1] if folders else PurePosixPath(parts[-1]).stem)
 
 
 def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
@@ -209,7 +213,7 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         pattern = flags.input or (default_input() if default_input else None)
         if not pattern:
             raise UsageError("--source csv needs --input FILES")
-        data_size = flags.data_size or _csv_size_label(pattern)
+        data_size = _folder_safe(flags.data_size) if flags.data_size else _csv_size_label(pattern)
     output = flags.output or str(
         contract.local_data_path() / "processed"
         / contract.processed_dir_name(low.isoformat(), high.isoformat(), data_size)

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pipelines.cli import OneLineErrorParser, UsageError, report_usage_error
+from pipelines.cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError, report_usage_error
 from taxifare_core import contract, registry, storage
 from taxifare_core.parsing import MalformedRecord
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROG,
         description="Predict taxi fares with the latest (or a named) model of the registry.",
+        formatter_class=DefaultsHelpFormatter,
         epilog="With no ride flags and no --input, predicts the contract's example ride. "
                "In batch mode, unknown flags are passed to Beam (e.g. --runner).",
     )

@@ -29,6 +29,7 @@ from pipelines.sources import ReadCsvBlocks, read_from_bigquery, read_header
 from pipelines.summary import SUMMARY_FILE, build_summary, counters_from_result, format_table, write_summary
 from pipelines.transforms import (
     DEAD_LETTER,
+    PROGRESS,
     RIDES,
     TRAIN,
     VAL,
@@ -122,6 +123,9 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     """Run the pipeline to the end; write and return the summary."""
     if config.source == "csv":
         check_input(config)
+    source = config.input if config.source == "csv" else f"BigQuery {config.table}"
+    print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
+          file=sys.stderr)
     if not FileSystems.exists(config.output):
         FileSystems.mkdirs(config.output)
     remove_previous_outputs(config)
@@ -142,6 +146,16 @@ def _default_input() -> str:
     return ensure_default_sample()
 
 
+def show_progress() -> None:
+    """Print the blocks' progress lines on stderr (once per process)."""
+    if not PROGRESS.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("preprocess: %(message)s"))
+        PROGRESS.addHandler(handler)
+        PROGRESS.setLevel(logging.INFO)
+        PROGRESS.propagate = False
+
+
 def pipeline_options(argv: list[str]) -> PipelineOptions:
     """Beam options from the command line, with the offline in-process runner unless --runner is given."""
     options = PipelineOptions(argv)
@@ -155,12 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     help_parser().parse_known_args(argv)  # --help, and one-line errors for this pipeline's flags
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    show_progress()
     options = pipeline_options(argv)
     try:
         config = resolve_config(options, default_input=_default_input)
-        source = config.input if config.source == "csv" else f"BigQuery {config.table}"
-        print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
-              file=sys.stderr)
         summary = run(options, config)
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)

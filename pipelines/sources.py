@@ -195,9 +195,7 @@ def read_from_bigquery(query: str, read_method: str, project: str | None, temp_l
     """Beam's BigQuery read of `query` (rows as dicts; TIMESTAMP as datetime)."""
     from apache_beam.io.gcp.bigquery import ReadFromBigQuery
 
-    kwargs = {}
-    if temp_location:
-        kwargs["gcs_location"] = temp_location
+    kwargs = {"gcs_location": temp_location} if read_method == "EXPORT" and temp_location else {}
     return ReadFromBigQuery(
         query=query,
         use_standard_sql=True,

@@ -25,11 +25,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from pipelines.cli import (
+    DefaultsHelpFormatter,
     EXIT_USAGE,
     OneLineErrorParser,
     UsageError,
@@ -48,6 +48,7 @@ DEFAULT_LOSS = "mse"
 DEFAULT_LEARNING_RATE = contract.LEARNING_RATE
 DEFAULT_MAX_EPOCHS_PER_CHUNK = 100
 DEFAULT_MAX_VAL_ROWS = 200_000
+TRAIN_PREFIX, VAL_PREFIX = "train", "val"  # the preprocessing pipeline's shard names
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_BEST_WEIGHTS = "best.weights.h5"
 # Flags that define a run: a resumed run keeps its own values of these.
@@ -59,26 +60,30 @@ RUN_SETTINGS = (
 ChunkHook = Callable[[str, int, object], None]
 
 
-def default_processed_dir() -> Path:
-    """Where `python -m pipelines.preprocess` writes by default (contract's dates and data size)."""
-    name = contract.processed_dir_name(
-        contract.DEFAULT_MIN_DATE, contract.DEFAULT_MAX_DATE, contract.DEFAULT_DATA_SIZE
-    )
-    return contract.local_data_path() / "processed" / name
+def default_processed_dir() -> str:
+    """The folder `python -m pipelines.preprocess` writes when run without flags (asked of its own config)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import resolve_config
+    from taxifare_core.generate import DEFAULT_PREFIX, default_sample_dir
+
+    # The embedded sample's glob, named without generating it: only the folder name is wanted.
+    config = resolve_config(PipelineOptions([]), default_input=lambda: str(default_sample_dir() / f"{DEFAULT_PREFIX}-*.csv"))
+    return config.output
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
-    processed = default_processed_dir()
     parser = OneLineErrorParser(
         prog=PROG,
         description="Train the taxifare model on processed shards, chunk by chunk, into the model registry.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--train", default=str(processed / "train-*.csv"),
-                        help="glob of the processed train shards (local or gs://)")
-    parser.add_argument("--val", default=str(processed / "val-*.csv"),
-                        help="glob of the processed validation shards (local or gs://)")
+    parser.add_argument("--train", default=None,
+                        help="glob of the processed train shards, local or gs:// "
+                             "(default: train-*.csv in the folder `make preprocess` writes by default)")
+    parser.add_argument("--val", default=None,
+                        help="glob of the processed validation shards, local or gs:// (default: val-*.csv beside it)")
     parser.add_argument("--chunk_size", type=positive_int, default=DEFAULT_CHUNK_SIZE,
                         help="rows per training chunk: memory grows with it, not with the data")
     parser.add_argument("--batch_size", type=positive_int, default=contract.BATCH_SIZE,
@@ -104,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse CLI arguments (argv None: sys.argv)."""
-    return build_parser().parse_args(argv)
+    """Parse CLI arguments (argv None: sys.argv); absent globs point at the preprocessing default output."""
+    args = build_parser().parse_args(argv)
+    if args.train is None or args.val is None:
+        folder = default_processed_dir()
+        args.train = args.train or storage.join(folder, f"{TRAIN_PREFIX}-*.csv")
+        args.val = args.val or storage.join(folder, f"{VAL_PREFIX}-*.csv")
+    return args
 
 
 def _log(message: str) -> None:
@@ -167,12 +177,20 @@ def _load_weights(model, path: str) -> None:
         model.load_weights(local)
 
 
-def _write_checkpoint(run_dir: str, model, state: dict, improved: bool) -> None:
-    """Model (with optimizer state), best weights when they changed, then the state (last)."""
+def _write_checkpoint(run_dir: str, model, state: dict, best_weights) -> None:
+    """Model (with optimizer state), the best chunk's weights when they differ from it, then the state.
+
+    The best weights are written only once a later chunk did worse, so a run that
+    keeps improving pays one model save per chunk.
+    """
     storage.makedirs(storage.join(run_dir, registry.CHECKPOINT_DIR))
     registry.save_keras_model(model, _checkpoint_path(run_dir, CHECKPOINT_MODEL))
-    if improved:
+    if state["best_chunk"] != state["chunks_done"] and state.get("best_weights_chunk") != state["best_chunk"]:
+        current = model.get_weights()
+        model.set_weights(best_weights)
         _save_weights(model, _checkpoint_path(run_dir, CHECKPOINT_BEST_WEIGHTS))
+        model.set_weights(current)
+        state["best_weights_chunk"] = state["best_chunk"]
     registry.write_json(_checkpoint_path(run_dir, registry.CHECKPOINT_STATE_FILE), state)
 
 
@@ -224,6 +242,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
     after each chunk (chunk numbers from 1), once its checkpoint is written.
     Raises UsageError for bad paths or nothing to resume, reader.ShardError for bad shards.
     """
+    keras_module()  # TensorFlow's import is a start-up cost, not training time
     if args.resume:
         run_dir, state = _resume_run(args)
         _log(f"resuming {run_dir} after chunk {state['chunks_done']} ({state['rows_seen']:,} rows)")
@@ -244,6 +263,8 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
          f"from {len(val_paths)} shard(s), chunks of {settings['chunk_size']:,} rows, loss {settings['loss']}")
 
     model = _build_or_restore(run_dir, state)
+    # In memory only while they are the checkpoint's own weights (see _write_checkpoint).
+    best_weights = model.get_weights() if state["chunks_done"] and state["best_chunk"] == state["chunks_done"] else None
     baseline = RunningLinearFit.from_state(state["baseline"])
     validation = (val_features, val_fares)
     chunks = reader.iter_chunks(settings["train"], settings["chunk_size"], skip_rows=state["rows_seen"])
@@ -257,6 +278,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         improved = state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"]
         if improved:
             state["best_chunk"], state["best_val_loss"] = chunk, logs["val_loss"]
+            best_weights = model.get_weights()
         state["chunks_done"] = chunk
         state["rows_seen"] += len(fares)
         state["epochs"] += epochs
@@ -269,7 +291,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         })
         state["seconds"] += seconds
         state["wall_seconds"] = time.perf_counter() - started
-        _write_checkpoint(run_dir, model, state, improved)
+        _write_checkpoint(run_dir, model, state, best_weights)
         _log(f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
              f"val MAE {logs['val_mae']:.3f}{' *' if improved else ''}  ({epochs} epochs, "
              f"{time.perf_counter() - chunk_started:.1f} s)")

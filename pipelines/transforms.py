@@ -5,24 +5,30 @@ Every element after the source is a *batch* of rides (a pandas DataFrame or a
 `taxifare_core` and the per-element overhead of Beam is paid per batch, not per
 row. Steps, each with a `Metrics.counter` in namespace `COUNTER_NAMESPACE`:
 
-    RawBlock (CSV) | ParseCsvBlocks()          -> {"rides": typed DataFrames, "dead_letter": JSON lines}
-    BigQuery dicts | ParseRecordBatches(n)     -> the same
-    rides | FilterDateWindow(min_date, max_date)     counts "outside_date_range"
-          | CleanRides(dedupe="batch"|"global"|"none")  counts each contract rule and "duplicate"
-          | EncodeRides()                             -> ProcessedBatch (n, 66) float32
-          | SplitTrainVal(val_start)                  -> tagged "train" / "val", counted
-          | FormatCsvLines()                          -> one text element per batch
+    RawBlock (CSV) | ParseCsvBlocks()         -> {"rides": typed DataFrames, "dead_letter": JSON lines}
+    BigQuery dicts | ParseRecordBatches(src, n)   -> the same ("rows_read", "bad_input")
+    rides | PreprocessRides(min_date, max_date, val_start, dedupe) -> {"train", "val"} CSV text, i.e.
+          | ParDo(FilterDateWindowFn(min_date, max_date))  counts "outside_date_range"
+          | CleanRides(dedupe="batch"|"global"|"none")    counts each contract rule and "duplicate"
+          | EncodeRides()                                 -> ProcessedBatch (n, 66) float32
+          | SplitTrainVal(val_start)                      -> tagged "train" / "val", counted
+          | FormatCsvLines()                              -> one text element per batch
 
 Bad input (unparseable rows) leaves through the "dead_letter" output as JSON lines
 {"source", "line", "record", "reason"}: nothing is lost and every row read ends in
-exactly one counter. Importing this module never imports TensorFlow; the DoFns are
-plain module-level classes (no save_main_session needed).
+exactly one counter. The plain functions behind the DoFns (`parse_block`,
+`parse_records`, `encode_rides`, `format_lines`) serve callers outside Beam, such
+as batch prediction. Importing this module never imports TensorFlow; the DoFns are
+module-level classes (no save_main_session needed).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -50,6 +56,8 @@ DROP_RULES = (OUTSIDE_DATE_RANGE, *contract.ROW_RULES)
 DEDUPE_MODES = ("batch", "global", "none")
 
 RIDES, DEAD_LETTER, TRAIN, VAL = "rides", "dead_letter", "train", "val"
+# Progress lines (one per block read); the CLI shows them on stderr for the in-process runner.
+PROGRESS = logging.getLogger("pipelines.progress")
 
 _NULL_TEXT = ["", "null", "NULL", "Null", "none", "None", "NONE", "nan", "NaN", "NAN", "na", "NA", "n/a", "N/A"]
 _CSV_TYPES = {
@@ -194,6 +202,7 @@ class ParseCsvBlockFn(beam.DoFn):
 
     def process(self, block: RawBlock):
         rides, dead, read = parse_block(block)
+        PROGRESS.info("read %s from line %d: %d rows, %d bad", block.source, block.first_line, read, len(dead))
         self.rows_read.inc(read)
         if dead:
             self.bad_input.inc(len(dead))
@@ -379,7 +388,28 @@ class CleanRides(beam.PTransform):
         return kept
 
 
-# --- encode + split + format -----------------------------------------------------
+# --- encode + split + format ---
+# Encoding and formatting spend most of their time in numpy and Arrow's CSV writer,
+# which release the GIL: big batches are cut in slices worked on by a few threads
+# (same result, sooner). Below this many rows per slice, threads cost more than they save.
+_MIN_ROWS_PER_THREAD = 20_000
+
+
+def _thread_pool(threads: int | None) -> tuple[ThreadPoolExecutor | None, int]:
+    """(a pool of `threads` or None for one, its size); default: the machine's cores, at most 4."""
+    workers = max(1, min(threads or os.cpu_count() or 1, 4))
+    return (ThreadPoolExecutor(workers) if workers > 1 else None), workers
+
+
+def _slice_count(rows: int, workers: int) -> int:
+    """How many slices to cut a batch of `rows` into for `workers` threads."""
+    return max(1, min(workers, rows // _MIN_ROWS_PER_THREAD))
+
+
+def _shutdown(pool: ThreadPoolExecutor | None) -> None:
+    """Stop a pool made by _thread_pool."""
+    if pool is not None:
+        pool.shutdown()
 
 
 @dataclass(frozen=True)
@@ -400,10 +430,25 @@ def encode_rides(rides: pd.DataFrame) -> ProcessedBatch:
 
 
 class EncodeRidesFn(beam.DoFn):
-    """Clean rides DataFrame -> ProcessedBatch (the 65 features + fare)."""
+    """Clean rides DataFrame -> ProcessedBatch (the 65 features + fare); big batches in parallel slices."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def setup(self):
+        self.pool, self.workers = _thread_pool(self.threads)
 
     def process(self, rides: pd.DataFrame):
-        yield encode_rides(rides)
+        slices = _slice_count(len(rides), self.workers)
+        if slices == 1:
+            yield encode_rides(rides)
+        else:
+            bounds = np.linspace(0, len(rides), slices + 1).astype(int)
+            parts = list(self.pool.map(encode_rides, [rides.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
+            yield ProcessedBatch(np.concatenate([p.rows for p in parts]), np.concatenate([p.pickup_ns for p in parts]))
+
+    def teardown(self):
+        _shutdown(getattr(self, "pool", None))
 
 
 class EncodeRides(beam.PTransform):
@@ -449,11 +494,37 @@ def format_lines(batch: ProcessedBatch) -> str:
     return format_csv(batch.rows)
 
 
+class FormatCsvLinesFn(beam.DoFn):
+    """ProcessedBatch -> one CSV text element; big batches are formatted in parallel slices."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def setup(self):
+        self.pool, self.workers = _thread_pool(self.threads)
+
+    def process(self, batch: ProcessedBatch):
+        if not len(batch):
+            return
+        slices = _slice_count(len(batch), self.workers)
+        if slices == 1:
+            yield format_csv(batch.rows)
+        else:
+            yield "\n".join(self.pool.map(format_csv, np.array_split(batch.rows, slices)))
+
+    def teardown(self):
+        _shutdown(getattr(self, "pool", None))
+
+
 class FormatCsvLines(beam.PTransform):
     """ProcessedBatches -> one CSV text element per batch (many lines), ready for WriteToText."""
 
+    def __init__(self, threads: int | None = None):
+        super().__init__()
+        self.threads = threads
+
     def expand(self, batches):
-        return batches | "FormatCsv" >> beam.Map(format_lines)
+        return batches | "FormatCsv" >> beam.ParDo(FormatCsvLinesFn(self.threads))
 
 
 class PreprocessRides(beam.PTransform):

@@ -81,7 +81,9 @@ def child_in_memory(train_glob: str, val_glob: str, args) -> dict:
     from taxifare_core import reader
     from taxifare_core.model import build_model, keras_module
 
-    x, y = reader.read_rows(train_glob, max_rows=10**12)
+    chunks = list(reader.iter_chunks(train_glob, chunk_size=args.chunk_size, prefetch=0))
+    x, y = np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+    del chunks
     validation = reader.read_rows(val_glob, DEFAULT_MAX_VAL_ROWS)
     model = build_model(seed=1)
     keras = keras_module()

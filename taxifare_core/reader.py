@@ -79,15 +79,11 @@ def _iter_row_blocks(paths: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
             yield path, batch
 
 
-def _fill(features: np.ndarray, fares: np.ndarray, at: int, batch: pa.RecordBatch, rows: slice, path: str) -> None:
-    """Copy `rows` of a record batch into the chunk buffers from row `at`."""
-    part = batch.slice(rows.start, rows.stop - rows.start)
-    if any(column.null_count for column in part.columns):
+def _rows_of(batch: pa.RecordBatch, path: str) -> np.ndarray:
+    """A record batch as a row-major float32 (n, 66) matrix; ShardError on an empty value."""
+    if any(column.null_count for column in batch.columns):
         raise ShardError(f"{path}: empty value in a processed row")
-    end = at + part.num_rows
-    for j in range(N_FEATURES):
-        features[at:end, j] = part.column(j).to_numpy()
-    fares[at:end] = part.column(N_FEATURES).to_numpy()
+    return np.column_stack([column.to_numpy() for column in batch.columns])
 
 
 def _chunks(paths: list[str], chunk_size: int, skip_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -96,11 +92,15 @@ def _chunks(paths: list[str], chunk_size: int, skip_rows: int) -> Iterator[tuple
     fares = np.empty(chunk_size, dtype=np.float32)
     filled, to_skip = 0, skip_rows
     for path, batch in _iter_row_blocks(paths):
-        start = min(to_skip, batch.num_rows)
-        to_skip -= start
-        while start < batch.num_rows:
-            take = min(chunk_size - filled, batch.num_rows - start)
-            _fill(features, fares, filled, batch, slice(start, start + take), path)
+        if to_skip >= batch.num_rows:
+            to_skip -= batch.num_rows
+            continue
+        rows = _rows_of(batch, path)[to_skip:]
+        to_skip, start = 0, 0
+        while start < len(rows):
+            take = min(chunk_size - filled, len(rows) - start)
+            features[filled:filled + take] = rows[start:start + take, :N_FEATURES]
+            fares[filled:filled + take] = rows[start:start + take, N_FEATURES]
             filled, start = filled + take, start + take
             if filled == chunk_size:
                 yield features, fares

@@ -164,5 +164,5 @@ def test_cli_bad_flag_is_one_line_exit_2(capsys):
 def test_default_globs_are_the_preprocessing_default_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("LOCAL_DATA_PATH", str(tmp_path))
     args = train.parse_args([])
-    assert args.train == str(tmp_path / "processed" / "processed_2009-01-01_2015-01-01_1k" / "train-*.csv")
-    assert args.val.endswith("processed_2009-01-01_2015-01-01_1k/val-*.csv")
+    folder = tmp_path / "processed" / "processed_2009-01-01_2015-01-01_generated_100000_seed42"
+    assert args.train == str(folder / "train-*.csv") and args.val == str(folder / "val-*.csv")
