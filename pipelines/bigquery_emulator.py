@@ -8,14 +8,18 @@ tests/test_bigquery_emulator.py::test_beam_still_has_the_redirected_names):
 - `apache_beam.io.gcp.bigquery.bq_storage` gives the Storage Read API client (DIRECT_READ);
 - `gce_metadata_util.fetch_dataflow_job_id` would ask the GCE metadata server.
 
-Both clients use anonymous credentials, so nothing looks for a login. The redirect
+Both clients go without credentials (plain HTTP, an insecure gRPC channel), so
+nothing looks for Application Default Credentials or waits for a login. The redirect
 lives in this process only: run the pipeline on the DirectRunner in-process
 (`--direct_running_mode in_memory`), which is what `--bigquery_emulator HOST:PORT`
 of `python -m pipelines.preprocess` is for.
 
     from pipelines.bigquery_emulator import use_bigquery_emulator
     use_bigquery_emulator("127.0.0.1:9050")            # REST; Storage Read on port + 10
-    use_bigquery_emulator("127.0.0.1:9050", grpc_port=9060)
+    use_bigquery_emulator("127.0.0.1:9050", grpc_port=9070)
+    stop_using_bigquery_emulator()                     # back to Google Cloud
+
+scripts/bigquery_emulator.py starts such an emulator and loads rides into it.
 """
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ import os
 import types
 
 import grpc
-from google.auth.credentials import AnonymousCredentials
 
 from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_tools, gce_metadata_util
@@ -34,12 +37,15 @@ from apache_beam.internal.http_client import get_new_http
 # `local-bigquery serve` listens for gRPC (Storage Read) on its REST port + 10 by default.
 DEFAULT_GRPC_PORT_OFFSET = 10
 REST_PATH = "/bigquery/v2/"
+EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
 # Names this module replaces, for the guard test: (owner, attribute).
 REDIRECTED_NAMES = (
     (bigquery_tools.BigQueryWrapper, "_bigquery_client"),
     (beam_bigquery, "bq_storage"),
     (gce_metadata_util, "fetch_dataflow_job_id"),
 )
+# What they were before any redirect, for stop_using_bigquery_emulator.
+_ORIGINALS = {(owner, name): owner.__dict__.get(name) for owner, name in REDIRECTED_NAMES}
 
 
 def parse_host_port(host_port: str) -> tuple[str, int]:
@@ -85,7 +91,7 @@ def use_bigquery_emulator(host_port: str, grpc_port: int | None = None) -> None:
     host, port = parse_host_port(host_port)
     grpc_port = grpc_port or port + DEFAULT_GRPC_PORT_OFFSET
     for owner, name in REDIRECTED_NAMES:
-        if not hasattr(owner, name):
+        if _ORIGINALS[(owner, name)] is None:
             raise RuntimeError(
                 f"apache_beam moved {getattr(owner, '__name__', owner)}.{name}: "
                 "pipelines/bigquery_emulator.py must follow it"
@@ -97,4 +103,12 @@ def use_bigquery_emulator(host_port: str, grpc_port: int | None = None) -> None:
     beam_bigquery.bq_storage = _storage_module(f"{host}:{grpc_port}")
     gce_metadata_util.fetch_dataflow_job_id = _no_dataflow_job_id
     # google-cloud-bigquery clients made elsewhere in this process follow too.
-    os.environ["BIGQUERY_EMULATOR_HOST"] = f"http://{host}:{port}"
+    os.environ[EMULATOR_HOST_ENV] = f"http://{host}:{port}"
+
+
+def stop_using_bigquery_emulator() -> None:
+    """Undo use_bigquery_emulator: Beam talks to Google Cloud again."""
+    for (owner, name), original in _ORIGINALS.items():
+        if original is not None:
+            setattr(owner, name, original)
+    os.environ.pop(EMULATOR_HOST_ENV, None)

@@ -186,6 +186,8 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         raise UsageError(str(error)) from None
     if low > high:
         raise UsageError(f"--min_date {low} is after --max_date {high}")
+    if flags.val_start and not low <= val_start <= high:
+        raise UsageError(f"--val_start {val_start} is outside the window {low} .. {high}")
     if flags.num_shards < 0:
         raise UsageError(f"--num_shards must be 0 (runner decides) or more, got {flags.num_shards}")
     if flags.block_rows < 1:

@@ -76,7 +76,7 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
         parsed = raw | "ParseBigQueryRows" >> ParseRecordBatches(config.table, config.block_rows)
         outputs[RAW] = raw | "FormatRawCache" >> FormatRawRecords(config.block_rows)
     lines = parsed[RIDES] | "Preprocess" >> PreprocessRides(
-        config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows
+        config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows, config.num_shards
     )
     outputs.update({TRAIN: lines[TRAIN], VAL: lines[VAL], DEAD_LETTER: parsed[DEAD_LETTER]})
     return outputs

@@ -495,10 +495,16 @@ def format_lines(batch: ProcessedBatch) -> str:
 
 
 class FormatCsvLinesFn(beam.DoFn):
-    """ProcessedBatch -> one CSV text element; big batches are formatted in parallel slices."""
+    """ProcessedBatch -> CSV text: one element per batch, or `pieces` elements (one per output shard).
 
-    def __init__(self, threads: int | None = None):
+    Beam's sink deals a fixed shard count round-robin, so cutting every batch in
+    `num_shards` pieces keeps the shards balanced. Big batches are formatted in
+    slices on a few threads; the text is the same.
+    """
+
+    def __init__(self, threads: int | None = None, pieces: int = 1):
         self.threads = threads
+        self.pieces = max(1, pieces)
 
     def setup(self):
         self.pool, self.workers = _thread_pool(self.threads)
@@ -506,34 +512,41 @@ class FormatCsvLinesFn(beam.DoFn):
     def process(self, batch: ProcessedBatch):
         if not len(batch):
             return
-        slices = _slice_count(len(batch), self.workers)
+        slices = max(_slice_count(len(batch), self.workers), min(self.pieces, len(batch)))
         if slices == 1:
             yield format_csv(batch.rows)
+            return
+        parts = np.array_split(batch.rows, slices)
+        texts = self.pool.map(format_csv, parts) if self.pool else map(format_csv, parts)
+        if self.pieces > 1:
+            yield from (text for text in texts if text)
         else:
-            yield "\n".join(self.pool.map(format_csv, np.array_split(batch.rows, slices)))
+            yield "\n".join(texts)
 
     def teardown(self):
         _shutdown(getattr(self, "pool", None))
 
 
 class FormatCsvLines(beam.PTransform):
-    """ProcessedBatches -> one CSV text element per batch (many lines), ready for WriteToText."""
+    """ProcessedBatches -> CSV text elements (many lines each), ready for WriteToText."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, pieces: int = 1):
         super().__init__()
         self.threads = threads
+        self.pieces = pieces
 
     def expand(self, batches):
-        return batches | "FormatCsv" >> beam.ParDo(FormatCsvLinesFn(self.threads))
+        return batches | "FormatCsv" >> beam.ParDo(FormatCsvLinesFn(self.threads, self.pieces))
 
 
 class PreprocessRides(beam.PTransform):
     """Typed rides -> {"train", "val"} CSV text: date window, cleaning, dedupe, encode, split, format."""
 
-    def __init__(self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000):
+    def __init__(self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000,
+                 num_shards: int = 0):
         super().__init__()
         self.min_date, self.max_date, self.val_start = min_date, max_date, val_start
-        self.dedupe, self.batch_rows = dedupe, batch_rows
+        self.dedupe, self.batch_rows, self.num_shards = dedupe, batch_rows, num_shards
 
     def expand(self, rides):
         split = (
@@ -544,6 +557,6 @@ class PreprocessRides(beam.PTransform):
             | "Split" >> SplitTrainVal(self.val_start)
         )
         return {
-            TRAIN: split[TRAIN] | "FormatTrain" >> FormatCsvLines(),
-            VAL: split[VAL] | "FormatVal" >> FormatCsvLines(),
+            TRAIN: split[TRAIN] | "FormatTrain" >> FormatCsvLines(pieces=self.num_shards),
+            VAL: split[VAL] | "FormatVal" >> FormatCsvLines(pieces=self.num_shards),
         }

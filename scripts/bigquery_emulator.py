@@ -280,6 +280,8 @@ def load_rides(host_port: str, rides, table: str, project: str = contract.BQ_PRO
     import pyarrow.parquet as pq
     from google.cloud import bigquery
 
+    if not is_ready(host_port):
+        raise EmulatorError(f"no BigQuery emulator answers on {host_port} (start one with `start`)")
     bq = client(host_port, project)
     dataset, _, _ = table.partition(".")
     bq.create_dataset(f"{project}.{dataset}", exists_ok=True)

@@ -206,6 +206,7 @@ def test_real_sample_matches_taxifare_core(real_sample_path, tmp_path):
     (["--source", "bigquery", "--data_size", "10k", "--project", "p-123456"], "data size"),
     (["--source", "bigquery", "--project", "p-123456", "--read_method", "EXPORT"], "--temp_location"),
     (["--num_shards", "-1"], "--num_shards"),
+    (["--val_start", "2016-01-01"], "--val_start"),
 ])
 def test_bad_flags_stop_with_one_line_and_exit_2(args, message):
     done = run_cli(args)
@@ -239,3 +240,15 @@ def test_explicit_direct_runner_works_offline(dirty, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((output / "summary.json").read_text())
     assert summary["balanced"] and summary["config"]["runner"] == "DirectRunner"
+
+
+def test_fixed_shard_count_gives_balanced_shards(dirty, tmp_path):
+    folder, paths, (train, val) = dirty
+    output = tmp_path / "out"
+    assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--num_shards", "3",
+                            "--dedupe", "global"]) == 0
+    shards = sorted(output.glob("train-*-of-00003.csv"))
+    assert len(shards) == 3
+    sizes = [len(path.read_text().splitlines()) for path in shards]
+    assert sum(sizes) == len(train) and max(sizes) - min(sizes) <= 2
+    assert_same_rows(read_shards(str(output / "train-*.csv")), train)

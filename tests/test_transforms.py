@@ -311,3 +311,21 @@ def test_threaded_encoding_gives_the_same_rows():
         outputs.append(batch)
     np.testing.assert_array_equal(outputs[0].rows, outputs[1].rows)
     np.testing.assert_array_equal(outputs[0].pickup_ns, outputs[1].pickup_ns)
+
+
+def test_fast_csv_is_byte_for_byte_core_format_csv():
+    from taxifare_core import generate
+    from taxifare_core.cleaning import clean
+    from taxifare_core.features import format_csv
+
+    from pipelines.fast_csv import format_processed
+
+    typed, reasons = parse_frame(generate.generate_rides(30_000, seed=21))
+    rows = T.encode_rides(clean(typed[reasons.isna()]).kept).rows
+    assert (rows[:, contract.COLS_PICKUP_DISTRICT].sum(axis=1) == 0).any()  # the all-zero district text is used
+    assert format_processed(rows) == format_csv(rows)
+    assert format_processed(rows[7:8]) == format_csv(rows[7:8])
+    assert format_processed(rows[:0]) == format_csv(rows[:0]) == ""
+    odd = rows[:3].copy()
+    odd[:, [contract.COL_DAYS, contract.N_FEATURES]] = [[1e-9, 1234.5], [-0.0, 3.0], [0.30000001, 1e7]]
+    assert format_processed(odd) == format_csv(odd)
