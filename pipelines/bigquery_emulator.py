@@ -8,8 +8,12 @@ tests/test_bigquery_emulator.py::test_beam_still_has_the_redirected_names):
 - `apache_beam.io.gcp.bigquery.bq_storage` gives the Storage Read API client (DIRECT_READ);
 - `gce_metadata_util.fetch_dataflow_job_id` would ask the GCE metadata server.
 
-Both clients go without credentials (plain HTTP, an insecure gRPC channel), so
-nothing looks for Application Default Credentials or waits for a login. The redirect
+Both clients go without credentials (plain HTTP, an insecure gRPC channel), and
+Beam's credential cache (`apache_beam.internal.gcp.auth._Credentials`) is set to
+"anonymous", as Beam sets it itself after ~20 s of failed lookups: nothing looks
+for Application Default Credentials or waits for a login, and Beam's GCS client
+connects anonymously, to the GCS emulator that STORAGE_EMULATOR_HOST names if any
+(e.g. gcp-storage-emulator, which scripts/bigquery_emulator.py also runs). The redirect
 lives in this process only: run the pipeline on the DirectRunner in-process
 (`--direct_running_mode in_memory`), which is what `--bigquery_emulator HOST:PORT`
 of `python -m pipelines.preprocess` is for.
@@ -28,11 +32,11 @@ import os
 import types
 
 import grpc
-
+from apache_beam.internal.gcp import auth as beam_auth
+from apache_beam.internal.http_client import get_new_http
 from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_tools, gce_metadata_util
 from apache_beam.io.gcp.internal.clients import bigquery as bigquery_api
-from apache_beam.internal.http_client import get_new_http
 
 # `local-bigquery serve` listens for gRPC (Storage Read) on its REST port + 10 by default.
 DEFAULT_GRPC_PORT_OFFSET = 10
@@ -44,6 +48,9 @@ REDIRECTED_NAMES = (
     (beam_bigquery, "bq_storage"),
     (gce_metadata_util, "fetch_dataflow_job_id"),
 )
+# Beam's process-wide credential cache, and its fields: looked up yet?, the credentials (None: anonymous).
+CREDENTIAL_CACHE = beam_auth._Credentials
+CREDENTIAL_FIELDS = ("_credentials_lock", "_credentials_init", "_credentials")
 # What they were before any redirect, for stop_using_bigquery_emulator.
 _ORIGINALS = {(owner, name): owner.__dict__.get(name) for owner, name in REDIRECTED_NAMES}
 
@@ -86,22 +93,28 @@ def _no_dataflow_job_id() -> str:
     return ""
 
 
+def _set_beam_credentials(looked_up: bool) -> None:
+    """Empty Beam's credential cache: anonymous from now on (looked_up) or looked up again on next use."""
+    with CREDENTIAL_CACHE._credentials_lock:
+        CREDENTIAL_CACHE._credentials_init = looked_up
+        CREDENTIAL_CACHE._credentials = None
+
+
 def use_bigquery_emulator(host_port: str, grpc_port: int | None = None) -> None:
     """Send this process's Beam BigQuery reads to the emulator at host_port (REST)."""
     host, port = parse_host_port(host_port)
     grpc_port = grpc_port or port + DEFAULT_GRPC_PORT_OFFSET
-    for owner, name in REDIRECTED_NAMES:
-        if _ORIGINALS[(owner, name)] is None:
-            raise RuntimeError(
-                f"apache_beam moved {getattr(owner, '__name__', owner)}.{name}: "
-                "pipelines/bigquery_emulator.py must follow it"
-            )
+    moved = [name for (owner, name), original in _ORIGINALS.items() if original is None]
+    moved += [name for name in CREDENTIAL_FIELDS if not hasattr(CREDENTIAL_CACHE, name)]
+    if moved:
+        raise RuntimeError(f"apache_beam moved {', '.join(moved)}: pipelines/bigquery_emulator.py must follow it")
     base_url = f"http://{host}:{port}{REST_PATH}"
     bigquery_tools.BigQueryWrapper._bigquery_client = staticmethod(
         functools.partial(_rest_client, base_url)
     )
     beam_bigquery.bq_storage = _storage_module(f"{host}:{grpc_port}")
     gce_metadata_util.fetch_dataflow_job_id = _no_dataflow_job_id
+    _set_beam_credentials(looked_up=True)
     # google-cloud-bigquery clients made elsewhere in this process follow too.
     os.environ[EMULATOR_HOST_ENV] = f"http://{host}:{port}"
 
@@ -111,4 +124,5 @@ def stop_using_bigquery_emulator() -> None:
     for (owner, name), original in _ORIGINALS.items():
         if original is not None:
             setattr(owner, name, original)
+    _set_beam_credentials(looked_up=False)
     os.environ.pop(EMULATOR_HOST_ENV, None)

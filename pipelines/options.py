@@ -70,7 +70,8 @@ class PreprocessOptions(PipelineOptions):
                  "label of the default output folder (default: the input folder's name)")
         parser.add_argument(
             "--min_date", default=contract.DEFAULT_MIN_DATE,
-            help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE})")
+            help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE}); "
+                 "CSV rows outside the window are counted as outside_date_range")
         parser.add_argument(
             "--max_date", default=contract.DEFAULT_MAX_DATE,
             help="last pickup date kept, YYYY-MM-DD; as BigQuery's BETWEEN, it means midnight UTC, "

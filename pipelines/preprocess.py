@@ -24,7 +24,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from pipelines.options import DEFAULT_RUNNER, PreprocessConfig, UsageError, help_parser, resolve_config
+from pipelines.options import (
+    DEFAULT_RUNNER,
+    LOCAL_RUNNERS,
+    PreprocessConfig,
+    UsageError,
+    help_parser,
+    resolve_config,
+)
 from pipelines.sources import ReadCsvBlocks, read_from_bigquery, read_header
 from pipelines.summary import SUMMARY_FILE, build_summary, counters_from_result, format_table, write_summary
 from pipelines.transforms import (
@@ -168,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: validate flags, run, print the summary table."""
     argv = sys.argv[1:] if argv is None else argv
     help_parser().parse_known_args(argv)  # --help, and one-line errors for this pipeline's flags
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
-    show_progress()
     options = pipeline_options(argv)
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        # Local runs print their own progress; remote runners keep Beam's job logs.
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    show_progress()
     try:
         config = resolve_config(options, default_input=_default_input)
         summary = run(options, config)

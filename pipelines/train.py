@@ -249,8 +249,11 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
     settings = state["settings"]
     # Wall time counts from here; a resumed run adds what it spent before.
     started = time.perf_counter() - state["wall_seconds"]
-    train_paths = reader.shard_paths(settings["train"])
-    val_paths = reader.shard_paths(settings["val"])
+    try:
+        train_paths = reader.shard_paths(settings["train"])
+        val_paths = reader.shard_paths(settings["val"])
+    except reader.ShardError as error:
+        raise UsageError(f"{error}: run `make preprocess` first, or pass --train / --val") from None
     val_features, val_fares = reader.read_rows(settings["val"], settings["max_val_rows"])
     if len(val_fares) == 0:
         raise UsageError(f"the validation shards {settings['val']} hold no rows")
@@ -295,6 +298,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         if on_chunk:
             on_chunk("end", chunk, model)
     if state["chunks_done"] == 0:
+        storage.remove_tree(run_dir)
         raise UsageError(f"the train shards {settings['train']} hold no rows")
     return _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started)
 
@@ -341,8 +345,8 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
     _log(f"done: {metrics['rows']:,} rows in {metrics['chunks']} chunk(s), {metrics['epochs']} epochs, "
          f"{metrics['train_seconds']:.0f} s of training; best chunk {metrics['best_chunk']}")
     _log(f"validation ({metrics['val_rows']:,} rows): model MAE ${metrics['val_mae']:.3f} "
-         f"(RMSE ${metrics['val_rmse']:.3f}) vs baseline MAE ${metrics['baseline_mae']:.3f} "
-         f"({gain:+.1f}% better)")
+         f"(RMSE ${metrics['val_rmse']:.3f}) vs baseline MAE ${metrics['baseline_mae']:.3f}: "
+         f"{abs(gain):.1f}% {'better' if gain >= 0 else 'worse'} than the baseline")
     _log(f"saved {storage.join(run_dir, registry.MODEL_FILE)}")
     return metrics
 

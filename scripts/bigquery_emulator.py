@@ -10,6 +10,7 @@ from PyPI packages too, so it works offline).
     python scripts/bigquery_emulator.py load --emulator 127.0.0.1:PORT --rows 1000
     python -m pipelines.preprocess --source bigquery --bigquery_emulator 127.0.0.1:PORT
     python scripts/bigquery_emulator.py stop             # by the pid file's PID
+    python scripts/bigquery_emulator.py start --gcs_bucket my-bucket   # plus a gs:// emulator
 
 The REST API listens on PORT and the Storage Read API (gRPC) on PORT + 10, the
 convention pipelines.bigquery_emulator follows. Set BQEMU_PYTHON to use another
@@ -29,7 +30,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +187,29 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _launch(command: list[str], host_port: str, ready, data_dir: Path, name: str, timeout: float) -> Emulator:
+    """Start a server in the background and wait until ready(host_port); stop it if it never is."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"{name}.log"
+    with open(log_path, "ab") as log_file:
+        # Its own session: a Ctrl-C meant for the caller does not kill it half-way.
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    host, port = parse_host_port(host_port)
+    server = Emulator(host, port, process.pid, data_dir, log_path)
+    deadline = time.monotonic() + timeout
+    while not ready(host_port):
+        if process.poll() is not None:
+            raise EmulatorError(f"the {name} exited with code {process.returncode} "
+                                f"(log: {log_path}):\n{_log_tail(log_path)}")
+        if time.monotonic() > deadline:
+            stop(server.pid)
+            raise EmulatorError(f"the {name} did not answer within {timeout:.0f} s "
+                                f"(log: {log_path}):\n{_log_tail(log_path)}")
+        time.sleep(0.2)
+    return server
+
+
 def start(
     data_dir: Path = DEFAULT_DATA_DIR,
     host: str = DEFAULT_HOST,
@@ -194,34 +217,43 @@ def start(
     timeout: float = READY_TIMEOUT_S,
     log=print,
 ) -> Emulator:
-    """Start the emulator in the background and wait until it answers; stop it if it does not."""
+    """Start the BigQuery emulator in the background and wait until a real API call succeeds."""
     executable = ensure_venv(log=log)
     port = port or free_port(host)
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / "emulator.log"
     command = [
         str(executable), "serve", "--host", host, "--port", str(port),
         "--grpc-port", str(port + DEFAULT_GRPC_PORT_OFFSET),
         "--project", contract.BQ_PROJECT, "--dataset", contract.BQ_DATASET,
         "--data-dir", str(data_dir),
     ]  # fmt: skip
-    with open(log_path, "ab") as log_file:
-        # Its own session: a Ctrl-C meant for the caller does not kill it half-way.
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    emulator = Emulator(host, port, process.pid, data_dir, log_path)
-    deadline = time.monotonic() + timeout
-    while not is_ready(emulator.host_port):
-        if process.poll() is not None:
-            raise EmulatorError(f"the emulator exited with code {process.returncode} "
-                                f"(log: {log_path}):\n{_log_tail(log_path)}")
-        if time.monotonic() > deadline:
-            stop(emulator.pid)
-            raise EmulatorError(f"the emulator did not answer within {timeout:.0f} s "
-                                f"(log: {log_path}):\n{_log_tail(log_path)}")
-        time.sleep(0.2)
-    return emulator
+    return _launch(command, f"{host}:{port}", is_ready, data_dir, "bigquery_emulator", timeout)
+
+
+def storage_is_ready(host_port: str) -> bool:
+    """True when the GCS emulator lists buckets."""
+    try:
+        with urllib.request.urlopen(f"http://{host_port}/storage/v1/b?project=local", timeout=5) as response:
+            return response.status == 200 and "kind" in json.load(response)
+    except (OSError, ValueError):
+        return False
+
+
+def start_storage(
+    data_dir: Path,
+    bucket: str,
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    timeout: float = READY_TIMEOUT_S,
+    log=print,
+) -> Emulator:
+    """Start a GCS emulator (gcp-storage-emulator) holding `bucket`; point STORAGE_EMULATOR_HOST at it."""
+    executable = ensure_venv(log=log).with_name("gcp-storage-emulator")
+    port = port or free_port(host)
+    data_dir = Path(data_dir)
+    command = [str(executable), "--data-dir", str(data_dir / "gcs"), "start", "--host", host,
+               "--port", str(port), "--default-bucket", bucket, "--quiet"]
+    return _launch(command, f"{host}:{port}", storage_is_ready, data_dir, "storage_emulator", timeout)
 
 
 def _alive(pid: int) -> bool:
@@ -322,6 +354,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("install", help="create or refresh .venv-bqemu/ (Python 3.13, pinned packages)")
     start_cmd = commands.add_parser("start", help="start the emulator in the background; prints HOST:PORT")
+    start_cmd.add_argument("--gcs_bucket", default=None,
+                           help="also start a Cloud Storage emulator holding this bucket; prints the "
+                           "STORAGE_EMULATOR_HOST to export for gs:// paths")
     start_cmd.add_argument("--port", type=int, default=None,
                            help=f"REST port (gRPC is PORT + {DEFAULT_GRPC_PORT_OFFSET}; default: a free one)")
     stop_cmd = commands.add_parser("stop", help="stop the emulator started by `start`, by its PID")
@@ -359,13 +394,19 @@ def main(argv=None) -> int:
                 print(running["host_port"])
                 return 0
             emulator = start(args.data_dir, port=args.port, log=lambda line: print(line, file=sys.stderr))
+            pids = [emulator.pid]
+            if args.gcs_bucket:
+                storage = start_storage(args.data_dir, args.gcs_bucket, log=lambda line: print(line, file=sys.stderr))
+                pids.append(storage.pid)
+                print(f"export STORAGE_EMULATOR_HOST=http://{storage.host_port}   # gs://{args.gcs_bucket}",
+                      file=sys.stderr)
             (args.data_dir / PID_FILE_NAME).write_text(
-                json.dumps({"pid": emulator.pid, "host_port": emulator.host_port}))
+                json.dumps({"pid": emulator.pid, "pids": pids, "host_port": emulator.host_port}))
             print(f"BigQuery emulator pid {emulator.pid}, log {emulator.log_path}", file=sys.stderr)
             print(emulator.host_port)
         elif args.command == "stop":
             running = _read_pid_file(args.data_dir)
-            stopped = bool(running) and stop(running["pid"])
+            stopped = bool(running) and any([stop(pid) for pid in running.get("pids", [running["pid"]])])
             (args.data_dir / PID_FILE_NAME).unlink(missing_ok=True)
             print("stopped" if stopped else "not running")
         elif args.command == "status":

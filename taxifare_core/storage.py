@@ -10,6 +10,7 @@ is used, so local work and Beam workers never pay for TensorFlow.
 from __future__ import annotations
 
 import glob as _glob
+import io
 import os
 import shutil
 from typing import IO
@@ -67,9 +68,33 @@ def listdir(path: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
+class _GFileRaw(io.RawIOBase):
+    """A tf.io.gfile.GFile opened for reading, as a standard raw stream (pyarrow needs `closed`, `readinto`)."""
+
+    def __init__(self, handle):
+        super().__init__()
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
+
+
 def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
-    """A binary file object for reading ("rb") or writing ("wb")."""
-    return _gfile().GFile(path, mode) if is_remote(path) else open(path, mode)
+    """A binary file object for reading ("rb", buffered) or writing ("wb")."""
+    if not is_remote(path):
+        return open(path, mode)
+    handle = _gfile().GFile(path, mode)
+    return io.BufferedReader(_GFileRaw(handle), buffer_size=8 << 20) if "r" in mode else handle
 
 
 def read_text(path: str) -> str:

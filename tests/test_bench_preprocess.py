@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_preprocess.py"
 
 
@@ -19,7 +21,7 @@ def test_three_approaches_write_the_same_processed_rows(tmp_path):
     assert "| approach |" not in done.stdout
 
 
-def test_a_differing_approach_is_caught(tmp_path):
+def test_a_differing_approach_is_caught():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import bench_preprocess as bench
@@ -27,8 +29,6 @@ def test_a_differing_approach_is_caught(tmp_path):
         sys.path.remove(str(SCRIPT.parent))
     rows = bench.load_sorted([])
     assert bench.same_rows(rows, rows)[0]
-    import numpy as np
-
     a = np.zeros((3, 66), np.float32)
     b = a.copy()
     b[1, 23] = 0.01

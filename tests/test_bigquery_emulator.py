@@ -4,7 +4,8 @@ The emulator (`local-bigquery`, Python 3.13, its own venv .venv-bqemu/ made on f
 use from PyPI) is started on free loopback ports for this module, loaded with a
 generated dirty sample as wagon-public-datasets.taxifare.raw_1k, and stopped by
 its PID at the end, also when a test fails. Without Python 3.13 the emulator tests
-skip, saying why; on CI (CI=true) they fail instead.
+skip, saying why; on CI (CI=true) they fail instead. A Cloud Storage emulator
+(gcp-storage-emulator, same venv) takes the gs:// shards of the last test.
 
     .venv/bin/python -m pytest tests/test_bigquery_emulator.py -q
 """
@@ -16,13 +17,16 @@ import inspect
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import apache_beam as beam
 import pandas as pd
 import pytest
+from apache_beam.internal.gcp import auth as beam_auth
 from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_io_metadata, bigquery_tools, gce_metadata_util
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -97,15 +101,20 @@ def beam_record(row: dict) -> tuple:
 
 
 def test_beam_still_has_the_redirected_names():
-    """Fails loudly when a Beam upgrade moves or stops using the three names the emulator redirect replaces."""
-    assert callable(bigquery_tools.BigQueryWrapper.__dict__["_bigquery_client"].__func__)
-    assert "_bigquery_client(pipeline_options)" in inspect.getsource(bigquery_tools.BigQueryWrapper.from_pipeline_options)
+    """Fails loudly when a Beam upgrade moves or stops using the names the emulator redirect replaces."""
+    wrapper = bigquery_tools.BigQueryWrapper
+    assert callable(wrapper.__dict__["_bigquery_client"].__func__)
+    assert "_bigquery_client(pipeline_options)" in inspect.getsource(wrapper.from_pipeline_options)
     storage = beam_bigquery.bq_storage
     assert hasattr(storage, "BigQueryReadClient") and hasattr(storage.types, "ReadSession")
     assert "bq_storage.BigQueryReadClient()" in inspect.getsource(beam_bigquery._CustomBigQueryStorageSource.split)
     assert "bq_storage.BigQueryReadClient()" in inspect.getsource(beam_bigquery._CustomBigQueryStorageStreamSource)
     assert callable(gce_metadata_util.fetch_dataflow_job_id)
-    assert "gce_metadata_util.fetch_dataflow_job_id()" in inspect.getsource(bigquery_io_metadata.create_bigquery_io_metadata)
+    labels = inspect.getsource(bigquery_io_metadata.create_bigquery_io_metadata)
+    assert "gce_metadata_util.fetch_dataflow_job_id()" in labels
+    cache = bigquery_emulator.CREDENTIAL_CACHE
+    assert all(hasattr(cache, name) for name in bigquery_emulator.CREDENTIAL_FIELDS)
+    assert "cls._credentials_init" in inspect.getsource(cache.get_service_credentials)
 
 
 @pytest.fixture
@@ -130,6 +139,9 @@ def test_redirect_replaces_and_restores_beams_clients(redirect_restored):
     assert beam_bigquery.bq_storage is not originals["bq_storage"]
     assert beam_bigquery.bq_storage.types is originals["bq_storage"].types
     assert gce_metadata_util.fetch_dataflow_job_id() == ""
+    started = time.monotonic()
+    assert beam_auth.get_service_credentials(PipelineOptions()) is None  # anonymous, no lookup
+    assert time.monotonic() - started < 1
     assert os.environ[bigquery_emulator.EMULATOR_HOST_ENV] == "http://127.0.0.1:19050"
     bigquery_emulator.stop_using_bigquery_emulator()
     assert {name: owner.__dict__[name] for owner, name in bigquery_emulator.REDIRECTED_NAMES} == originals
@@ -204,13 +216,13 @@ def test_read_from_bigquery_on_the_direct_runner(emulator, rides, method, tmp_pa
 # --- python -m pipelines.preprocess --source bigquery vs --source csv ---------------
 
 
-def run_preprocess(*args: str) -> dict:
-    """Run the preprocess CLI in a subprocess; return its summary.json."""
-    done = subprocess.run([sys.executable, "-m", "pipelines.preprocess", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+def run_preprocess(*args: str, env: dict[str, str] | None = None) -> dict | None:
+    """Run the preprocess CLI in a subprocess; return its summary.json when the output is local."""
+    done = subprocess.run([sys.executable, "-m", "pipelines.preprocess", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_S, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr[-3000:]
     output = args[args.index("--output") + 1]
-    return json.loads(Path(output, "summary.json").read_text())
+    return None if output.startswith("gs://") else json.loads(Path(output, "summary.json").read_text())
 
 
 def shard_lines(folder: Path, prefix: str) -> list[str]:
@@ -269,3 +281,43 @@ def test_preprocess_from_bigquery_equals_the_csv_path(emulator, rides, csv_run, 
                    "--dedupe", "global")
     assert shard_lines(again, "train") == train
     assert shard_lines(again, "val") == val
+
+
+# --- the cloud path on emulators: BigQuery -> Beam -> gs:// shards ----------------------
+
+BUCKET = "taxifare-emulated"
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory, emulator):
+    """A GCS emulator holding BUCKET (the emulator fixture has made the venv); stopped by PID."""
+    server = emulator_script.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
+    try:
+        yield server
+    finally:
+        emulator_script.stop(server.pid)
+
+
+def gs_shard_lines(storage_host_port: str, prefix: str) -> list[str]:
+    """All lines of gs://BUCKET/PREFIX-*-of-*, sorted, read back through the GCS emulator."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    client = gcs.Client(project="local", credentials=AnonymousCredentials(),
+                        client_options={"api_endpoint": f"http://{storage_host_port}"})
+    lines = []
+    for blob in client.list_blobs(BUCKET, prefix=prefix):
+        if re.fullmatch(r".*-\d{5}-of-\d{5}\.\w+", blob.name):
+            lines += blob.download_as_text().splitlines()
+    return sorted(line for line in lines if line)
+
+
+def test_bigquery_to_gs_shards_on_emulators(emulator, storage, csv_run):
+    """The cloud path offline: BigQuery (emulator) -> Beam -> gs:// (emulator), same shards as the CSV path."""
+    csv_out, _ = csv_run
+    run_preprocess("--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--data_size", "1k",
+                   "--output", f"gs://{BUCKET}/processed/run", "--dedupe", "global",
+                   env={"STORAGE_EMULATOR_HOST": f"http://{storage.host_port}"})
+    assert gs_shard_lines(storage.host_port, "processed/run/train-") == shard_lines(csv_out, "train")
+    assert gs_shard_lines(storage.host_port, "processed/run/val-") == shard_lines(csv_out, "val")
+    assert len(gs_shard_lines(storage.host_port, "processed/run/raw-")) > 800
