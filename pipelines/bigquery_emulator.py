@@ -14,9 +14,9 @@ Beam's credential cache (`apache_beam.internal.gcp.auth._Credentials`) is set to
 for Application Default Credentials or waits for a login, and Beam's GCS client
 connects anonymously, to the GCS emulator that STORAGE_EMULATOR_HOST names if any
 (e.g. gcp-storage-emulator, which scripts/bigquery_emulator.py also runs). The redirect
-lives in this process only: run the pipeline on the DirectRunner in-process
-(`--direct_running_mode in_memory`), which is what `--bigquery_emulator HOST:PORT`
-of `python -m pipelines.preprocess` is for.
+lives in this process only: the pipeline must run in process (the DirectRunner or
+FnApiRunner, not multi_processing), which `check_runs_in_process(options)` checks.
+`python -m pipelines.preprocess --bigquery_emulator HOST:PORT` is its user.
 
     from pipelines.bigquery_emulator import use_bigquery_emulator
     use_bigquery_emulator("127.0.0.1:9050")            # REST; Storage Read on port + 10
@@ -53,6 +53,25 @@ CREDENTIAL_CACHE = beam_auth._Credentials
 CREDENTIAL_FIELDS = ("_credentials_lock", "_credentials_init", "_credentials")
 # What they were before any redirect, for stop_using_bigquery_emulator.
 _ORIGINALS = {(owner, name): owner.__dict__.get(name) for owner, name in REDIRECTED_NAMES}
+
+
+# Runners that execute the pipeline in this process (where the redirect lives).
+IN_PROCESS_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+def check_runs_in_process(options) -> None:
+    """ValueError (one line) unless these PipelineOptions run the pipeline in this process.
+
+    Worker processes (multi_processing, Prism, Dataflow) would not see the redirect and
+    would ask Google for credentials, then wait for an interactive login.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").rsplit(".", 1)[-1]
+    if runner not in IN_PROCESS_RUNNERS:
+        raise ValueError(f"--bigquery_emulator needs an in-process local runner, not {runner}")
+    if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        raise ValueError("--bigquery_emulator works in this process only: drop --direct_running_mode multi_processing")
 
 
 def parse_host_port(host_port: str) -> tuple[str, int]:

@@ -23,6 +23,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.coders import BatchCoder
 from taxifare_core import contract
 from taxifare_core.parsing import MalformedRecord, header_columns
 
@@ -108,6 +109,14 @@ class RawBlock:
     columns: tuple[str, ...]
     data: bytes
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the raw text, for Beam's element size estimates."""
+        return len(self.data)
+
+
+beam.coders.registry.register_coder(RawBlock, BatchCoder)
+
 
 def _open(path: str):
     """A file opened as raw bytes (no decompression: byte offsets must stay real)."""
@@ -187,7 +196,7 @@ class ReadCsvBlocks(beam.PTransform):
             | "PlanBlocks" >> beam.ParDo(PlanBlocksFn(self.block_rows))
             # Spread the blocks over workers (FnApiRunner processes, Dataflow VMs).
             | "SpreadBlocks" >> beam.Reshuffle()
-            | "ReadBlocks" >> beam.ParDo(ReadBlockFn())
+            | "ReadBlocks" >> beam.ParDo(ReadBlockFn()).with_output_types(RawBlock)
         )
 
 

@@ -43,8 +43,14 @@ from taxifare_core.model import LOSSES, build_model, keras_module
 
 PROG = "python -m pipelines.train"
 DEFAULT_CHUNK_SIZE = 100_000
-DEFAULT_LOSS = "mse"
-DEFAULT_LEARNING_RATE = contract.LEARNING_RATE
+# Measured on the real 8k rides (scripts/quality_real_sample.py, 5 seeds, README):
+# with the contract's mse / 0.0005 / patience 2 the network loses to the linear
+# baseline (it chases the few very large fares and overfits them); Huber (errors
+# over $1 count linearly), a learning rate of 0.001 and patience 5 beat it on
+# validation and test for every seed.
+DEFAULT_LOSS = "huber"
+DEFAULT_LEARNING_RATE = 0.001
+DEFAULT_PATIENCE = 5
 DEFAULT_MAX_EPOCHS_PER_CHUNK = 100
 DEFAULT_MAX_VAL_ROWS = 200_000
 # Validation is inference only: big batches cut its per-step overhead (same figures).
@@ -90,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=contract.BATCH_SIZE,
                         help="rows per gradient step")
     parser.add_argument("--learning_rate", type=positive_float, default=DEFAULT_LEARNING_RATE,
-                        help="Adam's learning rate")
+                        help=f"Adam's learning rate (the contract's: {contract.LEARNING_RATE})")
     parser.add_argument("--loss", choices=LOSSES, default=DEFAULT_LOSS,
-                        help="training loss (the metric is always MAE)")
-    parser.add_argument("--patience", type=non_negative_int, default=contract.PATIENCE,
-                        help="epochs without a better validation loss before a chunk stops")
+                        help="training loss, the metric is always MAE (the contract's: mse)")
+    parser.add_argument("--patience", type=non_negative_int, default=DEFAULT_PATIENCE,
+                        help="epochs without a better validation loss before a chunk stops "
+                             f"(the contract's: {contract.PATIENCE})")
     parser.add_argument("--max_epochs_per_chunk", type=positive_int, default=DEFAULT_MAX_EPOCHS_PER_CHUNK,
                         help="epoch cap per chunk (early stopping usually ends sooner)")
     parser.add_argument("--max_val_rows", type=positive_int, default=DEFAULT_MAX_VAL_ROWS,

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
 
+from pipelines.coders import BatchCoder, batches_of
 from pipelines.fast_csv import format_processed
 from pipelines.sources import RawBlock
 from taxifare_core import contract
@@ -235,7 +236,7 @@ class ParseCsvBlocks(beam.PTransform):
 
     def expand(self, blocks):
         outputs = blocks | "ParseCsvBlock" >> beam.ParDo(ParseCsvBlockFn()).with_outputs(DEAD_LETTER, main=RIDES)
-        return {RIDES: outputs[RIDES], DEAD_LETTER: outputs[DEAD_LETTER]}
+        return {RIDES: batches_of(outputs[RIDES], pd.DataFrame), DEAD_LETTER: outputs[DEAD_LETTER]}
 
 
 class ParseRecordBatches(beam.PTransform):
@@ -252,7 +253,7 @@ class ParseRecordBatches(beam.PTransform):
             | "BatchRecords" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
             | "ParseRecordBatch" >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(DEAD_LETTER, main=RIDES)
         )
-        return {RIDES: outputs[RIDES], DEAD_LETTER: outputs[DEAD_LETTER]}
+        return {RIDES: batches_of(outputs[RIDES], pd.DataFrame), DEAD_LETTER: outputs[DEAD_LETTER]}
 
 
 def format_raw_records(records: list) -> str:
@@ -371,7 +372,7 @@ class DeduplicateGlobally(beam.PTransform):
             | "CountCopies" >> beam.combiners.Count.PerElement()
             | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn())
             | "Rebatch" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
-            | "TuplesToRides" >> beam.Map(tuples_to_rides)
+            | "TuplesToRides" >> beam.Map(tuples_to_rides).with_output_types(pd.DataFrame)
         )
 
 
@@ -386,7 +387,8 @@ class CleanRides(beam.PTransform):
         self.batch_rows = batch_rows
 
     def expand(self, rides):
-        kept = rides | "ApplyRules" >> beam.ParDo(CleanRidesFn(dedupe=self.dedupe == "batch"))
+        kept = rides | "ApplyRules" >> beam.ParDo(CleanRidesFn(dedupe=self.dedupe == "batch")).with_output_types(
+            pd.DataFrame)
         if self.dedupe == "global":
             kept = kept | "DeduplicateGlobally" >> DeduplicateGlobally(self.batch_rows)
         return kept
@@ -426,6 +428,14 @@ class ProcessedBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the arrays, for Beam's element size estimates."""
+        return self.rows.nbytes + self.pickup_ns.nbytes
+
+
+beam.coders.registry.register_coder(ProcessedBatch, BatchCoder)
+
 
 def encode_rides(rides: pd.DataFrame) -> ProcessedBatch:
     """Clean rides -> their processed rows through taxifare_core (vectorized)."""
@@ -459,7 +469,7 @@ class EncodeRides(beam.PTransform):
     """Clean rides -> ProcessedBatch elements."""
 
     def expand(self, rides):
-        return rides | "EncodeFeatures" >> beam.ParDo(EncodeRidesFn())
+        return rides | "EncodeFeatures" >> beam.ParDo(EncodeRidesFn()).with_output_types(ProcessedBatch)
 
 
 class SplitTrainValFn(beam.DoFn):
@@ -490,7 +500,7 @@ class SplitTrainVal(beam.PTransform):
 
     def expand(self, batches):
         outputs = batches | "SplitByDate" >> beam.ParDo(SplitTrainValFn(self.val_start)).with_outputs(TRAIN, VAL)
-        return {TRAIN: outputs[TRAIN], VAL: outputs[VAL]}
+        return {TRAIN: batches_of(outputs[TRAIN], ProcessedBatch), VAL: batches_of(outputs[VAL], ProcessedBatch)}
 
 
 def format_lines(batch: ProcessedBatch) -> str:
@@ -543,7 +553,7 @@ class FormatCsvLines(beam.PTransform):
         self.pieces = pieces
 
     def expand(self, batches):
-        return batches | "FormatCsv" >> beam.ParDo(FormatCsvLinesFn(self.threads, self.pieces))
+        return batches | "FormatCsv" >> beam.ParDo(FormatCsvLinesFn(self.threads, self.pieces)).with_output_types(str)
 
 
 class PreprocessRides(beam.PTransform):
@@ -558,7 +568,8 @@ class PreprocessRides(beam.PTransform):
     def expand(self, rides):
         split = (
             rides
-            | "FilterDateWindow" >> beam.ParDo(FilterDateWindowFn(self.min_date, self.max_date))
+            | "FilterDateWindow" >> beam.ParDo(FilterDateWindowFn(self.min_date, self.max_date)).with_output_types(
+                pd.DataFrame)
             | "Clean" >> CleanRides(self.dedupe, self.batch_rows)
             | "Encode" >> EncodeRides()
             | "Split" >> SplitTrainVal(self.val_start)

@@ -1,8 +1,8 @@
 """Quality benchmark on the real 8k-ride sample: the streaming trainer vs the linear baseline.
 
-    .venv/bin/python scripts/quality_real_sample.py                       # defaults below
-    .venv/bin/python scripts/quality_real_sample.py --losses mse,huber,mae \
-        --learning_rates 0.0005,0.002 --patiences 2,5 --seeds 5 --output /tmp/quality.json
+    .venv/bin/python scripts/quality_real_sample.py        # the trainer's defaults vs the contract's settings
+    .venv/bin/python scripts/quality_real_sample.py --settings huber:0.001:5,mae:0.002:10 --seeds 5 \
+        --output /tmp/quality.json                         # any LOSS:LEARNING_RATE:PATIENCE list
 
 The sample is processed with the contract's own code (parse, clean, 65
 features), sorted by pickup time and split chronologically: the oldest rides
@@ -17,7 +17,6 @@ of fare on manhattan distance, fitted on the same train rows).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -30,6 +29,9 @@ from pipelines import train
 from taxifare_core import cleaning, contract, features, parsing, registry
 from taxifare_core.baseline import manhattan_km_of
 
+# The trainer's defaults, then the contract's settings (CONTRACT.md section 5).
+DEFAULT_SETTINGS = (f"{train.DEFAULT_LOSS}:{train.DEFAULT_LEARNING_RATE}:{train.DEFAULT_PATIENCE},"
+                    f"mse:{contract.LEARNING_RATE}:{contract.PATIENCE}")
 DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyc_taxi_fare_sample_8k.csv"
 
 
@@ -75,15 +77,19 @@ def run_setting(folder: Path, loss: str, learning_rate: float, patience: int, se
 
 
 def summary_table(results: list[dict]) -> str:
-    """Markdown table: mean +- std over seeds per setting."""
+    """Markdown table: mean +- std over seeds per setting, and in how many seeds the model beat the baseline."""
     frame = pd.DataFrame(results)
-    lines = ["| loss | learning rate | patience | epochs | val MAE | test MAE | baseline val | baseline test |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| loss | learning rate | patience | epochs | val MAE | baseline val | test MAE | baseline test "
+             "| seeds beating baseline (val / test) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (loss, rate, patience), group in frame.groupby(["loss", "learning_rate", "patience"], sort=False):
         cell = {c: f"{group[c].mean():.3f} +- {group[c].std(ddof=0):.3f}"
                 for c in ("val_mae", "test_mae", "baseline_val_mae", "baseline_test_mae")}
+        wins_val = int((group["val_mae"] < group["baseline_val_mae"]).sum())
+        wins_test = int((group["test_mae"] < group["baseline_test_mae"]).sum())
         lines.append(f"| {loss} | {rate:g} | {patience} | {group['epochs'].mean():.0f} | {cell['val_mae']} | "
-                     f"{cell['test_mae']} | {cell['baseline_val_mae']} | {cell['baseline_test_mae']} |")
+                     f"{cell['baseline_val_mae']} | {cell['test_mae']} | {cell['baseline_test_mae']} | "
+                     f"{wins_val}/{len(group)} / {wins_test}/{len(group)} |")
     return "\n".join(lines)
 
 
@@ -94,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE, help="the real rides CSV")
     parser.add_argument("--val_share", type=float, default=0.15, help="share of rides for validation")
     parser.add_argument("--test_share", type=float, default=0.15, help="most recent share kept for test")
-    parser.add_argument("--losses", default="mse,huber,mae", help="comma-separated losses")
-    parser.add_argument("--learning_rates", default="0.0005,0.002", help="comma-separated learning rates")
-    parser.add_argument("--patiences", default="2,5", help="comma-separated patiences")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS,
+                        help="comma-separated LOSS:LEARNING_RATE:PATIENCE to compare")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per setting (0..N-1)")
     parser.add_argument("--max_epochs", type=int, default=train.DEFAULT_MAX_EPOCHS_PER_CHUNK,
                         help="epoch cap (the sample is one chunk)")
@@ -111,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     train_rows, val_rows, test_rows = np.split(rows, [len(rows) - n_test - n_val, len(rows) - n_test])
     print(f"{len(rows):,} clean rides: train {len(train_rows):,}, val {len(val_rows):,}, "
           f"test {len(test_rows):,} (chronological)", flush=True)
-    settings = itertools.product(
-        args.losses.split(","), [float(r) for r in args.learning_rates.split(",")],
-        [int(p) for p in args.patiences.split(",")], range(args.seeds),
-    )
+    settings = [
+        (loss, float(rate), int(patience), seed)
+        for loss, rate, patience in (item.split(":") for item in args.settings.split(","))
+        for seed in range(args.seeds)
+    ]
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

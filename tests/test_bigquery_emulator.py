@@ -130,6 +130,24 @@ def test_bad_emulator_address_is_refused(bad):
         bigquery_emulator.use_bigquery_emulator(bad)
 
 
+@pytest.mark.parametrize("argv, refused", [
+    ([], False),
+    (["--runner", "FnApiRunner"], False),
+    (["--direct_running_mode", "multi_threading", "--direct_num_workers", "2"], False),
+    (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], True),
+    (["--runner", "DataflowRunner"], True),
+    (["--runner", "PrismRunner"], True),
+])
+def test_emulator_mode_refuses_runners_outside_this_process(argv, refused):
+    """Worker processes would miss the redirect and wait for a Google login: refused in one line."""
+    options = PipelineOptions(argv)
+    if refused:
+        with pytest.raises(ValueError, match="--bigquery_emulator"):
+            bigquery_emulator.check_runs_in_process(options)
+    else:
+        bigquery_emulator.check_runs_in_process(options)
+
+
 def test_redirect_replaces_and_restores_beams_clients(redirect_restored):
     """REST client on the emulator's URL, storage stand-in, no metadata-server call; all undone after."""
     originals = {name: owner.__dict__[name] for owner, name in bigquery_emulator.REDIRECTED_NAMES}

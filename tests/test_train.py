@@ -74,7 +74,7 @@ def test_run_is_saved_in_the_registry(data, tmp_path):
         assert key in saved, key
     assert saved["val_rows"] == 120 and saved["train_data"].endswith("train-*.csv")
     params = json.loads((run_dir / registry.PARAMS_FILE).read_text())
-    assert params["chunk_size"] == 100 and params["loss"] == "mse" and params["incremental"] is True
+    assert params["chunk_size"] == 100 and params["loss"] == train.DEFAULT_LOSS and params["incremental"] is True
     assert (run_dir / registry.CURVE_FILE).read_bytes().startswith(b"\x89PNG")
     assert not (run_dir / registry.CHECKPOINT_DIR).exists()
 
@@ -188,3 +188,22 @@ def test_remote_paths_go_through_tensorflow_file_api(data, tmp_path):
     model = registry.load_model(registry=f"{root}/registry")
     assert model.predict(data["val_rows"][:3, :-1], verbose=0).shape == (3, 1)
     assert not storage.exists(f"{root}/registry/{metrics['run']}/{registry.CHECKPOINT_DIR}")
+
+
+def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_path):
+    rows = data["train_rows"][:300].copy()
+    rows[200:, -1] *= 40  # a last chunk of absurd fares pulls the model away from the validation rides
+    folder = tmp_path / "shards"
+    write_shards(folder, rows, [300], prefix="train")
+    write_shards(folder, data["val_rows"], [120], prefix="val")
+    ends = {}
+    args = train.parse_args([
+        "--train", str(folder / "train-*.csv"), "--val", str(folder / "val-*.csv"),
+        "--registry", str(tmp_path / "registry"), "--chunk_size", "100", "--batch_size", "16",
+        "--learning_rate", "0.01", "--max_epochs_per_chunk", "3", "--seed", "2",
+    ])
+    metrics = train.run(args, on_chunk=lambda stage, chunk, model: ends.update({chunk: _weights(model)})
+                        if stage == "end" else None)
+    assert metrics["chunks"] == 3 and metrics["best_chunk"] == 2
+    saved = registry.load_model(registry=str(tmp_path / "registry"))
+    assert _same(_weights(saved), ends[2]) and not _same(ends[2], ends[3])

@@ -329,3 +329,24 @@ def test_fast_csv_is_byte_for_byte_core_format_csv():
     odd = rows[:3].copy()
     odd[:, [contract.COL_DAYS, contract.N_FEATURES]] = [[1e-9, 1234.5], [-0.0, 3.0], [0.30000001, 1e7]]
     assert format_processed(odd) == format_csv(odd)
+
+
+def test_batch_coder_round_trips_and_estimates_without_pickling(monkeypatch):
+    import pickle
+
+    from pipelines.coders import BatchCoder
+
+    coder = BatchCoder()
+    frame = rides(record(), record(fare=9.0))
+    batch = T.encode_rides(frame)
+    block_ = block([GOOD])
+    assert coder.decode(coder.encode(batch)).rows.tolist() == batch.rows.tolist()
+    pd.testing.assert_frame_equal(coder.decode(coder.encode(frame)), frame)
+
+    def no_pickling(*args, **kwargs):
+        raise AssertionError("estimate_size pickled a batch")
+
+    monkeypatch.setattr(pickle, "dumps", no_pickling)
+    assert coder.estimate_size(batch) == batch.rows.nbytes + batch.pickup_ns.nbytes
+    assert coder.estimate_size(block_) == len(block_.data)
+    assert coder.estimate_size(frame) > 0

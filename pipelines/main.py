@@ -1,0 +1,72 @@
+"""The main job, end to end on the embedded default data: `make run`.
+
+    python -m pipelines.main
+
+1. generates the embedded sample of raw rides once (seeded, with real-world dirt),
+2. preprocesses it with the Beam pipeline (DirectRunner) into train/val shards,
+3. trains the Keras model on those shards, chunk by chunk, into the registry,
+4. predicts the contract's example ride with the new model,
+and ends with one summary: rows, model MAE vs the baseline, the predicted fare
+and where everything was written. Each step is also its own command
+(`make sample`, `make preprocess`, `make train`, `make predict`).
+"""
+from __future__ import annotations
+
+import sys
+
+from pipelines import predict, preprocess, train
+from pipelines.cli import UsageError
+from taxifare_core import contract, registry
+from taxifare_core.generate import ensure_default_sample
+
+
+def _step(title: str) -> None:
+    """A visible header for each stage of the job."""
+    print(f"\n=== {title} ===", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the four stages and print the closing summary."""
+    if argv:
+        print("python -m pipelines.main takes no flags; run each stage's command for options "
+              "(python -m pipelines.preprocess --help, ...)", file=sys.stderr)
+        return 2
+    _step("1/4 sample: the embedded default rides")
+    raw_glob = ensure_default_sample()
+    print(f"raw rides: {raw_glob}")
+
+    _step("2/4 preprocess: Beam pipeline, raw rides -> processed shards")
+    status = preprocess.main(["--input", raw_glob])
+    if status != 0:
+        return status
+    processed = train.default_processed_dir()
+    summary = registry.read_json(f"{processed}/summary.json")
+
+    _step("3/4 train: streaming the shards into the Keras model")
+    try:
+        metrics = train.run(train.parse_args([]))
+    except UsageError as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+
+    _step("4/4 predict: the contract's example ride")
+    fare = float(predict.predict(predict.example_ride(), run=metrics["run"])[0])
+    ride = contract.EXAMPLE_RIDE
+    print(f"{ride['pickup_datetime']} from ({ride['pickup_latitude']}, {ride['pickup_longitude']}) "
+          f"to ({ride['dropoff_latitude']}, {ride['dropoff_longitude']}): ${fare:.2f}")
+
+    counts = summary["counts"] if "counts" in summary else summary
+    print("\n=== summary ===")
+    print(f"rows read            {counts.get('rows_read', '?'):>10,}" if isinstance(counts.get("rows_read"), int)
+          else f"rows read            {counts.get('rows_read', '?')}")
+    print(f"train / val rows     {metrics['rows']:,} / {metrics['val_rows']:,}")
+    print(f"model val MAE        ${metrics['val_mae']:.2f}  (baseline ${metrics['baseline_mae']:.2f})")
+    print(f"example ride fare    ${fare:.2f}")
+    print(f"raw rides            {raw_glob}")
+    print(f"processed shards     {processed}")
+    print(f"model                {registry.run_path(metrics['run'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
