@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import difflib
 import sys
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -152,6 +153,33 @@ def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
     )
     PreprocessOptions._add_argparse_args(parser)
     return parser
+
+
+def _all_options_parser() -> argparse.ArgumentParser:
+    """A parser of every flag any PipelineOptions class defines (Beam's and ours), as Beam parses them."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def check_flags(argv: list[str]) -> None:
+    """UsageError naming the first flag no option class knows, with the closest known one.
+
+    Beam itself only logs "Discarding unparseable args" and runs anyway; a typo
+    in a flag must stop the run instead.
+    """
+    parser = _all_options_parser()
+    unknown = [arg for arg in parser.parse_known_args(argv)[1] if arg.startswith("-")]
+    if not unknown:
+        return
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    name = unknown[0].split("=", 1)[0]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UsageError(f"unknown flag {name}{hint}; see --help")
 
 
 def one_month_before(day: date) -> date:

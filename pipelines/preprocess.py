@@ -22,13 +22,16 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions, TestOptions
+
+from pipelines import dataflow
 
 from pipelines.options import (
     DEFAULT_RUNNER,
     LOCAL_RUNNERS,
     PreprocessConfig,
     UsageError,
+    check_flags,
     help_parser,
     resolve_config,
 )
@@ -171,6 +174,25 @@ def pipeline_options(argv: list[str]) -> PipelineOptions:
     return options
 
 
+def check_remote_options(options: PipelineOptions) -> None:
+    """Refuse Dataflow settings Beam would hang on (a local temp location, no project) in one line."""
+    try:
+        dataflow.check_dataflow_options(options)
+    except dataflow.DataflowError as error:
+        raise UsageError(str(error)) from None
+
+
+def prepare_emulator(options: PipelineOptions, config: PreprocessConfig) -> None:
+    """Point Beam's BigQuery clients at the emulator before anything touches Google Cloud."""
+    from pipelines.bigquery_emulator import check_runs_in_process, use_bigquery_emulator
+
+    try:
+        check_runs_in_process(options)
+        use_bigquery_emulator(config.bigquery_emulator)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: validate flags, run, print the summary table."""
     argv = sys.argv[1:] if argv is None else argv
@@ -181,7 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.ERROR)
     show_progress()
     try:
+        check_flags(argv)
+        check_remote_options(options)
         config = resolve_config(options, default_input=_default_input)
+        if config.bigquery_emulator:
+            prepare_emulator(options, config)
+        if dataflow.is_dataflow(options) and options.view_as(TestOptions).dry_run:
+            job = dataflow.build_dry_run_job(argv)
+            print(f"dry run: Dataflow job {job.proto.name!r} built, not submitted "
+                  f"({len(job.proto_pipeline.components.transforms)} transforms)")
+            return 0
         summary = run(options, config)
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)

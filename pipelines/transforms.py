@@ -40,11 +40,10 @@ import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
 
 from pipelines.coders import BatchCoder, batches_of
-from pipelines.fast_csv import format_processed
 from pipelines.sources import RawBlock
 from taxifare_core import contract
 from taxifare_core.cleaning import clean
-from taxifare_core.features import processed_rows
+from taxifare_core.features import format_csv, processed_rows
 from taxifare_core.parsing import MalformedRecord, parse_frame
 
 COUNTER_NAMESPACE = "taxifare"
@@ -506,9 +505,9 @@ class SplitTrainVal(beam.PTransform):
 def format_lines(batch: ProcessedBatch) -> str:
     """A ProcessedBatch as CSV text: 66 columns, no header, float32 precision, lines joined by newline.
 
-    The text of taxifare_core's format_csv, written by pipelines.fast_csv (same bytes, faster).
+    The text of taxifare_core's format_csv.
     """
-    return format_processed(batch.rows)
+    return format_csv(batch.rows)
 
 
 class FormatCsvLinesFn(beam.DoFn):
@@ -531,10 +530,10 @@ class FormatCsvLinesFn(beam.DoFn):
             return
         slices = max(_slice_count(len(batch), self.workers), min(self.pieces, len(batch)))
         if slices == 1:
-            yield format_processed(batch.rows)
+            yield format_csv(batch.rows)
             return
         parts = np.array_split(batch.rows, slices)
-        texts = self.pool.map(format_processed, parts) if self.pool else map(format_processed, parts)
+        texts = self.pool.map(format_csv, parts) if self.pool else map(format_csv, parts)
         if self.pieces > 1:
             yield from (text for text in texts if text)
         else:

@@ -12,7 +12,7 @@ whole process tree (Beam's worker processes included) every 20 ms:
   reference   the origin course: pd.read_csv(chunksize=100_000), clean, features with
               df.apply(lambda r: pygeohash.encode(...), axis=1), to_csv(mode="a")
   vectorized  one process, no Beam: pyarrow read, taxifare_core numpy features, the
-              pipeline's fast CSV text (pipelines.fast_csv), by 100k-row slices
+              core's CSV text (taxifare_core.features.format_csv), by 100k-row slices
 
 and checks that all produce the same processed rows (as float32, sorted, within the
 contract's 1e-3). Prints a markdown table; exit code 1 if the rows differ.
@@ -113,9 +113,8 @@ def run_reference(input_csv: str, output_dir: str) -> None:
 
 def run_vectorized(input_csv: str, output_dir: str) -> None:
     """(c): one process, no Beam: the whole file read by Arrow, cleaned at once, encoded and written by 100k-row slices."""
-    from pipelines.fast_csv import format_processed
     from taxifare_core.cleaning import clean
-    from taxifare_core.features import processed_rows
+    from taxifare_core.features import format_csv, processed_rows
     from taxifare_core.parsing import parse_frame
 
     types = {column: pa.float64() for column in contract.NUMERIC_COLUMNS}
@@ -134,7 +133,7 @@ def run_vectorized(input_csv: str, output_dir: str) -> None:
         with open(Path(output_dir, f"{name}.csv"), "w") as out:
             # Slices that fit in the CPU caches encode and format faster than one huge array.
             for start in range(0, len(part), CHUNK_SIZE):
-                out.write(format_processed(processed_rows(part.iloc[start:start + CHUNK_SIZE])) + "\n")
+                out.write(format_csv(processed_rows(part.iloc[start:start + CHUNK_SIZE])) + "\n")
 
 
 def val_start() -> str:
