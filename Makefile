@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict sample bench dataflow reset_local_files clean
+.PHONY: install run test preprocess train predict sample bench bench_train quality dataflow bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -37,6 +37,17 @@ predict: install
 bench: install
 	$(PY) scripts/bench_preprocess.py $(ARGS)
 
+bench_train: install
+	$(PY) scripts/bench_train.py $(ARGS)
+
+# Model vs baseline on the real sample beside the project (../shared/data).
+quality: install
+	$(PY) scripts/quality_real_sample.py $(ARGS)
+
+# A local BigQuery emulator (its own Python 3.13 venv .venv-bqemu): ARGS=start|stop|status|load ...
+bigquery_emulator: install
+	$(PY) scripts/bigquery_emulator.py $(or $(ARGS),start)
+
 dataflow: install
 	$(PY) scripts/submit_dataflow.py $(ARGS)
 
@@ -45,4 +56,4 @@ reset_local_files: install
 	$(PY) -m pipelines.reset_local_files
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bqemu build *.egg-info .pytest_cache

@@ -156,6 +156,15 @@ def is_dataflow(options: PipelineOptions) -> bool:
     return runner.rsplit(".", 1)[-1] == DATAFLOW_RUNNER
 
 
+def _valid_gcs_path(path: str) -> bool:
+    """True when Beam's own validator accepts `path` as gs://BUCKET/OBJECT."""
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator as Validator
+
+    match = re.match(Validator.GCS_URI, path, re.DOTALL)
+    return bool(match and match.group("BUCKET") and match.group("OBJECT")
+                and re.fullmatch(Validator.GCS_BUCKET, match.group("BUCKET")))
+
+
 def check_dataflow_options(options: PipelineOptions) -> None:
     """Refuse, in one line, what Beam would reject late or hang on; no-op for other runners."""
     if not is_dataflow(options):
@@ -171,6 +180,10 @@ def check_dataflow_options(options: PipelineOptions) -> None:
         if value and not value.startswith("gs://"):
             # Beam would try to create a default bucket instead, and wait minutes for it.
             raise DataflowError(f"{flag} must be a gs:// path on Dataflow, got {value!r}")
+        if value and not _valid_gcs_path(value):
+            # Same as above: Beam falls back to creating a default bucket.
+            raise DataflowError(f"{flag} {value!r} is not gs://BUCKET/PATH with a valid bucket name "
+                                "(3-63 lowercase letters, digits, '-', '_' or '.')")
     setup_file = options.view_as(SetupOptions).setup_file
     if setup_file and Path(setup_file).name not in ("setup.py", "pyproject.toml"):
         raise DataflowError(f"--setup_file must name a setup.py or pyproject.toml, got {setup_file!r}")

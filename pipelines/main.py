@@ -55,16 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ride['pickup_datetime']} from ({ride['pickup_latitude']}, {ride['pickup_longitude']}) "
           f"to ({ride['dropoff_latitude']}, {ride['dropoff_longitude']}): ${fare:.2f}")
 
-    counts = summary["counts"] if "counts" in summary else summary
     print("\n=== summary ===")
-    print(f"rows read            {counts.get('rows_read', '?'):>10,}" if isinstance(counts.get("rows_read"), int)
-          else f"rows read            {counts.get('rows_read', '?')}")
-    print(f"train / val rows     {metrics['rows']:,} / {metrics['val_rows']:,}")
-    print(f"model val MAE        ${metrics['val_mae']:.2f}  (baseline ${metrics['baseline_mae']:.2f})")
+    print(f"rides read           {summary['rows_read']:,} ({summary['bad_input']:,} bad input, "
+          f"{summary['dropped_total']:,} dropped by the date window and cleaning rules, {summary['duplicates']:,} duplicates)")
+    print(f"train / val rows     {summary['train_rows']:,} / {summary['val_rows']:,} "
+          f"(preprocessed in {summary['seconds']:.1f} s, dedupe {summary['dedupe']})")
+    print(f"model val MAE        ${metrics['val_mae']:.2f}  vs  baseline ${metrics['baseline_mae']:.2f} "
+          f"(linear fare ~ manhattan distance)")
     print(f"example ride fare    ${fare:.2f}")
     print(f"raw rides            {raw_glob}")
-    print(f"processed shards     {processed}")
-    print(f"model                {registry.run_path(metrics['run'])}")
+    print(f"processed shards     {processed}/")
+    print(f"model and its curve  {registry.run_path(metrics['run'])}/")
     return 0
 
 

@@ -217,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2
+    except ValueError as error:
+        # Beam's option validation ("Pipeline has validations errors:\n<reasons>").
+        if "validations errors" not in str(error):
+            raise
+        reasons = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+        print(f"preprocess: error: {reasons}", file=sys.stderr)
+        return 2
     print(format_table(summary))
     print(f"summary: {config.output}/{SUMMARY_FILE}")
     return 0 if summary["balanced"] else 1

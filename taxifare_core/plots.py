@@ -13,6 +13,7 @@ def training_curve_png(history: list[dict], baseline_mae: float | None, title: s
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4), dpi=100)
     axes = figure.subplots()
@@ -22,6 +23,7 @@ def training_curve_png(history: list[dict], baseline_mae: float | None, title: s
     if baseline_mae is not None:
         axes.axhline(baseline_mae, linestyle="--", color="grey", label=f"baseline MAE {baseline_mae:.2f}")
     axes.set_xlabel("chunk")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # chunks are whole numbers
     axes.set_ylabel("MAE (USD)")
     axes.set_title(title or "training curve")
     axes.grid(alpha=0.3)
