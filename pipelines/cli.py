@@ -12,7 +12,7 @@ from typing import NoReturn
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A bad flag, path or input: reported as one line, exit code 2."""
 
 

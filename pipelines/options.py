@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import calendar
 import difflib
-import sys
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import PurePosixPath
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
+from pipelines.cli import OneLineErrorParser, UsageError
 from pipelines.sources import DEFAULT_BLOCK_ROWS, QueryError, build_query, parse_date, table_name
 from pipelines.transforms import DEDUPE_MODES
 from taxifare_core import contract
@@ -42,10 +42,6 @@ Beam flags pass through, for example:
                          staging area (required by --read_method EXPORT and by Dataflow)
   --region REGION        Dataflow region
 Counts, timings and the output folder are printed at the end and saved in OUTPUT/summary.json."""
-
-
-class UsageError(ValueError):
-    """A bad flag value, reported as one line with exit code 2."""
 
 
 class PreprocessOptions(PipelineOptions):
@@ -133,17 +129,9 @@ class PreprocessConfig:
         return asdict(self)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
 def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.ArgumentParser:
     """The parser behind --help and the first, strict check of this pipeline's flags."""
-    parser = _OneLineParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
                     "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
