@@ -28,6 +28,7 @@ treats generated and real rows alike. In memory, coordinates and fares are float
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from functools import lru_cache
@@ -45,6 +46,9 @@ from taxifare_core import cleaning, contract
 BLOCK_ROWS = 100_000
 DEFAULT_SAMPLE_ROWS = 100_000
 DEFAULT_SEED = 42
+# Bumped whenever the generated rows change, so an older default sample on disk is remade.
+GENERATOR_VERSION = 1
+SAMPLE_MANIFEST = "sample.json"
 DEFAULT_PREFIX = "rides"
 FIRST_DAY, LAST_DAY = np.datetime64("2009-01-01"), np.datetime64("2015-06-30")
 
@@ -445,20 +449,32 @@ def ensure_default_sample(
     num_shards: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> str:
-    """Generate the default sample once if absent; return the glob of its CSVs."""
+    """Generate the default sample once (again if an older generator made it); return the glob of its CSVs."""
     final = default_sample_dir(n_rows, seed)
+    manifest = {"rows": n_rows, "seed": seed, "generator_version": GENERATOR_VERSION}
+    if final.is_dir() and _read_manifest(final) != manifest:
+        shutil.rmtree(final)
     if not final.is_dir():
         # Write beside it, then rename: an interrupted run never leaves a half sample.
         temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(temp, ignore_errors=True)
         try:
             write_ride_shards(temp, n_rows, seed, num_shards, progress=progress)
+            (temp / SAMPLE_MANIFEST).write_text(json.dumps(manifest))
             temp.rename(final)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             if not final.is_dir():  # else another process finished first, with the same rows
                 raise
     return str(final / f"{DEFAULT_PREFIX}-*.csv")
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """What a sample folder says made it; None when it says nothing readable."""
+    try:
+        return json.loads((folder / SAMPLE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def dirty_shares(rides: pd.DataFrame) -> dict[str, float]:

@@ -152,7 +152,9 @@ def _set_reasons(reasons: np.ndarray, bad: np.ndarray, values: pd.Series, messag
     """Write `message` (formatted with the raw value) for rows that are bad and have no reason yet."""
     rows = np.flatnonzero(bad & (reasons == None))  # noqa: E711 - elementwise on an object array
     for row in rows:
-        reasons[row] = message.format(value=values.iloc[row])
+        value = values.iloc[row]
+        # numpy scalars as plain Python numbers, so the reason reads 'inf', not 'np.float64(inf)'.
+        reasons[row] = message.format(value=value.item() if isinstance(value, np.generic) else value)
 
 
 def _text(values: pd.Series) -> tuple[pa.Array, np.ndarray]:

@@ -8,6 +8,7 @@ absent they skip and say so - they never pass without it.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -252,3 +253,16 @@ def test_cli_bad_flags_give_one_error_line_and_exit_2(tmp_path, flags):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "error" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_default_sample_is_remade_when_an_older_generator_made_it():
+    glob = generate.ensure_default_sample(n_rows=500, seed=3)
+    folder = Path(glob).parent
+    manifest = json.loads((folder / generate.SAMPLE_MANIFEST).read_text())
+    assert manifest == {"rows": 500, "seed": 3, "generator_version": generate.GENERATOR_VERSION}
+    first = (folder / "rides-00000-of-00001.csv").read_text()
+    # An older sample (no manifest, other rows) is replaced, not reused.
+    (folder / generate.SAMPLE_MANIFEST).unlink()
+    (folder / "rides-00000-of-00001.csv").write_text("stale\n")
+    assert generate.ensure_default_sample(n_rows=500, seed=3) == glob
+    assert (folder / "rides-00000-of-00001.csv").read_text() == first
