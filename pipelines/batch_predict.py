@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,9 +33,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.cli import UsageError
+from pipelines.preprocess import pipeline_options
 from taxifare_core import contract, registry, storage
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 
@@ -229,6 +230,11 @@ def _counter(result, name: str) -> int:
     return int(sum(c.committed or c.attempted or 0 for c in query["counters"]))
 
 
+def _hide_resource_module_warning(record: logging.LogRecord) -> bool:
+    """Logging filter: False for RunInference's 'Resource module is not available' warning."""
+    return not record.getMessage().startswith("Resource module is not available")
+
+
 def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_dir: str | None = None,
         beam_args: list[str] | None = None, block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
     """Run the batch prediction and print a summary; returns counts and output globs.
@@ -245,7 +251,10 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     storage.makedirs(output_dir)
     _remove_previous_outputs(output_dir)
     print(f"predicting {len(files)} file(s) with {model_uri} -> {output_dir}", flush=True)
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
+    # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
+    # it is (Beam's import of it fails without torch), and that is harmless noise for users.
+    logging.getLogger().addFilter(_hide_resource_module_warning)
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args or []))
     outputs = pipeline | "PredictRides" >> PredictRideFiles(input_glob, model_uri, len(files) > 1, block_rows)
     outputs[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
         storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER

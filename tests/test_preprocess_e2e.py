@@ -207,6 +207,16 @@ def test_real_sample_matches_taxifare_core(real_sample_path, tmp_path):
     (["--source", "bigquery", "--project", "p-123456", "--read_method", "EXPORT"], "--temp_location"),
     (["--num_shards", "-1"], "--num_shards"),
     (["--val_start", "2016-01-01"], "--val_start"),
+    # Beam only logs unknown flags and runs anyway; a typo must stop the run.
+    (["--num_shard", "3"], "unknown flag --num_shard (did you mean --num_shards?)"),
+    (["--bogus"], "unknown flag --bogus"),
+    # Beam would try to create a bucket (minutes offline) or reject the project late.
+    (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
+      "--temp_location", "/tmp/x"], "must be a gs:// path"),
+    (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
+      "--temp_location", "gs://b/tmp"], "valid bucket name"),
+    (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "p", "--region", "europe-west1",
+      "--temp_location", "gs://my-bucket/tmp", "--dry_run", "True"], "Invalid Project ID"),
 ])
 def test_bad_flags_stop_with_one_line_and_exit_2(args, message):
     done = run_cli(args)
