@@ -275,11 +275,12 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
     baseline = RunningLinearFit.from_state(state["baseline"])
     validation = (val_features, val_fares)
     chunks = reader.iter_chunks(settings["train"], settings["chunk_size"], skip_rows=state["rows_seen"])
+    # A chunk's time runs from the end of the previous one: waiting for its rows counts.
+    chunk_started = time.perf_counter()
     for features, fares in chunks:
         chunk = state["chunks_done"] + 1
         if on_chunk:
             on_chunk("start", chunk, model)
-        chunk_started = time.perf_counter()
         baseline.update(manhattan_km_of(features), fares)
         epochs, logs = _fit_chunk(model, features, fares, validation, settings)
         improved = state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"]
@@ -304,6 +305,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
              f"{time.perf_counter() - chunk_started:.1f} s)")
         if on_chunk:
             on_chunk("end", chunk, model)
+        chunk_started = time.perf_counter()
     if state["chunks_done"] == 0:
         storage.remove_tree(run_dir)
         raise UsageError(f"the train shards {settings['train']} hold no rows")
