@@ -37,6 +37,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
 from taxifare_core import contract, registry, storage
+from taxifare_core.parsing import MalformedRecord, header_columns
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 
 COUNTER_NAMESPACE = "taxifare_predict"
@@ -67,11 +68,10 @@ def read_columns(path: str) -> tuple[str, ...]:
     """A CSV file's header columns; UsageError when a needed column is absent."""
     with FileSystems.open(path) as handle:
         first = handle.readline().decode("utf-8-sig").rstrip("\r\n")
-    columns = tuple(name.strip() for name in next(csv.reader([first]), []))
-    absent = [column for column in SERVING_COLUMNS if column not in columns]
-    if absent:
-        raise UsageError(f"{path}: header lacks column(s) {', '.join(absent)}")
-    return columns
+    try:
+        return tuple(header_columns(first, required=SERVING_COLUMNS))
+    except MalformedRecord as error:
+        raise UsageError(f"{path}: {error.reason}") from None
 
 
 class ReadRideBlocksFn(beam.DoFn):

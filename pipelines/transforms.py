@@ -44,7 +44,7 @@ from pipelines.sources import RawBlock
 from taxifare_core import contract
 from taxifare_core.cleaning import clean
 from taxifare_core.features import format_csv, processed_rows
-from taxifare_core.parsing import MalformedRecord, parse_frame
+from taxifare_core.parsing import MISSING_TEXT, MalformedRecord, parse_frame
 
 COUNTER_NAMESPACE = "taxifare"
 ROWS_READ = "rows_read"
@@ -60,7 +60,9 @@ RIDES, DEAD_LETTER, TRAIN, VAL = "rides", "dead_letter", "train", "val"
 # Progress lines (one per block read); the CLI shows them on stderr for the in-process runner.
 PROGRESS = logging.getLogger("pipelines.progress")
 
-_NULL_TEXT = ["", "null", "NULL", "Null", "none", "None", "NONE", "nan", "NaN", "NAN", "na", "NA", "n/a", "N/A"]
+# Arrow's null test is case-sensitive: the usual spellings of parsing's missing-value words.
+# Any other spelling fails the fast path, and the slow path (parse_frame) judges it the same way.
+_NULL_TEXT = sorted({form for word in MISSING_TEXT for form in (word, word.upper(), word.capitalize())} | {"NaN"})
 _CSV_TYPES = {
     **{column: pa.float64() for column in contract.NUMERIC_COLUMNS},
     contract.TIME_COLUMN: pa.timestamp("ns"),

@@ -32,8 +32,9 @@ from taxifare_core.contract import (
     TIME_COLUMN,
 )
 
-_MISSING_TEXT = frozenset({"", "null", "none", "nan", "na", "n/a"})
-_MISSING_ARROW = pa.array(sorted(_MISSING_TEXT))
+# Text that means "no value", compared in lower case after trimming.
+MISSING_TEXT = frozenset({"", "null", "none", "nan", "na", "n/a"})
+_MISSING_ARROW = pa.array(sorted(MISSING_TEXT))
 # Finite decimal numbers only: no "inf", no "1_000", no hex, as a CSV reader expects.
 _NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 _WHOLE_NUMBER = r"^[-+]?\d+(\.0*)?$"
@@ -62,7 +63,7 @@ def is_missing(value) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
     if isinstance(value, str):
-        return value.strip().lower() in _MISSING_TEXT
+        return value.strip().lower() in MISSING_TEXT
     return value is pd.NaT
 
 
@@ -133,10 +134,10 @@ def parse_csv_line(line: str, columns: Sequence[str]) -> dict:
     return parse_record(dict(zip(columns, fields)))
 
 
-def header_columns(header_line: str) -> list[str]:
-    """Column names of a CSV header; MalformedRecord if a contract column is absent."""
+def header_columns(header_line: str, required: Sequence[str] = RAW_COLUMNS) -> list[str]:
+    """Column names of a CSV header; MalformedRecord if a `required` column is absent."""
     columns = [name.strip() for name in next(csv.reader([header_line]), [])]
-    absent = [column for column in RAW_COLUMNS if column not in columns]
+    absent = [column for column in required if column not in columns]
     if absent:
         raise MalformedRecord(f"CSV header lacks column(s): {', '.join(absent)}")
     return columns

@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
-from shard_helpers import processed_rows
+from shard_helpers import saved_tiny_model
 
 from pipelines import batch_predict
 from pipelines import predict as predict_module
 from pipelines.cli import UsageError
 from taxifare_core import contract, registry
-from taxifare_core.model import build_model
 
 HEADER = "key,fare_amount,pickup_datetime,pickup_longitude,pickup_latitude,dropoff_longitude,dropoff_latitude,passenger_count"
 GOOD = [
@@ -34,11 +33,7 @@ BAD = [
 @pytest.fixture(scope="module")
 def model_uri(tmp_path_factory) -> str:
     """A tiny trained model saved in a registry; its model.keras path."""
-    root = tmp_path_factory.mktemp("registry")
-    rows = processed_rows(200, seed=5)
-    model = build_model(learning_rate=0.01, seed=1)
-    model.fit(rows[:, :-1], rows[:, -1], batch_size=32, epochs=1, verbose=0)
-    run_dir = registry.save_run(registry.new_run(str(root)), model, {}, {})
+    _, run_dir = saved_tiny_model(tmp_path_factory.mktemp("registry"), 200, seed=5, model_seed=1)
     return f"{run_dir}/{registry.MODEL_FILE}"
 
 

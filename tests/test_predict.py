@@ -4,13 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from shard_helpers import processed_rows
+from shard_helpers import saved_tiny_model
 
 from pipelines import predict as predict_module
 from pipelines.predict import InvalidRideError, predict
 from taxifare_core import contract, registry
 from taxifare_core.features import encode_ride
-from taxifare_core.model import build_model
 from taxifare_core.parsing import parse_record
 
 RIDE_FLAG_ORDER = ("pickup_datetime", "pickup_longitude", "pickup_latitude",
@@ -21,11 +20,7 @@ RIDE_FLAG_ORDER = ("pickup_datetime", "pickup_longitude", "pickup_latitude",
 def saved(tmp_path_factory) -> dict:
     """A registry holding one briefly trained model."""
     root = tmp_path_factory.mktemp("registry")
-    rows = processed_rows(300, seed=3)
-    model = build_model(learning_rate=0.01, seed=2)
-    model.fit(rows[:, :-1], rows[:, -1], batch_size=32, epochs=2, verbose=0)
-    run_dir = registry.new_run(str(root))
-    registry.save_run(run_dir, model, {}, {"val_mae": 0.0})
+    model, run_dir = saved_tiny_model(root, 300, seed=3, model_seed=2, epochs=2, metrics={"val_mae": 0.0})
     return {"root": str(root), "model": model, "run": run_dir.rsplit("/", 1)[-1]}
 
 
