@@ -39,7 +39,7 @@ from pipelines.cli import (
 )
 from taxifare_core import contract, reader, registry, storage
 from taxifare_core.baseline import RunningLinearFit, manhattan_km_of
-from taxifare_core.model import LOSSES, build_model, keras_module
+from taxifare_core.model import LOSSES, build_model, keras_module, validation_dataset
 
 PROG = "python -m pipelines.train"
 DEFAULT_CHUNK_SIZE = 100_000
@@ -202,7 +202,7 @@ def _write_checkpoint(run_dir: str, model, state: dict, best_weights) -> None:
     registry.write_json(_checkpoint_path(run_dir, registry.CHECKPOINT_STATE_FILE), state)
 
 
-def _fit_chunk(model, features, fares, validation, settings: dict):
+def _fit_chunk(model, features, fares, validation_rows, settings: dict):
     """Fit one chunk with early stopping on val loss; returns (epochs run, best epoch's logs)."""
     keras = keras_module()
     stopper = keras.callbacks.EarlyStopping(
@@ -212,8 +212,7 @@ def _fit_chunk(model, features, fares, validation, settings: dict):
         features, fares,
         batch_size=settings["batch_size"],
         epochs=settings["max_epochs_per_chunk"],
-        validation_data=validation,
-        validation_batch_size=VALIDATION_BATCH_SIZE,
+        validation_data=validation_rows,
         callbacks=[stopper],
         shuffle=True,
         verbose=0,
@@ -274,6 +273,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
     best_weights = model.get_weights() if state["chunks_done"] and state["best_chunk"] == state["chunks_done"] else None
     baseline = RunningLinearFit.from_state(state["baseline"])
     validation = (val_features, val_fares)
+    validation_rows = validation_dataset(val_features, val_fares, VALIDATION_BATCH_SIZE)
     chunks = reader.iter_chunks(settings["train"], settings["chunk_size"], skip_rows=state["rows_seen"])
     # A chunk's time runs from the end of the previous one: waiting for its rows counts.
     chunk_started = time.perf_counter()
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         if on_chunk:
             on_chunk("start", chunk, model)
         baseline.update(manhattan_km_of(features), fares)
-        epochs, logs = _fit_chunk(model, features, fares, validation, settings)
+        epochs, logs = _fit_chunk(model, features, fares, validation_rows, settings)
         improved = state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"]
         if improved:
             state["best_chunk"], state["best_val_loss"] = chunk, logs["val_loss"]

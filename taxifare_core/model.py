@@ -25,6 +25,10 @@ LOSSES = ("mse", "huber", "mae")
 # one TensorFlow thread trains as fast as several and leaves the other cores to the
 # shard reader (measured on 2 cores: same or faster, a quarter less CPU).
 TF_THREADS = int(os.environ.get("TAXIFARE_TF_THREADS", "1"))
+# Gradient steps run per call into TensorFlow: with one step per call, Python's
+# dispatch dominates this tiny network's step time. Same steps, same results;
+# measured on 2 cores, 500k rows: 7.0 s at 1, 2.7 s at 16, no gain beyond.
+STEPS_PER_EXECUTION = 16
 # Huber's threshold in dollars: errors under it are squared, larger ones count linearly.
 HUBER_DELTA = 1.0
 
@@ -98,10 +102,23 @@ def build_model(learning_rate: float = LEARNING_RATE, loss: str = "mse", seed: i
 
 
 def compile_model(model, learning_rate: float, loss: str) -> None:
-    """(Re)compile with Adam at `learning_rate`, the named loss and MAE."""
+    """(Re)compile with Adam at `learning_rate`, the named loss and MAE, STEPS_PER_EXECUTION steps per call."""
     keras = keras_module()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=loss_function(loss),
         metrics=["mae"],
+        steps_per_execution=STEPS_PER_EXECUTION,
     )
+
+
+def validation_dataset(features, fares, batch_size: int):
+    """Validation rows as a batched, cached tf.data dataset, built once for every `fit`.
+
+    Handing `fit` numpy arrays rebuilds their input pipeline on each call
+    (~50 ms for 20k rows, ~10x that for 200k); the trainer calls it once per chunk.
+    """
+    keras_module()
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((features, fares)).batch(batch_size).cache()

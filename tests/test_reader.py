@@ -76,3 +76,35 @@ def test_text_in_a_shard_is_a_clear_error(tmp_path, rows):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(reader.ShardError, match="not a processed CSV"):
         list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=4))
+
+
+def _spell_one_hots_as_floats(path, from_line: int) -> None:
+    """Rewrite a shard's lines from `from_line` on with every value as a float ("1.0", "0.0")."""
+    lines = path.read_text().splitlines()
+    lines[from_line:] = [",".join(f"{float(v):.1f}" if "." not in v else v for v in line.split(","))
+                         for line in lines[from_line:]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("from_line", [0, 150])
+def test_one_hots_written_as_floats_are_read_all_the_same(tmp_path, monkeypatch, from_line):
+    """Another writer's "1.0" one-hots, from the start or past the first blocks, lose and repeat no row."""
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 4096)  # many blocks, so the odd rows come after some
+    rows = processed_rows(300)
+    path = write_shards(tmp_path, rows, [300])[0]
+    _spell_one_hots_as_floats(path, from_line)
+    sizes, features, fares = _stack(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=64))
+    assert sum(sizes) == 300
+    np.testing.assert_allclose(features, rows[:, :-1], atol=contract.PROCESSED_TOLERANCE)
+    np.testing.assert_allclose(fares, rows[:, -1], atol=contract.PROCESSED_TOLERANCE)
+
+
+def test_empty_value_in_a_one_hot_column_is_a_clear_error(tmp_path, rows):
+    path = write_shards(tmp_path, rows[:3], [3])[0]
+    lines = path.read_text().splitlines()
+    values = lines[1].split(",")
+    values[contract.COLS_MONTH.start] = ""
+    lines[1] = ",".join(values)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(reader.ShardError, match="empty value"):
+        list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=4))
