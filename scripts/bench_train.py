@@ -3,26 +3,28 @@
     .venv/bin/python scripts/bench_train.py                       # 1 M and 4 M rows
     .venv/bin/python scripts/bench_train.py --rows 200000 --scale 4 --keep /tmp/bench_train
 
-One run does, each case in its own process (so peak memory is its own):
-  1. stream    - `pipelines.train.run` over N rows of shards, one epoch per chunk
-                 (reading, validation after every chunk, checkpoints, final save);
-  2. in_memory - the same N rows loaded first, then one `model.fit` epoch, same
-                 model, batch size and validation rows;
-  (1 and 2 alternate `--repeats` times; each keeps its best rate)
-  3. stream_big - the trainer over scale x N rows (the same shards listed
-                 `scale` times through symlinks: equal content, scale x the rows);
-  4. in_memory_big - `model.fit` on those scale x N rows in memory (the ratio at that size);
-  5. notebook  - the data scientists' way: N rows in memory, `model.fit` with Keras'
-                 default of one gradient step per call into TensorFlow (the trainer's
-                 model runs STEPS_PER_EXECUTION per call: same steps, less dispatch).
-It prints rows per second and peak resident memory, then checks the issue's targets:
-streaming >= 0.8 x in-memory rate, and peak memory growth from N to scale x N under 20%.
-The in-memory rate is rows / seconds of the `fit` call (loading the rows first is not
-counted). The streaming rate compares like with like: rows / seconds of the trainer's
-chunk loop (`metrics["train_seconds"]`: waiting for each chunk's rows, fitting it,
-validating after it; not the ~25 ms checkpoint write per chunk); the whole run's rate,
-with its fixed start and finish (validation sample, final scoring, plot, save), is
-printed beside it. TensorFlow's import is excluded from both.
+Each case runs in its own process (so peak memory is its own):
+  stream    - `pipelines.train.run` over N rows of shards, one epoch per chunk
+              (reading, validation after every chunk, checkpoints, final save);
+  in_memory - the same N rows loaded first, then one `model.fit` epoch: same model
+              (as `build_model` makes it), batch size and validation rows;
+  notebook  - the data scientists' way: N rows in memory, `model.fit` with Keras'
+              default of one gradient step per call into TensorFlow (the trainer's
+              model runs STEPS_PER_EXECUTION per call: same steps, less dispatch).
+At N rows and at scale x N rows (the same shards listed `scale` times through
+symlinks: equal content, scale x the rows), stream and in_memory alternate
+`--repeats` times: this machine's speed drifts by +-10% from minute to minute,
+so the ratio is taken between the two cases' median rates, and every pair's
+ratio is printed too. Then the targets: streaming >= 0.8 x the in-memory rate,
+and the trainer's peak memory from N to scale x N rows growing under 20%.
+
+The in-memory rate is rows / seconds of the `fit` call (loading the rows first is
+not counted). The streaming rate compares like with like: rows / seconds of the
+trainer's chunk loop (`metrics["train_seconds"]`: waiting for each chunk's rows,
+fitting it, validating after it; not the ~25 ms checkpoint write per chunk); the
+whole run's rate, with its fixed start and finish (validation sample, final
+scoring, plot, save), is printed beside it. TensorFlow's import is excluded from
+all; its first-call tracing (~2 s) is in all.
 """
 from __future__ import annotations
 
@@ -134,16 +136,31 @@ def run_child(case: str, train_glob: str, val_glob: str, args) -> dict:
     return result
 
 
-def _best(runs: list[dict]) -> dict:
-    """The fastest of repeated runs, with the highest peak memory seen and every rate."""
-    best = dict(max(runs, key=lambda r: r["rows_per_second"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    best["all_rows_per_second"] = [r["rows_per_second"] for r in runs]
-    return best
+def _median(values: list[float]) -> float:
+    """The median of a non-empty list."""
+    return float(np.median(values))
+
+
+def compare(stream: list[dict], in_memory: list[dict]) -> dict:
+    """Median rates of alternated runs at one size, their ratios, and the trainer's peak memory."""
+    loop_rates = [r["loop_rows_per_second"] for r in stream]
+    run_rates = [r["rows_per_second"] for r in stream]
+    fit_rates = [r["rows_per_second"] for r in in_memory]
+    return {
+        "rows": stream[0]["rows"],
+        "stream_loop_rows_per_second": loop_rates,
+        "stream_run_rows_per_second": run_rates,
+        "in_memory_rows_per_second": fit_rates,
+        "loop_ratio": _median(loop_rates) / _median(fit_rates),
+        "run_ratio": _median(run_rates) / _median(fit_rates),
+        "pair_loop_ratios": [a / b for a, b in zip(loop_rates, fit_rates)],
+        "stream_peak_rss_mb": max(r["peak_rss_mb"] for r in stream),
+        "in_memory_peak_rss_mb": max(r["peak_rss_mb"] for r in in_memory),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, build shards, run the three cases, print and check the targets."""
+    """Parse flags, build shards, run the cases, print and check the targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the base case")
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val_rows", type=int, default=20_000, help="validation rows (2%% of 1 M)")
     parser.add_argument("--chunk_size", type=int, default=100_000, help="trainer chunk size")
     parser.add_argument("--batch_size", type=int, default=contract.BATCH_SIZE, help="batch size of both fits")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of stream / in-memory")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated runs of stream / in-memory at each size")
     parser.add_argument("--keep", type=Path, default=None, help="reuse / keep the shards in this folder")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", choices=("stream", "in_memory", "notebook"), help=argparse.SUPPRESS)
@@ -174,40 +191,35 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.keep or Path(scratch)
         if not (folder / "val-00000-of-00001.csv").exists():
             make_shards(folder, args.rows, args.shards, args.val_rows, args.scale, seed=100)
-        train_glob, val_glob = str(folder / "train-*.csv"), str(folder / "val-*.csv")
-        # Alternate the two compared cases and keep each one's best: the machine's
-        # load drifts, and a slow moment should not decide the ratio.
-        runs = {"stream": [], "in_memory": []}
-        for _ in range(args.repeats):
-            for case in runs:
-                runs[case].append(run_child(case, train_glob, val_glob, args))
-        results = {case: _best(found) for case, found in runs.items()}
-        big_glob = str(folder / "big" / "train-*.csv")
-        results["stream_big"] = run_child("stream", big_glob, val_glob, args)
-        results["in_memory_big"] = run_child("in_memory", big_glob, val_glob, args)
-        results["notebook"] = run_child("notebook", train_glob, val_glob, args)
-    ratio = results["stream"]["rows_per_second"] / results["in_memory"]["rows_per_second"]
-    ratio_big = results["stream_big"]["rows_per_second"] / results["in_memory_big"]["rows_per_second"]
-    results["rate_ratio_big"] = ratio_big
-    growth = results["stream_big"]["peak_rss_mb"] / results["stream"]["peak_rss_mb"] - 1
-    results["rate_ratio"], results["memory_growth"] = ratio, growth
-    loop_ratio = results["stream"]["loop_rows_per_second"] / results["in_memory"]["rows_per_second"]
-    loop_ratio_big = results["stream_big"]["loop_rows_per_second"] / results["in_memory_big"]["rows_per_second"]
-    results["loop_rate_ratio"], results["loop_rate_ratio_big"] = loop_ratio, loop_ratio_big
+        val_glob = str(folder / "val-*.csv")
+        sizes = {"base": str(folder / "train-*.csv"), "big": str(folder / "big" / "train-*.csv")}
+        results = {}
+        for size, train_glob in sizes.items():
+            runs = {"stream": [], "in_memory": []}
+            for _ in range(args.repeats):
+                for case in runs:
+                    runs[case].append(run_child(case, train_glob, val_glob, args))
+            results[size] = compare(runs["stream"], runs["in_memory"])
+        results["notebook"] = run_child("notebook", sizes["base"], val_glob, args)
     verdict = {True: "OK", False: "MISSED"}
-    print(f"\nstreaming loop / in-memory fit rate: {loop_ratio:.2f} (target >= {TARGET_RATE_RATIO}) "
-          f"{verdict[loop_ratio >= TARGET_RATE_RATIO]}; on {results['stream_big']['rows']:,} rows: "
-          f"{loop_ratio_big:.2f} {verdict[loop_ratio_big >= TARGET_RATE_RATIO]}")
-    print(f"whole trainer run / in-memory fit rate (with the run's fixed start and finish): {ratio:.2f}; "
-          f"on {results['stream_big']['rows']:,} rows: {ratio_big:.2f}")
-    print(f"peak memory {results['stream']['rows']:,} -> {results['stream_big']['rows']:,} rows: "
-          f"{results['stream']['peak_rss_mb']:,.0f} -> {results['stream_big']['peak_rss_mb']:,.0f} MB "
-          f"({growth:+.1%}, target < {TARGET_MEMORY_GROWTH:.0%}) {'OK' if growth < TARGET_MEMORY_GROWTH else 'MISSED'}")
-    print(f"in-memory fit peak memory: {results['in_memory']['peak_rss_mb']:,.0f} MB for "
-          f"{results['in_memory']['rows']:,} rows, {results['in_memory_big']['peak_rss_mb']:,.0f} MB for "
-          f"{results['in_memory_big']['rows']:,}")
-    print(f"the trainer, streaming, vs the notebook's in-memory fit (one step per call): "
-          f"{results['stream']['loop_rows_per_second'] / results['notebook']['rows_per_second']:.2f}x the rate")
+    print(f"\nmedian of {args.repeats} alternated runs each; every pair's loop ratio in brackets")
+    for size in sizes:
+        found = results[size]
+        pairs = ", ".join(f"{ratio:.2f}" for ratio in found["pair_loop_ratios"])
+        print(f"{found['rows']:>11,} rows: streaming loop / in-memory fit rate {found['loop_ratio']:.2f} "
+              f"[{pairs}] (target >= {TARGET_RATE_RATIO}) {verdict[found['loop_ratio'] >= TARGET_RATE_RATIO]}; "
+              f"whole trainer run {found['run_ratio']:.2f}")
+    base, big = results["base"], results["big"]
+    growth = big["stream_peak_rss_mb"] / base["stream_peak_rss_mb"] - 1
+    results["memory_growth"] = growth
+    print(f"trainer peak memory {base['rows']:,} -> {big['rows']:,} rows: {base['stream_peak_rss_mb']:,.0f} -> "
+          f"{big['stream_peak_rss_mb']:,.0f} MB ({growth:+.1%}, target < {TARGET_MEMORY_GROWTH:.0%}) "
+          f"{verdict[growth < TARGET_MEMORY_GROWTH]}")
+    print(f"in-memory fit peak memory: {base['in_memory_peak_rss_mb']:,.0f} MB for {base['rows']:,} rows, "
+          f"{big['in_memory_peak_rss_mb']:,.0f} MB for {big['rows']:,}")
+    notebook_ratio = _median(base["stream_loop_rows_per_second"]) / results["notebook"]["rows_per_second"]
+    results["vs_notebook"] = notebook_ratio
+    print(f"the trainer, streaming, vs the notebook's in-memory fit (one step per call): {notebook_ratio:.2f}x the rate")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
     return 0

@@ -10,10 +10,19 @@ from taxifare_core import contract, registry
 from taxifare_core.model import build_model
 
 
+def _fitted_model(seed: int):
+    """A contract model after one step on random rows: its optimizer state exists, as in every saved run."""
+    model = build_model(seed=seed)
+    rng = np.random.default_rng(seed)
+    model.fit(rng.random((32, contract.N_FEATURES), dtype=np.float32), rng.random(32, dtype=np.float32) * 20,
+              batch_size=32, epochs=1, verbose=0)
+    return model
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
-    """An untrained contract model (its weights are random, which is all a round trip needs)."""
-    return build_model(seed=3)
+    """A barely trained contract model (random-ish weights are all a round trip needs)."""
+    return _fitted_model(3)
 
 
 def _save(root, model, val_mae: float) -> str:
@@ -32,7 +41,7 @@ def test_run_folders_are_unique_and_chronological(tmp_path):
 
 def test_round_trip_latest_and_by_name(tmp_path, tiny_model):
     first = _save(tmp_path, tiny_model, 3.0)
-    other = build_model(seed=4)
+    other = _fitted_model(4)
     second = _save(tmp_path, other, 2.5)
     names = registry.run_names(str(tmp_path))
     assert names == [first.rsplit("/", 1)[-1], second.rsplit("/", 1)[-1]]
