@@ -5,7 +5,8 @@
         --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp
 
 Reads CSV files with a header (the raw table's columns; `fare_amount` and `key`
-optional) in blocks of lines, prepares each block with the same parse, rules
+optional) in blocks of lines, through the same block source as preprocessing
+(`pipelines.sources.ReadCsvBlocks`: byte ranges shared out to workers), prepares each block with the same parse, rules
 and features as preprocessing (`taxifare_core.serving`, fare rule aside: the
 fare is what we predict), prices the blocks with `RunInference` and a Keras
 model handler, and writes:
@@ -29,15 +30,15 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
+from pipelines.sources import RawBlock, ReadCsvBlocks, read_header
 from taxifare_core import contract, registry, storage
-from taxifare_core.parsing import MalformedRecord, header_columns
+from taxifare_core.parsing import MalformedRecord
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 
 COUNTER_NAMESPACE = "taxifare_predict"
@@ -49,11 +50,21 @@ DEFAULT_BLOCK_ROWS = 10_000
 
 @dataclass(frozen=True)
 class RideBlock:
-    """Up to block_rows non-blank lines of one file: (line number, text) pairs and the file's header."""
+    """Non-blank lines of one block of a file: (line number, text) pairs and the file's header."""
 
     source: str
     columns: tuple[str, ...]
     lines: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def from_raw(cls, block: RawBlock) -> RideBlock:
+        """The lines of a RawBlock, numbered (the header is line 1), blank ones left out."""
+        text = block.data.decode("utf-8", errors="replace")
+        lines = tuple(
+            (block.first_line + offset, line.rstrip("\r"))
+            for offset, line in enumerate(text.split("\n")) if line.strip()
+        )
+        return cls(block.source, block.columns, lines)
 
 
 @dataclass(frozen=True)
@@ -66,36 +77,10 @@ class EncodedBlock:
 
 def read_columns(path: str) -> tuple[str, ...]:
     """A CSV file's header columns; UsageError when a needed column is absent."""
-    with FileSystems.open(path) as handle:
-        first = handle.readline().decode("utf-8-sig").rstrip("\r\n")
     try:
-        return tuple(header_columns(first, required=SERVING_COLUMNS))
+        return read_header(path, required=SERVING_COLUMNS)[0]
     except MalformedRecord as error:
-        raise UsageError(f"{path}: {error.reason}") from None
-
-
-class ReadRideBlocksFn(beam.DoFn):
-    """ReadableFile -> RideBlocks (line numbers count the header as line 1)."""
-
-    def __init__(self, block_rows: int):
-        self.block_rows = block_rows
-
-    def process(self, readable):
-        path = readable.metadata.path
-        columns = read_columns(path)
-        lines: list[tuple[int, str]] = []
-        with readable.open() as handle:
-            handle.readline()
-            for number, raw in enumerate(handle, start=2):
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                if not text.strip():
-                    continue
-                lines.append((number, text))
-                if len(lines) == self.block_rows:
-                    yield RideBlock(path, columns, tuple(lines))
-                    lines = []
-        if lines:
-            yield RideBlock(path, columns, tuple(lines))
+        raise UsageError(error.reason if error.reason.startswith(path) else f"{path}: {error.reason}") from None
 
 
 def _csv_line(*fields) -> str:
@@ -132,14 +117,14 @@ def encode_block(block: RideBlock, name_by_file: bool) -> tuple[EncodedBlock, li
 
 
 class EncodeBlockFn(beam.DoFn):
-    """RideBlock -> EncodedBlock; rides that cannot be priced to the "dead_letter" output."""
+    """RawBlock -> EncodedBlock; rides that cannot be priced to the "dead_letter" output."""
 
     def __init__(self, name_by_file: bool):
         self.name_by_file = name_by_file
         self.dead = Metrics.counter(COUNTER_NAMESPACE, DEAD_LETTER)
 
-    def process(self, block: RideBlock):
-        encoded, dead = encode_block(block, self.name_by_file)
+    def process(self, block: RawBlock):
+        encoded, dead = encode_block(RideBlock.from_raw(block), self.name_by_file)
         if dead:
             self.dead.inc(len(dead))
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
@@ -200,11 +185,7 @@ class PredictRideFiles(beam.PTransform):
     def expand(self, pbegin):
         encoded = (
             pbegin
-            | "InputPattern" >> beam.Create([self.pattern])
-            | "MatchFiles" >> fileio.MatchAll()
-            | "OpenFiles" >> fileio.ReadMatches()
-            | "ReadBlocks" >> beam.ParDo(ReadRideBlocksFn(self.block_rows))
-            | "SpreadBlocks" >> beam.Reshuffle()
+            | "ReadCsv" >> ReadCsvBlocks(self.pattern, self.block_rows, required=SERVING_COLUMNS)
             | "Prepare" >> beam.ParDo(EncodeBlockFn(self.name_by_file)).with_outputs(DEAD_LETTER, main="encoded")
         )
         predictions = (

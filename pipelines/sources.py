@@ -123,19 +123,20 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def read_header(path: str) -> tuple[tuple[str, ...], int]:
-    """The CSV header's columns and the byte offset just after it; MalformedRecord if unusable."""
+def read_header(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> tuple[tuple[str, ...], int]:
+    """The CSV header's columns and the byte offset just after it; MalformedRecord if unusable
+    or without a `required` column."""
     with _open(path) as handle:
         first = handle.readline()
     if not first.strip():
         raise MalformedRecord(f"{path}: empty file or empty header line")
-    columns = header_columns(first.decode("utf-8-sig").rstrip("\r\n"))
+    columns = header_columns(first.decode("utf-8-sig").rstrip("\r\n"), required=required)
     return tuple(columns), len(first)
 
 
-def plan_blocks(path: str, block_rows: int) -> list[BlockSpan]:
+def plan_blocks(path: str, block_rows: int, required: tuple[str, ...] = contract.RAW_COLUMNS) -> list[BlockSpan]:
     """Byte ranges of `block_rows` lines each over one file (one pass counting newlines)."""
-    columns, offset = read_header(path)
+    columns, offset = read_header(path, required)
     spans, start, line, lines_in_block = [], offset, 2, 0
     position = offset
     with _open(path) as handle:
@@ -166,11 +167,12 @@ def read_block(span: BlockSpan) -> RawBlock:
 class PlanBlocksFn(beam.DoFn):
     """FileMetadata -> the BlockSpans of that file."""
 
-    def __init__(self, block_rows: int = DEFAULT_BLOCK_ROWS):
+    def __init__(self, block_rows: int = DEFAULT_BLOCK_ROWS, required: tuple[str, ...] = contract.RAW_COLUMNS):
         self.block_rows = block_rows
+        self.required = required
 
     def process(self, metadata):
-        yield from plan_blocks(metadata.path, self.block_rows)
+        yield from plan_blocks(metadata.path, self.block_rows, self.required)
 
 
 class ReadBlockFn(beam.DoFn):
@@ -181,19 +183,24 @@ class ReadBlockFn(beam.DoFn):
 
 
 class ReadCsvBlocks(beam.PTransform):
-    """A file pattern (glob, local or gs://) -> RawBlock elements of `block_rows` lines."""
+    """A file pattern (glob, local or gs://) -> RawBlock elements of `block_rows` lines.
 
-    def __init__(self, pattern: str, block_rows: int = DEFAULT_BLOCK_ROWS):
+    Every file's header must name the `required` columns (default: the raw table's).
+    """
+
+    def __init__(self, pattern: str, block_rows: int = DEFAULT_BLOCK_ROWS,
+                 required: tuple[str, ...] = contract.RAW_COLUMNS):
         super().__init__()
         self.pattern = pattern
         self.block_rows = block_rows
+        self.required = tuple(required)
 
     def expand(self, pbegin):
         return (
             pbegin
             | "InputPattern" >> beam.Create([self.pattern])
             | "MatchFiles" >> fileio.MatchAll()
-            | "PlanBlocks" >> beam.ParDo(PlanBlocksFn(self.block_rows))
+            | "PlanBlocks" >> beam.ParDo(PlanBlocksFn(self.block_rows, self.required))
             # Spread the blocks over workers (FnApiRunner processes, Dataflow VMs).
             | "SpreadBlocks" >> beam.Reshuffle()
             | "ReadBlocks" >> beam.ParDo(ReadBlockFn()).with_output_types(RawBlock)

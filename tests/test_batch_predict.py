@@ -124,3 +124,11 @@ def test_cli_no_input_file_is_one_line_exit_2(tmp_path, model_uri, capsys):
 def test_the_example_ride_needs_no_fare_column(model_uri):
     rides = pd.DataFrame([contract.EXAMPLE_RIDE])
     assert np.isfinite(predict_module.predict(rides, registry.load_keras_model(model_uri))).all()
+
+
+def test_ride_block_numbers_lines_from_the_raw_block_and_drops_blank_and_carriage_returns():
+    raw = batch_predict.RawBlock("rides.csv", 7, tuple(HEADER.split(",")),
+                                 f"{GOOD[0]}\r\n\r\n{GOOD[1]}\r\n".encode())
+    block = batch_predict.RideBlock.from_raw(raw)
+    assert block.lines == ((7, GOOD[0]), (9, GOOD[1]))
+    assert block.columns == tuple(HEADER.split(",")) and block.source == "rides.csv"
