@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         check_flags(beam_args)  # Beam would only log unknown flags and run anyway
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
-    except (UsageError, registry.NoModelError) as error:
+    except (UsageError, registry.NoModelError, storage.StorageError) as error:
         return report_usage_error(PROG, error)
 
 

@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (UsageError, reader.ShardError) as error:
+    except (UsageError, reader.ShardError, storage.StorageError) as error:
         return report_usage_error(PROG, error)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with --resume", file=sys.stderr)

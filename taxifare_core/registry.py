@@ -51,16 +51,8 @@ def new_run(registry: str | None = None) -> str:
     for attempt in range(1000):
         name = stamp if attempt == 0 else f"{stamp}-{attempt}"
         path = storage.join(root, name)
-        if storage.is_remote(path):
-            if not storage.exists(path):
-                storage.makedirs(path)
-                return path
-            continue
-        try:
-            os.makedirs(path)  # atomic: two trainers never share a folder
+        if storage.create_folder_exclusive(path):  # atomic: two trainers never share a folder
             return path
-        except FileExistsError:
-            continue
     raise RuntimeError(f"could not create a new run folder in {root}")
 
 

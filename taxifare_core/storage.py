@@ -1,8 +1,9 @@
 """File operations on local paths or `gs://` URIs, so the trainer and registry work on both.
 
-Local paths use the standard library; any URI with a scheme (`gs://`, ...) goes
-through TensorFlow's file API (`tf.io.gfile`), imported only when such a path
-is used, so local work and Beam workers never pay for TensorFlow.
+Local paths use the standard library; `gs://` URIs go through
+google-cloud-storage (`taxifare_core.gcs`), which also talks to a local GCS
+emulator when STORAGE_EMULATOR_HOST is set. Other URI schemes are refused
+with one clear error.
 
     >>> glob("/tmp/processed/train-*.csv")          # sorted list of paths
     >>> with open_binary("gs://bucket/run/metrics.json") as f: ...
@@ -10,10 +11,14 @@ is used, so local work and Beam workers never pay for TensorFlow.
 from __future__ import annotations
 
 import glob as _glob
-import io
 import os
 import shutil
 from typing import IO
+
+from taxifare_core import gcs
+
+# Raised for a location the program cannot use (scheme, credentials): one clear line.
+StorageError = gcs.StorageError
 
 
 def is_remote(path: str) -> bool:
@@ -21,12 +26,18 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
-def _gfile():
-    """tf.io.gfile, imported on first remote use."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+def _check_scheme(path: str) -> None:
+    """StorageError for a URI that is neither local nor gs://."""
+    if not str(path).startswith(gcs.SCHEME):
+        raise StorageError(f"unsupported location {path}: use a local path or gs://bucket/...")
 
-    return tf.io.gfile
+
+def _remote(path: str) -> bool:
+    """is_remote, refusing schemes other than gs://."""
+    if is_remote(path):
+        _check_scheme(path)
+        return True
+    return False
 
 
 def join(base: str, *parts: str) -> str:
@@ -38,76 +49,60 @@ def join(base: str, *parts: str) -> str:
 
 def glob(pattern: str) -> list[str]:
     """Files matching a glob pattern, sorted."""
-    if is_remote(pattern):
-        return sorted(_gfile().glob(pattern))
+    if _remote(pattern):
+        return gcs.glob(pattern)
     return sorted(p for p in _glob.glob(os.path.expanduser(str(pattern))) if os.path.isfile(p))
 
 
 def exists(path: str) -> bool:
     """True when the file or folder exists."""
-    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+    return gcs.exists(path) if _remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
     """True when the path is a folder."""
-    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+    return gcs.isdir(path) if _remote(path) else os.path.isdir(path)
 
 
 def makedirs(path: str) -> None:
-    """Create a folder and its parents (no error when it exists)."""
-    if is_remote(path):
-        _gfile().makedirs(path)
-    else:
+    """Create a folder and its parents (no error when it exists; Cloud Storage needs none)."""
+    if not _remote(path):
         os.makedirs(path, exist_ok=True)
+
+
+def create_folder_exclusive(path: str) -> bool:
+    """Create a folder only if it does not exist yet (atomic); False when it already did."""
+    if _remote(path):
+        return gcs.create_folder_exclusive(path)
+    try:
+        os.makedirs(path)
+    except FileExistsError:
+        return False
+    return True
 
 
 def listdir(path: str) -> list[str]:
     """Names of a folder's entries (no trailing slashes), sorted."""
-    if is_remote(path):
-        return sorted(name.rstrip("/") for name in _gfile().listdir(path))
-    return sorted(os.listdir(path))
-
-
-class _GFileRaw(io.RawIOBase):
-    """A tf.io.gfile.GFile opened for reading, as a standard raw stream (pyarrow needs `closed`, `readinto`)."""
-
-    def __init__(self, handle):
-        super().__init__()
-        self._handle = handle
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._handle.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._handle.close()
-        super().close()
+    return gcs.listdir(path) if _remote(path) else sorted(os.listdir(path))
 
 
 def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
-    """A binary file object for reading ("rb", buffered) or writing ("wb")."""
-    if not is_remote(path):
-        return open(path, mode)
-    handle = _gfile().GFile(path, mode)
-    return io.BufferedReader(_GFileRaw(handle), buffer_size=8 << 20) if "r" in mode else handle
+    """A binary file object for reading ("rb") or writing ("wb")."""
+    return gcs.open_binary(path, mode) if _remote(path) else open(path, mode)
 
 
 def read_text(path: str) -> str:
     """The whole file as UTF-8 text."""
-    with open_binary(path) as f:
+    if _remote(path):
+        return gcs.read_bytes(path).decode()
+    with open(path, "rb") as f:
         return f.read().decode()
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a file atomically on local disk (temp file + rename); plain write on remote."""
-    if is_remote(path):
-        with open_binary(path, "wb") as f:
-            f.write(data)
+    """Write a file atomically (local: temp file + rename; Cloud Storage objects are replaced whole)."""
+    if _remote(path):
+        gcs.write_bytes(path, data)
         return
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "wb") as f:
@@ -116,14 +111,19 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Write UTF-8 text (atomically on local disk)."""
+    """Write UTF-8 text (atomically)."""
     write_bytes(path, text.encode())
 
 
 def copy_file(source: str, destination: str) -> None:
     """Copy one file between any two local or remote paths, replacing the destination."""
-    if is_remote(source) or is_remote(destination):
-        _gfile().copy(source, destination, overwrite=True)
+    remote_source, remote_destination = _remote(source), _remote(destination)
+    if remote_source and remote_destination:
+        gcs.copy(source, destination)
+    elif remote_source:
+        gcs.download(source, destination)
+    elif remote_destination:
+        gcs.upload(source, destination)
     else:
         temporary = f"{destination}.tmp-{os.getpid()}"
         shutil.copyfile(source, temporary)
@@ -132,8 +132,7 @@ def copy_file(source: str, destination: str) -> None:
 
 def remove_tree(path: str) -> None:
     """Delete a folder and everything in it (no error when absent)."""
-    if is_remote(path):
-        if _gfile().exists(path):
-            _gfile().rmtree(path)
+    if _remote(path):
+        gcs.remove_tree(path)
     else:
         shutil.rmtree(path, ignore_errors=True)

@@ -12,7 +12,6 @@ skip, saying why; on CI (CI=true) they fail instead. A Cloud Storage emulator
 from __future__ import annotations
 
 import glob
-import importlib.util
 import inspect
 import json
 import math
@@ -31,29 +30,17 @@ from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_io_metadata, bigquery_tools, gce_metadata_util
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
+from emulator_helpers import ROOT, emulator_script, ensure_emulator_venv
 
 from pipelines import bigquery_emulator
 from pipelines.sources import build_query
 from taxifare_core import contract
 from taxifare_core.generate import generate_rides
 
-ROOT = Path(__file__).resolve().parents[1]
 TABLE = f"{contract.BQ_DATASET}.raw_1k"
 N_GENERATED, SEED = 1000, 42
 READ_METHODS = ("DIRECT_READ", "EXPORT")
 RUN_TIMEOUT_S = 300
-
-
-def _load_script():
-    """scripts/bigquery_emulator.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bigquery_emulator_script", ROOT / "scripts" / "bigquery_emulator.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-emulator_script = _load_script()
 
 
 def dirty_sample() -> pd.DataFrame:
@@ -178,13 +165,7 @@ def rides() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory, rides):
     """A running emulator holding the sample as taxifare.raw_1k; stopped by PID at the end."""
-    try:
-        emulator_script.ensure_venv(log=lambda line: print(line, file=sys.stderr))
-    except emulator_script.EmulatorError as error:
-        message = f"BigQuery emulator unavailable: {error}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    ensure_emulator_venv()
     server = emulator_script.start(tmp_path_factory.mktemp("bqemu"), log=lambda line: None)
     try:
         assert emulator_script.load_rides(server.host_port, rides, TABLE) == len(rides)

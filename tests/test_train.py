@@ -168,28 +168,6 @@ def test_default_globs_are_the_preprocessing_default_folder(monkeypatch, tmp_pat
     assert args.train == str(folder / "train-*.csv") and args.val == str(folder / "val-*.csv")
 
 
-def test_remote_paths_go_through_tensorflow_file_api(data, tmp_path):
-    """gs:// cannot be reached offline; TensorFlow's in-memory ram:// takes the same code path."""
-    from taxifare_core import features, storage
-
-    root = f"ram://{tmp_path.name}"
-    storage.makedirs(f"{root}/processed")
-    for name, rows in (("train-00000-of-00002", data["train_rows"][:250]), ("train-00001-of-00002", data["train_rows"][250:]),
-                       ("val-00000-of-00001", data["val_rows"])):
-        storage.write_text(f"{root}/processed/{name}.csv", features.format_csv(rows) + "\n")
-    args = train.parse_args([
-        "--train", f"{root}/processed/train-*.csv", "--val", f"{root}/processed/val-*.csv",
-        "--registry", f"{root}/registry", "--chunk_size", "200", "--max_epochs_per_chunk", "1", "--seed", "1",
-    ])
-    metrics = train.run(args)
-    assert metrics["chunks"] == 3 and metrics["rows"] == 450
-    assert registry.run_names(f"{root}/registry") == [metrics["run"]]
-    assert registry.load_metrics(registry=f"{root}/registry")["val_mae"] == pytest.approx(metrics["val_mae"])
-    model = registry.load_model(registry=f"{root}/registry")
-    assert model.predict(data["val_rows"][:3, :-1], verbose=0).shape == (3, 1)
-    assert not storage.exists(f"{root}/registry/{metrics['run']}/{registry.CHECKPOINT_DIR}")
-
-
 def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_path):
     rows = data["train_rows"][:300].copy()
     rows[200:, -1] *= 40  # a last chunk of absurd fares pulls the model away from the validation rides
