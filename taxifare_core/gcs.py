@@ -61,6 +61,12 @@ def _uri(bucket: str, key: str) -> str:
     return f"{SCHEME}{bucket}/{key}"
 
 
+def _blob(uri: str):
+    """The Blob handle of one object (no request made)."""
+    bucket, key = split(uri)
+    return _client().bucket(bucket).blob(key)
+
+
 def _folder_prefix(key: str) -> str:
     """A key as a folder prefix: '' for the bucket's root, else ending with one slash."""
     key = key.strip("/")
@@ -106,7 +112,7 @@ def isdir(uri: str) -> bool:
 def exists(uri: str) -> bool:
     """True for an object or a non-empty folder."""
     bucket, key = split(uri)
-    if key and not key.endswith("/") and _client().bucket(bucket).blob(key).exists():
+    if key and not key.endswith("/") and _blob(uri).exists():
         return True
     return isdir(uri)
 
@@ -141,8 +147,7 @@ def create_folder_exclusive(uri: str) -> bool:
 
 def open_binary(uri: str, mode: str = "rb") -> IO[bytes]:
     """A streaming file object over one object: "rb" (seekable) or "wb"."""
-    bucket, key = split(uri)
-    blob = _client().bucket(bucket).blob(key)
+    blob = _blob(uri)
     if "r" in mode:
         if not blob.exists():
             raise FileNotFoundError(uri)
@@ -154,26 +159,23 @@ def read_bytes(uri: str) -> bytes:
     """A whole object; FileNotFoundError when absent."""
     from google.api_core.exceptions import NotFound
 
-    bucket, key = split(uri)
     try:
-        return _client().bucket(bucket).blob(key).download_as_bytes()
+        return _blob(uri).download_as_bytes()
     except NotFound:
         raise FileNotFoundError(uri) from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole object (Cloud Storage replaces it atomically)."""
-    bucket, key = split(uri)
-    _client().bucket(bucket).blob(key).upload_from_string(data)
+    _blob(uri).upload_from_string(data)
 
 
 def download(uri: str, local_path: str) -> None:
     """Copy an object to a local file; FileNotFoundError when absent."""
     from google.api_core.exceptions import NotFound
 
-    bucket, key = split(uri)
     try:
-        _client().bucket(bucket).blob(key).download_to_filename(local_path)
+        _blob(uri).download_to_filename(local_path)
     except NotFound:
         if os.path.exists(local_path):  # the client leaves an empty file behind
             os.remove(local_path)
@@ -182,18 +184,13 @@ def download(uri: str, local_path: str) -> None:
 
 def upload(local_path: str, uri: str) -> None:
     """Copy a local file to an object, replacing it."""
-    bucket, key = split(uri)
-    _client().bucket(bucket).blob(key).upload_from_filename(local_path)
+    _blob(uri).upload_from_filename(local_path)
 
 
 def copy(source: str, destination: str) -> None:
     """Copy one object to another, server side."""
-    source_bucket, source_key = split(source)
-    target_bucket, target_key = split(destination)
-    client = _client()
-    client.bucket(source_bucket).copy_blob(
-        client.bucket(source_bucket).blob(source_key), client.bucket(target_bucket), target_key
-    )
+    blob, target = _blob(source), _blob(destination)
+    blob.bucket.copy_blob(blob, target.bucket, target.name)
 
 
 def remove_tree(uri: str) -> None:
