@@ -203,7 +203,10 @@ def _write_checkpoint(run_dir: str, model, state: dict, best_weights) -> None:
 
 
 def _fit_chunk(model, features, fares, validation_rows, settings: dict):
-    """Fit one chunk with early stopping on val loss; returns (epochs run, best epoch's logs)."""
+    """Fit one chunk with early stopping on val loss (its best epoch's weights restored).
+
+    Returns (the best epoch, from 1; its logs; every epoch's logs).
+    """
     keras = keras_module()
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings["patience"], restore_best_weights=True
@@ -218,7 +221,8 @@ def _fit_chunk(model, features, fares, validation_rows, settings: dict):
         verbose=0,
     ).history
     best = int(np.argmin(history["val_loss"]))
-    return len(history["val_loss"]), {name: float(values[best]) for name, values in history.items()}
+    every_epoch = {name: [float(value) for value in values] for name, values in history.items()}
+    return best + 1, {name: values[best] for name, values in every_epoch.items()}, every_epoch
 
 
 def _evaluate(model, features, fares) -> dict:
@@ -282,7 +286,8 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         if on_chunk:
             on_chunk("start", chunk, model)
         baseline.update(manhattan_km_of(features), fares)
-        epochs, logs = _fit_chunk(model, features, fares, validation_rows, settings)
+        best_epoch, logs, every_epoch = _fit_chunk(model, features, fares, validation_rows, settings)
+        epochs = len(every_epoch["val_loss"])
         improved = state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"]
         if improved:
             state["best_chunk"], state["best_val_loss"] = chunk, logs["val_loss"]
@@ -295,6 +300,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         state["history"].append({
             "chunk": chunk, "rows": len(fares), "rows_seen": state["rows_seen"], "epochs": epochs,
             "train_mae": logs["mae"], "val_mae": logs["val_mae"], "val_loss": logs["val_loss"],
+            "best_epoch": best_epoch, "epoch_train_mae": every_epoch["mae"], "epoch_val_mae": every_epoch["val_mae"],
             "seconds": seconds,
         })
         state["seconds"] += seconds

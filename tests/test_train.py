@@ -77,6 +77,10 @@ def test_run_is_saved_in_the_registry(data, tmp_path):
     assert params["chunk_size"] == 100 and params["loss"] == train.DEFAULT_LOSS and params["incremental"] is True
     assert (run_dir / registry.CURVE_FILE).read_bytes().startswith(b"\x89PNG")
     assert not (run_dir / registry.CHECKPOINT_DIR).exists()
+    for entry in saved["history"]:  # every epoch's MAEs, the kept (best val loss) epoch's in the chunk's line
+        assert len(entry["epoch_train_mae"]) == len(entry["epoch_val_mae"]) == entry["epochs"]
+        kept = entry["best_epoch"] - 1
+        assert entry["val_mae"] == entry["epoch_val_mae"][kept] and entry["train_mae"] == entry["epoch_train_mae"][kept]
 
     model = registry.load_model(registry=str(tmp_path))
     val_x, val_y = data["val_rows"][:, :-1], data["val_rows"][:, -1]
