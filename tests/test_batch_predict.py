@@ -132,3 +132,27 @@ def test_ride_block_numbers_lines_from_the_raw_block_and_drops_blank_and_carriag
     block = batch_predict.RideBlock.from_raw(raw)
     assert block.lines == ((7, GOOD[0]), (9, GOOD[1]))
     assert block.columns == tuple(HEADER.split(",")) and block.source == "rides.csv"
+
+
+def test_arrow_and_line_by_line_splits_agree(monkeypatch):
+    """The fast path (Arrow, bad field counts set aside) and the csv-module fallback give the same block."""
+    quoted = '"a5",5.0,2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,"1"'
+    lines = [*GOOD[:2], BAD[2], quoted, BAD[0], "x,y,z,w,v,u,t,s,r", GOOD[2]]
+    block = batch_predict.RideBlock("rides.csv", tuple(HEADER.split(",")),
+                                    tuple((number, text) for number, text in enumerate(lines, start=2)))
+    assert batch_predict._arrow_fields(block) is not None
+    fast = batch_predict.encode_block(block, name_by_file=False)
+    monkeypatch.setattr(batch_predict, "_arrow_fields", lambda _: None)
+    slow = batch_predict.encode_block(block, name_by_file=False)
+    assert fast[0].keys == slow[0].keys == ("a1", "a2", "a5", "8")
+    np.testing.assert_array_equal(fast[0].features, slow[0].features)
+    assert sorted(fast[1]) == sorted(slow[1]) and len(fast[1]) == 3
+
+
+def test_a_quoted_newline_takes_the_line_by_line_path():
+    lines = [GOOD[0], 'a9,"5.0', '",2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,1']
+    block = batch_predict.RideBlock("rides.csv", tuple(HEADER.split(",")),
+                                    tuple((number, text) for number, text in enumerate(lines, start=2)))
+    assert batch_predict._arrow_fields(block) is None
+    encoded, dead = batch_predict.encode_block(block, name_by_file=False)
+    assert encoded.keys == ("a1",) and len(dead) == 2
