@@ -30,15 +30,13 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
-from pipelines.sources import RawBlock, ReadCsvBlocks, read_header
+from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
 from taxifare_core import contract, registry, storage
 from taxifare_core.parsing import MalformedRecord
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
@@ -48,25 +46,6 @@ PREDICTIONS, DEAD_LETTER = "predictions", "dead_letter"
 PREDICTIONS_HEADER = "key,fare_pred"
 DEAD_LETTER_HEADER = "key,reason,input"
 DEFAULT_BLOCK_ROWS = 10_000
-
-
-@dataclass(frozen=True)
-class RideBlock:
-    """Non-blank lines of one block of a file: (line number, text) pairs and the file's header."""
-
-    source: str
-    columns: tuple[str, ...]
-    lines: tuple[tuple[int, str], ...]
-
-    @classmethod
-    def from_raw(cls, block: RawBlock) -> RideBlock:
-        """The lines of a RawBlock, numbered (the header is line 1), blank ones left out."""
-        text = block.data.decode("utf-8", errors="replace")
-        lines = tuple(
-            (block.first_line + offset, line.rstrip("\r"))
-            for offset, line in enumerate(text.split("\n")) if line.strip()
-        )
-        return cls(block.source, block.columns, lines)
 
 
 @dataclass(frozen=True)
@@ -92,57 +71,12 @@ def _csv_line(*fields) -> str:
     return buffer.getvalue()
 
 
-def _arrow_fields(block: RideBlock):
-    """Fast path: Arrow splits the lines into text columns, setting aside those with another field count.
-
-    Returns what `_split_fields` does, or None when a quoted newline joined two
-    lines into one row (then line numbers need the slow path).
-    """
-    body = "\n".join(text for _, text in block.lines).encode()
-    set_aside: list[tuple[int, int]] = []  # (line index in the block, fields found)
-
-    def set_aside_row(row) -> str:
-        set_aside.append((row.number - 1, row.actual_columns))
-        return "skip"
-
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(body),
-            read_options=pacsv.ReadOptions(column_names=list(block.columns), use_threads=False),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=set_aside_row),
-            convert_options=pacsv.ConvertOptions(column_types={column: pa.string() for column in block.columns}),
-        )
-    except pa.ArrowInvalid:
-        return None
-    if table.num_rows + len(set_aside) != len(block.lines) or any(i < 0 for i, _ in set_aside):
-        return None
-    bad_index = {index for index, _ in set_aside}
-    lines = [line for index, line in enumerate(block.lines) if index not in bad_index]
-    bad = [(*block.lines[index], f"expected {len(block.columns)} fields, got {found}") for index, found in set_aside]
-    return table.to_pandas().astype(object), lines, bad
-
-
-def _split_fields(block: RideBlock) -> tuple[pd.DataFrame, list[tuple[int, str]], list[tuple[int, str, str]]]:
-    """(text frame of the lines with the header's field count, those lines, [(line, text, reason)] of the others)."""
-    fast = _arrow_fields(block)
-    if fast is not None:
-        return fast
-    fields = [next(csv.reader([text]), []) for _, text in block.lines]
-    fits = [len(row) == len(block.columns) for row in fields]
-    bad = [
-        (number, text, f"expected {len(block.columns)} fields, got {len(row)}")
-        for (number, text), row, ok in zip(block.lines, fields, fits) if not ok
-    ]
-    lines = [line for line, ok in zip(block.lines, fits) if ok]
-    frame = pd.DataFrame([row for row, ok in zip(fields, fits) if ok], columns=list(block.columns), dtype=object)
-    return frame, lines, bad
-
-
-def encode_block(block: RideBlock, name_by_file: bool) -> tuple[EncodedBlock, list[str]]:
+def encode_block(block: RawBlock, name_by_file: bool) -> tuple[EncodedBlock, list[str]]:
     """One block -> (the rides the model can price, dead-letter lines for the others)."""
     label = (lambda n: f"{block.source.rsplit('/', 1)[-1]}:{n}") if name_by_file else str
-    frame, lines, bad = _split_fields(block)
-    dead = [_csv_line(label(number), reason, text) for number, text, reason in bad]
+    split = split_lines(block)
+    frame, lines = split.fields, list(zip(split.line_numbers.tolist(), split.texts))
+    dead = [_csv_line(label(number), reason, text) for number, text, reason in split.bad]
     if not len(frame):
         return EncodedBlock((), np.empty((0, contract.N_FEATURES), dtype=np.float32)), dead
     keys = [
@@ -166,7 +100,7 @@ class EncodeBlockFn(beam.DoFn):
         self.dead = Metrics.counter(COUNTER_NAMESPACE, DEAD_LETTER)
 
     def process(self, block: RawBlock):
-        encoded, dead = encode_block(RideBlock.from_raw(block), self.name_by_file)
+        encoded, dead = encode_block(block, self.name_by_file)
         if dead:
             self.dead.inc(len(dead))
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))

@@ -13,12 +13,17 @@ number), reshuffled so parallel workers share them, then read with `FileSystems`
 """
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass
 from datetime import date
 
 import apache_beam as beam
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -180,6 +185,92 @@ class ReadBlockFn(beam.DoFn):
 
     def process(self, span: BlockSpan):
         yield read_block(span)
+
+
+@dataclass(frozen=True)
+class SplitLines:
+    """A block's non-blank lines split into fields.
+
+    `fields` holds, as text, the lines with the header's field count, one column
+    per header column; `line_numbers` and `texts` say where each came from; `bad`
+    lists the other lines as (line number, text, reason).
+    """
+
+    fields: pd.DataFrame
+    line_numbers: np.ndarray
+    texts: list[str]
+    bad: list[tuple[int, str, str]]
+
+
+def field_count_reason(columns: tuple[str, ...], found: int) -> str:
+    """The dead letter's reason for a line with another field count than the header's."""
+    return f"expected {len(columns)} fields, got {found}"
+
+
+def read_csv_setting_aside(body: bytes, columns: tuple[str, ...], convert_options, use_threads: bool = False):
+    """Arrow's read of header-less CSV lines, lines with another field count set aside.
+
+    Returns (table, [(line index in `body`, or None when Arrow's threads lose count; fields found)]),
+    or None when a value cannot be converted as `convert_options` asks.
+    """
+    set_aside: list[tuple[int | None, int]] = []
+
+    def set_aside_row(row) -> str:
+        set_aside.append((None if row.number is None else row.number - 1, row.actual_columns))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=list(columns), use_threads=use_threads),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=set_aside_row),
+            convert_options=convert_options,
+        )
+    except pa.ArrowInvalid:
+        return None
+    return table, set_aside
+
+
+def _split_with_arrow(numbered: list[tuple[int, str]], columns: tuple[str, ...]) -> SplitLines | None:
+    """Arrow splits every line at once, setting aside those with another field count;
+    None when a quoted newline joins two lines into one row (line numbers would shift)."""
+    body = "\n".join(text for _, text in numbered).encode()
+    as_text = pacsv.ConvertOptions(column_types={column: pa.string() for column in columns})
+    read = read_csv_setting_aside(body, columns, as_text)
+    if read is None:
+        return None
+    table, set_aside = read
+    if table.num_rows + len(set_aside) != len(numbered) or any(index < 0 for index, _ in set_aside):
+        return None
+    aside = {index for index, _ in set_aside}
+    kept = [line for index, line in enumerate(numbered) if index not in aside]
+    bad = [(*numbered[index], field_count_reason(columns, found)) for index, found in set_aside]
+    return SplitLines(table.to_pandas().astype(object), np.asarray([n for n, _ in kept], dtype=np.int64),
+                      [text for _, text in kept], bad)
+
+
+def _split_line_by_line(numbered: list[tuple[int, str]], columns: tuple[str, ...]) -> SplitLines:
+    """The csv module on each line: the fallback that numbers lines exactly whatever their quoting."""
+    kept, rows, bad = [], [], []
+    for number, text in numbered:
+        fields = next(csv.reader([text]), [])
+        if len(fields) != len(columns):
+            bad.append((number, text, field_count_reason(columns, len(fields))))
+            continue
+        kept.append((number, text))
+        rows.append(fields)
+    return SplitLines(pd.DataFrame(rows, columns=list(columns), dtype=object),
+                      np.asarray([n for n, _ in kept], dtype=np.int64), [text for _, text in kept], bad)
+
+
+def split_lines(block: RawBlock) -> SplitLines:
+    """A block's lines as text fields (the header's columns), numbered from `first_line`, blank lines left out."""
+    text = block.data.decode("utf-8", errors="replace")
+    numbered = [
+        (block.first_line + offset, line.rstrip("\r"))
+        for offset, line in enumerate(text.split("\n")) if line.strip()
+    ]
+    return _split_with_arrow(numbered, block.columns) or _split_line_by_line(numbered, block.columns)
 
 
 class ReadCsvBlocks(beam.PTransform):

@@ -23,7 +23,6 @@ module-level classes (no save_main_session needed).
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
 
 from pipelines.coders import BatchCoder, batches_of
-from pipelines.sources import RawBlock
+from pipelines.sources import RawBlock, field_count_reason, read_csv_setting_aside, split_lines
 from taxifare_core import contract
 from taxifare_core.cleaning import clean
 from taxifare_core.features import format_csv, processed_rows
@@ -96,43 +95,40 @@ def empty_rides() -> pd.DataFrame:
 # --- parse + validate ----------------------------------------------------------
 
 
-def _typed_block(body: bytes, columns: tuple[str, ...]) -> pd.DataFrame | None:
-    """Fast path: the block read by Arrow with the contract's types; None if any line needs the slow path."""
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(body),
-            read_options=pacsv.ReadOptions(column_names=list(columns)),
-            convert_options=pacsv.ConvertOptions(
-                column_types=_CSV_TYPES,
-                include_columns=list(contract.RAW_COLUMNS),
-                timestamp_parsers=[contract.CSV_TIME_FORMAT],
-                null_values=_NULL_TEXT,
-                strings_can_be_null=True,
-            ),
-        )
-    except pa.ArrowInvalid:
-        return None
-    # Arrow skips blank lines and splits quoted newlines: then line numbers need the slow path.
-    if table.num_rows != body.count(b"\n") + 1:
-        return None
-    return table.to_pandas()
+# Arrow's typed read: the contract's types, its time format, parsing's missing-value words.
+_TYPED_CSV = pacsv.ConvertOptions(
+    column_types=_CSV_TYPES,
+    include_columns=list(contract.RAW_COLUMNS),
+    timestamp_parsers=[contract.CSV_TIME_FORMAT],
+    null_values=_NULL_TEXT,
+    strings_can_be_null=True,
+)
 
 
-def _text_block(body: bytes, columns: tuple[str, ...], first_line: int) -> tuple[pd.DataFrame, np.ndarray, list]:
-    """Slow path: split each line with the csv module; (text frame, line numbers, [(line, text, reason)])."""
-    rows, line_numbers, bad = [], [], []
-    for offset, text in enumerate(body.decode("utf-8", errors="replace").split("\n")):
-        text = text.rstrip("\r")
-        if not text.strip():
-            continue
-        fields = next(csv.reader([text]), [])
-        if len(fields) != len(columns):
-            bad.append((first_line + offset, text, f"expected {len(columns)} fields, got {len(fields)}"))
-            continue
-        rows.append(fields)
-        line_numbers.append(first_line + offset)
-    frame = pd.DataFrame(rows, columns=list(columns), dtype=object)[list(contract.RAW_COLUMNS)]
-    return frame, np.asarray(line_numbers, dtype=np.int64), bad
+def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray, list] | None:
+    """Fast path: the block read by Arrow with the contract's types, lines with another field
+    count set aside; (typed frame, line numbers, [(line, text, reason)]) or None if a line needs
+    the text path (a value Arrow cannot convert, a blank line, a quoted newline)."""
+    read = read_csv_setting_aside(body, block.columns, _TYPED_CSV, use_threads=True)
+    if read is not None and any(index is None for index, _ in read[1]):
+        read = read_csv_setting_aside(body, block.columns, _TYPED_CSV)  # one thread numbers the lines
+    if read is None:
+        return None
+    table, set_aside = read
+    # Arrow skips blank lines and splits quoted newlines: then line numbers need the text path.
+    line_count = body.count(b"\n") + 1
+    if table.num_rows + len(set_aside) != line_count:
+        return None
+    if not set_aside:
+        return table.to_pandas(), block.first_line + np.arange(line_count), []
+    lines = body.split(b"\n")
+    bad = [
+        (block.first_line + index, lines[index].decode("utf-8", errors="replace").rstrip("\r"),
+         field_count_reason(block.columns, found))
+        for index, found in set_aside
+    ]
+    kept = np.delete(np.arange(line_count), [index for index, _ in set_aside])
+    return table.to_pandas(), block.first_line + kept, bad
 
 
 def parse_block(block: RawBlock) -> tuple[pd.DataFrame, list[str], int]:
@@ -144,11 +140,12 @@ def parse_block(block: RawBlock) -> tuple[pd.DataFrame, list[str], int]:
     body = block.data[:-1] if block.data.endswith(b"\n") else block.data
     if not body.strip():
         return empty_rides(), [], 0
-    frame = _typed_block(body, block.columns)
-    if frame is not None:
-        line_numbers, bad = block.first_line + np.arange(len(frame)), []
+    typed_block = _typed_block(block, body)
+    if typed_block is not None:
+        frame, line_numbers, bad = typed_block
     else:
-        frame, line_numbers, bad = _text_block(body, block.columns, block.first_line)
+        split = split_lines(block)
+        frame, line_numbers, bad = split.fields[list(contract.RAW_COLUMNS)], split.line_numbers, split.bad
     typed, reasons = parse_frame(frame)
     dead = [dead_letter_line(block.source, line, text, reason) for line, text, reason in bad]
     failed = reasons.notna().to_numpy()

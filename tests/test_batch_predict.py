@@ -13,7 +13,9 @@ from shard_helpers import saved_tiny_model
 
 from pipelines import batch_predict
 from pipelines import predict as predict_module
+from pipelines import sources
 from pipelines.cli import UsageError
+from pipelines.sources import RawBlock
 from taxifare_core import contract, registry
 
 HEADER = "key,fare_amount,pickup_datetime,pickup_longitude,pickup_latitude,dropoff_longitude,dropoff_latitude,passenger_count"
@@ -126,33 +128,19 @@ def test_the_example_ride_needs_no_fare_column(model_uri):
     assert np.isfinite(predict_module.predict(rides, registry.load_keras_model(model_uri))).all()
 
 
-def test_ride_block_numbers_lines_from_the_raw_block_and_drops_blank_and_carriage_returns():
-    raw = batch_predict.RawBlock("rides.csv", 7, tuple(HEADER.split(",")),
-                                 f"{GOOD[0]}\r\n\r\n{GOOD[1]}\r\n".encode())
-    block = batch_predict.RideBlock.from_raw(raw)
-    assert block.lines == ((7, GOOD[0]), (9, GOOD[1]))
-    assert block.columns == tuple(HEADER.split(",")) and block.source == "rides.csv"
+def _raw_block(lines: list[str], first_line: int = 2) -> RawBlock:
+    return RawBlock("rides.csv", first_line, tuple(HEADER.split(",")), ("\n".join(lines) + "\n").encode())
 
 
 def test_arrow_and_line_by_line_splits_agree(monkeypatch):
-    """The fast path (Arrow, bad field counts set aside) and the csv-module fallback give the same block."""
+    """The fast split (Arrow, bad field counts set aside) and the csv-module fallback price a block alike."""
     quoted = '"a5",5.0,2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,"1"'
-    lines = [*GOOD[:2], BAD[2], quoted, BAD[0], "x,y,z,w,v,u,t,s,r", GOOD[2]]
-    block = batch_predict.RideBlock("rides.csv", tuple(HEADER.split(",")),
-                                    tuple((number, text) for number, text in enumerate(lines, start=2)))
-    assert batch_predict._arrow_fields(block) is not None
+    block = _raw_block([*GOOD[:2], BAD[2], quoted, BAD[0], "x,y,z,w,v,u,t,s,r", GOOD[2]])
+    assert sources._split_with_arrow(
+        [(n, t) for n, t in enumerate(block.data.decode().splitlines(), start=2)], block.columns) is not None
     fast = batch_predict.encode_block(block, name_by_file=False)
-    monkeypatch.setattr(batch_predict, "_arrow_fields", lambda _: None)
+    monkeypatch.setattr(sources, "_split_with_arrow", lambda *_: None)
     slow = batch_predict.encode_block(block, name_by_file=False)
     assert fast[0].keys == slow[0].keys == ("a1", "a2", "a5", "8")
     np.testing.assert_array_equal(fast[0].features, slow[0].features)
     assert sorted(fast[1]) == sorted(slow[1]) and len(fast[1]) == 3
-
-
-def test_a_quoted_newline_takes_the_line_by_line_path():
-    lines = [GOOD[0], 'a9,"5.0', '",2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,1']
-    block = batch_predict.RideBlock("rides.csv", tuple(HEADER.split(",")),
-                                    tuple((number, text) for number, text in enumerate(lines, start=2)))
-    assert batch_predict._arrow_fields(block) is None
-    encoded, dead = batch_predict.encode_block(block, name_by_file=False)
-    assert encoded.keys == ("a1",) and len(dead) == 2

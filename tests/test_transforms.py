@@ -14,6 +14,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines import sources
 from pipelines import transforms as T
 from pipelines.sources import RawBlock, plan_blocks, read_block
 from pipelines.summary import counters_from_result
@@ -363,3 +364,45 @@ def test_batch_coder_round_trips_and_estimates_without_pickling(monkeypatch):
     assert coder.estimate_size(batch) == batch.rows.nbytes + batch.pickup_ns.nbytes
     assert coder.estimate_size(block_) == len(block_.data)
     assert coder.estimate_size(frame) > 0
+
+
+# --- splitting a block's lines (shared by preprocessing and batch prediction) ---
+
+_HEADER = tuple(contract.RAW_COLUMNS)
+_RIDE = "5.0,2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,1"
+
+
+def _split(lines: list[str], first_line: int = 10) -> sources.SplitLines:
+    return sources.split_lines(RawBlock("f.csv", first_line, _HEADER, "\r\n".join(lines).encode()))
+
+
+def test_split_lines_numbers_lines_and_sets_aside_bad_field_counts():
+    split = _split([_RIDE, "", "1,2", _RIDE.replace("5.0", "6.0"), "   ", "a,b,c,d,e,f,g,h"])
+    assert split.line_numbers.tolist() == [10, 13]
+    assert split.fields["fare_amount"].tolist() == ["5.0", "6.0"] and split.texts[1].startswith("6.0,")
+    assert split.bad == [(12, "1,2", "expected 7 fields, got 2"), (15, "a,b,c,d,e,f,g,h", "expected 7 fields, got 8")]
+
+
+def test_split_lines_falls_back_line_by_line_for_a_quoted_newline():
+    lines = [_RIDE, '"5.0', '",2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,1', _RIDE]
+    assert sources._split_with_arrow(list(enumerate(lines, start=10)), _HEADER) is None
+    split = _split(lines)
+    assert split.line_numbers.tolist() == [10, 13] and [line for line, _, _ in split.bad] == [11, 12]
+
+
+def test_one_bad_line_keeps_the_rest_of_its_block_vectorized(monkeypatch):
+    """Text in a number fails Arrow's typed read; the block is split by Arrow, not line by line."""
+    monkeypatch.setattr(sources, "_split_line_by_line", None)  # any call would raise
+    block = RawBlock("f.csv", 2, _HEADER, f"{_RIDE}\n{_RIDE.replace('5.0', 'five')}\n{_RIDE}\n1,2\n".encode())
+    rides, dead, read = T.parse_block(block)
+    assert read == 4 and len(rides) == 2
+    assert sorted(json.loads(line)["line"] for line in dead) == [3, 5]
+
+
+def test_bad_field_counts_alone_keep_the_typed_fast_path(monkeypatch):
+    """Lines with another field count are set aside by Arrow's typed read, exactly numbered."""
+    monkeypatch.setattr(T, "split_lines", None)  # the text path would raise
+    lines = [_RIDE, "1,2", _RIDE.replace("5.0", "6.0"), "a,b,c,d,e,f,g,h", _RIDE.replace("5.0", "7.0")]
+    rides, dead, read = T.parse_block(RawBlock("f.csv", 20, _HEADER, ("\n".join(lines) + "\n").encode()))
+    assert read == 5 and rides["fare_amount"].tolist() == [5.0, 6.0, 7.0]
+    assert [(json.loads(d)["line"], json.loads(d)["record"]) for d in dead] == [(21, "1,2"), (23, "a,b,c,d,e,f,g,h")]
