@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict sample bench bench_train quality dataflow bigquery_emulator reset_local_files clean
+.PHONY: install run test preprocess train predict sample bench bench_train bench_bad_input quality dataflow bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench: install
 
 bench_train: install
 	$(PY) scripts/bench_train.py $(ARGS)
+
+bench_bad_input: install
+	$(PY) scripts/bench_bad_input.py $(ARGS)
 
 # Model vs baseline on the real sample beside the project (../shared/data).
 quality: install
