@@ -4,7 +4,9 @@ CSV input is read as *blocks* of `block_rows` lines (one Beam element each), so 
 rest of the pipeline works on batches with numpy instead of one row per element.
 Blocks are planned per file (byte ranges of whole lines, with their first line
 number), reshuffled so parallel workers share them, then read with `FileSystems`
-(local paths and `gs://` alike).
+(local paths and `gs://` alike). `split_lines` cuts a block into text fields with
+Arrow, setting aside lines with another field count (preprocessing and batch
+prediction both use it).
 
     >>> build_query("200k", "2009-01-01", "2015-01-01").splitlines()[1]
     'FROM `wagon-public-datasets`.taxifare.raw_200k'
