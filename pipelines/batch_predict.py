@@ -61,7 +61,7 @@ def read_columns(path: str) -> tuple[str, ...]:
     try:
         return read_header(path, required=SERVING_COLUMNS)[0]
     except MalformedRecord as error:
-        raise UsageError(error.reason if error.reason.startswith(path) else f"{path}: {error.reason}") from None
+        raise UsageError(error.reason) from None
 
 
 def _csv_line(*fields) -> str:

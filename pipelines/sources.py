@@ -131,13 +131,16 @@ def _open(path: str):
 
 
 def read_header(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> tuple[tuple[str, ...], int]:
-    """The CSV header's columns and the byte offset just after it; MalformedRecord if unusable
-    or without a `required` column."""
+    """The CSV header's columns and the byte offset just after it; MalformedRecord (naming the
+    file) if unusable or without a `required` column."""
     with _open(path) as handle:
         first = handle.readline()
     if not first.strip():
         raise MalformedRecord(f"{path}: empty file or empty header line")
-    columns = header_columns(first.decode("utf-8-sig").rstrip("\r\n"), required=required)
+    try:
+        columns = header_columns(first.decode("utf-8-sig").rstrip("\r\n"), required=required)
+    except MalformedRecord as error:
+        raise MalformedRecord(f"{path}: {error.reason}") from None
     return tuple(columns), len(first)
 
 
