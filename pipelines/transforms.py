@@ -193,6 +193,15 @@ def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[
     return typed[~failed][list(contract.RAW_COLUMNS)], dead
 
 
+def _parsed_outputs(rides: pd.DataFrame, dead: list[str], bad_input):
+    """A parse DoFn's outputs: dead-letter lines (counted as bad input) tagged, then the rides if any."""
+    if dead:
+        bad_input.inc(len(dead))
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
+    if len(rides):
+        yield rides
+
+
 class ParseCsvBlockFn(beam.DoFn):
     """RawBlock -> typed rides DataFrame; unparseable lines to the "dead_letter" output."""
 
@@ -204,11 +213,7 @@ class ParseCsvBlockFn(beam.DoFn):
         rides, dead, read = parse_block(block)
         PROGRESS.info("read %s from line %d: %d rows, %d bad", block.source, block.first_line, read, len(dead))
         self.rows_read.inc(read)
-        if dead:
-            self.bad_input.inc(len(dead))
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
-        if len(rides):
-            yield rides
+        yield from _parsed_outputs(rides, dead, self.bad_input)
 
 
 class ParseRecordBatchFn(beam.DoFn):
@@ -222,11 +227,7 @@ class ParseRecordBatchFn(beam.DoFn):
     def process(self, records: list):
         self.rows_read.inc(len(records))
         rides, dead = parse_records(records, self.source)
-        if dead:
-            self.bad_input.inc(len(dead))
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
-        if len(rides):
-            yield rides
+        yield from _parsed_outputs(rides, dead, self.bad_input)
 
 
 class ParseCsvBlocks(beam.PTransform):
