@@ -236,22 +236,29 @@ def read_csv_setting_aside(body: bytes, columns: tuple[str, ...], convert_option
     return table, set_aside
 
 
+def sort_out_lines(table, set_aside, line_count: int, columns: tuple[str, ...]):
+    """(indices of the lines Arrow kept, [(index, reason)] of those it set aside), from
+    read_csv_setting_aside; None when rows and set-aside lines do not add up to `line_count`
+    (a blank line skipped, a quoted newline joining two lines) or Arrow lost count."""
+    if table.num_rows + len(set_aside) != line_count or any(index is None for index, _ in set_aside):
+        return None
+    kept = np.delete(np.arange(line_count), [index for index, _ in set_aside])
+    return kept, [(index, field_count_reason(columns, found)) for index, found in set_aside]
+
+
 def _split_with_arrow(numbered: list[tuple[int, str]], columns: tuple[str, ...]) -> SplitLines | None:
     """Arrow splits every line at once, setting aside those with another field count;
     None when a quoted newline joins two lines into one row (line numbers would shift)."""
     body = "\n".join(text for _, text in numbered).encode()
     as_text = pacsv.ConvertOptions(column_types={column: pa.string() for column in columns})
     read = read_csv_setting_aside(body, columns, as_text)
-    if read is None:
+    sorted_out = None if read is None else sort_out_lines(*read, len(numbered), columns)
+    if sorted_out is None:
         return None
-    table, set_aside = read
-    if table.num_rows + len(set_aside) != len(numbered) or any(index < 0 for index, _ in set_aside):
-        return None
-    aside = {index for index, _ in set_aside}
-    kept = [line for index, line in enumerate(numbered) if index not in aside]
-    bad = [(*numbered[index], field_count_reason(columns, found)) for index, found in set_aside]
-    return SplitLines(table.to_pandas().astype(object), np.asarray([n for n, _ in kept], dtype=np.int64),
-                      [text for _, text in kept], bad)
+    kept, aside = sorted_out
+    line_numbers = np.asarray([number for number, _ in numbered], dtype=np.int64)[kept]
+    bad = [(*numbered[index], reason) for index, reason in aside]
+    return SplitLines(read[0].to_pandas().astype(object), line_numbers, [numbered[i][1] for i in kept], bad)
 
 
 def _split_line_by_line(numbered: list[tuple[int, str]], columns: tuple[str, ...]) -> SplitLines:

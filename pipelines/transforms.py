@@ -39,7 +39,7 @@ import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
 
 from pipelines.coders import BatchCoder, batches_of
-from pipelines.sources import RawBlock, field_count_reason, read_csv_setting_aside, split_lines
+from pipelines.sources import RawBlock, read_csv_setting_aside, sort_out_lines, split_lines
 from taxifare_core import contract
 from taxifare_core.cleaning import clean
 from taxifare_core.features import format_csv, processed_rows
@@ -116,18 +116,15 @@ def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray
         return None
     table, set_aside = read
     # Arrow skips blank lines and splits quoted newlines: then line numbers need the text path.
-    line_count = body.count(b"\n") + 1
-    if table.num_rows + len(set_aside) != line_count:
+    sorted_out = sort_out_lines(table, set_aside, body.count(b"\n") + 1, block.columns)
+    if sorted_out is None:
         return None
-    if not set_aside:
-        return table.to_pandas(), block.first_line + np.arange(line_count), []
-    lines = body.split(b"\n")
+    kept, aside = sorted_out
+    lines = body.split(b"\n") if aside else []
     bad = [
-        (block.first_line + index, lines[index].decode("utf-8", errors="replace").rstrip("\r"),
-         field_count_reason(block.columns, found))
-        for index, found in set_aside
+        (block.first_line + index, lines[index].decode("utf-8", errors="replace").rstrip("\r"), reason)
+        for index, reason in aside
     ]
-    kept = np.delete(np.arange(line_count), [index for index, _ in set_aside])
     return table.to_pandas(), block.first_line + kept, bad
 
 
