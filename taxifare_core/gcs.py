@@ -58,6 +58,7 @@ def split(uri: str) -> tuple[str, str]:
 
 
 def _uri(bucket: str, key: str) -> str:
+    """`gs://bucket/key`."""
     return f"{SCHEME}{bucket}/{key}"
 
 

@@ -26,18 +26,11 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
-def _check_scheme(path: str) -> None:
-    """StorageError for a URI that is neither local nor gs://."""
-    if not str(path).startswith(gcs.SCHEME):
-        raise StorageError(f"unsupported location {path}: use a local path or gs://bucket/...")
-
-
 def _remote(path: str) -> bool:
-    """is_remote, refusing schemes other than gs://."""
-    if is_remote(path):
-        _check_scheme(path)
-        return True
-    return False
+    """is_remote, with StorageError for a scheme other than gs://."""
+    if is_remote(path) and not str(path).startswith(gcs.SCHEME):
+        raise StorageError(f"unsupported location {path}: use a local path or gs://bucket/...")
+    return is_remote(path)
 
 
 def join(base: str, *parts: str) -> str:
