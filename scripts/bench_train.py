@@ -13,11 +13,12 @@ Each case runs in its own process (so peak memory is its own):
               model runs STEPS_PER_EXECUTION per call: same steps, less dispatch).
 At N rows and at scale x N rows (the same shards listed `scale` times through
 symlinks: equal content, scale x the rows), stream and in_memory (and, at N,
-notebook) alternate `--repeats` times: this machine's speed drifts by +-10% from minute to minute,
-so each stream run is compared with the in-memory run right after it and the
-median of those pair ratios is the figure; every pair's ratio and the ratio of
-the two cases' median rates are printed too. Then the targets: streaming >= 0.8 x the in-memory rate,
-and the trainer's peak memory from N to scale x N rows growing under 20%.
+notebook) alternate `--repeats` times. This machine's speed drifts by +-10% from
+minute to minute, so each stream run is compared with the in-memory run right
+after it and the median of those pair ratios is the figure; every pair's ratio
+and the ratio of the two cases' median rates are printed too. Then the targets:
+streaming >= 0.8 x the in-memory rate, and the trainer's peak memory from N to
+scale x N rows growing under 20%.
 
 The in-memory rate is rows / seconds of the `fit` call (loading the rows first is
 not counted). The streaming rate compares like with like: rows / seconds of the
@@ -147,6 +148,7 @@ def compare(stream: list[dict], in_memory: list[dict]) -> dict:
     loop_rates = [r["loop_rows_per_second"] for r in stream]
     run_rates = [r["rows_per_second"] for r in stream]
     fit_rates = [r["rows_per_second"] for r in in_memory]
+    pair_loop_ratios = [a / b for a, b in zip(loop_rates, fit_rates)]
     return {
         "rows": stream[0]["rows"],
         "stream_loop_rows_per_second": loop_rates,
@@ -154,10 +156,10 @@ def compare(stream: list[dict], in_memory: list[dict]) -> dict:
         "in_memory_rows_per_second": fit_rates,
         # Each stream run is paired with the in-memory run right after it: the pair shares the
         # machine's speed of that minute, so the median of pair ratios is the drift-proof figure.
-        "loop_ratio": _median([a / b for a, b in zip(loop_rates, fit_rates)]),
+        "loop_ratio": _median(pair_loop_ratios),
         "run_ratio": _median([a / b for a, b in zip(run_rates, fit_rates)]),
         "ratio_of_median_rates": _median(loop_rates) / _median(fit_rates),
-        "pair_loop_ratios": [a / b for a, b in zip(loop_rates, fit_rates)],
+        "pair_loop_ratios": pair_loop_ratios,
         "stream_peak_rss_mb": max(r["peak_rss_mb"] for r in stream),
         "in_memory_peak_rss_mb": max(r["peak_rss_mb"] for r in in_memory),
     }
