@@ -80,7 +80,7 @@ def settings_from_env(environ=None) -> DataflowSettings:
     if missing:
         raise DataflowError(
             f"missing environment setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
-            "export GCP_PROJECT, GCP_REGION and BUCKET (see README, 'Run on Dataflow')"
+            "export GCP_PROJECT, GCP_REGION and BUCKET (see docs/dataflow.md)"
         )
     bucket = values[ENV_BUCKET].removeprefix("gs://").strip("/")
     if not _BUCKET_PATTERN.fullmatch(bucket):

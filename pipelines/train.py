@@ -43,7 +43,7 @@ from taxifare_core.model import LOSSES, build_model, keras_module, validation_da
 
 PROG = "python -m pipelines.train"
 DEFAULT_CHUNK_SIZE = 100_000
-# Measured on the real 8k rides (scripts/quality_real_sample.py, 5 seeds, README):
+# Measured on the real 8k rides (scripts/quality_real_sample.py, 5 seeds, docs/quality.md):
 # with the contract's mse / 0.0005 / patience 2 the network loses to the linear
 # baseline (it chases the few very large fares and overfits them); Huber (errors
 # over $1 count linearly), a learning rate of 0.001 and patience 5 beat it on

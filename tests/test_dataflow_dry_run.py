@@ -4,7 +4,7 @@
 
 No network and no credentials: Beam returns once the job and its pipeline proto are
 built, before any call to Google Cloud. What only a real project can show (IAM,
-quotas, the workers installing the sdist) is listed in the README.
+quotas, the workers installing the sdist) is listed in docs/dataflow.md.
 """
 from __future__ import annotations
 
