@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from taxifare_core import contract
 from taxifare_core.cleaning import check_ride
@@ -38,12 +40,22 @@ from taxifare_core.features import encode_ride
 from taxifare_core.parsing import MalformedRecord, is_missing, parse_number, parse_record, parse_timestamp
 from taxifare_core.serving import _PLACEHOLDER_FARE, RULE_MESSAGES, SERVING_COLUMNS, PreparedRides, prepare_rides
 
-_NEW_YORK = ZoneInfo(contract.LOCAL_TIMEZONE)
+_NEW_YORK_NAME = contract.LOCAL_TIMEZONE
+_NEW_YORK = ZoneInfo(_NEW_YORK_NAME)
 _UTC_SUFFIX = " utc"
 # The span pandas can hold in nanoseconds (1677-09-21 to 2262-04-11), whole days inside it:
 # the vectorized path stores times as datetime64[ns].
 FIRST_TIME = datetime(1677, 9, 22, tzinfo=timezone.utc)
 LAST_TIME = datetime(2262, 4, 10, 23, 59, 59, tzinfo=timezone.utc)
+# The zone-less forms the contract's parser reads (parsing.parse_timestamp), tried before ISO 8601.
+_NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f")
+# The common form, parsed by Arrow for a whole JSON list at once.
+_FAST_FORMAT = _NAIVE_FORMATS[0]
+# Local times Arrow parses that stay inside FIRST_TIME..LAST_TIME once in UTC (a day of margin), in epoch seconds.
+_FAST_FIRST = (FIRST_TIME - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() + 86_400
+_FAST_LAST = (LAST_TIME - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() - 86_400
+_FIELDS = frozenset(SERVING_COLUMNS)
+_JSON_SCALARS = (int, float, str, type(None))
 NOT_AN_OBJECT = "expected a JSON object with the fields " + ", ".join(SERVING_COLUMNS)
 
 
@@ -53,34 +65,47 @@ def pickup_to_utc(value):
     No zone: New York local time (daylight saving included, see the module doc);
     " UTC" at the end: UTC; an ISO offset or "Z": that offset. A missing value
     is returned as is (the contract's rules call it missing) and so is text that
-    is not an ISO time (the contract's parser then gives the reason). Raises
+    is not a time (the contract's parser then gives the reason). Raises
     MalformedRecord for a time outside FIRST_TIME..LAST_TIME or a non-text value.
     """
     if is_missing(value):
         return value
     if not isinstance(value, str):
-        parse_timestamp(value)  # raises with the contract's words ("expected a timestamp")
+        parse_timestamp(value)  # raises with the contract's words ("expected a timestamp, got 5")
         raise MalformedRecord(f"{contract.TIME_COLUMN}: expected a timestamp text, got {value!r}")
     text = value.strip()
     is_utc = text.lower().endswith(_UTC_SUFFIX)
-    try:
-        stamp = datetime.fromisoformat(text[: -len(_UTC_SUFFIX)] if is_utc else text)
-    except ValueError:
-        return value
+    stamp = _read_time(text[: -len(_UTC_SUFFIX)] if is_utc else text)
+    if stamp is None or (is_utc and stamp.tzinfo is not None):
+        return value  # not a time, or two zones: the contract's parser words the refusal
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=timezone.utc if is_utc else _NEW_YORK)
-    elif is_utc:
-        return value  # "...+02:00 UTC": two zones; the contract's parser words the refusal
     try:
         utc = stamp.astimezone(timezone.utc)
     except OverflowError:
         utc = None
     if utc is None or not FIRST_TIME <= utc <= LAST_TIME:
-        raise MalformedRecord(
-            f"{contract.TIME_COLUMN}: {value!r} is out of range "
-            f"({FIRST_TIME:%Y-%m-%d} to {LAST_TIME:%Y-%m-%d} UTC)"
-        )
+        raise MalformedRecord(_out_of_range(value))
     return f"{utc:%Y-%m-%d %H:%M:%S.%f UTC}" if utc.microsecond else f"{utc:%Y-%m-%d %H:%M:%S UTC}"
+
+
+def _read_time(text: str) -> datetime | None:
+    """A time text as a datetime (naive unless it has an offset), None when it is not one."""
+    for fmt in _NAIVE_FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    try:
+        return datetime.fromisoformat(text)  # "T", "Z", offsets, minutes only...
+    except ValueError:
+        return None
+
+
+def _out_of_range(value) -> str:
+    """The reason for a time outside FIRST_TIME..LAST_TIME."""
+    return (f"{contract.TIME_COLUMN}: {value!r} is out of range "
+            f"({FIRST_TIME:%Y-%m-%d} to {LAST_TIME:%Y-%m-%d} UTC)")
 
 
 def prepare_ride(fields: Mapping) -> tuple[np.ndarray | None, str | None]:
@@ -109,27 +134,41 @@ def prepare_ride(fields: Mapping) -> tuple[np.ndarray | None, str | None]:
 
 
 def prepare_json_rides(rides: Sequence) -> PreparedRides:
-    """A JSON list of rides (POST /predict) through `serving.prepare_rides`, with reasons for every ride.
+    """A JSON list of rides (POST /predict) through `serving.prepare_rides`, with a reason for every refused ride.
 
-    What a DataFrame cannot carry is judged first, ride by ride: not an object,
-    an absent field, a value of the wrong JSON type (true, a list...), a time out
-    of range. Those rides go to the frame blank, so `prepare_rides` refuses them
-    too, and their own reason replaces its "a value is missing". The time's
-    reason yields to an unreadable number's, as in `prepare_ride`.
+    Rides that are not objects or lack a field are refused here (with
+    `parse_record`'s words) and go to the frame blank. Values a DataFrame
+    column cannot carry (true, a list...) and times out of range also go blank;
+    their reason replaces the frame's "a value is missing" (an unreadable number
+    in another field is named first, as in `prepare_ride`). Times are converted
+    from New York (or " UTC") for the whole list at once by Arrow and pandas,
+    the odd forms ride by ride through `pickup_to_utc`.
     """
-    columns: dict[str, list] = {column: [None] * len(rides) for column in SERVING_COLUMNS}
+    whole = [ride if type(ride) is dict and _FIELDS <= ride.keys() else None for ride in rides]
     early: dict[int, str] = {}
-    late: dict[int, str] = {}  # time out of range: the frame may still name a worse number
-    for index, ride in enumerate(rides):
-        try:
-            values, time_reason = _json_ride_values(ride)
-        except MalformedRecord as error:
-            early[index] = error.reason
+    for index in (i for i, ride in enumerate(whole) if ride is None):
+        ride = rides[index]
+        if not isinstance(ride, dict):
+            early[index] = NOT_AN_OBJECT
             continue
-        for column, value in zip(SERVING_COLUMNS, values):
-            columns[column][index] = value
-        if time_reason is not None:
-            late[index] = time_reason
+        try:
+            parse_record({**ride, contract.LABEL_COLUMN: _PLACEHOLDER_FARE})
+        except MalformedRecord as error:  # "missing column(s): ..."
+            early[index] = error.reason
+    late: dict[int, str] = {}
+    columns = {}
+    for column in SERVING_COLUMNS:
+        values = [ride[column] if ride is not None else None for ride in whole]
+        if column == contract.TIME_COLUMN:
+            columns[column] = _utc_times(values, late)
+            continue
+        for index in [i for i, value in enumerate(values) if type(value) not in _JSON_SCALARS]:
+            try:
+                parse_number(column, values[index])
+            except MalformedRecord as error:
+                late.setdefault(index, error.reason)  # columns in contract order: the first one's reason wins
+            values[index] = None
+        columns[column] = values
     prepared = prepare_rides(pd.DataFrame(columns))
     missing = RULE_MESSAGES[RULE_MISSING]
     reasons = list(prepared.reasons)
@@ -141,26 +180,37 @@ def prepare_json_rides(rides: Sequence) -> PreparedRides:
     return PreparedRides(prepared.features, prepared.valid, reasons)
 
 
-def _json_ride_values(ride) -> tuple[list, str | None]:
-    """The six raw values of one JSON ride (time as UTC text) and a time reason, if any.
+def _utc_times(values: list, reasons: dict[int, str]) -> pd.Series:
+    """Request times as datetime64[ns, UTC] (NaT when missing or refused, the reason in `reasons`).
 
-    Raises MalformedRecord for what the frame cannot hold: not an object, an
-    absent field, a number field of the wrong JSON type.
+    The common form ("2014-07-06 19:18:00", New York) is parsed by Arrow and
+    localized by pandas (gap hour shifted by one hour and first occurrence of
+    the repeated hour: the same instants as Python's fold=0 in `pickup_to_utc`);
+    every other value goes through `pickup_to_utc` and the contract's parser.
     """
-    if not isinstance(ride, dict):
-        raise MalformedRecord(NOT_AN_OBJECT)
-    if any(column not in ride for column in SERVING_COLUMNS):
-        parse_record({**ride, contract.LABEL_COLUMN: _PLACEHOLDER_FARE})  # raises "missing column(s): ..."
-    for column in SERVING_COLUMNS:
-        value = ride[column]
-        if column != contract.TIME_COLUMN and value is not None and (
-            isinstance(value, bool) or not isinstance(value, (str, int, float))
-        ):
-            parse_number(column, value)  # raises "expected a number, got ..."
-    values = [ride[column] for column in SERVING_COLUMNS]
-    try:
-        values[SERVING_COLUMNS.index(contract.TIME_COLUMN)] = pickup_to_utc(ride[contract.TIME_COLUMN])
-    except MalformedRecord as error:
-        values[SERVING_COLUMNS.index(contract.TIME_COLUMN)] = None
-        return values, error.reason
-    return values, None
+    text = pc.utf8_trim_whitespace(pa.array([v if type(v) is str else None for v in values], type=pa.string()))
+    local = pc.strptime(text, format=_FAST_FORMAT, unit="s", error_is_null=True)
+    # Arrow rolls "2014-02-30" over to March and reads unpadded fields: only exact round trips take the fast path.
+    local = pc.if_else(pc.equal(pc.strftime(local, format=_FAST_FORMAT), text), local, None)
+    seconds = local.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    seconds = np.nan_to_num(np.asarray(seconds, dtype=np.float64), nan=-np.inf)
+    fast = (seconds >= _FAST_FIRST) & (seconds <= _FAST_LAST)
+    utc_ns = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)  # NaT
+    if fast.any():
+        stamps = pd.DatetimeIndex(seconds[fast].astype(np.int64).astype("datetime64[s]")).tz_localize(
+            _NEW_YORK_NAME, ambiguous=np.ones(int(fast.sum()), dtype=bool), nonexistent=pd.Timedelta(hours=1))
+        utc_ns[fast] = stamps.tz_convert("UTC").as_unit("ns").asi8
+    for index in np.flatnonzero(~fast).tolist():
+        value = values[index]
+        if is_missing(value):
+            continue
+        try:
+            utc = parse_timestamp(pickup_to_utc(value))
+        except MalformedRecord as error:
+            reasons.setdefault(index, error.reason)
+            continue
+        if utc is None or not FIRST_TIME <= utc <= LAST_TIME:
+            reasons.setdefault(index, _out_of_range(value))
+            continue
+        utc_ns[index] = pd.Timestamp(utc).as_unit("ns").value
+    return pd.Series(pd.DatetimeIndex(utc_ns.view("datetime64[ns]")).tz_localize("UTC"))
