@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_rides", type=positive_int, default=DEFAULT_MAX_RIDES,
                         help="most rides accepted in one POST /predict (more: 413)")
     parser.add_argument("--access_log", action="store_true",
-                        help="log every request (off by default: it costs about a tenth of the throughput)")
+                        help="log every request to stderr (off by default: a log line per request costs CPU)")
     return parser
 
 

@@ -240,6 +240,10 @@ def test_course_front_end_gets_the_fares_of_predict(server, saved):
         response = requests.get(server + "/predict", params=ride, timeout=10)
         assert response.status_code == 200, response.text
         assert response.json()["fare"] == pytest.approx(fare, abs=1e-4)
+    # The course's Streamlit front-end passes Python numbers, which requests writes as text.
+    params = {name: (float(value) if "itude" in name else value) for name, value in RIDES[0].items()}
+    params["passenger_count"] = int(params["passenger_count"])
+    assert requests.get(server + "/predict", params=params, timeout=10).json()["fare"] == pytest.approx(expected[0], abs=1e-4)
 
 
 @pytest.mark.slow
