@@ -55,7 +55,7 @@ _FAST_FORMAT = _NAIVE_FORMATS[0]
 _FAST_FIRST = (FIRST_TIME - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() + 86_400
 _FAST_LAST = (LAST_TIME - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() - 86_400
 _FIELDS = frozenset(SERVING_COLUMNS)
-_JSON_SCALARS = (int, float, str, type(None))
+_JSON_SCALARS = frozenset((int, float, str, type(None)))
 NOT_AN_OBJECT = "expected a JSON object with the fields " + ", ".join(SERVING_COLUMNS)
 
 
@@ -162,7 +162,9 @@ def prepare_json_rides(rides: Sequence) -> PreparedRides:
         if column == contract.TIME_COLUMN:
             columns[column] = _utc_times(values, late)
             continue
-        for index in [i for i, value in enumerate(values) if type(value) not in _JSON_SCALARS]:
+        odd = [] if set(map(type, values)) <= _JSON_SCALARS else [
+            i for i, value in enumerate(values) if type(value) not in _JSON_SCALARS]
+        for index in odd:
             try:
                 parse_number(column, values[index])
             except MalformedRecord as error:
