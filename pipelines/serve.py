@@ -35,14 +35,14 @@ from datetime import datetime, timezone
 if __name__ == "__main__":
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-from fastapi import FastAPI, Request, Response  # noqa: E402
-from fastapi.concurrency import run_in_threadpool  # noqa: E402
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
-from pipelines.cli import DefaultsHelpFormatter, OneLineErrorParser, positive_int, report_usage_error  # noqa: E402
-from taxifare_core import contract, forward, registry, storage  # noqa: E402
-from taxifare_core.service_rides import prepare_json_rides, prepare_ride  # noqa: E402
-from taxifare_core.serving import SERVING_COLUMNS  # noqa: E402
+from pipelines.cli import DefaultsHelpFormatter, OneLineErrorParser, positive_int, report_usage_error
+from taxifare_core import contract, forward, registry, storage
+from taxifare_core.service_rides import prepare_json_rides, prepare_ride
+from taxifare_core.serving import SERVING_COLUMNS
 
 PROG = "python -m pipelines.serve"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
@@ -106,6 +106,11 @@ def _trained_at(run: str) -> str | None:
     return stamp.replace(tzinfo=timezone.utc).isoformat()
 
 
+def _finite_or_none(value):
+    """A metrics.json value for JSON: NaN and infinities (a run with no validation rows) become null."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
 def load_served_model(run: str | None = None, registry_dir: str | None = None) -> ServedModel:
     """Load a finished run once, export its numpy pass and check it against Keras.
 
@@ -118,7 +123,7 @@ def load_served_model(run: str | None = None, registry_dir: str | None = None) -
     try:
         keras_model = registry.load_keras_model(model_file)
         net = forward.from_keras(keras_model)
-    except Exception as error:  # Keras raises many kinds for an unreadable file; all mean "cannot serve"
+    except Exception as error:  # noqa: BLE001 - Keras raises many kinds for an unreadable file; all mean "cannot serve"
         raise ModelLoadError(f"cannot load {model_file}: {type(error).__name__}: {error}") from None
     rows = _check_rows()
     expected = np.asarray(keras_model(rows, training=False)).reshape(-1)
@@ -133,7 +138,7 @@ def load_served_model(run: str | None = None, registry_dir: str | None = None) -
         "run": name,
         "path": path,
         "trained_at": _trained_at(name),
-        **{key: metrics.get(key) for key in METRICS_SHOWN},
+        **{key: _finite_or_none(metrics.get(key)) for key in METRICS_SHOWN},
         "forward_pass": "numpy",
         "forward_max_gap_vs_keras": gap,
     }

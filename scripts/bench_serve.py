@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import select
 import subprocess
 import sys
 import tempfile
@@ -35,9 +36,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.cli import OneLineErrorParser, positive_float, positive_int  # noqa: E402
-from taxifare_core import contract, features, generate, parsing, registry  # noqa: E402
-from taxifare_core.cleaning import clean  # noqa: E402
+from pipelines.cli import OneLineErrorParser, positive_float, positive_int
+from taxifare_core import contract, features, generate, parsing, registry
+from taxifare_core.cleaning import clean
 
 TARGETS = {
     "sequential": "p50 <= 3 ms, p99 <= 10 ms",
@@ -88,9 +89,10 @@ def start_server(registry_dir: str) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "pipelines.serve", "--registry", registry_dir, "--port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    line = process.stdout.readline()
+    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
+    line = process.stdout.readline() if ready else ""
     if "http://" not in line:
-        process.wait(timeout=10)
+        stop(process)
         raise SystemExit(f"bench_serve: error: the server did not start: {process.stderr.read().strip()}")
     url = line.split("http://", 1)[1].split()[0]
     return process, f"http://{url}"
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=positive_float, default=15.0, help="most seconds per GET case")
     parser.add_argument("--clients", type=positive_int, default=16, help="concurrent clients")
     parser.add_argument("--batch_rides", type=positive_int, default=10_000, help="rides per POST")
-    parser.add_argument("--batch_repeats", type=positive_int, default=5, help="POSTs in the batch case")
+    parser.add_argument("--batch_repeats", type=positive_int, default=20, help="POSTs in the batch case")
     args = parser.parse_args(argv)
     if args.url and (args.registry or args.tiny_model):
         parser.error("--url serves its own model: drop --registry / --tiny_model")
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if process is not None:
                 stop(process)
-    print(f"\n| case | requests | p50 ms | p95 ms | p99 ms | throughput | target | verdict |")
+    print("\n| case | requests | p50 ms | p95 ms | p99 ms | throughput | target | verdict |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for case, result in results.items():
         unit = "rides/s" if case == "batch" else "req/s"

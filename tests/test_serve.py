@@ -6,17 +6,14 @@ stop it by its PID at the end, also when a test fails.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import select
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
