@@ -22,6 +22,7 @@ at start-up; no Keras call per request.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -280,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         return report_usage_error(PROG, error)
     import uvicorn
 
+    # TensorFlow and Keras leave millions of objects behind: frozen, the collector stops
+    # walking them in its full passes, which would otherwise stall a request now and then.
+    gc.collect()
+    gc.freeze()
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(create_app(served, args.max_rides), log_level="warning", access_log=args.access_log,
                             lifespan="off")

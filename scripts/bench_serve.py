@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import select
 import subprocess
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             model = requests.get(url + "/model", timeout=10).json()
             print(f"server {url}, run {model['run']}; {args.clients} clients, "
                   f"at most {args.requests} requests / {args.seconds:g} s per GET case", flush=True)
+            # The load generator's own pauses must not count as the server's: its set-up objects
+            # (pandas, and TensorFlow with --tiny_model) are frozen out of the collector's passes.
+            gc.collect()
+            gc.freeze()
             results = asyncio.run(run_cases(url, rides, args))
         finally:
             if process is not None:
