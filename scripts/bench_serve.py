@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import select
 import subprocess
 import sys
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model = requests.get(url + "/model", timeout=10).json()
             print(f"server {url}, run {model['run']}; {args.clients} clients, "
-                  f"at most {args.requests} requests / {args.seconds:g} s per GET case", flush=True)
+                  f"at most {args.requests} requests / {args.seconds:g} s per GET case; "
+                  f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
             # The load generator's own pauses must not count as the server's: its set-up objects
             # (pandas, and TensorFlow with --tiny_model) are frozen out of the collector's passes.
             gc.collect()
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if process is not None:
                 stop(process)
+    print(f"load average after: {os.getloadavg()[0]:.2f} (other processes share these cores)")
     print("\n| case | requests | p50 ms | p95 ms | p99 ms | throughput | target | verdict |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for case, result in results.items():
