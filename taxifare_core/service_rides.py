@@ -9,12 +9,13 @@ and month, so a local 2014-07-06 19:18:00 gets hour 19).
 Two ways in, tested to agree with `serving.prepare_rides` (the path of
 `pipelines.predict.predict()` and batch prediction):
 
-    >>> features, reason = prepare_ride({"pickup_datetime": "2014-07-06 19:18:00", ...})  # one ride, ~15 us
+    >>> features, reason = prepare_ride({"pickup_datetime": "2014-07-06 19:18:00", ...})  # one ride
     >>> prepared = prepare_json_rides([{...}, {...}])     # a JSON list, through serving.prepare_rides
 
 `prepare_ride` walks the per-record functions (`parse_record`, `check_ride`,
-`encode_ride`), because `prepare_rides` costs about 1.7 ms for one ride in
-pandas overhead while a GET is meant to take well under 3 ms in all.
+`encode_ride`), because `prepare_rides` spends milliseconds of pandas overhead
+on one ride, over a hundred times more (docs/serving.md has the timings), while
+a GET is meant to take well under 3 ms in all.
 
 Daylight saving: a local time in the spring-forward gap (e.g. 2014-03-09
 02:30, which New York clocks skip) is read with the offset in force before the
