@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict sample bench bench_train bench_bad_input quality dataflow bigquery_emulator reset_local_files clean
+.PHONY: install run test preprocess train predict serve sample bench bench_train bench_bad_input quality dataflow bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: $(PYTHON) is missing or older than Python 3.11 (set PYTHON=python3.x)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,test,dataflow]"
+	$(PY) -m pip install --quiet -e ".[train,test,dataflow,serve]"
 	touch $(STAMP)
 
 run: install
@@ -33,6 +33,10 @@ train: install
 
 predict: install
 	$(PY) -m pipelines.predict $(ARGS)
+
+# The HTTP prediction service on the latest model: ARGS="--port 8080 --run NAME ..."
+serve: install
+	$(PY) -m pipelines.serve $(ARGS)
 
 bench: install
 	$(PY) scripts/bench_preprocess.py $(ARGS)

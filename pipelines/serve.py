@@ -1,0 +1,298 @@
+"""The model in production: an HTTP prediction service with the course's `/predict` contract (FastAPI on uvicorn).
+
+    python -m pipelines.serve                       # latest finished run of the local registry, 127.0.0.1:8000
+    python -m pipelines.serve --registry gs://bucket/training_outputs --run 20261126T091500.123456Z --port 8080
+    make serve ARGS="--port 8080"
+
+    curl 'http://127.0.0.1:8000/predict?pickup_datetime=2014-07-06%2019:18:00&pickup_longitude=-73.950655&pickup_latitude=40.783282&dropoff_longitude=-73.984365&dropoff_latitude=40.769802&passenger_count=1'
+    -> {"fare": 9.87...}
+
+Endpoints (see docs/serving.md):
+
+    GET  /predict   one ride as query parameters -> {"fare": F}; 422 {"detail": "cannot price this ride: ..."}
+    POST /predict   a JSON list of rides -> {"fares": [F or null, ...], "errors": [{"index": i, "reason": "..."}]}
+    GET  /health    {"status": "ok", "run": NAME}
+    GET  /model     run name, when it was trained, rows, val MAE, baseline MAE
+
+A `pickup_datetime` without zone is New York local time; one ending in " UTC"
+is UTC (taxifare_core.service_rides). The model is loaded once at start-up and
+priced by a numpy forward pass (taxifare_core.forward), checked against Keras
+at start-up; no Keras call per request.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+# One BLAS thread (set before numpy loads, so only when run as the server): a POST's matrix
+# products are small, and on a busy machine OpenBLAS's spinning threads made 10,000 rides
+# 2-3x slower (measured: 68-82 ms against 27-37 ms on 2 shared cores).
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from pipelines.cli import DefaultsHelpFormatter, OneLineErrorParser, positive_int, report_usage_error
+from taxifare_core import contract, forward, registry, storage
+from taxifare_core.service_rides import prepare_json_rides, prepare_ride
+from taxifare_core.serving import SERVING_COLUMNS
+
+PROG = "python -m pipelines.serve"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+# Rides per POST: 10,000 are priced in well under half a second (docs/serving.md).
+DEFAULT_MAX_RIDES = 10_000
+# A JSON ride takes about 200 bytes; a body beyond this per ride is refused before it is read.
+MAX_BYTES_PER_RIDE = 1_000
+# The numpy pass must match Keras within this on the check rows (the issue's bound).
+FORWARD_TOLERANCE = 1e-5
+QUERY_PARAMETERS = [
+    {"name": name, "in": "query", "required": True, "schema": {"type": "string"}, "description": text}
+    for name, text in (
+        (contract.TIME_COLUMN, 'New York local time, e.g. "2014-07-06 19:18:00" (UTC when it ends in " UTC")'),
+        ("pickup_longitude", f"degrees, {contract.LONGITUDE_MIN} to {contract.LONGITUDE_MAX}"),
+        ("pickup_latitude", f"degrees, {contract.LATITUDE_MIN} to {contract.LATITUDE_MAX}"),
+        ("dropoff_longitude", f"degrees, {contract.LONGITUDE_MIN} to {contract.LONGITUDE_MAX}"),
+        ("dropoff_latitude", f"degrees, {contract.LATITUDE_MIN} to {contract.LATITUDE_MAX}"),
+        (contract.PASSENGER_COLUMN, "1 to 7"),
+    )
+]
+METRICS_SHOWN = ("rows", "val_mae", "val_rmse", "baseline_mae", "val_rows", "chunks", "epochs", "seconds")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model being served: its run, the numpy pass and what /model reports."""
+
+    run: str
+    path: str
+    net: forward.ForwardPass
+    info: dict
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served (absent, unreadable, or its numpy pass disagrees with Keras)."""
+
+
+def _check_rows(n_random: int = 64, seed: int = 0) -> np.ndarray:
+    """Feature rows to compare numpy with Keras: the example ride's, then random rows in the contract's ranges."""
+    example, _ = prepare_ride(contract.EXAMPLE_RIDE)
+    rng = np.random.default_rng(seed)
+    rows = np.zeros((n_random, contract.N_FEATURES), dtype=np.float32)
+    rows[:, contract.COL_PASSENGERS] = rng.integers(0, 7, n_random) / contract.PASSENGER_SCALE
+    for group in (contract.COLS_WEEKDAY, contract.COLS_MONTH, contract.COLS_PICKUP_DISTRICT,
+                  contract.COLS_DROPOFF_DISTRICT):
+        rows[np.arange(n_random), group.start + rng.integers(0, group.stop - group.start, n_random)] = 1.0
+    rows[:, contract.COL_DAYS] = rng.uniform(0, 1, n_random)
+    angle = 2 * np.pi * rng.integers(0, 24, n_random) / 24
+    rows[:, contract.COL_HOUR_SIN], rows[:, contract.COL_HOUR_COS] = np.sin(angle), np.cos(angle)
+    rows[:, contract.COL_HAVERSINE] = rng.uniform(0, 0.3, n_random)
+    rows[:, contract.COL_MANHATTAN] = rows[:, contract.COL_HAVERSINE] * rng.uniform(1, 1.4, n_random)
+    return np.vstack([example, rows])
+
+
+def _trained_at(run: str) -> str | None:
+    """The run's start (its folder name) as ISO 8601 UTC, None if the name is not a timestamp."""
+    try:
+        stamp = datetime.strptime(run.split("-", 1)[0], registry.RUN_NAME_FORMAT)
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=timezone.utc).isoformat()
+
+
+def _finite_or_none(value):
+    """A metrics.json value for JSON: NaN and infinities (a run with no validation rows) become null."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def load_served_model(run: str | None = None, registry_dir: str | None = None) -> ServedModel:
+    """Load a finished run once, export its numpy pass and check it against Keras.
+
+    Raises registry.NoModelError when the registry has no (such) finished run,
+    ModelLoadError when its model cannot be read or served.
+    """
+    path = registry.run_path(run, registry_dir)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    model_file = storage.join(path, registry.MODEL_FILE)
+    try:
+        keras_model = registry.load_keras_model(model_file)
+        net = forward.from_keras(keras_model)
+    except Exception as error:  # noqa: BLE001 - Keras raises many kinds for an unreadable file; all mean "cannot serve"
+        raise ModelLoadError(f"cannot load {model_file}: {type(error).__name__}: {error}") from None
+    rows = _check_rows()
+    expected = np.asarray(keras_model(rows, training=False)).reshape(-1)
+    gap = float(np.max(np.abs(net(rows) - expected)))
+    if gap > FORWARD_TOLERANCE:
+        raise ModelLoadError(f"the numpy forward pass of run {name} differs from Keras by {gap:.2e} (> {FORWARD_TOLERANCE})")
+    try:
+        metrics = registry.read_json(storage.join(path, registry.METRICS_FILE))
+    except (OSError, ValueError, storage.StorageError):
+        metrics = {}  # the model alone is enough to serve; /model then says what is unknown
+    info = {
+        "run": name,
+        "path": path,
+        "trained_at": _trained_at(name),
+        **{key: _finite_or_none(metrics.get(key)) for key in METRICS_SHOWN},
+        "forward_pass": "numpy",
+        "forward_max_gap_vs_keras": gap,
+    }
+    return ServedModel(name, path, net, info)
+
+
+def _json(payload, status: int = 200):
+    """A JSON response built with the standard library (FastAPI's encoder walks every list item)."""
+    return Response(json.dumps(payload, allow_nan=False), status_code=status, media_type="application/json")
+
+
+def _refused(reason: str):
+    """A single ride the model cannot price: 422 in the CLI's words."""
+    return _json({"detail": f"cannot price this ride: {reason}", "reason": reason}, 422)
+
+
+def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES):
+    """The FastAPI application serving one loaded model."""
+    app = FastAPI(
+        title="taxifare",
+        description="WagonCab's taxi-fare model: the course's /predict contract.",
+        version="1.0",
+    )
+    max_bytes = max_rides * MAX_BYTES_PER_RIDE
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):
+        """Any unexpected failure is one JSON line for that request; the worker keeps serving."""
+        return _json({"detail": f"internal error: {type(error).__name__}: {error}"}, 500)
+
+    @app.get("/predict", openapi_extra={"parameters": QUERY_PARAMETERS})
+    async def predict_one(request: Request):
+        """One ride as query parameters -> {"fare": F}; a ride the model cannot price -> 422 with the reason."""
+        # The raw query, not declared parameters: FastAPI's per-parameter validation would cost
+        # more than pricing the ride, and every refusal must be in the contract's words anyway.
+        features, reason = prepare_ride(request.query_params)
+        if reason is not None:
+            return _refused(reason)
+        return _json({"fare": float(served.net(features)[0])})
+
+    @app.post("/predict")
+    async def predict_many(request: Request):
+        """A JSON list of rides -> {"fares": [...], "errors": [{"index": i, "reason": "..."}]} (null fare when refused)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            return _too_large(f"the body has {int(declared):,} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                return _too_large(f"the body exceeds {max_bytes:,} bytes")
+        try:
+            rides = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            return _json({"detail": f"the body is not JSON: {error}"}, 422)
+        if not isinstance(rides, list):
+            return _json({"detail": "expected a JSON list of rides, each an object with the fields "
+                                    + ", ".join(SERVING_COLUMNS)}, 422)
+        if len(rides) > max_rides:
+            return _too_large(f"{len(rides):,} rides in one request")
+        # Off the event loop: 10,000 rides take tens of milliseconds that GETs need not wait for.
+        return _json(await run_in_threadpool(_price_many, rides))
+
+    def _price_many(rides: list) -> dict:
+        prepared = prepare_json_rides(rides)
+        fares: list = [None] * len(rides)
+        if prepared.valid.any():
+            for index, fare in zip(np.flatnonzero(prepared.valid).tolist(), served.net(prepared.features).tolist()):
+                fares[index] = fare
+        errors = [{"index": i, "reason": why} for i, why in enumerate(prepared.reasons) if why is not None]
+        return {"fares": fares, "errors": errors}
+
+    def _too_large(what: str):
+        return _json({"detail": f"{what}; the limit is {max_rides:,} rides ({max_bytes:,} bytes) "
+                                "per request: split the batch"}, 413)
+
+    @app.get("/health")
+    async def health():
+        """Liveness: the process is up with its model loaded."""
+        return _json({"status": "ok", "run": served.run})
+
+    @app.get("/model")
+    async def model_info():
+        """The served run: name, start time, rows, val and baseline MAE (from metrics.json)."""
+        return _json({**served.info, "max_rides_per_request": max_rides})
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The service's flags."""
+    parser = OneLineErrorParser(
+        prog=PROG,
+        description="Serve the registry's model over HTTP: GET/POST /predict, /health, /model.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    parser.add_argument("--registry", default=str(contract.local_registry_path()),
+                        help="model registry folder (local or gs://)")
+    parser.add_argument("--run", default=None, help="run folder name to serve (default: the latest finished run)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                        help="TCP port; 0 picks a free one (the chosen port is printed)")
+    parser.add_argument("--max_rides", type=positive_int, default=DEFAULT_MAX_RIDES,
+                        help="most rides accepted in one POST /predict (more: 413)")
+    parser.add_argument("--access_log", action="store_true",
+                        help="log every request to stderr (off by default: a log line per request costs CPU)")
+    return parser
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port 0..65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {text}")
+    return value
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound, listening socket (so a busy port is our one-line error, and port 0 can be reported)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(2048)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model, then serve until interrupted; one-line errors with exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        served = load_served_model(args.run, args.registry)
+        sock = _listen(args.host, args.port)
+    except (registry.NoModelError, ModelLoadError, storage.StorageError, OSError) as error:
+        return report_usage_error(PROG, error)
+    import uvicorn
+
+    # TensorFlow and Keras leave millions of objects behind: frozen, the collector stops
+    # walking them in its full passes, which would otherwise stall a request now and then.
+    gc.collect()
+    gc.freeze()
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(create_app(served, args.max_rides), log_level="warning", access_log=args.access_log,
+                            lifespan="off")
+    print(f"serving run {served.run} on http://{host}:{port} (numpy forward pass; "
+          f"up to {args.max_rides:,} rides per POST; Ctrl-C stops)", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
