@@ -215,13 +215,12 @@ def fingerprint_changes(before: dict, after: dict) -> list[str]:
     return changes
 
 
-def _check_inputs(name: str, recorded: dict, current: dict, when: str) -> None:
+def _check_inputs(recorded: dict, current: dict, since: str) -> None:
     """UsageError naming the first differences when the shards are not the ones the run started on."""
     changes = fingerprint_changes(recorded, current)
     if changes:
         more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
-        raise UsageError(f"the shards changed {when} run {name} started: {'; '.join(changes[:3])}{more}; "
-                         "start a new run")
+        raise UsageError(f"the shards changed {since}: {'; '.join(changes[:3])}{more}; start a new run")
 
 
 def _check_chunk_memory(chunk_size: int) -> None:
@@ -415,7 +414,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
     if state["inputs"] is None:
         state["inputs"] = inputs
     else:
-        _check_inputs(_name(run_dir), state["inputs"], inputs, "since")
+        _check_inputs(state["inputs"], inputs, f"since run {_name(run_dir)} started")
     val_features, val_fares = reader.read_rows(settings["val"], settings["max_val_rows"])
     if len(val_fares) == 0:
         raise UsageError(f"the validation shards {settings['val']} hold no rows")
@@ -469,7 +468,8 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         chunk_started = time.perf_counter()
     if state["chunks_done"] == 0:
         raise UsageError(f"the train shards {settings['train']} hold no rows")
-    _check_inputs(_name(run_dir), state["inputs"], input_fingerprint(train_paths, val_paths), "while")
+    # Shards rewritten under a running trainer: what it read is neither the old data nor the new.
+    _check_inputs(state["inputs"], input_fingerprint(train_paths, val_paths), f"while run {_name(run_dir)} trained")
     return _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started)
 
 

@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from shard_helpers import processed_rows, saved_tiny_model, write_shards
 from pipelines import predict as predict_module
 from pipelines import train
 from taxifare_core import contract, registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -368,3 +372,31 @@ def test_a_model_answering_nan_is_an_error_not_a_fare(two_runs, capsys):
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and f"the model of run {newer} answers NaN" in err
     assert err.endswith(f"use --run {older}")
+
+
+def test_shards_rewritten_during_a_run_are_never_registered(rows, tmp_path):
+    folder = _shards(tmp_path / "shards", rows)
+    shard = folder / "train-00000-of-00003.csv"
+
+    def rewrite_after_chunk_1(stage, chunk, model):
+        if stage == "end" and chunk == 1:
+            shard.write_text(shard.read_text())
+
+    with pytest.raises(train.UsageError, match=r"the shards changed while run \S+ trained: .*train-00000-of-00003"):
+        train.run(train.parse_args(_flags(folder, tmp_path / "registry")), on_chunk=rewrite_after_chunk_1)
+    assert registry.run_names(str(tmp_path / "registry")) == []
+
+
+def test_a_real_trainer_process_refusing_inf_is_one_line_exit_2(rows, tmp_path):
+    """The exit code a scheduler sees, from a real process: no traceback, nothing registered."""
+    folder = _shards(tmp_path / "shards", rows)
+    _set_value(folder / "val-00000-of-00001.csv", 3, 0, "inf")
+    done = subprocess.run([sys.executable, "-m", "pipelines.train", *_flags(folder, tmp_path / "registry")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"python -m pipelines.train: error: {folder / 'val-00000-of-00001.csv'}: line 3: non-finite value inf "
+        "in column 0 (processed shards hold finite numbers only: re-run preprocessing)"
+    ]
+    assert registry.run_names(str(tmp_path / "registry"), finished=False) == []
