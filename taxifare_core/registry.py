@@ -266,6 +266,9 @@ def save_run(run_dir: str, model, params: dict, metrics: dict, curve_png: bytes 
     if curve_png is not None:
         storage.write_bytes(storage.join(run_dir, CURVE_FILE), curve_png)
     save_keras_model(model, storage.join(run_dir, MODEL_FILE))
+    for name in storage.listdir(run_dir):  # a killed earlier save's temp files (storage.write_bytes)
+        if ".tmp-" in name:
+            storage.remove_file(storage.join(run_dir, name))
     write_json(storage.join(run_dir, METRICS_FILE), metrics)
     return run_dir
 

@@ -116,7 +116,7 @@ def test_non_finite_value_names_the_shard_and_line(tmp_path, monkeypatch, value,
     """Past the first blocks of the second shard, so the line number counts rows of earlier blocks."""
     monkeypatch.setattr(reader, "BLOCK_BYTES", 4096)
     rows = processed_rows(300)
-    first, second = write_shards(tmp_path, rows, [100, 200])
+    _, second = write_shards(tmp_path, rows, [100, 200])
     lines = second.read_text().splitlines()
     values = lines[149].split(",")
     values[contract.COL_MANHATTAN] = value

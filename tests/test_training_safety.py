@@ -52,9 +52,13 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+def _refuse_constant(name: str):
+    raise AssertionError(f"a JSON file holds {name}")
+
+
 def _all_json_is_strict(root: Path) -> None:
     for path in root.rglob("*.json"):
-        json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds {name}"))
+        json.loads(path.read_text(), parse_constant=_refuse_constant)
 
 
 def _set_value(path: Path, line: int, column: int, value: str) -> None:
@@ -190,12 +194,16 @@ def test_resume_after_a_killed_checkpoint_write_finishes_with_the_same_rows(rows
     complete = (checkpoint / "model-000001.keras").read_bytes()
     (checkpoint / "model-000002.keras").write_bytes(complete[: len(complete) // 2])
     (checkpoint / "state.json.tmp-4242").write_text('{"chunks_done": 2, "rows_se')
+    (registry_dir / name / "metrics.json.tmp-4242").write_text('{"val_m')  # as if killed in an earlier save
+    assert registry.run_names(str(registry_dir)) == [] and registry.unfinished_runs(str(registry_dir)) == [name]
     resumed = train.run(train.parse_args([*_flags(folder, registry_dir), "--resume"]))
     # What an uninterrupted run of these shards gives (tests/test_train.py checks the uninterrupted side).
     assert resumed["run"] == name and resumed["rows"] == 270 and resumed["chunks"] == 3 and resumed["val_rows"] == 60
     assert [entry["rows"] for entry in resumed["history"]] == [100, 100, 70]
     assert [entry["chunk"] for entry in resumed["history"]] == [1, 2, 3]
     assert registry.run_names(str(registry_dir)) == [name] and not checkpoint.exists()
+    assert sorted(p.name for p in (registry_dir / name).iterdir()) == sorted(
+        [registry.MODEL_FILE, registry.PARAMS_FILE, registry.METRICS_FILE, registry.CURVE_FILE])
 
 
 def test_checkpoint_files_left_are_only_the_ones_the_state_names(rows, tmp_path):
@@ -392,11 +400,11 @@ def test_a_real_trainer_process_refusing_inf_is_one_line_exit_2(rows, tmp_path):
     folder = _shards(tmp_path / "shards", rows)
     _set_value(folder / "val-00000-of-00001.csv", 3, 0, "inf")
     done = subprocess.run([sys.executable, "-m", "pipelines.train", *_flags(folder, tmp_path / "registry")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"python -m pipelines.train: error: {folder / 'val-00000-of-00001.csv'}: line 3: non-finite value inf "
-        "in column 0 (processed shards hold finite numbers only: re-run preprocessing)"
+        (f"python -m pipelines.train: error: {folder / 'val-00000-of-00001.csv'}: line 3: non-finite value inf "
+         "in column 0 (processed shards hold finite numbers only: re-run preprocessing)")
     ]
     assert registry.run_names(str(tmp_path / "registry"), finished=False) == []
