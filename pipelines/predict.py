@@ -52,14 +52,22 @@ class InvalidRideError(ValueError):
         super().__init__(f"{len(reasons)} ride(s) cannot be priced: {shown}{more}")
 
 
+class NonFiniteFareError(ValueError):
+    """The model returned NaN or infinity for rides it should price: the model is broken."""
+
+
 @functools.lru_cache(maxsize=4)
 def _model_at(path: str):
-    """The Keras model of one run folder, loaded once per process."""
-    return registry.load_keras_model(storage.join(path, registry.MODEL_FILE))
+    """The Keras model of one run folder, loaded once per process (failures are not cached)."""
+    return registry.load_run_model(path)
 
 
 def load_model(run: str | None = None, registry_dir: str | None = None):
-    """The model of the named run or the latest one (cached); registry.NoModelError when none."""
+    """The model of the named run or the latest one (cached).
+
+    registry.NoModelError when none; registry.UnreadableModelError (a
+    NoModelError) when its model.keras is empty or truncated, naming another run.
+    """
     return _model_at(registry.run_path(run, registry_dir))
 
 
@@ -69,6 +77,7 @@ def predict(rides: pd.DataFrame, model=None, *, run: str | None = None, registry
 
     `model` defaults to the registry's latest run (or `run`). A ride the model
     cannot price raises InvalidRideError, or gets NaN with invalid="nan".
+    NonFiniteFareError when the model itself answers NaN or infinity (a broken model).
     """
     if invalid not in ("raise", "nan"):
         raise ValueError(f"invalid must be 'raise' or 'nan', got {invalid!r}")
@@ -79,7 +88,12 @@ def predict(rides: pd.DataFrame, model=None, *, run: str | None = None, registry
     fares = np.full(len(prepared.valid), np.nan)
     if prepared.valid.any():
         model = model if model is not None else load_model(run, registry_dir)
-        fares[prepared.valid] = model.predict(prepared.features, verbose=0).reshape(-1)
+        priced = model.predict(prepared.features, verbose=0).reshape(-1)
+        if not np.isfinite(priced).all():
+            broken = np.flatnonzero(prepared.valid)[~np.isfinite(priced)]
+            raise NonFiniteFareError(f"the model answers {priced[~np.isfinite(priced)][0]} for "
+                                     f"{len(broken)} ride(s) (first: ride {broken[0]}): it is broken")
+        fares[prepared.valid] = priced
     return fares
 
 
@@ -133,10 +147,21 @@ def _predict_one(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot price {label}: {error.reasons[0]}") from None
     except MalformedRecord as error:
         raise UsageError(f"cannot price {label}: {error.reason}") from None
+    except NonFiniteFareError:
+        run_dir = registry.run_path(args.run, args.registry)
+        raise UsageError(_broken_model_message(run_dir)) from None
     name = registry.run_path(args.run, args.registry).rstrip("/").rsplit("/", 1)[-1]
     summary = ", ".join(f"{column}={ride.iloc[0][column]}" for column in SERVING_COLUMNS)
     print(f"predicted fare for {label} ({summary}): ${fare:.2f}  [model {name}]")
     return 0
+
+
+def _broken_model_message(run_dir: str) -> str:
+    """One line for a model that prices rides as NaN: which run, and another to use if any."""
+    root, name = run_dir.rstrip("/").rsplit("/", 1)
+    others = [other for other in reversed(registry.run_names(root)) if other != name]
+    hint = f"use --run {others[0]}" if others else "train a new one"
+    return f"the model of run {name} answers NaN or infinity instead of a fare: {hint}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.options import check_flags
 
         check_flags(beam_args)  # Beam would only log unknown flags and run anyway
+        # An empty or truncated model.keras is refused here, in one line, not as a worker's traceback.
+        registry.check_run_model(registry.run_path(args.run, args.registry))
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:

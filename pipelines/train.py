@@ -12,7 +12,13 @@ chunk size and the bounded validation sample, never on the dataset. Beside the
 network, a linear regression of fare on manhattan distance is fitted on the
 same stream (closed form, running sums) and scored on the same validation rows.
 After each chunk the model and a JSON state are checkpointed in the run folder,
-so `--resume` continues from the last completed chunk.
+so `--resume` continues from the last completed chunk; the state records the
+input shards' sizes and versions, and `--resume` refuses shards that changed.
+
+Exit codes: 0 finished and saved; 2 bad flag, path, registry or input data
+(non-finite values, changed shards, unreadable checkpoint), one line; 1 the run
+itself failed (the loss became NaN, out of memory), one line, nothing registered.
+See docs/training-safety.md.
 
 From Python: `metrics = run(parse_args([...]))`.
 """
@@ -56,8 +62,13 @@ DEFAULT_MAX_VAL_ROWS = 200_000
 # Validation is inference only: big batches cut its per-step overhead (same figures).
 VALIDATION_BATCH_SIZE = 8192
 TRAIN_PREFIX, VAL_PREFIX = "train", "val"  # the preprocessing pipeline's shard names
-CHECKPOINT_MODEL = "model.keras"
-CHECKPOINT_BEST_WEIGHTS = "best.weights.h5"
+# Checkpoint files carry their chunk number; state.json, written last, names the
+# ones it goes with, so a kill during a checkpoint write leaves the previous one whole.
+CHECKPOINT_MODEL = "model-{chunk:06d}.keras"
+CHECKPOINT_BEST_WEIGHTS = "best-{chunk:06d}.weights.h5"
+# One chunk's rows (65 features + fare, float32) must fit in memory; the reader holds up to 3.
+BYTES_PER_ROW = 4 * contract.N_PROCESSED_COLUMNS
+EXIT_RUN_FAILED = 1
 # Flags that define a run: a resumed run keeps its own values of these.
 RUN_SETTINGS = (
     "train", "val", "chunk_size", "batch_size", "learning_rate", "loss",
@@ -65,6 +76,10 @@ RUN_SETTINGS = (
 )  # fmt: skip
 
 ChunkHook = Callable[[str, int, object], None]
+
+
+class RunFailed(RuntimeError):
+    """The run itself failed (the loss became NaN): nothing is registered; exit code 1."""
 
 
 def default_processed_dir() -> str:
@@ -132,9 +147,13 @@ def _log(message: str) -> None:
 
 
 def _fresh_state(args: argparse.Namespace) -> dict:
-    """The JSON state of a run before its first chunk."""
+    """The JSON state of a run before its first chunk (its input fingerprint is added once resolved)."""
     return {
         "settings": {name: getattr(args, name) for name in RUN_SETTINGS},
+        "inputs": None,
+        "checkpoint_model": None,
+        "best_weights_file": None,
+        "best_weights_chunk": None,
         "chunks_done": 0,
         "rows_seen": 0,
         "epochs": 0,
@@ -160,8 +179,70 @@ def _resume_run(args: argparse.Namespace) -> tuple[str, dict]:
         raise UsageError(f"cannot resume {args.resume!r}: interrupted runs in {args.registry}: "
                          f"{', '.join(unfinished) or 'none'}")
     run_dir = storage.join(args.registry, name)
-    state = registry.read_json(_checkpoint_path(run_dir, registry.CHECKPOINT_STATE_FILE))
+    try:
+        state = registry.read_json(_checkpoint_path(run_dir, registry.CHECKPOINT_STATE_FILE))
+    except ValueError as error:  # json's errors; the state is written whole, so only by hand or disk damage
+        raise UsageError(f"the checkpoint of run {name} is unreadable ({error}): start a new run") from None
+    for key in ("inputs", "checkpoint_model", "best_weights_file", "best_weights_chunk"):  # older checkpoints
+        state.setdefault(key, None)
+    if state["best_weights_chunk"] is not None and state["best_weights_file"] is None:
+        state["best_weights_file"] = "best.weights.h5"  # what older checkpoints called it
+    if state["inputs"] is None:
+        _log(f"run {name}'s checkpoint predates input fingerprints: the shards cannot be checked against it")
     return run_dir, state
+
+
+def input_fingerprint(train_paths: list[str], val_paths: list[str]) -> dict:
+    """{"train"|"val": {path: {"size", "version"}}}: what the run reads, as found at its start."""
+    return {kind: {path: storage.version(path) for path in paths}
+            for kind, paths in (("train", train_paths), ("val", val_paths))}
+
+
+def fingerprint_changes(before: dict, after: dict) -> list[str]:
+    """What differs between two input fingerprints, one phrase per shard (empty when nothing does)."""
+    changes = []
+    for kind in ("train", "val"):
+        old, new = before.get(kind, {}), after.get(kind, {})
+        for path in sorted(old.keys() | new.keys()):
+            if path not in new:
+                changes.append(f"{path} is gone")
+            elif path not in old:
+                changes.append(f"{path} is new")
+            elif old[path]["size"] != new[path]["size"]:
+                changes.append(f"{path} changed size ({old[path]['size']:,} -> {new[path]['size']:,} bytes)")
+            elif old[path] != new[path]:
+                changes.append(f"{path} was rewritten")
+    return changes
+
+
+def _check_inputs(recorded: dict, current: dict, since: str) -> None:
+    """UsageError naming the first differences when the shards are not the ones the run started on."""
+    changes = fingerprint_changes(recorded, current)
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise UsageError(f"the shards changed {since}: {'; '.join(changes[:3])}{more}; start a new run")
+
+
+def _check_chunk_memory(chunk_size: int) -> None:
+    """UsageError when one chunk's row buffer cannot be allocated on this machine."""
+    needed = chunk_size * BYTES_PER_ROW
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    fits = total is None or needed <= total
+    if fits:
+        try:
+            np.empty((chunk_size, contract.N_PROCESSED_COLUMNS), dtype=np.float32)
+        except (MemoryError, ValueError):
+            fits = False
+    if not fits:
+        memory = f" ({total / 1e9:.1f} GB of memory)" if total else ""
+        raise UsageError(
+            f"--chunk_size {chunk_size:,} needs {needed / 1e9:,.1f} GB for one chunk's rows "
+            f"({contract.N_PROCESSED_COLUMNS} float32 values each), more than this machine can allocate{memory}: "
+            f"memory grows with --chunk_size, not with the data; use a smaller one (default {DEFAULT_CHUNK_SIZE:,})"
+        )
 
 
 def _checkpoint_path(run_dir: str, name: str) -> str:
@@ -170,9 +251,9 @@ def _checkpoint_path(run_dir: str, name: str) -> str:
 
 
 def _save_weights(model, path: str) -> None:
-    """Save weights to a local or remote .weights.h5 path."""
+    """Save weights to a local or remote .weights.h5 path (written whole: temp file + rename)."""
     with tempfile.TemporaryDirectory() as scratch:
-        local = os.path.join(scratch, CHECKPOINT_BEST_WEIGHTS)
+        local = os.path.join(scratch, "best.weights.h5")
         model.save_weights(local)
         storage.copy_file(local, path)
 
@@ -180,7 +261,7 @@ def _save_weights(model, path: str) -> None:
 def _load_weights(model, path: str) -> None:
     """Load weights from a local or remote .weights.h5 path."""
     with tempfile.TemporaryDirectory() as scratch:
-        local = os.path.join(scratch, CHECKPOINT_BEST_WEIGHTS)
+        local = os.path.join(scratch, "best.weights.h5")
         storage.copy_file(path, local)
         model.load_weights(local)
 
@@ -188,38 +269,85 @@ def _load_weights(model, path: str) -> None:
 def _write_checkpoint(run_dir: str, model, state: dict, best_weights) -> None:
     """Model (with optimizer state), the best chunk's weights when they differ from it, then the state.
 
+    Each file is new (its name carries the chunk) and written whole; state.json,
+    replaced atomically last, is the commit: a kill at any moment leaves either
+    the previous checkpoint or this one, never a mix. Files the new state does
+    not name (the previous chunk's, a killed write's leftovers) are removed after.
     The best weights are written only once a later chunk did worse, so a run that
     keeps improving pays one model save per chunk.
     """
-    storage.makedirs(storage.join(run_dir, registry.CHECKPOINT_DIR))
-    registry.save_keras_model(model, _checkpoint_path(run_dir, CHECKPOINT_MODEL))
-    if state["best_chunk"] != state["chunks_done"] and state.get("best_weights_chunk") != state["best_chunk"]:
+    folder = storage.join(run_dir, registry.CHECKPOINT_DIR)
+    storage.makedirs(folder)
+    state["checkpoint_model"] = CHECKPOINT_MODEL.format(chunk=state["chunks_done"])
+    registry.save_keras_model(model, storage.join(folder, state["checkpoint_model"]))
+    if state["best_chunk"] == state["chunks_done"]:
+        state["best_weights_file"] = state["best_weights_chunk"] = None
+    elif state["best_weights_chunk"] != state["best_chunk"]:
         current = model.get_weights()
         model.set_weights(best_weights)
-        _save_weights(model, _checkpoint_path(run_dir, CHECKPOINT_BEST_WEIGHTS))
+        state["best_weights_file"] = CHECKPOINT_BEST_WEIGHTS.format(chunk=state["best_chunk"])
+        _save_weights(model, storage.join(folder, state["best_weights_file"]))
         model.set_weights(current)
         state["best_weights_chunk"] = state["best_chunk"]
-    registry.write_json(_checkpoint_path(run_dir, registry.CHECKPOINT_STATE_FILE), state)
+    registry.write_json(storage.join(folder, registry.CHECKPOINT_STATE_FILE), state)
+    _remove_unnamed_checkpoint_files(folder, state)
+
+
+def _remove_unnamed_checkpoint_files(folder: str, state: dict) -> None:
+    """Delete checkpoint files the state does not name: superseded ones, leftovers of a killed write."""
+    keep = {registry.CHECKPOINT_STATE_FILE, state["checkpoint_model"], state.get("best_weights_file")}
+    for name in storage.listdir(folder):
+        if name not in keep:
+            storage.remove_file(storage.join(folder, name))
+
+
+def _non_finite_loss_stopper():
+    """A Keras callback that stops `fit` after an epoch whose loss or val loss is NaN or infinite.
+
+    Checked per epoch (one wasted epoch at most), not per batch: reading the
+    loss back every batch would add a device sync to every step.
+    `.bad` is then (epoch from 1, "loss" or "val_loss", value).
+    """
+    keras = keras_module()
+
+    class StopOnNonFiniteLoss(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.bad = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            for name in ("loss", "val_loss"):
+                value = (logs or {}).get(name)
+                if value is not None and not math.isfinite(float(value)):
+                    self.bad = (epoch + 1, name, float(value))
+                    self.model.stop_training = True
+                    return
+
+    return StopOnNonFiniteLoss()
 
 
 def _fit_chunk(model, features, fares, validation_rows, settings: dict):
     """Fit one chunk with early stopping on val loss (its best epoch's weights restored).
 
-    Returns (the best epoch, from 1; its logs; every epoch's logs).
+    Returns (the best epoch, from 1; its logs; every epoch's logs), or
+    (None, (epoch, "loss"|"val_loss", value), None) when a loss became NaN or infinite.
     """
     keras = keras_module()
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings["patience"], restore_best_weights=True
     )
+    non_finite = _non_finite_loss_stopper()
     history = model.fit(
         features, fares,
         batch_size=settings["batch_size"],
         epochs=settings["max_epochs_per_chunk"],
         validation_data=validation_rows,
-        callbacks=[stopper],
+        callbacks=[non_finite, stopper],
         shuffle=True,
         verbose=0,
     ).history
+    if non_finite.bad is not None:
+        return None, non_finite.bad, None
     best = int(np.argmin(history["val_loss"]))
     every_epoch = {name: [float(value) for value in values] for name, values in history.items()}
     return best + 1, {name: values[best] for name, values in every_epoch.items()}, every_epoch
@@ -239,7 +367,18 @@ def _build_or_restore(run_dir: str, state: dict):
         return build_model(settings["learning_rate"], settings["loss"], seed=settings["seed"])
     if settings["seed"] is not None:
         keras_module().utils.set_random_seed(settings["seed"] + state["chunks_done"])
-    return registry.load_keras_model(_checkpoint_path(run_dir, CHECKPOINT_MODEL))
+    # Checkpoints from before chunk-numbered files named theirs "model.keras".
+    path = _checkpoint_path(run_dir, state.get("checkpoint_model") or registry.MODEL_FILE)
+    try:
+        return registry.load_keras_model(path)
+    except registry.UnreadableModelError as error:
+        raise UsageError(f"the checkpoint of run {_name(run_dir)} is unreadable ({error.problem}): "
+                         "start a new run") from None
+
+
+def _name(run_dir: str) -> str:
+    """A run folder's name."""
+    return run_dir.rstrip("/").rsplit("/", 1)[-1]
 
 
 def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
@@ -247,9 +386,14 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
 
     `on_chunk(stage, chunk, model)` is called with stage "start" before and "end"
     after each chunk (chunk numbers from 1), once its checkpoint is written.
-    Raises UsageError for bad paths or nothing to resume, reader.ShardError for bad shards.
+    The run folder appears with the first checkpoint and counts as finished only
+    once `registry.save_run` has written its metrics.json (last).
+    Raises UsageError for bad paths, changed shards or nothing to resume,
+    reader.ShardError for bad shards (non-finite values included),
+    registry.NoModelError for a registry path that cannot hold runs, RunFailed
+    when the loss becomes NaN (the run is not registered; its last checkpoint stays).
     """
-    keras_module()  # TensorFlow's import is a start-up cost, not training time
+    registry.check_root(args.registry)
     if args.resume:
         run_dir, state = _resume_run(args)
         _log(f"resuming {run_dir} after chunk {state['chunks_done']} ({state['rows_seen']:,} rows)")
@@ -257,6 +401,8 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         state = _fresh_state(args)
         run_dir = None
     settings = state["settings"]
+    _check_chunk_memory(settings["chunk_size"])
+    keras_module()  # TensorFlow's import is a start-up cost, not training time
     # Wall time counts from here; a resumed run adds what it spent before.
     started = time.perf_counter() - state["wall_seconds"]
     try:
@@ -264,12 +410,15 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         val_paths = reader.shard_paths(settings["val"])
     except reader.ShardError as error:
         raise UsageError(f"{error}: run `make preprocess` first, or pass --train / --val") from None
+    inputs = input_fingerprint(train_paths, val_paths)
+    if state["inputs"] is None:
+        state["inputs"] = inputs
+    else:
+        _check_inputs(state["inputs"], inputs, f"since run {_name(run_dir)} started")
     val_features, val_fares = reader.read_rows(settings["val"], settings["max_val_rows"])
     if len(val_fares) == 0:
         raise UsageError(f"the validation shards {settings['val']} hold no rows")
-    if run_dir is None:
-        run_dir = registry.new_run(args.registry)
-    _log(f"run {run_dir}: {len(train_paths)} train shard(s), {len(val_fares):,} validation rows "
+    _log(f"training on {len(train_paths)} train shard(s), {len(val_fares):,} validation rows "
          f"from {len(val_paths)} shard(s), chunks of {settings['chunk_size']:,} rows, loss {settings['loss']}")
 
     model = _build_or_restore(run_dir, state)
@@ -287,6 +436,8 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
             on_chunk("start", chunk, model)
         baseline.update(manhattan_km_of(features), fares)
         best_epoch, logs, every_epoch = _fit_chunk(model, features, fares, validation_rows, settings)
+        if best_epoch is None:
+            raise RunFailed(_non_finite_loss_message(run_dir, state, chunk, *logs))
         epochs = len(every_epoch["val_loss"])
         improved = state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"]
         if improved:
@@ -305,7 +456,10 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         })
         state["seconds"] += seconds
         state["wall_seconds"] = time.perf_counter() - started
-        _write_checkpoint(run_dir, model, state, best_weights)
+        if run_dir is None:
+            run_dir = _first_checkpoint(args.registry, model, state, best_weights)
+        else:
+            _write_checkpoint(run_dir, model, state, best_weights)
         _log(f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
              f"val MAE {logs['val_mae']:.3f}{' *' if improved else ''}  ({epochs} epochs, "
              f"{time.perf_counter() - chunk_started:.1f} s)")
@@ -313,9 +467,33 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
             on_chunk("end", chunk, model)
         chunk_started = time.perf_counter()
     if state["chunks_done"] == 0:
-        storage.remove_tree(run_dir)
         raise UsageError(f"the train shards {settings['train']} hold no rows")
+    # Shards rewritten under a running trainer: what it read is neither the old data nor the new.
+    _check_inputs(state["inputs"], input_fingerprint(train_paths, val_paths), f"while run {_name(run_dir)} trained")
     return _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started)
+
+
+def _first_checkpoint(registry_dir: str, model, state: dict, best_weights) -> str:
+    """Create the run folder and write its first checkpoint; no folder is left if that fails."""
+    run_dir = registry.new_run(registry_dir)
+    _log(f"run {run_dir} (checkpointed after every chunk: `--resume {_name(run_dir)}` continues it)")
+    try:
+        _write_checkpoint(run_dir, model, state, best_weights)
+    except BaseException:
+        storage.remove_tree(run_dir)
+        raise
+    return run_dir
+
+
+def _non_finite_loss_message(run_dir: str | None, state: dict, chunk: int, epoch: int, name: str, value: float) -> str:
+    """The one line for a loss that became NaN: what happened, what is kept, what to try."""
+    if run_dir is None:
+        kept = "no run folder was created"
+    else:
+        kept = (f"run {_name(run_dir)} is not registered as finished; its checkpoint after chunk "
+                f"{state['chunks_done']} is kept")
+    return (f"the {name.replace('_', ' ')} became {value} in chunk {chunk}, epoch {epoch}: {kept}; "
+            "try a lower --learning_rate or check the shards")
 
 
 def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started) -> dict:
@@ -324,12 +502,15 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
 
     settings = state["settings"]
     if state["best_chunk"] != state["chunks_done"]:
-        _load_weights(model, _checkpoint_path(run_dir, CHECKPOINT_BEST_WEIGHTS))
+        _load_weights(model, _checkpoint_path(run_dir, state["best_weights_file"]))
     val_features, val_fares = validation
     scores = _evaluate(model, val_features, val_fares)
+    if not all(math.isfinite(value) for value in scores.values()):
+        raise RunFailed(f"the model of run {_name(run_dir)} predicts non-finite fares on the validation rows "
+                        f"(MAE {scores['mae']}): not registered; try a lower --learning_rate or check the shards")
     distances = manhattan_km_of(val_features)
     baseline_errors = baseline.predict(distances) - val_fares.astype(np.float64)
-    name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    name = _name(run_dir)
     metrics = {
         "run": name,
         "val_mae": scores["mae"],
@@ -367,12 +548,19 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: train, print the summary; one-line errors with exit code 2."""
+    """CLI entry point: train, print the summary; one-line errors, exit code 2 (input) or 1 (the run failed)."""
     args = parse_args(argv)
     try:
         run(args)
-    except (UsageError, reader.ShardError, storage.StorageError) as error:
+    except (UsageError, reader.ShardError, storage.StorageError, registry.NoModelError) as error:
         return report_usage_error(PROG, error)
+    except RunFailed as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except MemoryError:
+        print(f"{PROG}: error: out of memory: lower --chunk_size or --max_val_rows "
+              "(memory grows with them, not with the data)", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with --resume", file=sys.stderr)
         return 130

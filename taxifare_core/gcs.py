@@ -156,6 +156,14 @@ def open_binary(uri: str, mode: str = "rb") -> IO[bytes]:
     return blob.open("wb", ignore_flush=True)
 
 
+def version(uri: str) -> dict:
+    """An object's size and generation (a new generation on every write); FileNotFoundError when absent."""
+    blob = _client().bucket(split(uri)[0]).get_blob(split(uri)[1])
+    if blob is None:
+        raise FileNotFoundError(uri)
+    return {"size": blob.size, "version": str(blob.generation)}
+
+
 def read_bytes(uri: str) -> bytes:
     """A whole object; FileNotFoundError when absent."""
     from google.api_core.exceptions import NotFound
@@ -192,6 +200,16 @@ def copy(source: str, destination: str) -> None:
     """Copy one object to another, server side."""
     blob, target = _blob(source), _blob(destination)
     blob.bucket.copy_blob(blob, target.bucket, target.name)
+
+
+def remove_file(uri: str) -> None:
+    """Delete one object (no error when absent)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        _blob(uri).delete()
+    except NotFound:
+        pass
 
 
 def remove_tree(uri: str) -> None:

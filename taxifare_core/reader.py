@@ -113,20 +113,36 @@ def _skip_rows(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Reco
         rows = 0
 
 
-def _iter_row_blocks(paths: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
-    """(path, batch) over every shard in order."""
+def _iter_row_blocks(paths: list[str]) -> Iterator[tuple[str, int, pa.RecordBatch]]:
+    """(path, line number of the batch's first row, batch) over every shard in order."""
     for path in paths:
+        first_line = 1
         for batch in _iter_batches(path):
-            yield path, batch
+            yield path, first_line, batch
+            first_line += batch.num_rows
 
 
-def _rows_of(batch: pa.RecordBatch, path: str) -> np.ndarray:
-    """A record batch as a row-major float32 (n, 66) matrix; ShardError on an empty value."""
-    if any(column.null_count for column in batch.columns):
-        raise ShardError(f"{path}: empty value in a processed row")
+def _rows_of(batch: pa.RecordBatch, path: str, first_line: int) -> np.ndarray:
+    """A record batch as a row-major float32 (n, 66) matrix.
+
+    ShardError on an empty or NaN value (Arrow reads "nan" as null) and on an
+    infinite one ("inf", or a number past float32's range such as 1e39): a
+    processed shard holds finite numbers only, and one infinite value turns the
+    whole model into NaN. The check is one vectorized pass per block; the line
+    is looked up only when it fails.
+    """
+    nulls = [j for j, column in enumerate(batch.columns) if column.null_count]
+    if nulls:
+        line = first_line + int(np.flatnonzero(batch.column(nulls[0]).is_null().to_numpy(zero_copy_only=False))[0])
+        raise ShardError(f"{path}: line {line}: empty or NaN value in column {nulls[0]} of a processed row "
+                         "(processed shards hold finite numbers only: re-run preprocessing)")
     rows = np.empty((batch.num_rows, N_PROCESSED_COLUMNS), dtype=np.float32)
     for j, column in enumerate(batch.columns):
         rows[:, j] = column.to_numpy()
+    if not np.isfinite(rows).all():
+        row, column = np.argwhere(~np.isfinite(rows))[0]
+        raise ShardError(f"{path}: line {first_line + int(row)}: non-finite value {rows[row, column]} in column "
+                         f"{int(column)} (processed shards hold finite numbers only: re-run preprocessing)")
     return rows
 
 
@@ -135,11 +151,11 @@ def _chunks(paths: list[str], chunk_size: int, skip_rows: int) -> Iterator[tuple
     features = np.empty((chunk_size, N_FEATURES), dtype=np.float32)
     fares = np.empty(chunk_size, dtype=np.float32)
     filled, to_skip = 0, skip_rows
-    for path, batch in _iter_row_blocks(paths):
+    for path, first_line, batch in _iter_row_blocks(paths):
         if to_skip >= batch.num_rows:
             to_skip -= batch.num_rows
             continue
-        rows = _rows_of(batch, path)[to_skip:]
+        rows = _rows_of(batch, path, first_line)[to_skip:]
         to_skip, start = 0, 0
         while start < len(rows):
             take = min(chunk_size - filled, len(rows) - start)
@@ -206,7 +222,20 @@ def iter_chunks(
 
 
 def read_rows(pattern: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `max_rows` rows of the shards (a bounded sample), as (features, fares)."""
-    for features, fares in _chunks(shard_paths(pattern), max_rows, 0):
-        return features.copy(), fares.copy()
-    return np.empty((0, N_FEATURES), dtype=np.float32), np.empty(0, dtype=np.float32)
+    """The first `max_rows` rows of the shards (a bounded sample), as (features, fares).
+
+    Memory follows the rows actually read, not `max_rows`: a bound far above the
+    shards' size (`--max_val_rows 1000000000`) reads them all and allocates no more.
+    """
+    blocks, total = [], 0
+    for path, first_line, batch in _iter_row_blocks(shard_paths(pattern)):
+        rows = _rows_of(batch, path, first_line)[:max_rows - total]
+        blocks.append(rows)
+        total += len(rows)
+        if total >= max_rows:
+            break
+    if not blocks:
+        return np.empty((0, N_FEATURES), dtype=np.float32), np.empty(0, dtype=np.float32)
+    rows = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    del blocks
+    return np.ascontiguousarray(rows[:, :N_FEATURES]), rows[:, N_FEATURES].copy()

@@ -74,6 +74,18 @@ def create_folder_exclusive(path: str) -> bool:
     return True
 
 
+def version(path: str) -> dict:
+    """What tells one state of a file from the next: {"size", "version"} (JSON-ready).
+
+    The version is the modification time in nanoseconds on disk, the object's
+    generation on Cloud Storage: rewriting a file changes it even at the same size.
+    """
+    if _remote(path):
+        return gcs.version(path)
+    status = os.stat(path)
+    return {"size": status.st_size, "version": str(status.st_mtime_ns)}
+
+
 def listdir(path: str) -> list[str]:
     """Names of a folder's entries (no trailing slashes), sorted."""
     return gcs.listdir(path) if _remote(path) else sorted(os.listdir(path))
@@ -121,6 +133,17 @@ def copy_file(source: str, destination: str) -> None:
         temporary = f"{destination}.tmp-{os.getpid()}"
         shutil.copyfile(source, temporary)
         os.replace(temporary, destination)
+
+
+def remove_file(path: str) -> None:
+    """Delete one file (no error when absent)."""
+    if _remote(path):
+        gcs.remove_file(path)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def remove_tree(path: str) -> None:

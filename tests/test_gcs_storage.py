@@ -113,3 +113,34 @@ def test_unsupported_scheme_is_one_clear_line(capsys):
     code = train.main(["--train", "s3://bucket/train-*.csv", "--val", "s3://bucket/val-*.csv"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "unsupported location s3://" in err
+
+
+def test_object_versions_change_on_every_write(gs_root):
+    """What the trainer's input fingerprint records for gs:// shards (resume refuses a rewritten one)."""
+    path = f"{gs_root}/versions/train-00000-of-00001.csv"
+    storage.write_text(path, "1\n")
+    first = storage.version(path)
+    storage.write_text(path, "1\n")
+    second = storage.version(path)
+    assert first["size"] == second["size"] == 2 and first["version"] != second["version"]
+    assert train.fingerprint_changes({"train": {path: first}}, {"train": {path: second}}) == [f"{path} was rewritten"]
+    storage.remove_file(path)
+    storage.remove_file(path)  # absent: no error
+    with pytest.raises(FileNotFoundError):
+        storage.version(path)
+
+
+def test_registry_counts_only_finished_runs_and_names_unreadable_models_on_gs(gs_root):
+    reg = f"{gs_root}/registry-finished"
+    half = registry.new_run(reg)
+    storage.write_bytes(storage.join(half, registry.MODEL_FILE), b"PK truncated")  # killed before metrics.json
+    assert registry.run_names(reg) == [] and registry.unfinished_runs(reg) == []
+    registry.write_json(storage.join(half, registry.METRICS_FILE), {"val_mae": 1.0})
+    name = half.rsplit("/", 1)[-1]
+    assert registry.run_names(reg) == [name]
+    with pytest.raises(registry.UnreadableModelError, match=f"model.keras of run {name} is unreadable "
+                                                            r"\(not a .keras archive, 12 bytes"):
+        registry.load_model(registry=reg)
+    storage.write_text(f"{gs_root}/registry-file", "x")
+    with pytest.raises(registry.BadRegistryError, match="is a file, not a folder"):
+        registry.run_names(f"{gs_root}/registry-file")

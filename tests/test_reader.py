@@ -106,5 +106,32 @@ def test_empty_value_in_a_one_hot_column_is_a_clear_error(tmp_path, rows):
     values[contract.COLS_MONTH.start] = ""
     lines[1] = ",".join(values)
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(reader.ShardError, match="empty value"):
+    with pytest.raises(reader.ShardError, match="line 2: empty or NaN value"):
         list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=4))
+
+
+@pytest.mark.parametrize("value, found", [("inf", "non-finite value inf"), ("-inf", "non-finite value -inf"),
+                                          ("1e39", "non-finite value inf"), ("nan", "empty or NaN value")])
+def test_non_finite_value_names_the_shard_and_line(tmp_path, monkeypatch, value, found):
+    """Past the first blocks of the second shard, so the line number counts rows of earlier blocks."""
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 4096)
+    rows = processed_rows(300)
+    _, second = write_shards(tmp_path, rows, [100, 200])
+    lines = second.read_text().splitlines()
+    values = lines[149].split(",")
+    values[contract.COL_MANHATTAN] = value
+    lines[149] = ",".join(values)
+    second.write_text("\n".join(lines) + "\n")
+    for read in (lambda: list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=64)),
+                 lambda: reader.read_rows(str(tmp_path / "train-*.csv"), max_rows=1000)):
+        with pytest.raises(reader.ShardError) as refused:
+            read()
+        assert str(refused.value).startswith(f"{second}: line 150: {found}")
+    assert reader.read_rows(str(tmp_path / "train-*.csv"), max_rows=100)[1].shape == (100,)  # before the bad line
+
+
+def test_read_rows_allocates_for_the_rows_read_not_the_bound(shards, rows):
+    """A bound far above the data (260 GB if preallocated) reads what there is."""
+    features, fares = reader.read_rows(shards, max_rows=10**9)
+    assert features.shape == (21, contract.N_FEATURES) and features.flags.c_contiguous
+    np.testing.assert_allclose(fares, rows[:, -1], atol=contract.PROCESSED_TOLERANCE)
