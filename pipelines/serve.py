@@ -120,12 +120,11 @@ def load_served_model(run: str | None = None, registry_dir: str | None = None) -
     """
     path = registry.run_path(run, registry_dir)
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    model_file = storage.join(path, registry.MODEL_FILE)
+    keras_model = registry.load_run_model(path)  # UnreadableModelError names another run to use
     try:
-        keras_model = registry.load_keras_model(model_file)
         net = forward.from_keras(keras_model)
-    except Exception as error:  # noqa: BLE001 - Keras raises many kinds for an unreadable file; all mean "cannot serve"
-        raise ModelLoadError(f"cannot load {model_file}: {type(error).__name__}: {error}") from None
+    except ValueError as error:  # a layer the numpy pass cannot reproduce
+        raise ModelLoadError(f"cannot serve run {name}: {error}") from None
     rows = _check_rows()
     expected = np.asarray(keras_model(rows, training=False)).reshape(-1)
     gap = float(np.max(np.abs(net(rows) - expected)))
