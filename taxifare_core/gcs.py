@@ -1,47 +1,42 @@
-"""Cloud Storage (`gs://`) operations behind `taxifare_core.storage`, on google-cloud-storage.
+"""The one Cloud Storage call `pyarrow.fs` lacks: a write that fails when the object exists.
 
-The client honours STORAGE_EMULATOR_HOST (anonymous, as Google's own libraries
-do), so the trainer and the registry run against a local GCS emulator exactly
-as against Cloud Storage. Folders are implicit in Cloud Storage: a folder
-exists when an object lies under it. `create_folder_exclusive` writes an empty
-`FOLDER_MARKER` object in it, only if absent, which is what makes registry run
-names collision-safe there too; listings never show the marker. (Not the
-console's `name/` marker: emulators that keep objects as files cannot hold
-both `name/` and `name/file`.)
+Every other `gs://` operation goes through `pyarrow.fs.GcsFileSystem`
+(`taxifare_core.storage`). Arrow exposes no preconditions, and its own
+`create_dir` treats an existing marker as success, so it cannot tell two
+trainers racing for one run folder apart. This module keeps that one call on
+google-cloud-storage, whose client honours STORAGE_EMULATOR_HOST by itself.
 
-    >>> glob("gs://bucket/processed/train-*.csv")      # sorted gs:// URIs
-    >>> read_bytes("gs://bucket/registry/20261126T101500.000001Z/metrics.json")
+    >>> create_exclusive_marker("gs://bucket/registry/20261126T101500.000001Z/.folder")
+    True
 """
 from __future__ import annotations
 
-import fnmatch
 import functools
 import os
-import re
-from typing import IO
 
 SCHEME = "gs://"
-FOLDER_MARKER = ".folder"
-_WILDCARD = re.compile(r"[*?\[]")
 
 
 class StorageError(OSError):
-    """A Cloud Storage call failed for a reason the user can act on (credentials, bucket)."""
+    """A location the program cannot use (scheme, credentials, bucket): one clear line."""
+
+
+CREDENTIALS_HINT = (
+    "gs:// paths need Google credentials: run `gcloud auth application-default login` "
+    "(or set STORAGE_EMULATOR_HOST for a local emulator)"
+)
 
 
 @functools.lru_cache(maxsize=4)
 def _client_for(emulator_host: str | None):
-    """One client per endpoint (STORAGE_EMULATOR_HOST, or Cloud Storage itself)."""
+    """One google-cloud-storage client per endpoint (STORAGE_EMULATOR_HOST, or Cloud Storage itself)."""
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
     try:
         return storage.Client()
     except DefaultCredentialsError:
-        raise StorageError(
-            "gs:// paths need Google credentials: run `gcloud auth application-default login` "
-            "(or set STORAGE_EMULATOR_HOST for a local emulator)"
-        ) from None
+        raise StorageError(CREDENTIALS_HINT) from None
 
 
 def _client():
@@ -57,166 +52,22 @@ def split(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _uri(bucket: str, key: str) -> str:
-    """`gs://bucket/key`."""
-    return f"{SCHEME}{bucket}/{key}"
-
-
 def _blob(uri: str):
     """The Blob handle of one object (no request made)."""
     bucket, key = split(uri)
     return _client().bucket(bucket).blob(key)
 
 
-def _folder_prefix(key: str) -> str:
-    """A key as a folder prefix: '' for the bucket's root, else ending with one slash."""
-    key = key.strip("/")
-    return f"{key}/" if key else ""
+def create_exclusive_marker(uri: str) -> bool:
+    """Write an empty object only if none exists (if-generation-match=0); False when one did.
 
-
-def _list(bucket: str, prefix: str, delimiter: str | None = None, max_results: int | None = None):
-    """The blob iterator of a listing; NotFound (no such bucket) lists nothing."""
-    from google.api_core.exceptions import NotFound
-
-    iterator = _client().list_blobs(bucket, prefix=prefix, delimiter=delimiter, max_results=max_results)
-    try:
-        blobs = list(iterator)
-    except NotFound:
-        return [], set()
-    return blobs, set(iterator.prefixes)
-
-
-def glob(pattern: str) -> list[str]:
-    """Objects matching a glob (`*` and `?` stay within one path segment, as on disk), sorted."""
-    bucket, key_pattern = split(pattern)
-    wildcard = _WILDCARD.search(key_pattern)
-    prefix = key_pattern[:wildcard.start()] if wildcard else key_pattern
-    depth = key_pattern.count("/")
-    blobs, _ = _list(bucket, prefix)
-    return sorted(
-        _uri(bucket, blob.name) for blob in blobs
-        if not blob.name.endswith("/") and not blob.name.endswith(f"/{FOLDER_MARKER}")
-        and blob.name.count("/") == depth
-        and fnmatch.fnmatchcase(blob.name, key_pattern)
-    )
-
-
-def isdir(uri: str) -> bool:
-    """True when an object or a folder marker lies under the folder."""
-    bucket, key = split(uri)
-    if not _folder_prefix(key):
-        return _client().bucket(bucket).exists()
-    blobs, _ = _list(bucket, _folder_prefix(key), max_results=1)
-    return bool(blobs)
-
-
-def exists(uri: str) -> bool:
-    """True for an object or a non-empty folder."""
-    bucket, key = split(uri)
-    if key and not key.endswith("/") and _blob(uri).exists():
-        return True
-    return isdir(uri)
-
-
-def listdir(uri: str) -> list[str]:
-    """Names directly in a folder (objects and sub-folders, no trailing slashes), sorted."""
-    bucket, key = split(uri)
-    prefix = _folder_prefix(key)
-    blobs, prefixes = _list(bucket, prefix, delimiter="/")
-    names = {blob.name[len(prefix):] for blob in blobs} | {p[len(prefix):].rstrip("/") for p in prefixes}
-    return sorted(name for name in names if name and name != FOLDER_MARKER)
-
-
-def create_folder_exclusive(uri: str) -> bool:
-    """Write the folder's marker unless the folder exists; False when it did.
-
-    Two writers racing past the first check are told apart by Cloud Storage's
-    if-generation-match=0 precondition (the emulator ignores preconditions).
+    Cloud Storage settles a race between two writers; the emulator ignores
+    preconditions, so callers check for the folder first as well.
     """
     from google.api_core.exceptions import PreconditionFailed
 
-    if isdir(uri):
-        return False
-    bucket, key = split(uri)
-    marker = _client().bucket(bucket).blob(_folder_prefix(key) + FOLDER_MARKER)
     try:
-        marker.upload_from_string(b"", if_generation_match=0)
+        _blob(uri).upload_from_string(b"", if_generation_match=0)
     except PreconditionFailed:
         return False
     return True
-
-
-def open_binary(uri: str, mode: str = "rb") -> IO[bytes]:
-    """A streaming file object over one object: "rb" (seekable) or "wb"."""
-    blob = _blob(uri)
-    if "r" in mode:
-        if not blob.exists():
-            raise FileNotFoundError(uri)
-        return blob.open("rb", chunk_size=8 << 20)
-    return blob.open("wb", ignore_flush=True)
-
-
-def version(uri: str) -> dict:
-    """An object's size and generation (a new generation on every write); FileNotFoundError when absent."""
-    blob = _client().bucket(split(uri)[0]).get_blob(split(uri)[1])
-    if blob is None:
-        raise FileNotFoundError(uri)
-    return {"size": blob.size, "version": str(blob.generation)}
-
-
-def read_bytes(uri: str) -> bytes:
-    """A whole object; FileNotFoundError when absent."""
-    from google.api_core.exceptions import NotFound
-
-    try:
-        return _blob(uri).download_as_bytes()
-    except NotFound:
-        raise FileNotFoundError(uri) from None
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object (Cloud Storage replaces it atomically)."""
-    _blob(uri).upload_from_string(data)
-
-
-def download(uri: str, local_path: str) -> None:
-    """Copy an object to a local file; FileNotFoundError when absent."""
-    from google.api_core.exceptions import NotFound
-
-    try:
-        _blob(uri).download_to_filename(local_path)
-    except NotFound:
-        if os.path.exists(local_path):  # the client leaves an empty file behind
-            os.remove(local_path)
-        raise FileNotFoundError(uri) from None
-
-
-def upload(local_path: str, uri: str) -> None:
-    """Copy a local file to an object, replacing it."""
-    _blob(uri).upload_from_filename(local_path)
-
-
-def copy(source: str, destination: str) -> None:
-    """Copy one object to another, server side."""
-    blob, target = _blob(source), _blob(destination)
-    blob.bucket.copy_blob(blob, target.bucket, target.name)
-
-
-def remove_file(uri: str) -> None:
-    """Delete one object (no error when absent)."""
-    from google.api_core.exceptions import NotFound
-
-    try:
-        _blob(uri).delete()
-    except NotFound:
-        pass
-
-
-def remove_tree(uri: str) -> None:
-    """Delete every object under a folder, its marker included (never a whole bucket)."""
-    bucket, key = split(uri)
-    if not _folder_prefix(key):
-        raise ValueError(f"refusing to empty a whole bucket: {uri}")
-    blobs, _ = _list(bucket, _folder_prefix(key))
-    for blob in blobs:
-        blob.delete()

@@ -59,12 +59,9 @@ def shard_paths(pattern: str) -> list[str]:
 
 
 def _open_stream(path: str, column_types: dict):
-    """pyarrow's streaming CSV reader over one shard (local or remote, compression by extension)."""
-    source = path if not storage.is_remote(path) else pa.PythonFile(storage.open_binary(path), mode="r")
-    compression = pa.Codec.detect(path).name if path.endswith((".gz", ".bz2", ".zst", ".lz4")) else None
-    stream = pa.input_stream(source, compression=compression)
+    """pyarrow's streaming CSV reader over one shard (local or gs://, both read by Arrow; compression by extension)."""
     return pacsv.open_csv(
-        stream,
+        storage.open_input_stream(path),
         read_options=pacsv.ReadOptions(column_names=_COLUMN_NAMES, block_size=BLOCK_BYTES, use_threads=PARSE_THREADS),
         convert_options=pacsv.ConvertOptions(column_types=column_types),
     )

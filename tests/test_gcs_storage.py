@@ -18,7 +18,7 @@ from emulator_helpers import emulator_script, ensure_emulator_venv
 from shard_helpers import processed_rows
 
 from pipelines import predict, train
-from taxifare_core import contract, features, registry, storage
+from taxifare_core import contract, features, reader, registry, storage
 
 BUCKET = "taxifare-gcs-test"
 
@@ -55,6 +55,33 @@ def test_files_and_folders_round_trip(gs_root):
     assert storage.read_text(f"{base}/c/copy.csv") == "1\n"
     storage.remove_tree(f"{base}/a")
     assert not storage.exists(f"{base}/a") and storage.exists(f"{base}/c/copy.csv")
+
+
+def test_sizes_moves_and_deletes(gs_root):
+    base = f"{gs_root}/moves"
+    storage.write_bytes(f"{base}/d/x.bin", b"\x00" * 5)
+    storage.write_text(f"{base}/d/sub/y.txt", "y")
+    assert storage.size(f"{base}/d/x.bin") == 5 and storage.isfile(f"{base}/d/x.bin") and not storage.isfile(f"{base}/d")
+    storage.move(f"{base}/d/x.bin", f"{base}/d/x2.bin")
+    storage.move(f"{base}/d", f"{base}/e")  # a folder: object by object, not atomic
+    assert not storage.exists(f"{base}/d") and storage.listdir(f"{base}/e") == ["sub", "x2.bin"]
+    assert storage.read_text(f"{base}/e/sub/y.txt") == "y"
+    storage.remove_file(f"{base}/e/x2.bin")
+    storage.remove_file(f"{base}/e/x2.bin")  # absent: no error
+    assert storage.listdir(f"{base}/e") == ["sub"]
+    with pytest.raises(FileNotFoundError, match="gs://no-such-bucket/a.txt"):
+        storage.write_text("gs://no-such-bucket/a.txt", "x")
+    with pytest.raises(ValueError, match="whole bucket"):
+        storage.remove_tree(gs_root)
+
+
+def test_the_reader_streams_gs_shards(gs_root):
+    rows = processed_rows(300, seed=5)
+    storage.write_text(f"{gs_root}/shards/train-00000-of-00002.csv", features.format_csv(rows[:120]) + "\n")
+    storage.write_text(f"{gs_root}/shards/train-00001-of-00002.csv", features.format_csv(rows[120:]) + "\n")
+    chunks = list(reader.iter_chunks(f"{gs_root}/shards/train-*.csv", chunk_size=100))
+    assert [len(fares) for _, fares in chunks] == [100, 100, 100]
+    assert np.allclose(np.vstack([features_ for features_, _ in chunks]), rows[:, :-1], atol=1e-4)
 
 
 def test_a_folder_is_created_once(gs_root):
