@@ -27,7 +27,7 @@ from taxifare_core import contract, stats
 STAGE_NAMESPACE = "taxifare"
 STAGE_PREFIX = "stage_us_"
 STATS_PARTS = "stats-pipeline.json"  # the pipeline's one-line result, removed once stats.json is written
-STATS_FILE = "stats.json"
+STATS_FILE = stats.STATS_FILE
 REPORT_FILE = "report.html"
 SPLITS = ("train", "val")
 # Exit code of a run stopped by --fail_on_drift (after writing everything).
@@ -44,8 +44,19 @@ def record_since(distribution, started: float) -> None:
     distribution.update(int((time.perf_counter() - started) * 1e6))
 
 
+def rows_of(batch):
+    """(rows, pickup ns or None) of a ProcessedBatch (rows, pickup_ns) or a batch prediction block (features)."""
+    if hasattr(batch, "rows"):
+        return batch.rows, batch.pickup_ns
+    return batch.features, None
+
+
 class FeatureStatisticsFn(beam.CombineFn):
-    """ProcessedBatch (rows, pickup_ns) -> the split's statistics as stats.json holds them."""
+    """Batches of processed rows -> their statistics as stats.json holds them (one split).
+
+    A batch is a ProcessedBatch (66 columns and pickup times) or, with n_columns=65,
+    batch prediction's EncodedBlock (features only).
+    """
 
     def __init__(self, n_columns: int = contract.N_PROCESSED_COLUMNS):
         self.n_columns = n_columns
@@ -56,7 +67,7 @@ class FeatureStatisticsFn(beam.CombineFn):
 
     def add_input(self, accumulator, batch):
         started = time.perf_counter()
-        stats.add_batch(accumulator, batch.rows, batch.pickup_ns)
+        stats.add_batch(accumulator, *rows_of(batch))
         record_since(self.timer, started)
         return accumulator
 

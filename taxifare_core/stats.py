@@ -497,3 +497,23 @@ def drift_level(score: float | None) -> str:
     if score is None:
         return "n/a"
     return "stable" if score < 0.1 else ("moderate" if score <= PSI_THRESHOLD else "shifted")
+
+
+# --- carrying the statistics along -------------------------------------------------------
+
+STATS_FILE = "stats.json"
+
+
+def copy_stats_beside(shards_pattern: str, run_dir: str) -> str | None:
+    """Copy the stats.json of the folder holding `shards_pattern` into `run_dir`; its name there, or None.
+
+    The trainer calls it so a model's run folder holds the statistics of the rows it
+    was trained on (batch prediction scores skew against them). Local or gs://.
+    """
+    from taxifare_core import storage
+
+    source = storage.join(str(shards_pattern).rstrip("/").rsplit("/", 1)[0], STATS_FILE)
+    if not storage.exists(source):
+        return None
+    storage.copy_file(source, storage.join(run_dir, STATS_FILE))
+    return STATS_FILE
