@@ -82,14 +82,14 @@ def _histogram_panel(axes, series, name: str, scale: float, unit: str) -> None:
     axes.grid(alpha=0.3)
 
 
-def _bars(axes, series, categories: list[str], shares_of) -> None:
+def _bars(axes, series, categories: list[str], shares_of, every: int = 1) -> None:
     """Grouped bars: one group per category, one bar per series."""
     width = 0.8 / max(len(series), 1)
     positions = np.arange(len(categories))
     for i, (label, split) in enumerate(series):
         axes.bar(positions + i * width - 0.4 + width / 2, shares_of(split), width, label=label,
                  color=_COLOURS[label])
-    axes.set_xticks(positions, categories, rotation=60, fontsize=8)
+    axes.set_xticks(positions[::every], categories[::every], rotation=60 if every == 1 else 0, fontsize=8)
     axes.set_ylabel("share of rides")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3, axis="y")
@@ -105,7 +105,7 @@ def distributions_figure(series) -> str:
     for panel in grid[0][1:]:
         panel.set_xlim(0, 30)
     _bars(grid[1][0], series, [str(h) for h in range(stats.HOURS)],
-          lambda split: _shares(split.get("rides_per_hour", [0] * stats.HOURS)))
+          lambda split: _shares(split.get("rides_per_hour", [0] * stats.HOURS)), every=3)
     grid[1][0].set_xlabel("local pickup hour (New York)")
     _bars(grid[1][1], series, [str(p) for p in range(1, 8)],
           lambda split: _shares(_column(split, "passenger_count_scaled")["histogram"]["counts"]))
@@ -240,8 +240,13 @@ def render_report(summary: dict, stats_payload: dict, reference: dict | None = N
                                                    "dedupe", "runner") if config.get(key)]
     run_rows.append(["wall time (s)", summary.get("seconds")])
     run_rows.append(["counts add up", "yes" if summary.get("balanced") else "NO"])
+    drift = stats_payload.get("drift") or {}
+    kept = sum(split["rows"] for split in stats_payload["splits"].values())
+    headline = (f"{summary.get('rows_read', 0):,} rows read, {kept:,} kept "
+                f"({summary.get('train_rows', 0):,} train, {summary.get('val_rows', 0):,} val); drift flagged: "
+                f"<b>{html.escape(', '.join(drift.get('flagged', [])) or 'nothing')}</b>")
     body = [
-        '<h1>Preprocessing run report</h1>',
+        '<h1>Preprocessing run report</h1>', f"<p>{headline}</p>",
         '<h2 id="run">Run</h2>', _table(["setting", "value"], run_rows),
         '<h2 id="funnel">Row funnel</h2>', funnel_figure(summary),
         _table(["step", "rows"], [[label, f"{n:,}"] for label, n in funnel_rows(summary)]),
