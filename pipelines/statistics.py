@@ -90,16 +90,23 @@ def splits_json(finalized: dict) -> str:
 
 
 class ComputeStatistics(beam.PTransform):
-    """{"train": ProcessedBatches, "val": ProcessedBatches} -> one JSON text element {"splits": {...}}."""
+    """{"train": ProcessedBatches, "val": ProcessedBatches} -> one JSON text element {"splits": {...}}.
+
+    Each split is combined on its own (CombineGlobally: the runner adds each batch to a
+    partial accumulator where the batch is made, so batches are never shuffled or held);
+    only the two small results meet in a Flatten.
+    """
 
     def expand(self, batches):
-        keyed_batches = [
-            batches[name] | f"Key{name.capitalize()}" >> beam.Map(keyed, name) for name in SPLITS
+        per_split = [
+            batches[name]
+            | f"Combine{name.capitalize()}" >> beam.CombineGlobally(FeatureStatisticsFn())
+            | f"Key{name.capitalize()}" >> beam.Map(keyed, name)
+            for name in SPLITS
         ]
         return (
-            keyed_batches
+            per_split
             | "FlattenSplits" >> beam.Flatten()
-            | "CombinePerSplit" >> beam.CombinePerKey(FeatureStatisticsFn())
             | "ToOneDict" >> beam.combiners.ToDict()
             | "ToJson" >> beam.Map(splits_json)
         )

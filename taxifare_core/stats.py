@@ -56,10 +56,9 @@ def _edges(name: str) -> np.ndarray:
     if name in ONE_HOT_COLUMNS:
         return np.array([0.0, 0.5, 1.0])
     low, width, bins, overflow = NUMERIC_BINS[name]
-    edges = low + width * np.arange(bins + 1)
-    if overflow is not None:
-        edges = np.append(edges, overflow)
-    return np.round(edges, 10)
+    # np.linspace: the very edges np.histogram uses for a range, so its fast path bins exactly by these.
+    edges = np.linspace(low, low + width * bins, bins + 1)
+    return edges if overflow is None else np.append(edges, overflow)
 
 
 COLUMN_EDGES = {name: _edges(name) for name in contract.PROCESSED_COLUMNS}
@@ -159,18 +158,20 @@ def new_accumulator(n_columns: int = contract.N_PROCESSED_COLUMNS) -> Accumulato
     return Accumulator(n_columns)
 
 
-def _bin_indices(values: np.ndarray, edges: np.ndarray, low: float, width: float) -> np.ndarray:
-    """np.histogram's bin of each value for these edges, values beyond them clipped to the end bins.
+def numeric_histogram(values: np.ndarray, name: str) -> np.ndarray:
+    """Counts per bin of COLUMN_EDGES[name], as np.histogram would give for values clipped to the edges.
 
-    The regular bins by one multiplication (an overflow bin catches all above them), then
-    numpy's own correction for a value that rounding put next to its bin.
+    The regular bins through np.histogram's fast path for equal bins (a multiplication,
+    not a search); values in the overflow bin are counted apart.
     """
-    last = len(edges) - 2
-    index = np.floor((values - low) * (1.0 / width))
-    index = np.clip(index, 0, last, out=index).astype(np.intp)
-    index -= (values < edges[index]) & (index > 0)
-    index += (values >= edges[index + 1]) & (index < last)
-    return index
+    low, width, regular, overflow = NUMERIC_BINS[name]
+    high = COLUMN_EDGES[name][regular]
+    counts, _ = np.histogram(np.clip(values, low, high), bins=regular, range=(low, high))
+    if overflow is None:
+        return counts
+    above = int(np.count_nonzero(values >= high))
+    counts[-1] -= above  # np.histogram's last bin is closed: it counted the clipped values at `high`
+    return np.append(counts, above)
 
 
 # Start of each New York month from 1900 to 2100, in UTC epoch nanoseconds (daylight saving included).
@@ -191,8 +192,11 @@ def _local_month_index(rows: np.ndarray, pickup_ns: np.ndarray | None) -> np.nda
         days = rows[:, contract.COL_DAYS].astype(np.float64) * contract.DAYS_SCALE
         origin = np.datetime64(contract.TIME_ORIGIN.replace(tzinfo=None), "ns").astype(np.int64)
         pickup_ns = origin + np.rint(days * 86_400e9).astype(np.int64)
-    index = np.searchsorted(_LOCAL_MONTH_STARTS, pickup_ns, side="right") - 1
-    return np.clip(index, 0, len(_LOCAL_MONTH_STARTS) - 1) + _FIRST_MONTH
+    # Only the months this batch spans: a short table keeps the search in cache.
+    first = max(int(np.searchsorted(_LOCAL_MONTH_STARTS, pickup_ns.min(), side="right")) - 1, 0)
+    last = int(np.searchsorted(_LOCAL_MONTH_STARTS, pickup_ns.max(), side="right"))
+    index = np.searchsorted(_LOCAL_MONTH_STARTS[first:last], pickup_ns, side="right") - 1
+    return np.maximum(index, 0) + first + _FIRST_MONTH
 
 
 def _local_hours(rows: np.ndarray) -> np.ndarray:
@@ -208,8 +212,8 @@ def _one_hot_run(acc: Accumulator, layout: _Layout, block: np.ndarray, run: slic
     from the count of ones; any other value takes the general path.
     """
     n = len(block)
-    ones = np.count_nonzero(block == 1.0, axis=0)
-    binary = np.array_equal(ones, np.count_nonzero(block, axis=0))
+    ones = (block == 1.0).sum(axis=0, dtype=np.int64)
+    binary = np.array_equal(ones, (block != 0.0).sum(axis=0, dtype=np.int64))
     if binary:
         total, squares = ones.astype(np.float64), ones.astype(np.float64)
         minimum, maximum = (ones == n).astype(np.float64), (ones > 0).astype(np.float64)
@@ -245,12 +249,8 @@ def batch_accumulator(rows: np.ndarray, pickup_ns: np.ndarray | None = None) -> 
     acc.minimum[layout.numeric] = np.fmin.reduce(numeric, axis=0)
     acc.maximum[layout.numeric] = np.fmax.reduce(numeric, axis=0)
     for position, j in enumerate(layout.numeric):
-        name = layout.names[j]
-        low, width, _, _ = NUMERIC_BINS[name]
-        edges = COLUMN_EDGES[name]
-        index = _bin_indices(numeric[:, position], edges, low, width)
-        first = layout.offsets[j]
-        acc.histogram[first:first + len(edges) - 1] = np.bincount(index, minlength=len(edges) - 1)
+        counts = numeric_histogram(numeric[:, position], layout.names[j])
+        acc.histogram[layout.offsets[j]:layout.offsets[j] + len(counts)] = counts
     for run in layout.one_hot_slices:
         _one_hot_run(acc, layout, rows[:, run], run)
     months = _local_month_index(rows, pickup_ns)

@@ -66,10 +66,10 @@ def test_job_graph_reads_bigquery_then_parses_cleans_encodes_splits_and_writes(j
         outputs = set(transforms[producer].outputs.values())
         assert outputs & set(transforms[consumer].inputs.values()), f"{producer} does not feed {consumer}"
     statistics = [name for name in transforms if name.startswith("Statistics/")]
-    assert "Statistics/CombinePerSplit" in statistics, statistics
+    assert "Statistics/CombineTrain" in statistics, statistics
     split_outputs = set(transforms["Preprocess/Split"].outputs.values())
-    assert split_outputs & set(transforms["Statistics/KeyTrain"].inputs.values())
-    assert split_outputs & set(transforms["Statistics/KeyVal"].inputs.values())
+    assert split_outputs & set(transforms["Statistics/CombineTrain"].inputs.values())
+    assert split_outputs & set(transforms["Statistics/CombineVal"].inputs.values())
     assert set(transforms["Statistics"].outputs.values()) & set(transforms["WriteStats"].inputs.values())
     read = transforms["ReadBigQuery/Read"]
     assert read.spec.urn or read.subtransforms
