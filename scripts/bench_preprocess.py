@@ -249,9 +249,10 @@ def table_markdown(results: dict, rows: int) -> str:
 
 def statistics_overhead(input_csv: str, workdir: Path, pairs: int, pipeline_args: str) -> str:
     """The pipeline with / without statistics, alternated `pairs` times: a markdown table and the median ratio."""
-    lines = ["| pair | with statistics (s) | without (s) | ratio | peak RSS with / without (MB) |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
-    ratios = []
+    lines = ["| pair | with statistics (s) | without (s) | ratio | CPU with / without (s) | CPU ratio "
+             "| peak RSS with / without (MB) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ratios, cpu_ratios = [], []
     for pair in range(1, pairs + 1):
         timings = {}
         # Alternate which one goes first, so a warm cache or a busy neighbour favours neither.
@@ -259,15 +260,17 @@ def statistics_overhead(input_csv: str, workdir: Path, pairs: int, pipeline_args
         for variant in order:
             extra = "" if variant == "with" else " --no_statistics"
             command = approach_command("pipeline", input_csv, workdir / f"out_stats_{variant}", pipeline_args + extra)
-            seconds, peak, _, code = measure(command, workdir / f"stats_{variant}.log")
+            seconds, peak, cpu, code = measure(command, workdir / f"stats_{variant}.log")
             if code != 0:
                 raise RuntimeError(f"pipeline {variant} statistics failed (exit {code}), see {workdir}")
-            timings[variant] = (seconds, peak)
-        ratio = timings["with"][0] / timings["without"][0]
-        ratios.append(ratio)
-        lines.append(f"| {pair} | {timings['with'][0]:.2f} | {timings['without'][0]:.2f} | {ratio:.3f}x "
-                     f"| {timings['with'][1] / 2**20:,.0f} / {timings['without'][1] / 2**20:,.0f} |")
-    lines.append(f"\nmedian ratio with / without statistics: {float(np.median(ratios)):.3f}x over {pairs} pair(s)")
+            timings[variant] = (seconds, peak, cpu)
+        (with_s, with_peak, with_cpu), (without_s, without_peak, without_cpu) = timings["with"], timings["without"]
+        ratios.append(with_s / without_s)
+        cpu_ratios.append(with_cpu / without_cpu)
+        lines.append(f"| {pair} | {with_s:.2f} | {without_s:.2f} | {ratios[-1]:.3f}x | {with_cpu:.1f} / "
+                     f"{without_cpu:.1f} | {cpu_ratios[-1]:.3f}x | {with_peak / 2**20:,.0f} / {without_peak / 2**20:,.0f} |")
+    lines.append(f"\nmedian ratio with / without statistics over {pairs} pair(s): time {float(np.median(ratios)):.3f}x, "
+                 f"CPU {float(np.median(cpu_ratios)):.3f}x")
     return "\n".join(lines)
 
 
