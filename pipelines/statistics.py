@@ -17,9 +17,8 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from taxifare_core import contract, stats
 

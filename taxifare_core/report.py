@@ -61,7 +61,7 @@ class _Plot:
         self.y_top = max(self.step * np.ceil(y_max / self.step), self.step)
         self.parts = [f'<svg width="{width}" height="{height}" '
                       f'font-family="sans-serif" font-size="10">']
-        for k in range(int(round(self.y_top / self.step)) + 1):
+        for k in range(round(self.y_top / self.step) + 1):
             value = k * self.step
             y = self.y(value)
             label = f"{value:.0%}" if share and self.step >= 0.01 else (f"{value:.1%}" if share else f"{value:,.0f}")

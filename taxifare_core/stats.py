@@ -81,6 +81,7 @@ PSI_BINS = 10
 # Val is the latest month(s) of a chronological split: these always differ from train.
 EXPECTED_VAL_DRIFT = ("days_since_2009_scaled", "month")
 HOURS = 24
+STATS_FILE = "stats.json"  # in a preprocessing output folder and in a model's run folder
 
 
 class StatsError(ValueError):
@@ -164,7 +165,7 @@ def numeric_histogram(values: np.ndarray, name: str) -> np.ndarray:
     The regular bins through np.histogram's fast path for equal bins (a multiplication,
     not a search); values in the overflow bin are counted apart.
     """
-    low, width, regular, overflow = NUMERIC_BINS[name]
+    low, _, regular, overflow = NUMERIC_BINS[name]
     high = COLUMN_EDGES[name][regular]
     counts, _ = np.histogram(np.clip(values, low, high), bins=regular, range=(low, high))
     if overflow is None:
@@ -505,8 +506,6 @@ def drift_level(score: float | None) -> str:
 
 
 # --- carrying the statistics along -------------------------------------------------------
-
-STATS_FILE = "stats.json"
 
 
 def copy_stats_beside(shards_pattern: str, run_dir: str) -> str | None:

@@ -75,7 +75,7 @@ def test_batch_prediction_writes_statistics_and_skew_against_the_training_rows(
 
 
 def test_batch_prediction_without_training_statistics_scores_no_skew(tmp_path):
-    _, run_dir = saved_tiny_model(tmp_path / "registry", 100, seed=5, model_seed=1)
+    saved_tiny_model(tmp_path / "registry", 100, seed=5, model_seed=1)
     write_rides(tmp_path / "in" / "rides.csv", 200, seed=8)
     summary = batch_predict.run(str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"),
                                 registry_dir=str(tmp_path / "registry"))
