@@ -44,6 +44,7 @@ from pipelines.statistics import (
     ComputeStatistics,
     print_drift,
     publish_statistics,
+    write_text_file,
 )
 from pipelines.summary import (
     SUMMARY_FILE,
@@ -117,8 +118,7 @@ def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig
     """Attach a sharded text sink to each output under config.output."""
     for name, pcoll in outputs.items():
         if name == STATS:  # one JSON line, read back by publish_statistics
-            pcoll | "WriteStats" >> beam.io.WriteToText(f"{config.output}/{STATS_PARTS}", num_shards=1,
-                                                        shard_name_template="")
+            pcoll | "WriteStats" >> beam.Map(write_text_file, f"{config.output}/{STATS_PARTS}")
             continue
         prefix, suffix = OUTPUT_FILES[name]
         header = ",".join(contract.RAW_COLUMNS) if name == RAW else None
@@ -172,7 +172,7 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
                             stages_from_result(result))
     write_summary(f"{config.output}/{SUMMARY_FILE}", summary)
-    summary["drift"] = publish_statistics(config.output, summary, config.compare_to)
+    summary["drift"] = publish_statistics(config.output, summary, config.compare_to) if config.statistics else None
     return summary
 
 

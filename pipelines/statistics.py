@@ -93,22 +93,34 @@ class ComputeStatistics(beam.PTransform):
 
     Each split is combined on its own (CombineGlobally: the runner adds each batch to a
     partial accumulator where the batch is made, so batches are never shuffled or held);
-    only the two small results meet in a Flatten.
+    only the two small results meet in a Flatten. Without defaults (each would add
+    stages to every run): a split without rows is filled in by `splits_json`, a run
+    without any row gets its empty statistics from `publish_statistics`.
     """
 
     def expand(self, batches):
         per_split = [
             batches[name]
-            | f"Combine{name.capitalize()}" >> beam.CombineGlobally(FeatureStatisticsFn())
+            | f"Combine{name.capitalize()}" >> beam.CombineGlobally(FeatureStatisticsFn()).without_defaults()
             | f"Key{name.capitalize()}" >> beam.Map(keyed, name)
             for name in SPLITS
         ]
         return (
             per_split
             | "FlattenSplits" >> beam.Flatten()
-            | "ToOneDict" >> beam.combiners.ToDict()
+            | "ToOneDict" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults()
             | "ToJson" >> beam.Map(splits_json)
         )
+
+
+def write_text_file(text: str, path: str) -> str:
+    """Write one element as a whole file (local or gs://); a retry rewrites the same content.
+
+    For the one-line statistics: a sink (WriteToText) would add its own stages to every run.
+    """
+    with FileSystems.create(path) as handle:
+        handle.write(text.encode())
+    return path
 
 
 # --- the driver's side ------------------------------------------------------------------
@@ -158,19 +170,19 @@ def run_drift(splits: dict, reference: tuple[str, dict] | None) -> dict:
 def publish_statistics(output: str, summary: dict, compare_to: str | None = None) -> dict | None:
     """Read the pipeline's statistics, add drift, write OUTPUT/stats.json and OUTPUT/report.html.
 
-    Returns the drift record (None when the run computed no statistics).
+    Returns the drift record.
     """
     from taxifare_core.report import render_report
 
     parts = f"{output}/{STATS_PARTS}"
-    if not FileSystems.exists(parts):
-        return None
-    payload = json.loads(read_text(parts))
+    found = FileSystems.exists(parts)
+    payload = json.loads(read_text(parts) if found else splits_json({}))  # no file: no row was kept
     reference = resolve_reference(compare_to) if compare_to else None
     payload["drift"] = run_drift(payload["splits"], reference)
     write_text(f"{output}/{STATS_FILE}", json.dumps(payload, indent=1) + "\n")
     write_text(f"{output}/{REPORT_FILE}", render_report(summary, payload, reference[1] if reference else None))
-    FileSystems.delete([parts])
+    if found:
+        FileSystems.delete([parts])
     return payload["drift"]
 
 

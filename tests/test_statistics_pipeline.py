@@ -204,3 +204,11 @@ def test_a_bad_compare_to_stops_with_one_line_before_the_pipeline_runs(tmp_path,
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
     assert not output.exists()
+
+
+def test_a_run_that_keeps_no_row_still_writes_empty_statistics_and_a_report(tmp_path):
+    (tmp_path / "in.csv").write_text(",".join(contract.RAW_COLUMNS) + "\n4.5,2013-07-06 17:18:00 UTC,0,0,0,0,1\n")
+    assert run_preprocess(tmp_path / "in.csv", tmp_path / "out") == 0
+    payload = load(tmp_path / "out")
+    assert [payload["splits"][name]["rows"] for name in ("train", "val")] == [0, 0]
+    assert payload["drift"]["flagged"] == [] and (tmp_path / "out" / "report.html").exists()
