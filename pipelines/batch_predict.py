@@ -13,6 +13,8 @@ model handler, and writes:
 
     OUTPUT/predictions-SSSSS-of-NNNNN.csv   key,fare_pred   (key: the ride's key, else its line number)
     OUTPUT/dead_letter-SSSSS-of-NNNNN.csv   key,reason,input  (rides that cannot be priced, and why)
+    OUTPUT/stats.json                       statistics of the priced rides' 65 features ("predicted") and
+                                            their drift against the model's training statistics (skew)
 
 With several input files, a ride without key is named `file.csv:LINE`.
 Importing this module never imports TensorFlow: the handler loads Keras on the worker.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -37,12 +40,13 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
 from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
-from taxifare_core import contract, registry, storage
+from pipelines.statistics import STATS_FILE, STATS_PARTS, FeatureStatisticsFn, read_text, write_text
+from taxifare_core import contract, registry, stats, storage
 from taxifare_core.parsing import MalformedRecord
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 
 COUNTER_NAMESPACE = "taxifare_predict"
-PREDICTIONS, DEAD_LETTER = "predictions", "dead_letter"
+PREDICTIONS, DEAD_LETTER, STATISTICS = "predictions", "dead_letter", "statistics"
 PREDICTIONS_HEADER = "key,fare_pred"
 DEAD_LETTER_HEADER = "key,reason,input"
 DEFAULT_BLOCK_ROWS = 10_000
@@ -170,7 +174,37 @@ class PredictRideFiles(beam.PTransform):
             | "CountPredictions" >> beam.ParDo(CountPredictionsFn())
             | "FormatPredictions" >> beam.Map(format_predictions)
         )
-        return {PREDICTIONS: predictions, DEAD_LETTER: encoded[DEAD_LETTER]}
+        statistics = (
+            encoded["encoded"]
+            | "Statistics" >> beam.CombineGlobally(FeatureStatisticsFn(contract.N_FEATURES))
+            | "StatisticsJson" >> beam.Map(predicted_stats_json)
+        )
+        return {PREDICTIONS: predictions, DEAD_LETTER: encoded[DEAD_LETTER], STATISTICS: statistics}
+
+
+def predicted_stats_json(split: dict) -> str:
+    """The priced rides' statistics as one JSON line {"splits": {"predicted": ...}}."""
+    return json.dumps({"splits": {"predicted": split}}, separators=(",", ":"))
+
+
+def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | None:
+    """OUTPUT/stats.json: the priced rides' statistics and their skew against the model's training rows.
+
+    The reference is the stats.json the trainer copied into the model's run folder
+    (its "train" split); a model trained before statistics existed gets none.
+    """
+    parts = storage.join(output_dir, STATS_PARTS)
+    payload = json.loads(read_text(parts))
+    reference_path = storage.join(model_uri.rsplit("/", 1)[0], STATS_FILE)
+    if storage.exists(reference_path):
+        reference = stats.parse_stats(storage.read_text(reference_path), reference_path)
+        payload["drift"] = stats.drift_report(payload["splits"]["predicted"], reference["splits"]["train"],
+                                              f"{reference_path} (train)", "predicted rides")
+    else:
+        payload["drift"] = None
+    write_text(storage.join(output_dir, STATS_FILE), json.dumps(payload, indent=1) + "\n")
+    FileSystems.delete([parts])
+    return payload["drift"]
 
 
 def _remove_previous_outputs(output_dir: str) -> None:
@@ -219,6 +253,9 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     outputs[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
         storage.join(output_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
     )
+    outputs[STATISTICS] | "WriteStatistics" >> beam.io.WriteToText(
+        storage.join(output_dir, STATS_PARTS), num_shards=1, shard_name_template=""
+    )
     result = pipeline.run()
     result.wait_until_finish()
     summary = {
@@ -227,8 +264,16 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
         "predictions": storage.join(output_dir, f"{PREDICTIONS}-*.csv"),
         "dead_letter_files": storage.join(output_dir, f"{DEAD_LETTER}-*.csv"),
         "model": model_uri,
+        "statistics": storage.join(output_dir, STATS_FILE),
+        "skew": publish_prediction_statistics(output_dir, model_uri),
         "seconds": time.perf_counter() - started,
     }
     print(f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
           f"{summary['dead_letter']:,} could not be priced -> {summary['dead_letter_files']}")
+    skew = summary["skew"]
+    if skew is None:
+        print(f"statistics: {summary['statistics']} (no training statistics beside the model: no skew scored)")
+    else:
+        flagged = ", ".join(f"{n} (PSI {skew['scores'][n]:.2f})" for n in skew["flagged"]) or "nothing"
+        print(f"statistics: {summary['statistics']}; training-serving skew (PSI > {skew['threshold']}): {flagged}")
     return summary

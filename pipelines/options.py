@@ -20,8 +20,10 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.cli import OneLineErrorParser, UsageError
 from pipelines.sources import DEFAULT_BLOCK_ROWS, QueryError, build_query, parse_date, table_name
+from pipelines.statistics import resolve_reference
 from pipelines.transforms import DEDUPE_MODES
 from taxifare_core import contract
+from taxifare_core.stats import StatsError
 
 SOURCES = ("csv", "bigquery")
 READ_METHODS = ("DIRECT_READ", "EXPORT")
@@ -102,6 +104,17 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--bigquery_emulator", default=None, metavar="HOST:PORT",
             help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
+        parser.add_argument(
+            "--compare_to", default=None, metavar="REF",
+            help="score drift of this run's kept rows against an earlier run: its output folder or its "
+                 "stats.json (local or gs://); default: val is scored against train")
+        parser.add_argument(
+            "--fail_on_drift", action="store_true", default=False,
+            help="exit with code 3 (after writing every output) when a feature drifts "
+                 "(population stability index > 0.2)")
+        parser.add_argument(
+            "--no_statistics", action="store_true", default=False,
+            help="skip the feature statistics, stats.json and report.html (for benchmarks)")
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,9 @@ class PreprocessConfig:
     read_method: str
     bigquery_emulator: str | None
     runner: str
+    compare_to: str | None = None
+    fail_on_drift: bool = False
+    statistics: bool = True
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -135,7 +151,8 @@ def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
         prog=prog,
         description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
                     "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
-                    "the dead letter (OUTPUT/errors-*.jsonl) and OUTPUT/summary.json.",
+                    "the dead letter (OUTPUT/errors-*.jsonl), OUTPUT/summary.json, the feature "
+                    "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html).",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -210,6 +227,13 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
     if flags.block_rows < 1:
         raise UsageError(f"--block_rows must be at least 1, got {flags.block_rows}")
     runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    if flags.compare_to:
+        if flags.no_statistics:
+            raise UsageError("--compare_to needs the statistics: drop --no_statistics")
+        try:
+            resolve_reference(flags.compare_to)
+        except StatsError as error:
+            raise UsageError(str(error)) from None
 
     query = table = pattern = None
     if flags.source == "bigquery":
@@ -253,4 +277,7 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         read_method=flags.read_method,
         bigquery_emulator=flags.bigquery_emulator,
         runner=runner,
+        compare_to=flags.compare_to,
+        fail_on_drift=flags.fail_on_drift,
+        statistics=not flags.no_statistics,
     )

@@ -8,7 +8,7 @@
 
 Writes OUTPUT/train-SSSSS-of-NNNNN.csv and OUTPUT/val-SSSSS-of-NNNNN.csv (66 columns,
 no header), OUTPUT/errors-SSSSS-of-NNNNN.jsonl (the dead letter), OUTPUT/summary.json,
-and, for a BigQuery run, the raw rows as OUTPUT/raw-SSSSS-of-NNNNN.csv (with a header)
+OUTPUT/stats.json and OUTPUT/report.html (feature statistics, drift; docs/statistics.md), and, for a BigQuery run, the raw rows as OUTPUT/raw-SSSSS-of-NNNNN.csv (with a header)
 so the next run can read them with --source csv instead of querying again.
 
 `build_preprocess(pipeline_or_rows, config)` builds the graph and returns its
@@ -36,13 +36,32 @@ from pipelines.options import (
     resolve_config,
 )
 from pipelines.sources import ReadCsvBlocks, read_from_bigquery, read_header
-from pipelines.summary import SUMMARY_FILE, build_summary, counters_from_result, format_table, write_summary
+from pipelines.statistics import (
+    EXIT_DRIFT,
+    REPORT_FILE,
+    STATS_FILE,
+    STATS_PARTS,
+    ComputeStatistics,
+    print_drift,
+    publish_statistics,
+    write_text_file,
+)
+from pipelines.summary import (
+    SUMMARY_FILE,
+    build_summary,
+    counters_from_result,
+    format_table,
+    stages_from_result,
+    write_summary,
+)
 from pipelines.transforms import (
     DEAD_LETTER,
     PROGRESS,
     RIDES,
     TRAIN,
+    TRAIN_BATCHES,
     VAL,
+    VAL_BATCHES,
     FormatRawRecords,
     ParseCsvBlocks,
     ParseRecordBatches,
@@ -51,7 +70,7 @@ from pipelines.transforms import (
 from taxifare_core import contract
 from taxifare_core.parsing import MalformedRecord
 
-RAW = "raw"
+RAW, STATS = "raw", "stats"
 # Output file prefixes under OUTPUT/, and their suffixes.
 OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("errors", ".jsonl"), RAW: ("raw", ".csv")}
 
@@ -89,12 +108,18 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
         config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows, config.num_shards
     )
     outputs.update({TRAIN: lines[TRAIN], VAL: lines[VAL], DEAD_LETTER: parsed[DEAD_LETTER]})
+    if config.statistics:
+        batches = {TRAIN: lines[TRAIN_BATCHES], VAL: lines[VAL_BATCHES]}
+        outputs[STATS] = batches | "Statistics" >> ComputeStatistics()
     return outputs
 
 
 def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig) -> None:
     """Attach a sharded text sink to each output under config.output."""
     for name, pcoll in outputs.items():
+        if name == STATS:  # one JSON line, read back by publish_statistics
+            pcoll | "WriteStats" >> beam.Map(write_text_file, f"{config.output}/{STATS_PARTS}")
+            continue
         prefix, suffix = OUTPUT_FILES[name]
         header = ",".join(contract.RAW_COLUMNS) if name == RAW else None
         pcoll | f"Write{prefix.capitalize()}" >> beam.io.WriteToText(
@@ -110,7 +135,7 @@ def remove_previous_outputs(config: PreprocessConfig) -> None:
     """Delete the shards a previous run left in the output folder (never the raw cache a CSV run reads)."""
     names = [TRAIN, VAL, DEAD_LETTER] + ([RAW] if config.source == "bigquery" else [])
     patterns = [f"{config.output}/{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names]
-    patterns.append(f"{config.output}/{SUMMARY_FILE}")
+    patterns += [f"{config.output}/{name}" for name in (SUMMARY_FILE, STATS_FILE, STATS_PARTS, REPORT_FILE)]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if stale:
         FileSystems.delete(stale)
@@ -144,8 +169,10 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     write_outputs(build_preprocess(pipeline, config), config)
     result = pipeline.run()
     result.wait_until_finish()
-    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started)
+    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
+                            stages_from_result(result))
     write_summary(f"{config.output}/{SUMMARY_FILE}", summary)
+    summary["drift"] = publish_statistics(config.output, summary, config.compare_to) if config.statistics else None
     return summary
 
 
@@ -225,8 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preprocess: error: {reasons}", file=sys.stderr)
         return 2
     print(format_table(summary))
+    print_drift(summary["drift"])
     print(f"summary: {config.output}/{SUMMARY_FILE}")
-    return 0 if summary["balanced"] else 1
+    if summary["drift"] is not None:
+        print(f"statistics: {config.output}/{STATS_FILE}, report: {config.output}/{REPORT_FILE}")
+    if not summary["balanced"]:
+        return 1
+    return EXIT_DRIFT if config.fail_on_drift and summary["drift"] and summary["drift"]["flagged"] else 0
 
 
 if __name__ == "__main__":

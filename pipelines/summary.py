@@ -3,7 +3,7 @@
 The counts add up by construction: every row read ends in exactly one of
 bad input, a dropping rule, duplicates, train or val; `balanced` says whether they did.
 
-    summary = build_summary(counters_from_result(result), config.to_dict(), seconds)
+    summary = build_summary(counters_from_result(result), config.to_dict(), seconds, stages_from_result(result))
     write_summary(f"{config.output}/summary.json", summary); print(format_table(summary))
 """
 from __future__ import annotations
@@ -13,11 +13,13 @@ import json
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from pipelines.statistics import STAGE_NAMESPACE, STAGE_PREFIX
 from pipelines.transforms import (
     BAD_INPUT,
     COUNTER_NAMESPACE,
     DROP_RULES,
     ROWS_READ,
+    STAGES,
     TRAIN_ROWS,
     VAL_ROWS,
 )
@@ -36,8 +38,28 @@ def counters_from_result(result) -> dict[str, int]:
     return totals
 
 
-def build_summary(counters: dict[str, int], config: dict, seconds: float) -> dict:
-    """The summary record: counts, the rules' drops, the mode that ran, timing and the balance check."""
+def stages_from_result(result) -> dict[str, dict]:
+    """Each timed stage's {"seconds", "batches"}, summed over workers, from the stage distributions."""
+    query = result.metrics().query(MetricsFilter().with_namespace(STAGE_NAMESPACE))
+    stages: dict[str, dict] = {}
+    for distribution in query["distributions"]:
+        name = distribution.key.metric.name
+        value = distribution.committed if distribution.committed is not None else distribution.attempted
+        if not name.startswith(STAGE_PREFIX) or value is None:
+            continue
+        stage = stages.setdefault(name[len(STAGE_PREFIX):], {"seconds": 0.0, "batches": 0})
+        stage["seconds"] += value.sum / 1e6
+        stage["batches"] += value.count
+    ordered = {name: stages[name] for name in STAGES if name in stages}
+    return {name: {"seconds": round(v["seconds"], 3), "batches": v["batches"]} for name, v in ordered.items()}
+
+
+def build_summary(counters: dict[str, int], config: dict, seconds: float, stages: dict | None = None) -> dict:
+    """The summary record: counts, the rules' drops, the mode that ran, timing and the balance check.
+
+    `stages`: each stage's time (stages_from_result); "other" is the rest of the wall
+    time (reading, writing, Beam's own work), meaningful when one process ran them in turn.
+    """
     dropped = {rule: counters.get(rule, 0) for rule in DROP_RULES}
     counts = {
         "rows_read": counters.get(ROWS_READ, 0),
@@ -56,9 +78,18 @@ def build_summary(counters: dict[str, int], config: dict, seconds: float) -> dic
         **counts,
         "balanced": accounted == counts["rows_read"],
         "seconds": round(seconds, 2),
+        "stages": _with_rest(stages or {}, seconds),
         "dedupe": config.get("dedupe"),
         "config": config,
     }
+
+
+def _with_rest(stages: dict, seconds: float) -> dict:
+    """The stages and "other": the wall time they leave (never below zero)."""
+    if not stages:
+        return {}
+    timed = sum(stage["seconds"] for stage in stages.values())
+    return {**stages, "other": {"seconds": round(max(seconds - timed, 0.0), 3), "batches": None}}
 
 
 def write_summary(path: str, summary: dict) -> None:
@@ -84,6 +115,9 @@ def format_table(summary: dict) -> str:
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value:>12,}" for label, value in rows]
     lines.append(f"{'seconds':<{width}}  {summary['seconds']:>12,.1f}")
+    stages = summary.get("stages") or {}
+    if stages:
+        lines.append("time per stage (s): " + ", ".join(f"{name} {s['seconds']:.2f}" for name, s in stages.items()))
     verdict = "yes" if summary["balanced"] else "NO"
     lines.append(f"read = bad + dropped + duplicates + train + val: {verdict}")
     return "\n".join(lines)

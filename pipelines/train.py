@@ -43,7 +43,7 @@ from pipelines.cli import (
     positive_int,
     report_usage_error,
 )
-from taxifare_core import contract, reader, registry, storage
+from taxifare_core import contract, reader, registry, stats, storage
 from taxifare_core.baseline import RunningLinearFit, manhattan_km_of
 from taxifare_core.model import LOSSES, build_model, keras_module, validation_dataset
 
@@ -531,6 +531,7 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
         "train_shards": len(train_paths),
         "val_shards": len(val_paths),
         "history": state["history"],
+        "data_stats": stats.copy_stats_beside(settings["train"], run_dir),
     }
     params = {**settings, "incremental": True, "model": "contract section 5",
               "registry": registry.registry_root(run_dir.rstrip("/").rsplit("/", 1)[0])}

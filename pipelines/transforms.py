@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -40,8 +41,9 @@ from apache_beam.metrics import Metrics
 
 from pipelines.coders import BatchCoder, batches_of
 from pipelines.sources import RawBlock, read_csv_setting_aside, sort_out_lines, split_lines
+from pipelines.statistics import record_since, stage_timer
 from taxifare_core import contract
-from taxifare_core.cleaning import clean
+from taxifare_core.cleaning import clean, duplicate_mask
 from taxifare_core.features import format_csv, processed_rows
 from taxifare_core.parsing import MISSING_TEXT, MalformedRecord, parse_frame
 
@@ -56,6 +58,10 @@ DROP_RULES = (OUTSIDE_DATE_RANGE, *contract.ROW_RULES)
 DEDUPE_MODES = ("batch", "global", "none")
 
 RIDES, DEAD_LETTER, TRAIN, VAL = "rides", "dead_letter", "train", "val"
+# PreprocessRides' processed (not yet formatted) batches of each split, for the statistics.
+TRAIN_BATCHES, VAL_BATCHES = "train_batches", "val_batches"
+# Stages timed per batch (Metrics distributions, see pipelines.statistics.stage_timer), in pipeline order.
+STAGES = ("parse", "filter_clean", "dedupe", "encode", "statistics", "format")
 # Progress lines (one per block read); the CLI shows them on stderr for the in-process runner.
 PROGRESS = logging.getLogger("pipelines.progress")
 
@@ -205,9 +211,12 @@ class ParseCsvBlockFn(beam.DoFn):
     def __init__(self):
         self.rows_read = _counter(ROWS_READ)
         self.bad_input = _counter(BAD_INPUT)
+        self.timer = stage_timer("parse")
 
     def process(self, block: RawBlock):
+        started = time.perf_counter()
         rides, dead, read = parse_block(block)
+        record_since(self.timer, started)
         PROGRESS.info("read %s from line %d: %d rows, %d bad", block.source, block.first_line, read, len(dead))
         self.rows_read.inc(read)
         yield from _parsed_outputs(rides, dead, self.bad_input)
@@ -220,10 +229,13 @@ class ParseRecordBatchFn(beam.DoFn):
         self.source = source
         self.rows_read = _counter(ROWS_READ)
         self.bad_input = _counter(BAD_INPUT)
+        self.timer = stage_timer("parse")
 
     def process(self, records: list):
         self.rows_read.inc(len(records))
+        started = time.perf_counter()
         rides, dead = parse_records(records, self.source)
+        record_since(self.timer, started)
         yield from _parsed_outputs(rides, dead, self.bad_input)
 
 
@@ -287,31 +299,49 @@ class FilterDateWindowFn(beam.DoFn):
     def __init__(self, min_date, max_date):
         self.low, self.high = utc_nanoseconds(min_date), utc_nanoseconds(max_date)
         self.outside = _counter(OUTSIDE_DATE_RANGE)
+        self.timer = stage_timer("filter_clean")
 
     def process(self, rides: pd.DataFrame):
+        started = time.perf_counter()
         stamps = rides[contract.TIME_COLUMN]
         nanoseconds = stamps.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)
         outside = stamps.notna().to_numpy() & ((nanoseconds < self.low) | (nanoseconds > self.high))
         if outside.any():
             self.outside.inc(int(outside.sum()))
             rides = rides[~outside]
+        record_since(self.timer, started)
         if len(rides):
             yield rides
 
 
 class CleanRidesFn(beam.DoFn):
-    """Apply the contract's per-row rules (and, with dedupe, duplicates within the batch); count each rule."""
+    """Apply the contract's per-row rules (and, with dedupe, duplicates within the batch); count each rule.
+
+    Duplicates are judged among the rows that pass the rules, as `clean` does, in a
+    second step so each step's time is recorded apart.
+    """
 
     def __init__(self, dedupe: bool):
         self.dedupe = dedupe
         self.dropped = {rule: _counter(rule) for rule in contract.CLEANING_RULES}
+        self.clean_timer, self.dedupe_timer = stage_timer("filter_clean"), stage_timer("dedupe")
 
     def process(self, rides: pd.DataFrame):
-        result = clean(rides, dedupe=self.dedupe)
+        started = time.perf_counter()
+        result = clean(rides, dedupe=False)
         for rule, count in result.dropped.value_counts().items():
             self.dropped[rule].inc(int(count))
-        if len(result.kept):
-            yield result.kept
+        kept = result.kept
+        record_since(self.clean_timer, started)
+        if self.dedupe and len(kept):
+            started = time.perf_counter()
+            repeats = duplicate_mask(kept)
+            if repeats.any():
+                self.dropped[contract.RULE_DUPLICATE].inc(int(repeats.sum()))
+                kept = kept[~repeats]
+            record_since(self.dedupe_timer, started)
+        if len(kept):
+            yield kept
 
 
 def rides_to_tuples(rides: pd.DataFrame):
@@ -447,15 +477,19 @@ class EncodeRidesFn(beam.DoFn):
 
     def setup(self):
         self.pool, self.workers = _thread_pool(self.threads)
+        self.timer = stage_timer("encode")
 
     def process(self, rides: pd.DataFrame):
+        started = time.perf_counter()
         slices = _slice_count(len(rides), self.workers)
         if slices == 1:
-            yield encode_rides(rides)
+            batch = encode_rides(rides)
         else:
             bounds = np.linspace(0, len(rides), slices + 1).astype(int)
             parts = list(self.pool.map(encode_rides, [rides.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
-            yield ProcessedBatch(np.concatenate([p.rows for p in parts]), np.concatenate([p.pickup_ns for p in parts]))
+            batch = ProcessedBatch(np.concatenate([p.rows for p in parts]), np.concatenate([p.pickup_ns for p in parts]))
+        record_since(self.timer, started)
+        yield batch
 
     def teardown(self):
         _shutdown(getattr(self, "pool", None))
@@ -521,20 +555,22 @@ class FormatCsvLinesFn(beam.DoFn):
 
     def setup(self):
         self.pool, self.workers = _thread_pool(self.threads)
+        self.timer = stage_timer("format")
 
     def process(self, batch: ProcessedBatch):
         if not len(batch):
             return
+        started = time.perf_counter()
         slices = max(_slice_count(len(batch), self.workers), min(self.pieces, len(batch)))
         if slices == 1:
-            yield format_csv(batch.rows)
-            return
-        parts = np.array_split(batch.rows, slices)
-        texts = self.pool.map(format_csv, parts) if self.pool else map(format_csv, parts)
-        if self.pieces > 1:
-            yield from (text for text in texts if text)
+            texts = [format_csv(batch.rows)]
         else:
-            yield "\n".join(texts)
+            parts = np.array_split(batch.rows, slices)
+            texts = list(self.pool.map(format_csv, parts) if self.pool else map(format_csv, parts))
+        if self.pieces == 1 and len(texts) > 1:
+            texts = ["\n".join(texts)]
+        record_since(self.timer, started)
+        yield from (text for text in texts if text)
 
     def teardown(self):
         _shutdown(getattr(self, "pool", None))
@@ -553,7 +589,11 @@ class FormatCsvLines(beam.PTransform):
 
 
 class PreprocessRides(beam.PTransform):
-    """Typed rides -> {"train", "val"} CSV text: date window, cleaning, dedupe, encode, split, format."""
+    """Typed rides -> {"train", "val"} CSV text: date window, cleaning, dedupe, encode, split, format.
+
+    Also {"train_batches", "val_batches"}: the split's ProcessedBatches before formatting,
+    for the statistics (pipelines.statistics.ComputeStatistics).
+    """
 
     def __init__(self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000,
                  num_shards: int = 0):
@@ -573,4 +613,6 @@ class PreprocessRides(beam.PTransform):
         return {
             TRAIN: split[TRAIN] | "FormatTrain" >> FormatCsvLines(pieces=self.num_shards),
             VAL: split[VAL] | "FormatVal" >> FormatCsvLines(pieces=self.num_shards),
+            TRAIN_BATCHES: split[TRAIN],
+            VAL_BATCHES: split[VAL],
         }

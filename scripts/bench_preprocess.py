@@ -3,6 +3,8 @@
     python scripts/bench_preprocess.py                       # 1.1 M rows (the size of raw_all), all three
     python scripts/bench_preprocess.py --rows 5500000 --only pipeline
     python scripts/bench_preprocess.py --rows 2000 --no-timing   # the equality check alone (tests)
+    python scripts/bench_preprocess.py --only pipeline --statistics_pairs 5
+                        # the statistics' cost: the pipeline with and without them, alternated 5 times
 
 Generates N raw rows (taxifare_core.generate, one CSV with a header), then runs each
 approach in its own process, timing it end to end and sampling the summed RSS of its
@@ -16,6 +18,10 @@ whole process tree (Beam's worker processes included) every 20 ms:
 
 and checks that all produce the same processed rows (as float32, sorted, within the
 contract's 1e-3). Prints a markdown table; exit code 1 if the rows differ.
+
+The pipeline's default run includes the feature statistics, stats.json and report.html;
+--statistics_pairs N also runs it N times with and N times without them (--no_statistics),
+alternated so a machine slowing down hits both, and prints the ratio of each pair and their median.
 """
 from __future__ import annotations
 
@@ -241,6 +247,33 @@ def table_markdown(results: dict, rows: int) -> str:
     return "\n".join(lines)
 
 
+def statistics_overhead(input_csv: str, workdir: Path, pairs: int, pipeline_args: str) -> str:
+    """The pipeline with / without statistics, alternated `pairs` times: a markdown table and the median ratio."""
+    lines = ["| pair | with statistics (s) | without (s) | ratio | CPU with / without (s) | CPU ratio "
+             "| peak RSS with / without (MB) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ratios, cpu_ratios = [], []
+    for pair in range(1, pairs + 1):
+        timings = {}
+        # Alternate which one goes first, so a warm cache or a busy neighbour favours neither.
+        order = ("with", "without") if pair % 2 else ("without", "with")
+        for variant in order:
+            extra = "" if variant == "with" else " --no_statistics"
+            command = approach_command("pipeline", input_csv, workdir / f"out_stats_{variant}", pipeline_args + extra)
+            seconds, peak, cpu, code = measure(command, workdir / f"stats_{variant}.log")
+            if code != 0:
+                raise RuntimeError(f"pipeline {variant} statistics failed (exit {code}), see {workdir}")
+            timings[variant] = (seconds, peak, cpu)
+        (with_s, with_peak, with_cpu), (without_s, without_peak, without_cpu) = timings["with"], timings["without"]
+        ratios.append(with_s / without_s)
+        cpu_ratios.append(with_cpu / without_cpu)
+        lines.append(f"| {pair} | {with_s:.2f} | {without_s:.2f} | {ratios[-1]:.3f}x | {with_cpu:.1f} / "
+                     f"{without_cpu:.1f} | {cpu_ratios[-1]:.3f}x | {with_peak / 2**20:,.0f} / {without_peak / 2**20:,.0f} |")
+    lines.append(f"\nmedian ratio with / without statistics over {pairs} pair(s): time {float(np.median(ratios)):.3f}x, "
+                 f"CPU {float(np.median(cpu_ratios)):.3f}x")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -253,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     parser.add_argument("--no-timing", dest="timing", action="store_false",
                         help="print only the equality check, not the timing table")
+    parser.add_argument("--statistics_pairs", type=int, default=0,
+                        help="also time the pipeline with and without statistics, alternated, this many "
+                             "pairs (default 0: not)")
     parser.add_argument("--run", choices=("reference", "vectorized"), help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -298,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.timing:
         print(f"\n{args.rows:,} raw rows; pipeline flags: {args.pipeline_args or '(none)'}\n")
         print(table_markdown(results, args.rows))
+    if args.statistics_pairs > 0:
+        print(f"\nstatistics' cost, {args.rows:,} raw rows:\n")
+        print(statistics_overhead(input_csv, workdir, args.statistics_pairs, args.pipeline_args))
     return 0 if all_same else 1
 
 

@@ -34,7 +34,7 @@ IMAGE = "europe-docker.pkg.dev/taxifare-test-project/images/taxifare-worker:1"
 # BigQuery -> parse -> clean -> encode -> split -> write, each feeding the next.
 GRAPH_PATH = ("ReadBigQuery", "ParseBigQueryRows", "Preprocess/FilterDateWindow", "Preprocess/Clean",
               "Preprocess/Encode", "Preprocess/Split", "Preprocess/FormatTrain", "WriteTrain")
-WRITES = ("WriteTrain", "WriteVal", "WriteErrors", "WriteRaw")
+WRITES = ("WriteTrain", "WriteVal", "WriteErrors", "WriteRaw", "WriteStats")
 BASE_ARGV = ["--source", "bigquery", "--runner", "DataflowRunner", "--project", "p-project",
              "--region", "europe-west1", "--temp_location", "gs://b-bucket/tmp"]
 
@@ -65,6 +65,12 @@ def test_job_graph_reads_bigquery_then_parses_cleans_encodes_splits_and_writes(j
     for producer, consumer in zip(GRAPH_PATH, GRAPH_PATH[1:]):
         outputs = set(transforms[producer].outputs.values())
         assert outputs & set(transforms[consumer].inputs.values()), f"{producer} does not feed {consumer}"
+    statistics = [name for name in transforms if name.startswith("Statistics/")]
+    assert "Statistics/CombineTrain" in statistics, statistics
+    split_outputs = set(transforms["Preprocess/Split"].outputs.values())
+    assert split_outputs & set(transforms["Statistics/CombineTrain"].inputs.values())
+    assert split_outputs & set(transforms["Statistics/CombineVal"].inputs.values())
+    assert set(transforms["Statistics"].outputs.values()) & set(transforms["WriteStats"].inputs.values())
     read = transforms["ReadBigQuery/Read"]
     assert read.spec.urn or read.subtransforms
 
@@ -93,7 +99,8 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
         names = {Path(*Path(name).parts[1:]).as_posix(): name for name in sdist.getnames()}
         top_level = sdist.extractfile(names["taxifare.egg-info/top_level.txt"]).read().decode().split()
     for needed in ("pyproject.toml", "PKG-INFO", "taxifare_core/contract.py", "taxifare_core/features.py",
-                   "pipelines/preprocess.py", "pipelines/transforms.py", "pipelines/sources.py"):
+                   "pipelines/preprocess.py", "pipelines/transforms.py", "pipelines/sources.py",
+                   "pipelines/statistics.py", "taxifare_core/stats.py"):
         assert needed in names, f"{needed} not in the sdist"
     # What pip installs on a worker: the two packages only (setuptools adds tests/ to the sdist's files).
     assert sorted(top_level) == ["pipelines", "taxifare_core"]
