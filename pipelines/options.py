@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import calendar
 import difflib
+import hashlib
+import os
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import PurePosixPath
@@ -102,6 +104,10 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--bigquery_emulator", default=None, metavar="HOST:PORT",
             help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
+        parser.add_argument(
+            "--allow_empty", action="store_true", default=False,
+            help="publish the output even when no train or val row is left (default: such a run "
+                 "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class PreprocessConfig:
     read_method: str
     bigquery_emulator: str | None
     runner: str
+    allow_empty: bool = False
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -182,10 +189,16 @@ def _folder_safe(label: str) -> str:
 
 
 def _csv_size_label(pattern: str) -> str:
-    """The {size} label of a CSV input: the name of the folder holding the files."""
+    """The {size} label of a CSV input: the name of the folder holding the files, and a hash of the pattern.
+
+    The hash (6 hex digits of the absolute pattern) keeps x1/data/*.csv and
+    x2/data/*.csv from sharing a default output folder.
+    """
     parts = PurePosixPath(pattern.replace("\\", "/")).parts
     folders = [part for part in parts[:-1] if not any(ch in part for ch in "*?[")]
-    return _folder_safe(folders[-1] if folders else PurePosixPath(parts[-1]).stem)
+    name = _folder_safe(folders[-1] if folders else PurePosixPath(parts[-1]).stem)
+    absolute = pattern if "://" in pattern else os.path.abspath(os.path.expanduser(pattern))
+    return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
 def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
@@ -232,7 +245,13 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         pattern = flags.input or (default_input() if default_input else None)
         if not pattern:
             raise UsageError("--source csv needs --input FILES")
-        data_size = _folder_safe(flags.data_size) if flags.data_size else _csv_size_label(pattern)
+        if flags.data_size:
+            data_size = _folder_safe(flags.data_size)
+        elif not flags.input:
+            # The embedded sample keeps its documented folder name (its own name is unique).
+            data_size = _folder_safe(PurePosixPath(pattern.replace("\\", "/")).parts[-2])
+        else:
+            data_size = _csv_size_label(pattern)
     output = flags.output or str(
         contract.local_data_path() / "processed"
         / contract.processed_dir_name(low.isoformat(), high.isoformat(), data_size)
@@ -253,4 +272,5 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         read_method=flags.read_method,
         bigquery_emulator=flags.bigquery_emulator,
         runner=runner,
+        allow_empty=bool(flags.allow_empty),
     )

@@ -16,6 +16,7 @@ PCollections, so tests can feed `beam.Create` rows in place of the source.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import sys
 import time
@@ -48,7 +49,7 @@ from pipelines.transforms import (
     ParseRecordBatches,
     PreprocessRides,
 )
-from taxifare_core import contract
+from taxifare_core import contract, outputs, storage
 from taxifare_core.parsing import MalformedRecord
 
 RAW = "raw"
@@ -59,7 +60,9 @@ OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("e
 def read_source(pipeline: beam.Pipeline, config: PreprocessConfig) -> beam.PCollection:
     """The raw input: RawBlocks of CSV lines, or BigQuery's rows as dicts."""
     if config.source == "csv":
-        return pipeline | "ReadCsv" >> ReadCsvBlocks(config.input, config.block_rows)
+        # A glob into a published output folder (e.g. its raw cache) reads that output's files.
+        published = outputs.resolve(config.input)
+        return pipeline | "ReadCsv" >> ReadCsvBlocks(published or config.input, config.block_rows)
     if config.bigquery_emulator:
         from pipelines.bigquery_emulator import use_bigquery_emulator
 
@@ -92,13 +95,14 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
     return outputs
 
 
-def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig) -> None:
-    """Attach a sharded text sink to each output under config.output."""
-    for name, pcoll in outputs.items():
+def write_outputs(pcolls: dict[str, beam.PCollection], config: PreprocessConfig, folder: str | None = None) -> None:
+    """Attach a sharded text sink to each output under `folder` (default: config.output)."""
+    folder = folder or config.output
+    for name, pcoll in pcolls.items():
         prefix, suffix = OUTPUT_FILES[name]
         header = ",".join(contract.RAW_COLUMNS) if name == RAW else None
         pcoll | f"Write{prefix.capitalize()}" >> beam.io.WriteToText(
-            f"{config.output}/{prefix}",
+            f"{folder}/{prefix}",
             file_name_suffix=suffix,
             num_shards=config.num_shards,
             shard_name_template="-SSSSS-of-NNNNN",
@@ -106,21 +110,43 @@ def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig
         )
 
 
-def remove_previous_outputs(config: PreprocessConfig) -> None:
-    """Delete the shards a previous run left in the output folder (never the raw cache a CSV run reads)."""
+class EmptyOutputError(RuntimeError):
+    """The run left no train or val row: written for inspection, not published (exit 1)."""
+
+    def __init__(self, summary: dict, run_dir: str):
+        self.summary, self.run_dir = summary, run_dir
+        super().__init__(
+            f"no rows to write ({summary['rows_read']:,} read, {summary['bad_input']:,} bad input, "
+            f"{summary['dropped_total']:,} dropped, {summary['duplicates']:,} duplicates): the previous output "
+            f"stays published; this run's files are in {run_dir} for inspection; "
+            "pass --allow_empty to publish an empty output")
+
+
+def legacy_patterns(config: PreprocessConfig) -> list[str]:
+    """File names a run of the flat layout (shards directly in OUTPUT) left; never the raw cache a CSV run reads."""
     names = [TRAIN, VAL, DEAD_LETTER] + ([RAW] if config.source == "bigquery" else [])
-    patterns = [f"{config.output}/{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names]
-    patterns.append(f"{config.output}/{SUMMARY_FILE}")
-    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
-    if stale:
-        FileSystems.delete(stale)
+    return [f"{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names]
+
+
+def carried_files(previous: dict | None, config: PreprocessConfig) -> dict[str, int]:
+    """The previous output's raw cache, kept listed by a CSV run (which writes none)."""
+    if config.source != "csv" or not previous:
+        return {}
+    prefix, suffix = OUTPUT_FILES[RAW]
+    return {rel: size for rel, size in previous["files"].items()
+            if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], f"{prefix}-*-of-*{suffix}")}
 
 
 def check_input(config: PreprocessConfig) -> list[str]:
     """The CSV files the input matches, each with a usable header; UsageError otherwise."""
-    matched = [m.path for m in FileSystems.match([config.input])[0].metadata_list]
+    try:
+        matched = outputs.resolve(config.input)
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    if matched is None:
+        matched = [m.path for m in FileSystems.match([config.input])[0].metadata_list]
     if not matched:
-        raise UsageError(f"no file matches --input {config.input}")
+        raise UsageError(outputs.unfinished_hint(config.input) or f"no file matches --input {config.input}")
     for path in matched:
         try:
             read_header(path)
@@ -130,23 +156,65 @@ def check_input(config: PreprocessConfig) -> list[str]:
 
 
 def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
-    """Run the pipeline to the end; write and return the summary."""
+    """Run the pipeline in a run folder of its own and publish it; returns the published summary.
+
+    One run at a time per output folder (UsageError for the second). The run
+    writes OUTPUT/run-<id>/ and publishes it by replacing OUTPUT/summary.json
+    last; a failed or killed run leaves the previous output as it was.
+    EmptyOutputError (not published) when no row is left, unless config.allow_empty.
+    """
+    try:
+        outputs.check_output_folder(config.output)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if config.source == "csv":
         check_input(config)
     source = config.input if config.source == "csv" else f"BigQuery {config.table}"
     print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
           file=sys.stderr)
-    if not FileSystems.exists(config.output):
-        FileSystems.mkdirs(config.output)
-    remove_previous_outputs(config)
-    started = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
-    write_outputs(build_preprocess(pipeline, config), config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started)
-    write_summary(f"{config.output}/{SUMMARY_FILE}", summary)
-    return summary
+    lock = outputs.OutputLock(config.output)
+    try:
+        lock.acquire()
+    except outputs.OutputLockedError as error:
+        raise UsageError(str(error)) from None
+    try:
+        if lock.warning:
+            print(f"preprocess: warning: {lock.warning}", file=sys.stderr)
+        return _run_locked(options, config)
+    finally:
+        lock.release()
+
+
+def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
+    """run()'s body, once the output folder's lock is held."""
+    try:
+        previous = outputs.read_manifest(config.output)
+    except outputs.IncompleteOutputError:
+        previous = None  # an unreadable summary.json publishes nothing worth keeping
+    outputs.remove_litter(config.output, previous)
+    run_name = outputs.new_run_name()
+    run_dir = f"{config.output}/{run_name}"
+    keep_run_dir = False
+    try:
+        started = time.perf_counter()
+        pipeline = beam.Pipeline(options=options)
+        write_outputs(build_preprocess(pipeline, config), config, run_dir)
+        result = pipeline.run()
+        result.wait_until_finish()
+        summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started)
+        if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
+            outputs.remove_beam_temp(run_dir)
+            write_summary(f"{run_dir}/{SUMMARY_FILE}", summary)
+            keep_run_dir = True
+            raise EmptyOutputError(summary, run_dir)
+        published = outputs.publish(config.output, run_name, summary, carried_files(previous, config))
+        keep_run_dir = True
+    finally:
+        if not keep_run_dir:
+            storage.remove_tree(run_dir)
+    # The new output is in place: what the previous one used can go.
+    outputs.remove_litter(config.output, published[outputs.MANIFEST_KEY], legacy_patterns(config))
+    return published
 
 
 def _default_input() -> str:
@@ -214,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({len(job.proto_pipeline.components.transforms)} transforms)")
             return 0
         summary = run(options, config)
+    except EmptyOutputError as error:
+        print(format_table(error.summary))
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2

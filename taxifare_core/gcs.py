@@ -202,3 +202,63 @@ def remove_tree(uri: str) -> None:
     blobs, _ = _list(bucket, _folder_prefix(key))
     for blob in blobs:
         blob.delete()
+
+
+def size(uri: str) -> int:
+    """An object's size in bytes; FileNotFoundError when absent."""
+    blob = _client().bucket(split(uri)[0]).get_blob(split(uri)[1])
+    if blob is None:
+        raise FileNotFoundError(uri)
+    return int(blob.size)
+
+
+def create_exclusive(uri: str, data: bytes) -> int | None:
+    """Write an object only if none exists; its generation, or None when one did.
+
+    Cloud Storage's if-generation-match=0 settles a race; the existence check
+    first covers emulators, which ignore preconditions.
+    """
+    from google.api_core.exceptions import PreconditionFailed
+
+    blob = _blob(uri)
+    if blob.exists():
+        return None
+    try:
+        blob.upload_from_string(data, if_generation_match=0)
+    except PreconditionFailed:
+        return None
+    return blob.generation
+
+
+def read_with_generation(uri: str) -> tuple[bytes, int] | None:
+    """(content, generation) of an object, or None when absent."""
+    from google.api_core.exceptions import NotFound
+
+    blob = _client().bucket(split(uri)[0]).get_blob(split(uri)[1])
+    if blob is None:
+        return None
+    try:
+        return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+    except NotFound:
+        return None
+
+
+def delete_if_generation(uri: str, generation: int) -> bool:
+    """Delete an object only if it is still that generation; False when it changed or is gone."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    try:
+        _blob(uri).delete(if_generation_match=generation)
+    except (NotFound, PreconditionFailed):
+        return False
+    return True
+
+
+def delete(uri: str) -> None:
+    """Delete one object (no error when absent)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        _blob(uri).delete()
+    except NotFound:
+        pass

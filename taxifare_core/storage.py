@@ -52,6 +52,22 @@ def exists(path: str) -> bool:
     return gcs.exists(path) if _remote(path) else os.path.exists(path)
 
 
+def size(path: str) -> int:
+    """A file's size in bytes; FileNotFoundError when absent."""
+    return gcs.size(path) if _remote(path) else os.path.getsize(path)
+
+
+def isfile(path: str) -> bool:
+    """True when the path is a file (a Cloud Storage object)."""
+    if _remote(path):
+        try:
+            gcs.size(path)
+        except FileNotFoundError:
+            return False
+        return True
+    return os.path.isfile(path)
+
+
 def isdir(path: str) -> bool:
     """True when the path is a folder."""
     return gcs.isdir(path) if _remote(path) else os.path.isdir(path)
@@ -121,6 +137,17 @@ def copy_file(source: str, destination: str) -> None:
         temporary = f"{destination}.tmp-{os.getpid()}"
         shutil.copyfile(source, temporary)
         os.replace(temporary, destination)
+
+
+def remove_file(path: str) -> None:
+    """Delete one file (no error when absent)."""
+    if _remote(path):
+        gcs.delete(path)
+        return
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def remove_tree(path: str) -> None:
