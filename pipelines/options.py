@@ -66,7 +66,8 @@ class PreprocessOptions(PipelineOptions):
             "--data_size", default=None,
             help=f"with --source bigquery: the table, one of {', '.join(contract.DATA_SIZES)} "
                  f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
-                 "label of the default output folder (default: the input folder's name)")
+                 "label of the default output folder (default: the input folder's name and a "
+                 "6-digit hash of the input pattern)")
         parser.add_argument(
             "--min_date", default=contract.DEFAULT_MIN_DATE,
             help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE}); "
@@ -142,7 +143,11 @@ def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
         prog=prog,
         description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
                     "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
-                    "the dead letter (OUTPUT/errors-*.jsonl) and OUTPUT/summary.json.",
+                    "the dead letter (OUTPUT/errors-*.jsonl) and OUTPUT/summary.json. The files are "
+                    "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
+                    "or killed run leaves the previous output as it was. Exit codes: 0 done, "
+                    "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
+                    "or OUTPUT being written by another run.",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

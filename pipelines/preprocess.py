@@ -6,10 +6,13 @@
     python -m pipelines.preprocess --source bigquery --data_size 200k --project MY_PROJECT
     python -m pipelines.preprocess --help
 
-Writes OUTPUT/train-SSSSS-of-NNNNN.csv and OUTPUT/val-SSSSS-of-NNNNN.csv (66 columns,
-no header), OUTPUT/errors-SSSSS-of-NNNNN.jsonl (the dead letter), OUTPUT/summary.json,
-and, for a BigQuery run, the raw rows as OUTPUT/raw-SSSSS-of-NNNNN.csv (with a header)
-so the next run can read them with --source csv instead of querying again.
+Writes train-SSSSS-of-NNNNN.csv and val-SSSSS-of-NNNNN.csv (66 columns, no header),
+errors-SSSSS-of-NNNNN.jsonl (the dead letter) and, for a BigQuery run, the raw rows as
+raw-SSSSS-of-NNNNN.csv (with a header, so the next run can read them with --source csv
+instead of querying again) into OUTPUT/run-<id>/, then publishes them by writing
+OUTPUT/summary.json (counts + the manifest of those files) last. Readers take the globs
+OUTPUT/train-*.csv etc. (`taxifare_core.outputs.resolve`). A failed or killed run leaves
+the previous output as it was; one run at a time per OUTPUT (docs/reliability.md).
 
 `build_preprocess(pipeline_or_rows, config)` builds the graph and returns its
 PCollections, so tests can feed `beam.Create` rows in place of the source.

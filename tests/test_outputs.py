@@ -235,3 +235,52 @@ def test_a_csv_run_reading_the_raw_cache_of_its_output_folder_keeps_it(rides, tm
     assert manifest["run"] != run and f"{run}/raw-00000-of-00001.csv" in manifest["files"]
     assert len(outputs.resolve(str(output / "raw-*.csv"))) == 1
     assert len(reader.shard_paths(str(output / "train-*.csv"))) == 1
+
+
+# --- batch prediction's output folder ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_registry(tmp_path_factory) -> str:
+    from shard_helpers import saved_tiny_model
+
+    root = tmp_path_factory.mktemp("registry")
+    saved_tiny_model(root, n_rows=200, seed=1, model_seed=1)
+    return str(root)
+
+
+def test_batch_prediction_publishes_a_run_and_a_rerun_replaces_it_whole(rides, tmp_path, model_registry):
+    from pipelines import batch_predict
+
+    output = tmp_path / "predictions"
+    (output).mkdir()
+    (output / "predictions-00000-of-00002.csv").write_text("key,fare_pred\nstale,1.00\n")  # the flat layout's
+    (output / "beam-temp-predictions-0a1b").mkdir()
+    first = batch_predict.run(str(rides), str(output), registry_dir=model_registry)
+    manifest = outputs.read_manifest(str(output))
+    assert sorted(p.name for p in output.iterdir()) == sorted([manifest["run"], "summary.json"])
+    priced = outputs.resolve(str(output / "predictions-*.csv"))
+    assert sum(len(Path(p).read_text().splitlines()) - 1 for p in priced) == first["predicted"] > 0
+    second = batch_predict.run(str(rides), str(output), registry_dir=model_registry)
+    again = outputs.read_manifest(str(output))
+    assert again["run"] != manifest["run"] and not (output / manifest["run"]).exists()
+    assert second["predicted"] == first["predicted"]
+
+
+def test_batch_prediction_output_that_is_a_file_or_locked_is_one_line_exit_2(rides, tmp_path, model_registry, capsys):
+    from pipelines import predict
+
+    target = tmp_path / "file.csv"
+    target.write_text("keep")
+    assert predict.main(["--input", str(rides), "--output", str(target), "--registry", model_registry]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"python -m pipelines.predict: error: output {target} is a file, not a folder: pass another --output")
+    output = tmp_path / "busy"
+    output.mkdir()
+    holder = _hold_lock(output)
+    try:
+        assert predict.main(["--input", str(rides), "--output", str(output), "--registry", model_registry]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"is being written by another run (pid {holder.pid}" in err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
