@@ -50,6 +50,7 @@ PREDICTIONS, DEAD_LETTER = "predictions", "dead_letter"
 PREDICTIONS_HEADER = "key,fare_pred"
 DEAD_LETTER_HEADER = "key,reason,input"
 DEFAULT_BLOCK_ROWS = 10_000
+KIND = "predict"  # the manifest's job name (taxifare_core.outputs.check_kind)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,10 @@ def _run_locked(files: list[str], output_dir: str, model_uri: str, beam_args, bl
         previous = outputs.read_manifest(output_dir)
     except outputs.IncompleteOutputError:
         previous = None
+    try:
+        outputs.check_kind(output_dir, previous, KIND)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     outputs.remove_litter(output_dir, previous)
     run_folder = outputs.new_run_name()
     run_dir = storage.join(output_dir, run_folder)
@@ -274,7 +279,7 @@ def _run_locked(files: list[str], output_dir: str, model_uri: str, beam_args, bl
             "inputs": files,
             "seconds": time.perf_counter() - started,
         }
-        written = outputs.publish(output_dir, run_folder, summary)
+        written = outputs.publish(output_dir, run_folder, summary, kind=KIND)
         published = True
     finally:
         if not published:

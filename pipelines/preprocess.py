@@ -56,6 +56,7 @@ from taxifare_core import contract, outputs, storage
 from taxifare_core.parsing import MalformedRecord
 
 RAW = "raw"
+KIND = "preprocess"  # the manifest's job name: batch prediction refuses to publish over it, and back
 # Output file prefixes under OUTPUT/, and their suffixes.
 OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("errors", ".jsonl"), RAW: ("raw", ".csv")}
 
@@ -194,6 +195,10 @@ def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
         previous = outputs.read_manifest(config.output)
     except outputs.IncompleteOutputError:
         previous = None  # an unreadable summary.json publishes nothing worth keeping
+    try:
+        outputs.check_kind(config.output, previous, KIND)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     outputs.remove_litter(config.output, previous)
     run_name = outputs.new_run_name()
     run_dir = f"{config.output}/{run_name}"
@@ -210,7 +215,7 @@ def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
             write_summary(f"{run_dir}/{SUMMARY_FILE}", summary)
             keep_run_dir = True
             raise EmptyOutputError(summary, run_dir)
-        published = outputs.publish(config.output, run_name, summary, carried_files(previous, config))
+        published = outputs.publish(config.output, run_name, summary, carried_files(previous, config), KIND)
         keep_run_dir = True
     finally:
         if not keep_run_dir:

@@ -145,15 +145,24 @@ def unfinished_hint(pattern: str) -> str | None:
     return None
 
 
-def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] | None = None) -> dict:
+def check_kind(folder: str, manifest: dict | None, kind: str) -> None:
+    """ValueError (one line) when the folder publishes another job's output (e.g. predictions into processed data)."""
+    found = (manifest or {}).get("kind")
+    if found and found != kind:
+        raise ValueError(f"output {folder} holds a {found} output, not a {kind} one: pass another --output")
+
+
+def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] | None = None,
+            kind: str | None = None) -> dict:
     """Make run_name the folder's output: write OUTPUT/summary.json (with the manifest) in one step.
 
-    `carried` files (of an older run, e.g. a raw cache a CSV run read) stay listed.
-    Returns the summary as written.
+    `carried` files (of an older run, e.g. a raw cache a CSV run read) stay listed;
+    `kind` names the job ("preprocess", "predict"). Returns the summary as written.
     """
     files = {**(carried or {}), **run_files(folder, run_name)}
     files.pop(f"{run_name}/{SUMMARY_FILE}", None)
-    published = {**summary, MANIFEST_KEY: {"run": run_name, "files": dict(sorted(files.items()))}}
+    manifest = {"run": run_name, **({"kind": kind} if kind else {}), "files": dict(sorted(files.items()))}
+    published = {**summary, MANIFEST_KEY: manifest}
     text = json.dumps(published, indent=2) + "\n"
     storage.write_text(storage.join(folder, run_name, SUMMARY_FILE), text)
     storage.write_text(storage.join(folder, SUMMARY_FILE), text)  # the one step that publishes

@@ -61,7 +61,7 @@ def _published_folder(tmp_path: Path) -> tuple[Path, str]:
 def test_publish_lists_every_file_and_resolve_finds_them_by_the_documented_glob(tmp_path):
     folder, run = _published_folder(tmp_path)
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["train_rows"] == 3 and summary["output"]["run"] == run
+    assert summary["train_rows"] == 3 and summary["output"]["run"] == run and "kind" not in summary["output"]
     assert summary["output"]["files"] == {f"{run}/train-00000-of-00002.csv": 4, f"{run}/train-00001-of-00002.csv": 8,
                                           f"{run}/val-00000-of-00001.csv": 4}
     assert outputs.resolve(str(folder / "train-*.csv")) == [
@@ -284,3 +284,16 @@ def test_batch_prediction_output_that_is_a_file_or_locked_is_one_line_exit_2(rid
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_batch_prediction_never_publishes_over_a_preprocessing_output(rides, tmp_path, model_registry, capsys):
+    from pipelines import predict
+
+    output = tmp_path / "processed"
+    assert preprocess.main(["--input", str(rides), "--output", str(output)]) == 0
+    before = tree_hashes(output)
+    capsys.readouterr()
+    assert predict.main(["--input", str(rides), "--output", str(output), "--registry", model_registry]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"output {output} holds a preprocess output, not a predict one: pass another --output")
+    assert tree_hashes(output) == before
