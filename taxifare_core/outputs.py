@@ -30,7 +30,7 @@ import re
 import secrets
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from taxifare_core import storage
 
@@ -54,7 +54,7 @@ class OutputLockedError(RuntimeError):
 
 def new_run_name() -> str:
     """A fresh, unique run folder name: run-<UTC time>-<random hex>."""
-    return f"{RUN_PREFIX}{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}Z-{secrets.token_hex(3)}"
+    return f"{RUN_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}Z-{secrets.token_hex(3)}"
 
 
 def _split(pattern: str) -> tuple[str, str]:
@@ -233,7 +233,7 @@ class OutputLock:
         self._generation: int | None = None
         self.info = {
             "pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "command": " ".join(sys.argv)[:300],
         }
 
