@@ -7,8 +7,9 @@
 Setup, in a temporary folder: generated rides; one good preprocessing output,
 one finished training run and one good batch-prediction output. Then, in turn
 for each job, a real run is started in its own process group and the whole
-group is killed with SIGKILL after a random delay (seeded, uniform over the
-job's measured uninterrupted duration). After each kill:
+group is killed with SIGKILL after a random delay (seeded, uniform over 90 % of
+the job's last uninterrupted duration: the setup run's, then that of the last run
+that ended before its kill, as the machine's load changes). After each kill:
 
 - preprocessing / batch prediction: the output folder's published set
   (summary.json and the files its manifest lists) is the previous one byte for
@@ -145,12 +146,13 @@ class Crash:
                               check=False)
         return done, time.perf_counter() - started
 
-    def run_and_kill(self, job: str, delay: float, after_chunk: int | None = None) -> float | None:
-        """Start the job in its own process group and SIGKILL the whole group; None if it ended first.
+    def run_and_kill(self, job: str, delay: float, after_chunk: int | None = None) -> tuple[float | None, float]:
+        """Start the job in its own process group and SIGKILL the whole group.
 
         The kill comes `delay` s after the start, or, with `after_chunk`, `delay` s
         after the trainer reports that chunk done (its checkpoint written), so
-        resumes are exercised. Returns the kill's time since the start.
+        resumes are exercised. Returns (the kill's time since the start, None if the
+        job ended first; the seconds it ran).
         """
         started = time.perf_counter()
         proc = subprocess.Popen(self.command(job), cwd=ROOT, env=self.env, stderr=subprocess.DEVNULL,
@@ -163,13 +165,13 @@ class Crash:
                         break
                 else:
                     proc.wait()
-                    return None
+                    return None, time.perf_counter() - started
             proc.wait(timeout=delay)
-            return None
+            return None, time.perf_counter() - started
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return time.perf_counter() - started
+            return time.perf_counter() - started, time.perf_counter() - started
         finally:
             if proc.stdout:
                 proc.stdout.close()
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments and of the generated rides")
     parser.add_argument("--rows", type=int, default=4000, help="generated rides per run")
     parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated jobs to kill, of " + ", ".join(JOBS))
-    parser.add_argument("--time_limit", type=float, default=1800, help="stop starting new kills after this many s")
+    parser.add_argument("--time_limit", type=float, default=2400, help="stop starting new kills after this many s")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     jobs = [job for job in args.jobs.split(",") if job]
@@ -247,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             after_chunk = rng.randint(1, 3) if job == "train" and tally[job]["kills"] % 2 else None
             # Up to 90% of an uninterrupted run: later, a loaded machine lets most runs end first.
             delay = rng.uniform(0.0, 1.0) if after_chunk else rng.uniform(0.0, 0.9 * durations[job])
-            killed_at = crash.run_and_kill(job, delay, after_chunk)
+            killed_at, ran = crash.run_and_kill(job, delay, after_chunk)
             killed = killed_at is not None
+            if not killed and not after_chunk:
+                durations[job] = ran  # the machine is shared: aim the next kills at its current speed
             tally[job]["kills" if killed else "ended_first"] += 1
             if job == "train":
                 outcome, state["train"] = check_registry(crash.registry, state["train"])
