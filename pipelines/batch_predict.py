@@ -11,10 +11,14 @@ and features as preprocessing (`taxifare_core.serving`, fare rule aside: the
 fare is what we predict), prices the blocks with `RunInference` and a Keras
 model handler, and writes:
 
-    OUTPUT/predictions-SSSSS-of-NNNNN.csv   key,fare_pred   (key: the ride's key, else its line number)
-    OUTPUT/dead_letter-SSSSS-of-NNNNN.csv   key,reason,input  (rides that cannot be priced, and why)
-    OUTPUT/stats.json                       statistics of the priced rides' 65 features ("predicted") and
-                                            their drift against the model's training statistics (skew)
+    OUTPUT/run-<id>/predictions-SSSSS-of-NNNNN.csv   key,fare_pred   (key: the ride's key, else its line number)
+    OUTPUT/run-<id>/dead_letter-SSSSS-of-NNNNN.csv   key,reason,input  (rides that cannot be priced, and why)
+    OUTPUT/run-<id>/stats.json                       statistics of the priced rides' 65 features ("predicted") and
+                                                     their drift against the model's training statistics (skew)
+    OUTPUT/summary.json                              counts, and the manifest that publishes run-<id>
+
+(written crash-safe: see `taxifare_core.outputs` and docs/reliability.md;
+`taxifare_core.outputs.resolve("OUTPUT/predictions-*.csv")` lists the published files).
 
 With several input files, a ride without key is named `file.csv:LINE`.
 Importing this module never imports TensorFlow: the handler loads Keras on the worker.
@@ -41,7 +45,7 @@ from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
 from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
 from pipelines.statistics import STATS_FILE, STATS_PARTS, FeatureStatisticsFn, read_text, write_text
-from taxifare_core import contract, registry, stats, storage
+from taxifare_core import contract, outputs, registry, stats, storage
 from taxifare_core.parsing import MalformedRecord
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 
@@ -50,6 +54,7 @@ PREDICTIONS, DEAD_LETTER, STATISTICS = "predictions", "dead_letter", "statistics
 PREDICTIONS_HEADER = "key,fare_pred"
 DEAD_LETTER_HEADER = "key,reason,input"
 DEFAULT_BLOCK_ROWS = 10_000
+KIND = "predict"  # the manifest's job name (taxifare_core.outputs.check_kind)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ class CountPredictionsFn(beam.DoFn):
 class PredictRideFiles(beam.PTransform):
     """A file pattern of raw ride CSVs -> {"predictions": key,fare_pred text, "dead_letter": key,reason,input text}."""
 
-    def __init__(self, pattern: str, model_uri: str, name_by_file: bool, block_rows: int = DEFAULT_BLOCK_ROWS):
+    def __init__(self, pattern: str | list[str], model_uri: str, name_by_file: bool,
+                 block_rows: int = DEFAULT_BLOCK_ROWS):
         super().__init__()
         self.pattern, self.model_uri = pattern, model_uri
         self.name_by_file, self.block_rows = name_by_file, block_rows
@@ -207,14 +213,6 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
     return payload["drift"]
 
 
-def _remove_previous_outputs(output_dir: str) -> None:
-    """Delete earlier prediction shards so a smaller run never leaves stale ones beside its own."""
-    for prefix in (PREDICTIONS, DEAD_LETTER):
-        matches = FileSystems.match([storage.join(output_dir, f"{prefix}-*.csv")])[0].metadata_list
-        if matches:
-            FileSystems.delete([m.path for m in matches])
-
-
 def _counter(result, name: str) -> int:
     """A committed counter's value after the pipeline has finished."""
     query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(COUNTER_NAMESPACE).with_name(name))
@@ -226,48 +224,51 @@ def _hide_resource_module_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Resource module is not available")
 
 
+def input_files(input_glob: str) -> list[str]:
+    """The CSV files the input names (a published output's files when it points into one); UsageError if none."""
+    try:
+        files = outputs.resolve(input_glob)
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    if files is None:
+        files = [m.path for m in FileSystems.match([input_glob])[0].metadata_list]
+    if not files:
+        raise UsageError(outputs.unfinished_hint(input_glob) or f"no file matches {input_glob}")
+    return files
+
+
 def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_dir: str | None = None,
         beam_args: list[str] | None = None, block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
     """Run the batch prediction and print a summary; returns counts and output globs.
 
-    UsageError when no file matches or a header lacks a column; registry.NoModelError when no model.
+    Crash-safe as preprocessing (`taxifare_core.outputs`): one run at a time per
+    output folder; the run writes OUTPUT/run-<id>/ and publishes it by writing
+    OUTPUT/summary.json last, so a failed or killed run leaves the previous
+    predictions as they were.
+    UsageError when no file matches, a header lacks a column, the output is a file
+    or another run writes there; registry.NoModelError when no model.
     """
     started = time.perf_counter()
+    output_dir = output_dir.rstrip("/") or "/"
     model_uri = storage.join(registry.run_path(run_name, registry_dir), registry.MODEL_FILE)
-    files = [m.path for m in FileSystems.match([input_glob])[0].metadata_list]
-    if not files:
-        raise UsageError(f"no file matches {input_glob}")
+    files = input_files(input_glob)
     for path in files:
         read_columns(path)
-    storage.makedirs(output_dir)
-    _remove_previous_outputs(output_dir)
-    print(f"predicting {len(files)} file(s) with {model_uri} -> {output_dir}", flush=True)
-    # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
-    # it is (Beam's import of it fails without torch), and that is harmless noise for users.
-    logging.getLogger().addFilter(_hide_resource_module_warning)
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args or []))
-    outputs = pipeline | "PredictRides" >> PredictRideFiles(input_glob, model_uri, len(files) > 1, block_rows)
-    outputs[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
-        storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
-    )
-    outputs[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
-        storage.join(output_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
-    )
-    outputs[STATISTICS] | "WriteStatistics" >> beam.io.WriteToText(
-        storage.join(output_dir, STATS_PARTS), num_shards=1, shard_name_template=""
-    )
-    result = pipeline.run()
-    result.wait_until_finish()
-    summary = {
-        "predicted": _counter(result, PREDICTIONS),
-        "dead_letter": _counter(result, DEAD_LETTER),
-        "predictions": storage.join(output_dir, f"{PREDICTIONS}-*.csv"),
-        "dead_letter_files": storage.join(output_dir, f"{DEAD_LETTER}-*.csv"),
-        "model": model_uri,
-        "statistics": storage.join(output_dir, STATS_FILE),
-        "skew": publish_prediction_statistics(output_dir, model_uri),
-        "seconds": time.perf_counter() - started,
-    }
+    try:
+        outputs.check_output_folder(output_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    lock = outputs.OutputLock(output_dir)
+    try:
+        lock.acquire()
+    except outputs.OutputLockedError as error:
+        raise UsageError(str(error)) from None
+    try:
+        if lock.warning:
+            print(f"warning: {lock.warning}", flush=True)
+        summary = _run_locked(files, output_dir, model_uri, beam_args, block_rows, started)
+    finally:
+        lock.release()
     print(f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
           f"{summary['dead_letter']:,} could not be priced -> {summary['dead_letter_files']}")
     skew = summary["skew"]
@@ -276,4 +277,59 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     else:
         flagged = ", ".join(f"{n} (PSI {skew['scores'][n]:.2f})" for n in skew["flagged"]) or "nothing"
         print(f"statistics: {summary['statistics']}; training-serving skew (PSI > {skew['threshold']}): {flagged}")
+    return summary
+
+
+def _run_locked(files: list[str], output_dir: str, model_uri: str, beam_args, block_rows: int,
+                started: float) -> dict:
+    """run()'s body once the output folder's lock is held: write a run folder, publish it, tidy up."""
+    try:
+        previous = outputs.read_manifest(output_dir)
+    except outputs.IncompleteOutputError:
+        previous = None
+    try:
+        outputs.check_kind(output_dir, previous, KIND)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    outputs.remove_litter(output_dir, previous)
+    run_folder = outputs.new_run_name()
+    run_dir = storage.join(output_dir, run_folder)
+    print(f"predicting {len(files)} file(s) with {model_uri} -> {run_dir}", flush=True)
+    # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
+    # it is (Beam's import of it fails without torch), and that is harmless noise for users.
+    logging.getLogger().addFilter(_hide_resource_module_warning)
+    published = False
+    try:
+        pipeline = beam.Pipeline(options=pipeline_options(beam_args or []))
+        pcolls = pipeline | "PredictRides" >> PredictRideFiles(files, model_uri, len(files) > 1, block_rows)
+        pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
+            storage.join(run_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
+        )
+        pcolls[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
+            storage.join(run_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
+        )
+        pcolls[STATISTICS] | "WriteStatistics" >> beam.io.WriteToText(
+            storage.join(run_dir, STATS_PARTS), num_shards=1, shard_name_template=""
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        summary = {
+            "predicted": _counter(result, PREDICTIONS),
+            "dead_letter": _counter(result, DEAD_LETTER),
+            "predictions": storage.join(run_dir, f"{PREDICTIONS}-*.csv"),
+            "dead_letter_files": storage.join(run_dir, f"{DEAD_LETTER}-*.csv"),
+            "model": model_uri,
+            "inputs": files,
+            "statistics": storage.join(run_dir, STATS_FILE),
+            "skew": publish_prediction_statistics(run_dir, model_uri),
+            "seconds": time.perf_counter() - started,
+        }
+        written = outputs.publish(output_dir, run_folder, summary, kind=KIND)
+        published = True
+    finally:
+        if not published:
+            storage.remove_tree(run_dir)
+    # Flat files of the layout before run folders, and older runs: the new output replaces them.
+    outputs.remove_litter(output_dir, written[outputs.MANIFEST_KEY],
+                          [f"{PREDICTIONS}-*-of-*.csv", f"{DEAD_LETTER}-*-of-*.csv"])
     return summary

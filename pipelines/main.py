@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"raw rides: {raw_glob}")
 
     _step("2/4 preprocess: Beam pipeline, raw rides -> processed shards")
-    status = preprocess.main(["--input", raw_glob])
+    # No flags: the embedded sample into its default folder, the one `train` reads by default.
+    status = preprocess.main([])
     if status != 0:
         return status
     processed = train.default_processed_dir()

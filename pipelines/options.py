@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import calendar
 import difflib
+import hashlib
+import os
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import PurePosixPath
@@ -66,7 +68,8 @@ class PreprocessOptions(PipelineOptions):
             "--data_size", default=None,
             help=f"with --source bigquery: the table, one of {', '.join(contract.DATA_SIZES)} "
                  f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
-                 "label of the default output folder (default: the input folder's name)")
+                 "label of the default output folder (default: the input folder's name and a "
+                 "6-digit hash of the input pattern)")
         parser.add_argument(
             "--min_date", default=contract.DEFAULT_MIN_DATE,
             help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE}); "
@@ -115,6 +118,10 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--no_statistics", action="store_true", default=False,
             help="skip the feature statistics, stats.json and report.html (for benchmarks)")
+        parser.add_argument(
+            "--allow_empty", action="store_true", default=False,
+            help="publish the output even when no train or val row is left (default: such a run "
+                 "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,7 @@ class PreprocessConfig:
     compare_to: str | None = None
     fail_on_drift: bool = False
     statistics: bool = True
+    allow_empty: bool = False
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -152,7 +160,11 @@ def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
         description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
                     "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
                     "the dead letter (OUTPUT/errors-*.jsonl), OUTPUT/summary.json, the feature "
-                    "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html).",
+                    "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html). The files are "
+                    "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
+                    "or killed run leaves the previous output as it was. Exit codes: 0 done, "
+                    "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
+                    "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift.",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -199,10 +211,16 @@ def _folder_safe(label: str) -> str:
 
 
 def _csv_size_label(pattern: str) -> str:
-    """The {size} label of a CSV input: the name of the folder holding the files."""
+    """The {size} label of a CSV input: the name of the folder holding the files, and a hash of the pattern.
+
+    The hash (6 hex digits of the absolute pattern) keeps x1/data/*.csv and
+    x2/data/*.csv from sharing a default output folder.
+    """
     parts = PurePosixPath(pattern.replace("\\", "/")).parts
     folders = [part for part in parts[:-1] if not any(ch in part for ch in "*?[")]
-    return _folder_safe(folders[-1] if folders else PurePosixPath(parts[-1]).stem)
+    name = _folder_safe(folders[-1] if folders else PurePosixPath(parts[-1]).stem)
+    absolute = pattern if "://" in pattern else os.path.abspath(os.path.expanduser(pattern))
+    return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
 def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
@@ -256,7 +274,13 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         pattern = flags.input or (default_input() if default_input else None)
         if not pattern:
             raise UsageError("--source csv needs --input FILES")
-        data_size = _folder_safe(flags.data_size) if flags.data_size else _csv_size_label(pattern)
+        if flags.data_size:
+            data_size = _folder_safe(flags.data_size)
+        elif not flags.input:
+            # The embedded sample keeps its documented folder name (its own name is unique).
+            data_size = _folder_safe(PurePosixPath(pattern.replace("\\", "/")).parts[-2])
+        else:
+            data_size = _csv_size_label(pattern)
     output = flags.output or str(
         contract.local_data_path() / "processed"
         / contract.processed_dir_name(low.isoformat(), high.isoformat(), data_size)
@@ -280,4 +304,5 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         compare_to=flags.compare_to,
         fail_on_drift=flags.fail_on_drift,
         statistics=not flags.no_statistics,
+        allow_empty=bool(flags.allow_empty),
     )

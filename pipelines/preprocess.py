@@ -6,16 +6,21 @@
     python -m pipelines.preprocess --source bigquery --data_size 200k --project MY_PROJECT
     python -m pipelines.preprocess --help
 
-Writes OUTPUT/train-SSSSS-of-NNNNN.csv and OUTPUT/val-SSSSS-of-NNNNN.csv (66 columns,
-no header), OUTPUT/errors-SSSSS-of-NNNNN.jsonl (the dead letter), OUTPUT/summary.json,
-OUTPUT/stats.json and OUTPUT/report.html (feature statistics, drift; docs/statistics.md), and, for a BigQuery run, the raw rows as OUTPUT/raw-SSSSS-of-NNNNN.csv (with a header)
-so the next run can read them with --source csv instead of querying again.
+Writes train-SSSSS-of-NNNNN.csv and val-SSSSS-of-NNNNN.csv (66 columns, no header),
+errors-SSSSS-of-NNNNN.jsonl (the dead letter), stats.json and report.html (feature
+statistics, drift; docs/statistics.md) and, for a BigQuery run, the raw rows as
+raw-SSSSS-of-NNNNN.csv (with a header, so the next run can read them with --source csv
+instead of querying again) into OUTPUT/run-<id>/, then publishes them by writing
+OUTPUT/summary.json (counts + the manifest of those files) last. Readers take the globs
+OUTPUT/train-*.csv etc. (`taxifare_core.outputs.resolve`). A failed or killed run leaves
+the previous output as it was; one run at a time per OUTPUT (docs/reliability.md).
 
 `build_preprocess(pipeline_or_rows, config)` builds the graph and returns its
 PCollections, so tests can feed `beam.Create` rows in place of the source.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import sys
 import time
@@ -67,10 +72,11 @@ from pipelines.transforms import (
     ParseRecordBatches,
     PreprocessRides,
 )
-from taxifare_core import contract
+from taxifare_core import contract, outputs, storage
 from taxifare_core.parsing import MalformedRecord
 
 RAW, STATS = "raw", "stats"
+KIND = "preprocess"  # the manifest's job name: batch prediction refuses to publish over it, and back
 # Output file prefixes under OUTPUT/, and their suffixes.
 OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("errors", ".jsonl"), RAW: ("raw", ".csv")}
 
@@ -78,7 +84,9 @@ OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("e
 def read_source(pipeline: beam.Pipeline, config: PreprocessConfig) -> beam.PCollection:
     """The raw input: RawBlocks of CSV lines, or BigQuery's rows as dicts."""
     if config.source == "csv":
-        return pipeline | "ReadCsv" >> ReadCsvBlocks(config.input, config.block_rows)
+        # A glob into a published output folder (e.g. its raw cache) reads that output's files.
+        published = outputs.resolve(config.input)
+        return pipeline | "ReadCsv" >> ReadCsvBlocks(published or config.input, config.block_rows)
     if config.bigquery_emulator:
         from pipelines.bigquery_emulator import use_bigquery_emulator
 
@@ -114,16 +122,17 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
     return outputs
 
 
-def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig) -> None:
-    """Attach a sharded text sink to each output under config.output."""
-    for name, pcoll in outputs.items():
+def write_outputs(pcolls: dict[str, beam.PCollection], config: PreprocessConfig, folder: str | None = None) -> None:
+    """Attach a sharded text sink to each output under `folder` (default: config.output)."""
+    folder = folder or config.output
+    for name, pcoll in pcolls.items():
         if name == STATS:  # one JSON line, read back by publish_statistics
-            pcoll | "WriteStats" >> beam.Map(write_text_file, f"{config.output}/{STATS_PARTS}")
+            pcoll | "WriteStats" >> beam.Map(write_text_file, f"{folder}/{STATS_PARTS}")
             continue
         prefix, suffix = OUTPUT_FILES[name]
         header = ",".join(contract.RAW_COLUMNS) if name == RAW else None
         pcoll | f"Write{prefix.capitalize()}" >> beam.io.WriteToText(
-            f"{config.output}/{prefix}",
+            f"{folder}/{prefix}",
             file_name_suffix=suffix,
             num_shards=config.num_shards,
             shard_name_template="-SSSSS-of-NNNNN",
@@ -131,21 +140,43 @@ def write_outputs(outputs: dict[str, beam.PCollection], config: PreprocessConfig
         )
 
 
-def remove_previous_outputs(config: PreprocessConfig) -> None:
-    """Delete the shards a previous run left in the output folder (never the raw cache a CSV run reads)."""
+class EmptyOutputError(RuntimeError):
+    """The run left no train or val row: written for inspection, not published (exit 1)."""
+
+    def __init__(self, summary: dict, run_dir: str):
+        self.summary, self.run_dir = summary, run_dir
+        super().__init__(
+            f"no rows to write ({summary['rows_read']:,} read, {summary['bad_input']:,} bad input, "
+            f"{summary['dropped_total']:,} dropped, {summary['duplicates']:,} duplicates): the previous output "
+            f"stays published; this run's files are in {run_dir} for inspection; "
+            "pass --allow_empty to publish an empty output")
+
+
+def legacy_patterns(config: PreprocessConfig) -> list[str]:
+    """File names a run of the flat layout (shards directly in OUTPUT) left; never the raw cache a CSV run reads."""
     names = [TRAIN, VAL, DEAD_LETTER] + ([RAW] if config.source == "bigquery" else [])
-    patterns = [f"{config.output}/{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names]
-    patterns += [f"{config.output}/{name}" for name in (SUMMARY_FILE, STATS_FILE, STATS_PARTS, REPORT_FILE)]
-    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
-    if stale:
-        FileSystems.delete(stale)
+    return [f"{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names] + [STATS_FILE, STATS_PARTS, REPORT_FILE]
+
+
+def carried_files(previous: dict | None, config: PreprocessConfig) -> dict[str, int]:
+    """The previous output's raw cache, kept listed by a CSV run (which writes none)."""
+    if config.source != "csv" or not previous:
+        return {}
+    prefix, suffix = OUTPUT_FILES[RAW]
+    return {rel: size for rel, size in previous["files"].items()
+            if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], f"{prefix}-*-of-*{suffix}")}
 
 
 def check_input(config: PreprocessConfig) -> list[str]:
     """The CSV files the input matches, each with a usable header; UsageError otherwise."""
-    matched = [m.path for m in FileSystems.match([config.input])[0].metadata_list]
+    try:
+        matched = outputs.resolve(config.input)
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    if matched is None:
+        matched = [m.path for m in FileSystems.match([config.input])[0].metadata_list]
     if not matched:
-        raise UsageError(f"no file matches --input {config.input}")
+        raise UsageError(outputs.unfinished_hint(config.input) or f"no file matches --input {config.input}")
     for path in matched:
         try:
             read_header(path)
@@ -155,25 +186,72 @@ def check_input(config: PreprocessConfig) -> list[str]:
 
 
 def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
-    """Run the pipeline to the end; write and return the summary."""
+    """Run the pipeline in a run folder of its own and publish it; returns the published summary.
+
+    One run at a time per output folder (UsageError for the second). The run
+    writes OUTPUT/run-<id>/ and publishes it by replacing OUTPUT/summary.json
+    last; a failed or killed run leaves the previous output as it was.
+    EmptyOutputError (not published) when no row is left, unless config.allow_empty.
+    """
+    try:
+        outputs.check_output_folder(config.output)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if config.source == "csv":
         check_input(config)
     source = config.input if config.source == "csv" else f"BigQuery {config.table}"
     print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
           file=sys.stderr)
-    if not FileSystems.exists(config.output):
-        FileSystems.mkdirs(config.output)
-    remove_previous_outputs(config)
-    started = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
-    write_outputs(build_preprocess(pipeline, config), config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
-                            stages_from_result(result))
-    write_summary(f"{config.output}/{SUMMARY_FILE}", summary)
-    summary["drift"] = publish_statistics(config.output, summary, config.compare_to) if config.statistics else None
-    return summary
+    lock = outputs.OutputLock(config.output)
+    try:
+        lock.acquire()
+    except outputs.OutputLockedError as error:
+        raise UsageError(str(error)) from None
+    try:
+        if lock.warning:
+            print(f"preprocess: warning: {lock.warning}", file=sys.stderr)
+        return _run_locked(options, config)
+    finally:
+        lock.release()
+
+
+def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
+    """run()'s body, once the output folder's lock is held."""
+    try:
+        previous = outputs.read_manifest(config.output)
+    except outputs.IncompleteOutputError:
+        previous = None  # an unreadable summary.json publishes nothing worth keeping
+    try:
+        outputs.check_kind(config.output, previous, KIND)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    outputs.remove_litter(config.output, previous)
+    run_name = outputs.new_run_name()
+    run_dir = f"{config.output}/{run_name}"
+    keep_run_dir = False
+    try:
+        started = time.perf_counter()
+        pipeline = beam.Pipeline(options=options)
+        write_outputs(build_preprocess(pipeline, config), config, run_dir)
+        result = pipeline.run()
+        result.wait_until_finish()
+        summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
+                                stages_from_result(result))
+        if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
+            outputs.remove_beam_temp(run_dir)
+            write_summary(f"{run_dir}/{SUMMARY_FILE}", summary)
+            keep_run_dir = True
+            raise EmptyOutputError(summary, run_dir)
+        if config.statistics:
+            summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
+        published = outputs.publish(config.output, run_name, summary, carried_files(previous, config), KIND)
+        keep_run_dir = True
+    finally:
+        if not keep_run_dir:
+            storage.remove_tree(run_dir)
+    # The new output is in place: what the previous one used can go.
+    outputs.remove_litter(config.output, published[outputs.MANIFEST_KEY], legacy_patterns(config))
+    return published
 
 
 def _default_input() -> str:
@@ -241,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({len(job.proto_pipeline.components.transforms)} transforms)")
             return 0
         summary = run(options, config)
+    except EmptyOutputError as error:
+        print(format_table(error.summary))
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2
@@ -251,14 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         reasons = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
         print(f"preprocess: error: {reasons}", file=sys.stderr)
         return 2
+    drift = summary.get("drift")
     print(format_table(summary))
-    print_drift(summary["drift"])
+    print_drift(drift)
     print(f"summary: {config.output}/{SUMMARY_FILE}")
-    if summary["drift"] is not None:
-        print(f"statistics: {config.output}/{STATS_FILE}, report: {config.output}/{REPORT_FILE}")
+    if drift is not None:
+        run_dir = f"{config.output}/{summary[outputs.MANIFEST_KEY]['run']}"
+        print(f"statistics: {run_dir}/{STATS_FILE}, report: {run_dir}/{REPORT_FILE}")
     if not summary["balanced"]:
         return 1
-    return EXIT_DRIFT if config.fail_on_drift and summary["drift"] and summary["drift"]["flagged"] else 0
+    return EXIT_DRIFT if config.fail_on_drift and drift and drift["flagged"] else 0
 
 
 if __name__ == "__main__":

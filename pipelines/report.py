@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.cli import OneLineErrorParser, UsageError, report_usage_error
 from pipelines.statistics import REPORT_FILE, STATS_FILE, read_text, resolve_reference, run_drift, write_text
 from pipelines.summary import SUMMARY_FILE
+from taxifare_core import outputs
 from taxifare_core.report import render_report
 from taxifare_core.stats import StatsError, parse_stats
 
@@ -36,7 +37,11 @@ def build_parser() -> OneLineErrorParser:
 def regenerate(output: str, compare_to: str | None = None, out: str | None = None) -> str:
     """Write the report of a finished run; returns its path. UsageError for a missing or foreign file."""
     output = output.rstrip("/")
-    stats_path, summary_path = f"{output}/{STATS_FILE}", f"{output}/{SUMMARY_FILE}"
+    try:
+        stats_path = outputs.published_path(f"{output}/{STATS_FILE}")  # inside the published run folder
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    summary_path = f"{output}/{SUMMARY_FILE}"
     for path in (stats_path, summary_path):
         if not FileSystems.exists(path):
             raise UsageError(f"{path} not found: is {output} a preprocessing output folder?")

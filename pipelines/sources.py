@@ -291,17 +291,18 @@ class ReadCsvBlocks(beam.PTransform):
     Every file's header must name the `required` columns (default: the raw table's).
     """
 
-    def __init__(self, pattern: str, block_rows: int = DEFAULT_BLOCK_ROWS,
+    def __init__(self, pattern: str | list[str], block_rows: int = DEFAULT_BLOCK_ROWS,
                  required: tuple[str, ...] = contract.RAW_COLUMNS):
         super().__init__()
-        self.pattern = pattern
+        # A list: the files of a published output (taxifare_core.outputs.resolve), read as they are.
+        self.patterns = [pattern] if isinstance(pattern, str) else list(pattern)
         self.block_rows = block_rows
         self.required = tuple(required)
 
     def expand(self, pbegin):
         return (
             pbegin
-            | "InputPattern" >> beam.Create([self.pattern])
+            | "InputPattern" >> beam.Create(self.patterns)
             | "MatchFiles" >> fileio.MatchAll()
             | "PlanBlocks" >> beam.ParDo(PlanBlocksFn(self.block_rows, self.required))
             # Spread the blocks over workers (FnApiRunner processes, Dataflow VMs).

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from taxifare_core import contract, stats
+from taxifare_core import contract, outputs, stats
 
 # Stage-time distributions (microseconds per batch) live in the pipeline's counter namespace.
 STAGE_NAMESPACE = "taxifare"
@@ -144,8 +144,8 @@ def resolve_reference(location: str) -> tuple[str, dict]:
     stats.StatsError (one line) when it is missing or not a statistics file.
     """
     location = location.rstrip("/")
-    path = location if location.endswith(".json") else f"{location}/{STATS_FILE}"
     try:
+        path = location if location.endswith(".json") else outputs.published_path(f"{location}/{STATS_FILE}")
         found = FileSystems.exists(path)
         text = read_text(path) if found else None
     except Exception as error:  # noqa: BLE001 - a file system's own error, reported in one line

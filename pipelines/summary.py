@@ -23,9 +23,9 @@ from pipelines.transforms import (
     TRAIN_ROWS,
     VAL_ROWS,
 )
-from taxifare_core import contract
+from taxifare_core import contract, outputs
 
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = outputs.SUMMARY_FILE
 
 
 def counters_from_result(result) -> dict[str, int]:

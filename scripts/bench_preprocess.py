@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from taxifare_core import contract
+from taxifare_core import contract, outputs
 
 APPROACHES = ("pipeline", "reference", "vectorized")
 # The fastest local configuration measured at 1.1 M rows on the 2-core machine: the default
@@ -200,8 +200,10 @@ def approach_command(name: str, input_csv: str, output_dir: Path, pipeline_args:
 
 def output_files(name: str, output_dir: Path) -> list[str]:
     """The processed CSVs one approach wrote."""
-    patterns = {"pipeline": ["train-*.csv", "val-*.csv"], "reference": ["processed.csv"],
-                "vectorized": ["train.csv", "val.csv"]}[name]
+    if name == "pipeline":  # the published run's shards, named by OUTPUT/summary.json (taxifare_core.outputs)
+        return sorted(path for pattern in ("train-*.csv", "val-*.csv")
+                      for path in outputs.resolve(str(output_dir / pattern)) or [])
+    patterns = {"reference": ["processed.csv"], "vectorized": ["train.csv", "val.csv"]}[name]
     return sorted(path for pattern in patterns for path in glob.glob(str(output_dir / pattern)))
 
 

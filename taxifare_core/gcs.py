@@ -1,9 +1,10 @@
-"""The one Cloud Storage call `pyarrow.fs` lacks: a write that fails when the object exists.
+"""The Cloud Storage calls `pyarrow.fs` lacks: writes, reads and deletes with generation preconditions.
 
 Every other `gs://` operation goes through `pyarrow.fs.GcsFileSystem`
 (`taxifare_core.storage`). Arrow exposes no preconditions, and its own
 `create_dir` treats an existing marker as success, so it cannot tell two
-trainers racing for one run folder apart. This module keeps that one call on
+trainers racing for one run folder apart, nor two runs racing for one output
+lock (`taxifare_core.outputs`). This module keeps those calls on
 google-cloud-storage, whose client honours STORAGE_EMULATOR_HOST by itself.
 
     >>> create_exclusive_marker("gs://bucket/registry/20261126T101500.000001Z/.folder")
@@ -58,16 +59,48 @@ def _blob(uri: str):
     return _client().bucket(bucket).blob(key)
 
 
-def create_exclusive_marker(uri: str) -> bool:
-    """Write an empty object only if none exists (if-generation-match=0); False when one did.
+def create_exclusive(uri: str, data: bytes) -> int | None:
+    """Write an object only if none exists; its generation, or None when one did.
 
-    Cloud Storage settles a race between two writers; the emulator ignores
-    preconditions, so callers check for the folder first as well.
+    Cloud Storage's if-generation-match=0 settles a race; the existence check
+    first covers emulators, which ignore preconditions.
     """
     from google.api_core.exceptions import PreconditionFailed
 
+    blob = _blob(uri)
+    if blob.exists():
+        return None
     try:
-        _blob(uri).upload_from_string(b"", if_generation_match=0)
+        blob.upload_from_string(data, if_generation_match=0)
     except PreconditionFailed:
+        return None
+    return blob.generation
+
+
+def create_exclusive_marker(uri: str) -> bool:
+    """Write an empty marker object only if none exists; False when one did."""
+    return create_exclusive(uri, b"") is not None
+
+
+def read_with_generation(uri: str) -> tuple[bytes, int] | None:
+    """(content, generation) of an object, or None when absent."""
+    from google.api_core.exceptions import NotFound
+
+    blob = _client().bucket(split(uri)[0]).get_blob(split(uri)[1])
+    if blob is None:
+        return None
+    try:
+        return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+    except NotFound:
+        return None
+
+
+def delete_if_generation(uri: str, generation: int) -> bool:
+    """Delete an object only if it is still that generation; False when it changed or is gone."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    try:
+        _blob(uri).delete(if_generation_match=generation)
+    except (NotFound, PreconditionFailed):
         return False
     return True

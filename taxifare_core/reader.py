@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from taxifare_core import storage
+from taxifare_core import outputs, storage
 from taxifare_core.contract import (
     COLS_DROPOFF_DISTRICT,
     COLS_MONTH,
@@ -51,8 +51,20 @@ class ShardError(ValueError):
 
 
 def shard_paths(pattern: str) -> list[str]:
-    """The shards matching a glob, sorted; ShardError when none does."""
-    paths = storage.glob(pattern)
+    """The shards matching a glob, sorted; ShardError when none does or the set is incomplete.
+
+    In a preprocessing output folder (one with a published summary.json), the
+    glob names the published run's shards, each checked against the manifest
+    (`taxifare_core.outputs`); elsewhere it is a plain glob.
+    """
+    try:
+        paths = outputs.resolve(pattern)
+        if paths is None:
+            paths = storage.glob(pattern)
+            if not paths:
+                raise ShardError(outputs.unfinished_hint(pattern) or f"no file matches {pattern}")
+    except outputs.IncompleteOutputError as error:
+        raise ShardError(str(error)) from None
     if not paths:
         raise ShardError(f"no file matches {pattern}")
     return paths

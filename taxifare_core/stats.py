@@ -514,9 +514,10 @@ def copy_stats_beside(shards_pattern: str, run_dir: str) -> str | None:
     The trainer calls it so a model's run folder holds the statistics of the rows it
     was trained on (batch prediction scores skew against them). Local or gs://.
     """
-    from taxifare_core import storage
+    from taxifare_core import outputs, storage
 
-    source = storage.join(str(shards_pattern).rstrip("/").rsplit("/", 1)[0], STATS_FILE)
+    folder = str(shards_pattern).rstrip("/").rsplit("/", 1)[0]
+    source = outputs.published_path(storage.join(folder, STATS_FILE))
     if not storage.exists(source):
         return None
     storage.copy_file(source, storage.join(run_dir, STATS_FILE))

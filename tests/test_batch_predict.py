@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from pipelines import predict as predict_module
 from pipelines import sources
 from pipelines.cli import UsageError
 from pipelines.sources import RawBlock
-from taxifare_core import contract, registry
+from taxifare_core import contract, outputs, registry
 
 HEADER = "key,fare_amount,pickup_datetime,pickup_longitude,pickup_latitude,dropoff_longitude,dropoff_latitude,passenger_count"
 GOOD = [
@@ -100,12 +101,12 @@ def test_run_writes_csv_files_and_counts(tmp_path, model_uri, monkeypatch):
     (tmp_path / "in" / "rides.csv").write_text("\n".join([HEADER, *GOOD, *BAD]) + "\n")
     summary = batch_predict.run(str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"), registry_dir=registry_root)
     assert summary["predicted"] == 4 and summary["dead_letter"] == 3
-    [predictions] = (tmp_path / "out").glob("predictions-*.csv")
+    [predictions] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))]
     lines = predictions.read_text().splitlines()
     assert lines[0] == "key,fare_pred" and len(lines) == 5
     np.testing.assert_allclose(sorted(float(line.split(",")[1]) for line in lines[1:]),
                                sorted(_expected(model_uri, GOOD)), atol=0.006)
-    [dead] = (tmp_path / "out").glob("dead_letter-*.csv")
+    [dead] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "dead_letter-*.csv"))]
     assert dead.read_text().splitlines()[0] == "key,reason,input" and len(dead.read_text().splitlines()) == 4
 
 

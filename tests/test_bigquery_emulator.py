@@ -11,7 +11,6 @@ skip, saying why; on CI (CI=true) they fail instead. A Cloud Storage emulator
 """
 from __future__ import annotations
 
-import glob
 import inspect
 import json
 import math
@@ -34,7 +33,7 @@ from emulator_helpers import ROOT, emulator_script, ensure_emulator_venv
 
 from pipelines import bigquery_emulator
 from pipelines.sources import build_query
-from taxifare_core import contract
+from taxifare_core import contract, outputs
 from taxifare_core.generate import generate_rides
 
 TABLE = f"{contract.BQ_DATASET}.raw_1k"
@@ -227,7 +226,7 @@ def run_preprocess(*args: str, env: dict[str, str] | None = None) -> dict | None
 def shard_lines(folder: Path, prefix: str) -> list[str]:
     """All lines of folder/prefix-*-of-*.*, sorted (shard order and count do not matter)."""
     lines = []
-    for path in sorted(glob.glob(str(folder / f"{prefix}-*-of-*"))):
+    for path in outputs.resolve(str(folder / f"{prefix}-*-of-*")) or []:  # the published run's files
         lines += Path(path).read_text().splitlines()
     return sorted(line for line in lines if line)
 
@@ -271,7 +270,7 @@ def test_preprocess_from_bigquery_equals_the_csv_path(emulator, rides, csv_run, 
     assert summary["duplicates"] >= 2 and summary["dropped_total"] >= 5  # the sample is dirty
 
     # The raw cache: the query's rows, header first, readable by the CSV path with the same result.
-    cache = sorted(glob.glob(str(out / "raw-*-of-*.csv")))
+    cache = outputs.resolve(str(out / "raw-*-of-*.csv"))
     assert cache and all(Path(p).read_text().split("\n", 1)[0] == ",".join(contract.RAW_COLUMNS) for p in cache)
     cached = pd.concat([pd.read_csv(p) for p in cache])
     assert len(cached) == len(in_window(rides))
@@ -305,8 +304,9 @@ def gs_shard_lines(storage_host_port: str, prefix: str) -> list[str]:
     client = gcs.Client(project="local", credentials=AnonymousCredentials(),
                         client_options={"api_endpoint": f"http://{storage_host_port}"})
     lines = []
-    for blob in client.list_blobs(BUCKET, prefix=prefix):
-        if re.fullmatch(r".*-\d{5}-of-\d{5}\.\w+", blob.name):
+    folder, name = prefix.rsplit("/", 1)  # shards live in the folder's published run-<id>/ (taxifare_core.outputs)
+    for blob in client.list_blobs(BUCKET, prefix=f"{folder}/run-"):
+        if re.fullmatch(rf".*/{re.escape(name)}\d{{5}}-of-\d{{5}}\.\w+", blob.name):
             lines += blob.download_as_text().splitlines()
     return sorted(line for line in lines if line)
 

@@ -22,6 +22,7 @@ from pipelines.options import UsageError, resolve_config
 from pipelines.sources import QueryError, build_query
 from pipelines.summary import counters_from_result
 from taxifare_core import contract, generate
+from taxifare_core.outputs import resolve as published_files
 
 
 def test_query_is_the_contracts_with_validated_bounds():
@@ -132,7 +133,7 @@ def test_bigquery_branch_from_create_rows(tmp_path):
     assert preprocess.main(["--input", str(out / "raw-*.csv"), "--output", str(rerun), "--block_rows", "400"]) == 0
     for split in ("train", "val"):
         first = sorted(line for path in glob.glob(str(out / f"{split}-*.csv")) for line in Path(path).read_text().split())
-        second = sorted(line for path in glob.glob(str(rerun / f"{split}-*.csv")) for line in Path(path).read_text().split())
+        second = sorted(line for path in published_files(str(rerun / f"{split}-*.csv")) for line in Path(path).read_text().split())
         assert first == second and first
     summary = json.loads((rerun / "summary.json").read_text())
     assert summary["rows_read"] == len(rows) and summary["bad_input"] == 1

@@ -1,7 +1,6 @@
 """End to end: `python -m pipelines.preprocess` on generated dirty CSVs, shards read back and checked row for row."""
 from __future__ import annotations
 
-import glob
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from pipelines import preprocess
-from taxifare_core import contract, generate
+from taxifare_core import contract, generate, outputs
 from taxifare_core.cleaning import clean
 from taxifare_core.features import processed_rows
 from taxifare_core.parsing import parse_frame
@@ -69,10 +68,17 @@ def expected_rows(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return rows[~is_val], rows[is_val]
 
 
+def published(pattern: str) -> list[str]:
+    """The published files a documented glob (OUTPUT/train-*.csv) names, via OUTPUT/summary.json's manifest."""
+    paths = outputs.resolve(pattern)
+    assert paths is not None, f"no published summary.json beside {pattern}"
+    return paths
+
+
 def read_shards(pattern: str) -> np.ndarray:
     """All rows of the shards matching a glob, float32, sorted."""
     parts = []
-    for path in sorted(glob.glob(pattern)):
+    for path in published(pattern):
         if Path(path).stat().st_size:
             table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(autogenerate_column_names=True))
             parts.append(np.column_stack([c.to_numpy() for c in table.columns]))
@@ -134,7 +140,7 @@ def test_dead_letter_keeps_each_bad_line_with_file_and_line_number(dirty, tmp_pa
     folder, paths, _ = dirty
     output = tmp_path / "out"
     assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--block_rows", "500"]) == 0
-    errors = [json.loads(line) for path in glob.glob(str(output / "errors-*.jsonl"))
+    errors = [json.loads(line) for path in published(str(output / "errors-*.jsonl"))
               for line in Path(path).read_text().splitlines()]
     assert sorted(e["record"] for e in errors) == sorted(BAD_LINES)
     for error in errors:
@@ -171,8 +177,8 @@ def test_no_flags_runs_on_the_embedded_sample(isolated_local_paths):
     name = contract.processed_dir_name(MIN_DATE, MAX_DATE, "")
     outputs = list((isolated_local_paths / "data" / "processed").glob(f"{name}*"))
     assert len(outputs) == 1
-    files = {p.name for p in outputs[0].iterdir()}
-    assert {"train-00000-of-00001.csv", "val-00000-of-00001.csv", "summary.json"} <= files
+    files = {Path(p).name for p in published(str(outputs[0] / "*"))}
+    assert {"train-00000-of-00001.csv", "val-00000-of-00001.csv"} <= files and (outputs[0] / "summary.json").exists()
     assert any(f.startswith("errors-") and f.endswith(".jsonl") for f in files)
     summary = json.loads((outputs[0] / "summary.json").read_text())
     assert summary["rows_read"] == generate.DEFAULT_SAMPLE_ROWS and summary["balanced"]
@@ -257,7 +263,7 @@ def test_fixed_shard_count_gives_balanced_shards(dirty, tmp_path):
     output = tmp_path / "out"
     assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--num_shards", "3",
                             "--dedupe", "global"]) == 0
-    shards = sorted(output.glob("train-*-of-00003.csv"))
+    shards = [Path(p) for p in published(str(output / "train-*-of-00003.csv"))]
     assert len(shards) == 3
     sizes = [len(path.read_text().splitlines()) for path in shards]
     assert sum(sizes) == len(train) and max(sizes) - min(sizes) <= 2
