@@ -40,10 +40,10 @@ from pipelines.summary import SUMMARY_FILE, build_summary, counters_from_result,
 from pipelines.transforms import (
     DEAD_LETTER,
     PROGRESS,
+    RAW,
     RIDES,
     TRAIN,
     VAL,
-    FormatRawRecords,
     ParseCsvBlocks,
     ParseRecordBatches,
     PreprocessRides,
@@ -51,7 +51,6 @@ from pipelines.transforms import (
 from taxifare_core import contract
 from taxifare_core.parsing import MalformedRecord
 
-RAW = "raw"
 # Output file prefixes under OUTPUT/, and their suffixes.
 OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("errors", ".jsonl"), RAW: ("raw", ".csv")}
 
@@ -84,7 +83,7 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
         parsed = raw | "ParseCsv" >> ParseCsvBlocks()
     else:
         parsed = raw | "ParseBigQueryRows" >> ParseRecordBatches(config.table, config.block_rows)
-        outputs[RAW] = raw | "FormatRawCache" >> FormatRawRecords(config.block_rows)
+        outputs[RAW] = parsed[RAW]
     lines = parsed[RIDES] | "Preprocess" >> PreprocessRides(
         config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows, config.num_shards
     )
