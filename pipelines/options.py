@@ -25,6 +25,7 @@ from taxifare_core import contract
 
 SOURCES = ("csv", "bigquery")
 READ_METHODS = ("DIRECT_READ", "EXPORT")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The in-process engine the DirectRunner falls back to: chosen directly so an
 # offline machine never waits for the Prism download the DirectRunner tries first.
 DEFAULT_RUNNER = "FnApiRunner"
@@ -102,6 +103,10 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--bigquery_emulator", default=None, metavar="HOST:PORT",
             help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
+        parser.add_argument(
+            "--log_level", choices=LOG_LEVELS, default=None,
+            help="Python logging level, Beam's included (default: Beam quiet on local runs); "
+                 "DEBUG also prints the traceback behind a one-line error such as a failed BigQuery read")
 
 
 @dataclass(frozen=True)

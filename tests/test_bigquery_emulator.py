@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import inspect
+import io
 import json
 import math
 import os
@@ -320,3 +321,78 @@ def test_bigquery_to_gs_shards_on_emulators(emulator, storage, csv_run):
     assert gs_shard_lines(storage.host_port, "processed/run/train-") == shard_lines(csv_out, "train")
     assert gs_shard_lines(storage.host_port, "processed/run/val-") == shard_lines(csv_out, "val")
     assert len(gs_shard_lines(storage.host_port, "processed/run/raw-")) > 800
+
+
+# --- past gRPC's default message size, and wrong-type values, through the preprocess CLI ------------
+
+LARGE_ROWS = 120_000  # DIRECT_READ's answers pass 4 MB (gRPC's default limit) from ~100k rows
+LARGE_DATASET, STRING_FARE_DATASET = "taxifare_large", "taxifare_string_fare"
+
+
+def preprocess_in_process(*args: str) -> dict:
+    """`python -m pipelines.preprocess ARGS` in this process (no interpreter start-up); its summary."""
+    from pipelines import preprocess
+
+    assert preprocess.main(list(args)) == 0
+    return json.loads(Path(args[args.index("--output") + 1], "summary.json").read_text())
+
+
+@pytest.mark.emulator
+def test_direct_read_past_grpcs_message_limit_equals_the_csv_path(emulator, tmp_path, redirect_restored):
+    """120k rows by DIRECT_READ (Storage Read messages over 4 MB) give the CSV path's exact rows."""
+    rides = generate_rides(LARGE_ROWS, seed=7)
+    assert emulator_script.load_rides(emulator.host_port, rides, f"{LARGE_DATASET}.raw_all") == LARGE_ROWS
+    common = ("--dedupe", "none", "--num_shards", "1")
+    bq = preprocess_in_process(
+        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", "DIRECT_READ",
+        "--data_size", "all", "--bq_dataset", LARGE_DATASET, "--output", str(tmp_path / "bq"), *common)
+    csv = preprocess_in_process("--source", "csv", "--input", str(write_csv(rides, tmp_path / "rides.csv")),
+                                "--output", str(tmp_path / "csv"), *common)
+    assert bq["rows_read"] == len(in_window(rides)) > 100_000
+    assert bq["train_rows"] + bq["val_rows"] == csv["train_rows"] + csv["val_rows"] > 90_000
+    for prefix in ("train", "val"):
+        assert shard_lines(tmp_path / "bq", prefix) == shard_lines(tmp_path / "csv", prefix)
+
+
+def load_string_fare_table(host_port: str, rides: pd.DataFrame) -> None:
+    """The rides into STRING_FARE_DATASET.raw_1k with fare_amount as a STRING column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from google.cloud import bigquery
+
+    client = emulator_script.client(host_port)
+    client.create_dataset(f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}", exists_ok=True)
+    schema = [bigquery.SchemaField(f.name, "STRING" if f.name == contract.LABEL_COLUMN else f.field_type)
+              for f in emulator_script.raw_schema(with_key=False)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(rides[list(contract.RAW_COLUMNS)], preserve_index=False), buffer)
+    buffer.seek(0)
+    config = bigquery.LoadJobConfig(schema=schema, source_format=bigquery.SourceFormat.PARQUET,
+                                    write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE)
+    client.load_table_from_file(buffer, f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k",
+                                job_config=config).result()
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("method", READ_METHODS)
+def test_a_string_fare_from_bigquery_reaches_the_dead_letter(emulator, tmp_path, method, redirect_restored):
+    """A STRING fare column: numbers in text are read, 'abc' goes to the dead letter with its row and reason."""
+    rides = generate_rides(200, seed=3)
+    rides = rides[rides[contract.TIME_COLUMN].notna()].reset_index(drop=True)
+    rides = rides[list(contract.RAW_COLUMNS)].astype({contract.LABEL_COLUMN: object})
+    rides[contract.LABEL_COLUMN] = [f"{fare:.2f}" for fare in rides[contract.LABEL_COLUMN].astype(float)]
+    rides.loc[5, contract.LABEL_COLUMN] = "abc"
+    load_string_fare_table(emulator.host_port, rides)
+    out = tmp_path / "out"
+    summary = preprocess_in_process(
+        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", method,
+        "--data_size", "1k", "--bq_dataset", STRING_FARE_DATASET, "--output", str(out),
+        "--temp_location", str(tmp_path / "bq_tmp"))
+    [letter] = [json.loads(line) for line in shard_lines(out, "errors")]
+    assert letter["reason"] == "fare_amount: expected a number, got 'abc'"
+    assert letter["source"] == f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k"
+    record = json.loads(letter["record"])
+    assert record[contract.LABEL_COLUMN] == "abc"
+    assert record["pickup_longitude"] == pytest.approx(rides.loc[5, "pickup_longitude"])
+    assert summary["bad_input"] == 1 and summary["rows_read"] == len(in_window(rides))
+    assert summary["balanced"]
