@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict sample bench bench_train bench_bad_input quality dataflow bigquery_emulator reset_local_files clean
+.PHONY: install run test preprocess train predict sample bench bench_train bench_bad_input bench_bigquery quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ bench_train: install
 
 bench_bad_input: install
 	$(PY) scripts/bench_bad_input.py $(ARGS)
+
+# BigQuery (local emulator) vs CSV on the same 1.1 M rides: ARGS="--rows N --read_methods EXPORT ..."
+bench_bigquery: install
+	$(PY) scripts/bench_bigquery.py $(ARGS)
 
 # Model vs baseline on the real sample beside the project (../shared/data).
 quality: install
