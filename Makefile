@@ -58,6 +58,10 @@ bigquery_emulator: install
 dataflow: install
 	$(PY) scripts/submit_dataflow.py $(ARGS)
 
+# Batch prediction on Dataflow: ARGS="--input gs://BUCKET/rides/*.csv [--run RUN] [--dry_run]"
+dataflow_predict: install
+	$(PY) scripts/submit_dataflow.py --job predict $(ARGS)
+
 # Empties the local data and training-output folders, keeping their structure.
 reset_local_files: install
 	$(PY) -m pipelines.reset_local_files

@@ -2,7 +2,12 @@
 
     python -m pipelines.predict --input 'rides-*.csv' --output /tmp/predictions
     python -m pipelines.predict --input 'gs://b/rides-*.csv' --output gs://b/predictions \
-        --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp
+        --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp \
+        --setup_file pyproject.toml --requirements_file requirements-predict.txt --requirements_cache skip
+    python scripts/submit_dataflow.py --job predict --input 'gs://b/rides-*.csv'   # the same, from settings
+
+On Dataflow the workers need TensorFlow, which the package's own dependencies leave
+out: requirements-predict.txt ships it (or a worker image with it, --sdk_container_image).
 
 Reads CSV files with a header (the raw table's columns; `fare_amount` and `key`
 optional) in blocks of lines, through the same block source as preprocessing
@@ -34,6 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
+from pipelines import dataflow
 from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
 from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
@@ -173,6 +179,22 @@ class PredictRideFiles(beam.PTransform):
         return {PREDICTIONS: predictions, DEAD_LETTER: encoded[DEAD_LETTER]}
 
 
+def build_predict(pipeline: beam.Pipeline, input_glob: str, output_dir: str, model_uri: str, name_by_file: bool,
+                  block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+    """The batch prediction graph on `pipeline`: read, prepare, RunInference, write both outputs.
+
+    Touches no file: `run` checks the input and model first; a Dataflow dry run
+    (pipelines.dataflow.build_predict_dry_run_job) builds it offline.
+    """
+    outputs = pipeline | "PredictRides" >> PredictRideFiles(input_glob, model_uri, name_by_file, block_rows)
+    outputs[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
+        storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
+    )
+    outputs[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
+        storage.join(output_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
+    )
+
+
 def _remove_previous_outputs(output_dir: str) -> None:
     """Delete earlier prediction shards so a smaller run never leaves stale ones beside its own."""
     for prefix in (PREDICTIONS, DEAD_LETTER):
@@ -199,6 +221,11 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     UsageError when no file matches or a header lacks a column; registry.NoModelError when no model.
     """
     started = time.perf_counter()
+    options = pipeline_options(beam_args or [])
+    try:
+        dataflow.check_dataflow_options(options)
+    except dataflow.DataflowError as error:
+        raise UsageError(str(error)) from None
     model_uri = storage.join(registry.run_path(run_name, registry_dir), registry.MODEL_FILE)
     files = [m.path for m in FileSystems.match([input_glob])[0].metadata_list]
     if not files:
@@ -211,14 +238,8 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
     # it is (Beam's import of it fails without torch), and that is harmless noise for users.
     logging.getLogger().addFilter(_hide_resource_module_warning)
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args or []))
-    outputs = pipeline | "PredictRides" >> PredictRideFiles(input_glob, model_uri, len(files) > 1, block_rows)
-    outputs[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
-        storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
-    )
-    outputs[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
-        storage.join(output_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
-    )
+    pipeline = beam.Pipeline(options=options)
+    build_predict(pipeline, input_glob, output_dir, model_uri, len(files) > 1, block_rows)
     result = pipeline.run()
     result.wait_until_finish()
     summary = {
