@@ -214,7 +214,9 @@ def run_reporting_bigquery_failures(options: PipelineOptions, config: Preprocess
     try:
         return run(options, config), None
     except Exception as error:
-        failure = bigquery_read_failure(error, config.table, config.read_method) if config.source == "bigquery" else None
+        failure = None
+        if config.source == "bigquery":
+            failure = bigquery_read_failure(error, config.table, config.read_method)
         if failure is None:
             raise
         if debug:

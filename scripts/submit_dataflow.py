@@ -104,7 +104,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     predict.add_argument("--input", default=None, metavar="GLOB",
                          help="ride CSVs with a header on gs:// (required with --job predict)")
     predict.add_argument("--output", default=None, metavar="DIR",
-                         help="gs:// folder for predictions and dead letter (default: gs://BUCKET/predictions/JOB_NAME)")
+                         help="gs:// folder for predictions and dead letter "
+                         "(default: gs://BUCKET/predictions/JOB_NAME)")
     predict.add_argument("--registry", default=None,
                          help="gs:// model registry (default: gs://BUCKET/training_outputs)")
     predict.add_argument("--run", default=None,
