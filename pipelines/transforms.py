@@ -23,13 +23,14 @@ module-level classes (no save_main_session needed).
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from operator import itemgetter
 
 import apache_beam as beam
@@ -194,29 +195,24 @@ def _column_frame(records: list) -> pd.DataFrame:
     })
 
 
-def _parse_one_by_one(records: list, source: str) -> tuple[pd.DataFrame, list[str]]:
+def _parse_one_by_one(records: list, source: str) -> tuple[pd.DataFrame, list[str], list]:
     """The fallback when a batch mixes value types parse_frame cannot take at once: parse_record per row."""
-    dead, good = [], []
+    dead, good, bad = [], [], []
     for record in records:
         try:
             good.append(parse_record(record))
         except MalformedRecord as error:
             dead.append(dead_letter_line(source, None, _record_json(record), error.reason))
+            bad.append(record)
     if not good:
-        return empty_rides(), dead
+        return empty_rides(), dead, bad
     typed, _ = parse_frame(pd.DataFrame(good, columns=list(contract.RAW_COLUMNS)))
-    return typed, dead
+    return typed, dead, bad
 
 
-def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str]]:
-    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines).
-
-    Columns are built in one pass each and typed by Arrow (TIMESTAMP datetimes, or
-    text stamps, converted in one call); a row without one of the seven columns, or
-    with a value of the wrong type (text in a numeric column, an unreadable stamp),
-    goes to the dead letter with its content as JSON and the reason.
-    """
-    dead = []
+def parse_records_keeping_bad(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str], list[dict]]:
+    """parse_records, plus the rows that went to the dead letter (for the raw cache)."""
+    dead, bad = [], []
     try:
         raw = _column_frame(records)
     except KeyError:
@@ -226,21 +222,54 @@ def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[
             if absent:
                 dead.append(dead_letter_line(source, None, _record_json(record),
                                              f"missing column(s): {', '.join(absent)}"))
+                bad.append(record)
             else:
                 complete.append(record)
         records = complete
         raw = _column_frame(records)
     if not records:
-        return empty_rides(), dead
+        return empty_rides(), dead, bad
     try:
         typed, reasons = parse_frame(raw)
     except MalformedRecord:
-        typed, more = _parse_one_by_one(records, source)
-        return typed[list(contract.RAW_COLUMNS)], dead + more
+        typed, more, more_bad = _parse_one_by_one(records, source)
+        return typed[list(contract.RAW_COLUMNS)], dead + more, bad + more_bad
     failed = reasons.notna().to_numpy()
     for position in np.flatnonzero(failed):
         dead.append(dead_letter_line(source, None, _record_json(records[position]), reasons.iloc[position]))
-    return typed[~failed][list(contract.RAW_COLUMNS)], dead
+        bad.append(records[position])
+    return typed[~failed][list(contract.RAW_COLUMNS)], dead, bad
+
+
+def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str]]:
+    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines).
+
+    Columns are built in one pass each and typed in one call (TIMESTAMP datetimes, or
+    text stamps, converted at once); a row without one of the seven columns, or with a
+    value of the wrong type (text in a numeric column, an unreadable stamp), goes to the
+    dead letter with its content as JSON and the reason.
+    """
+    typed, dead, _ = parse_records_keeping_bad(records, source)
+    return typed, dead
+
+
+def _raw_text(value) -> str:
+    """A dead-letter row's value as raw CSV text (stamps in the contract's form, None empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        stamp = value if value.tzinfo is None else value.astimezone(timezone.utc)
+        return stamp.strftime(contract.CSV_TIME_FORMAT)
+    return str(value)
+
+
+def format_raw_records(records: list) -> str:
+    """Dict rows as raw CSV lines, value by value (the few rows of the dead letter; a missing column empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for record in records:
+        writer.writerow([_raw_text(record.get(column)) for column in contract.RAW_COLUMNS])
+    return buffer.getvalue().rstrip("\n")
 
 
 def format_raw_csv(rides: pd.DataFrame) -> str:
@@ -288,7 +317,7 @@ class ParseCsvBlockFn(beam.DoFn):
 
 class ParseRecordBatchFn(beam.DoFn):
     """A list of dict rows -> typed rides DataFrame; unparseable rows to the "dead_letter" output and,
-    from the same batch, the rides as raw CSV text to the "raw" output (the raw cache)."""
+    from the same batch, every row as raw CSV text to the "raw" output (the raw cache)."""
 
     def __init__(self, source: str):
         self.source = source
@@ -297,9 +326,11 @@ class ParseRecordBatchFn(beam.DoFn):
 
     def process(self, records: list):
         self.rows_read.inc(len(records))
-        rides, dead = parse_records(records, self.source)
-        if len(rides):
-            yield beam.pvalue.TaggedOutput(RAW, format_raw_csv(rides))
+        rides, dead, bad = parse_records_keeping_bad(records, self.source)
+        # The cache holds every row read, so a re-run from it finds the same bad input.
+        raw = "\n".join(text for text in (format_raw_csv(rides), format_raw_records(bad)) if text)
+        if raw:
+            yield beam.pvalue.TaggedOutput(RAW, raw)
         yield from _parsed_outputs(rides, dead, self.bad_input)
 
 

@@ -128,7 +128,7 @@ def test_parse_record_batches_reads_bigquery_shaped_rows():
     def build(p):
         out = p | beam.Create(rows) | T.ParseRecordBatches("bq:raw_1k", batch_rows=10)
         assert_that(out[T.RIDES] | beam.Map(len), equal_to([2]), label="Rides")
-        assert_that(out[T.RAW] | beam.Map(lambda text: len(text.splitlines())), equal_to([2]), label="Raw")
+        assert_that(out[T.RAW] | beam.Map(lambda text: len(text.splitlines())), equal_to([4]), label="Raw")
         dead = out[T.DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
         assert_that(dead | beam.Map(lambda d: (d["source"], d["line"], d["reason"].split(":")[0])), equal_to([
             ("bq:raw_1k", None, "fare_amount"), ("bq:raw_1k", None, "missing column(s)"),
@@ -317,8 +317,9 @@ def test_parse_record_batches_writes_the_raw_cache_from_the_same_batch():
     def build(p):
         out = p | beam.Create(rows) | T.ParseRecordBatches("bq:raw_1k", batch_rows=10)
         raw = out[T.RAW] | beam.FlatMap(str.splitlines)
-        assert_that(raw | beam.Map(lambda line: float(line.split(",")[0])),
-                    equal_to([5.0 + i for i in range(25)]), label="RawFares")
+        assert_that(raw | beam.Map(lambda line: tuple(line.split(",")[:2])),
+                    equal_to([(str(5 + i), "2013-07-06 17:18:00 UTC") for i in range(25)]
+                             + [("abc", "2013-07-06 17:18:00 UTC")]), label="RawFares")
 
     counters = run_counters(build)
     assert counters[T.ROWS_READ] == 26 and counters[T.BAD_INPUT] == 1
