@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.coders import BatchCoder, batches_of
 from pipelines.sources import RawBlock, read_csv_setting_aside, sort_out_lines, split_lines
@@ -315,8 +317,51 @@ class ParseCsvBlockFn(beam.DoFn):
         yield from _parsed_outputs(rides, dead, self.bad_input)
 
 
+@dataclass(frozen=True)
+class RecordBatch:
+    """Up to `batch_rows` dict rows from BigQuery, as one element."""
+
+    records: list
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def nbytes(self) -> int:
+        """A size estimate (~8 bytes a value), for Beam's element sizes: a list of dicts would be
+        encoded whole to be measured, its TIMESTAMP datetimes pickled one by one."""
+        return 8 * len(contract.RAW_COLUMNS) * len(self.records)
+
+
+beam.coders.registry.register_coder(RecordBatch, BatchCoder)
+
+
+class BatchRecordsFn(beam.DoFn):
+    """Dict rows -> RecordBatch elements of `batch_rows` rows (the last of a bundle may be smaller).
+
+    Bounded reads live in the global window, where the last batch of a bundle is emitted.
+    """
+
+    def __init__(self, batch_rows: int):
+        self.batch_rows = batch_rows
+
+    def start_bundle(self):
+        self.records = []
+
+    def process(self, record):
+        self.records.append(record)
+        if len(self.records) >= self.batch_rows:
+            yield RecordBatch(self.records)
+            self.records = []
+
+    def finish_bundle(self):
+        if self.records:
+            yield WindowedValue(RecordBatch(self.records), GlobalWindow().max_timestamp(), (GlobalWindow(),))
+        self.records = []
+
+
 class ParseRecordBatchFn(beam.DoFn):
-    """A list of dict rows -> typed rides DataFrame; unparseable rows to the "dead_letter" output and,
+    """A RecordBatch of dict rows -> typed rides DataFrame; unparseable rows to the "dead_letter" output and,
     from the same batch, every row as raw CSV text to the "raw" output (the raw cache)."""
 
     def __init__(self, source: str):
@@ -324,7 +369,8 @@ class ParseRecordBatchFn(beam.DoFn):
         self.rows_read = _counter(ROWS_READ)
         self.bad_input = _counter(BAD_INPUT)
 
-    def process(self, records: list):
+    def process(self, batch: RecordBatch):
+        records = batch.records
         self.rows_read.inc(len(records))
         rides, dead, bad = parse_records_keeping_bad(records, self.source)
         # The cache holds every row read, so a re-run from it finds the same bad input.
@@ -344,7 +390,7 @@ class ParseCsvBlocks(beam.PTransform):
 
 class ParseRecordBatches(beam.PTransform):
     """Dict rows (BigQuery) -> batches of `batch_rows` -> {"rides", "dead_letter"} as ParseCsvBlocks, plus
-    {"raw"}: the parsed rides as raw CSV text (write with the raw header), from the same batches."""
+    {"raw"}: every row as raw CSV text (write with the raw header), from the same batches."""
 
     def __init__(self, source: str, batch_rows: int):
         super().__init__()
@@ -354,7 +400,7 @@ class ParseRecordBatches(beam.PTransform):
     def expand(self, records):
         outputs = (
             records
-            | "BatchRecords" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
+            | "BatchRecords" >> beam.ParDo(BatchRecordsFn(self.batch_rows)).with_output_types(RecordBatch)
             | "ParseRecordBatch" >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(
                 DEAD_LETTER, RAW, main=RIDES)
         )
