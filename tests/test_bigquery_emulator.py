@@ -34,7 +34,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from emulator_helpers import ROOT, emulator_script, ensure_emulator_venv
 
 from pipelines import bigquery_emulator
-from pipelines.sources import build_query
+from pipelines.sources import bigquery_read_failure, build_query
 from taxifare_core import contract
 from taxifare_core.generate import generate_rides
 
@@ -400,3 +400,36 @@ def test_a_string_fare_from_bigquery_reaches_the_dead_letter(emulator, tmp_path,
     assert record["pickup_longitude"] == pytest.approx(rides.loc[5, "pickup_longitude"])
     assert summary["bad_input"] == 1 and summary["rows_read"] == len(in_window(rides))
     assert summary["balanced"]
+
+
+# --- a failed BigQuery read: one line naming the table and read method ------------------------------
+
+
+def test_read_failure_names_the_table_method_and_bigquerys_reason():
+    body = '{"error":{"code":404,"message":"Not found: Table p:d.raw_1k was not found in location US"}}'
+    error = RuntimeError(f"apitools...HttpNotFoundError: HttpError accessing <http://h/jobs>: response: <{{}}>, "
+                         f"content <{body}> [while running 'ReadBigQuery/Read/SDFBoundedSourceReader']")
+    assert bigquery_read_failure(error, "p.d.raw_1k", "DIRECT_READ") == (
+        "reading BigQuery table p.d.raw_1k (DIRECT_READ) failed: Not found: Table p:d.raw_1k was not found "
+        "in location US")
+    assert bigquery_read_failure(ValueError("a bug in a later step"), "p.d.raw_1k", "EXPORT") is None
+
+
+def run_failing_preprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+@pytest.mark.emulator
+def test_missing_table_ends_with_one_line_and_debug_shows_the_traceback(emulator, tmp_path):
+    args = ("--bigquery_emulator", emulator.host_port, "--data_size", "200k", "--output", str(tmp_path / "out"))
+    done = run_failing_preprocess(*args)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "preprocess: error: reading BigQuery table wagon-public-datasets.taxifare.raw_200k (DIRECT_READ) failed: "
+        "Not found: Table wagon-public-datasets:taxifare.raw_200k was not found in location US "
+        "(--log_level DEBUG shows the traceback)")
+    assert "Traceback" not in done.stderr
+    debug = run_failing_preprocess(*args, "--log_level", "DEBUG")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert debug.stderr.splitlines()[-1].endswith("was not found in location US")
