@@ -72,11 +72,13 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = _Parser(
         prog=PROG,
-        description="Submit `python -m pipelines.preprocess --source bigquery` to Dataflow. Settings "
+        description="Submit `python -m pipelines.preprocess --source bigquery` (or, with --job predict, "
+        "`python -m pipelines.predict`) to Dataflow. Settings "
         "come from the environment: GCP_PROJECT (runs the job, pays for BigQuery), GCP_REGION "
         "(e.g. europe-west1), BUCKET (a gs:// bucket name for tmp/, staging/ and processed/), "
         "SERVICE_ACCOUNT (optional: the workers' service account e-mail).",
-        epilog="Anything after `--` is passed to pipelines.preprocess and Beam unchanged, "
+        epilog="Anything after `--` is passed to the pipeline (pipelines.preprocess, or pipelines.predict "
+        "with --job predict) and Beam unchanged, "
         "e.g. `-- --dedupe global --num_shards 8`.",
     )
     parser.add_argument("--job", choices=JOBS, default="preprocess",
