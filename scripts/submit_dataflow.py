@@ -145,6 +145,9 @@ def main(argv=None) -> int:
                 args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),
             )
         else:
+            given = [f"--{name}" for name in ("input", "output", "registry", "run") if getattr(args, name)]
+            if given:
+                raise DataflowError(f"{', '.join(given)} belong to --job predict")
             pipeline_argv = preprocess_argv(
                 settings, name, args.data_size, args.min_date, args.max_date, args.read_method,
                 args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),

@@ -120,3 +120,12 @@ def test_submit_script_dry_run_builds_the_predict_job():
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--job", "predict",
                               "--dry_run"], capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode == 2 and "needs --input" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_predict_flags_are_refused_for_the_preprocess_job():
+    clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
+    env = {**clean, "GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--input", "gs://b/x.csv",
+                           "--dry_run"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "--input belong to --job predict" in done.stderr
