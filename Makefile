@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict serve sample bench bench_train bench_bad_input quality dataflow bigquery_emulator reset_local_files clean
+.PHONY: install run test preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ bench_train: install
 bench_bad_input: install
 	$(PY) scripts/bench_bad_input.py $(ARGS)
 
+# BigQuery (local emulator) vs CSV on the same 1.1 M rides: ARGS="--rows N --read_methods EXPORT ..."
+bench_bigquery: install
+	$(PY) scripts/bench_bigquery.py $(ARGS)
+
 # Model vs baseline on the real sample beside the project (../shared/data).
 quality: install
 	$(PY) scripts/quality_real_sample.py $(ARGS)
@@ -57,6 +61,10 @@ bigquery_emulator: install
 
 dataflow: install
 	$(PY) scripts/submit_dataflow.py $(ARGS)
+
+# Batch prediction on Dataflow: ARGS="--input gs://BUCKET/rides/*.csv [--run RUN] [--dry_run]"
+dataflow_predict: install
+	$(PY) scripts/submit_dataflow.py --job predict $(ARGS)
 
 # Empties the local data and training-output folders, keeping their structure.
 reset_local_files: install

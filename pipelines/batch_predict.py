@@ -2,7 +2,12 @@
 
     python -m pipelines.predict --input 'rides-*.csv' --output /tmp/predictions
     python -m pipelines.predict --input 'gs://b/rides-*.csv' --output gs://b/predictions \
-        --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp
+        --runner DataflowRunner --project P --region europe-west1 --temp_location gs://b/tmp \
+        --setup_file pyproject.toml --requirements_file requirements-predict.txt --requirements_cache skip
+    python scripts/submit_dataflow.py --job predict --input 'gs://b/rides-*.csv'   # the same, from settings
+
+On Dataflow the workers need TensorFlow, which the package's own dependencies leave
+out: requirements-predict.txt ships it (or a worker image with it, --sdk_container_image).
 
 Reads CSV files with a header (the raw table's columns; `fare_amount` and `key`
 optional) in blocks of lines, through the same block source as preprocessing
@@ -41,6 +46,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
+from pipelines import dataflow
 from pipelines.cli import UsageError
 from pipelines.preprocess import pipeline_options
 from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
@@ -213,6 +219,26 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
     return payload["drift"]
 
 
+def build_predict(pipeline: beam.Pipeline, inputs, output_dir: str, model_uri: str, name_by_file: bool,
+                  block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+    """The batch prediction graph on `pipeline`: read, prepare, RunInference, write its outputs into output_dir.
+
+    `inputs` is a glob or a list of files. Touches no file: `run` checks the input
+    and model first and publishes the run folder; a Dataflow dry run
+    (pipelines.dataflow.build_predict_dry_run_job) builds it offline.
+    """
+    pcolls = pipeline | "PredictRides" >> PredictRideFiles(inputs, model_uri, name_by_file, block_rows)
+    pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
+        storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
+    )
+    pcolls[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
+        storage.join(output_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
+    )
+    pcolls[STATISTICS] | "WriteStatistics" >> beam.io.WriteToText(
+        storage.join(output_dir, STATS_PARTS), num_shards=1, shard_name_template=""
+    )
+
+
 def _counter(result, name: str) -> int:
     """A committed counter's value after the pipeline has finished."""
     query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(COUNTER_NAMESPACE).with_name(name))
@@ -250,6 +276,11 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     """
     started = time.perf_counter()
     output_dir = output_dir.rstrip("/") or "/"
+    options = pipeline_options(beam_args or [])
+    try:
+        dataflow.check_dataflow_options(options)
+    except dataflow.DataflowError as error:
+        raise UsageError(str(error)) from None
     model_uri = storage.join(registry.run_path(run_name, registry_dir), registry.MODEL_FILE)
     files = input_files(input_glob)
     for path in files:
@@ -266,7 +297,7 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     try:
         if lock.warning:
             print(f"warning: {lock.warning}", flush=True)
-        summary = _run_locked(files, output_dir, model_uri, beam_args, block_rows, started)
+        summary = _run_locked(files, output_dir, model_uri, options, block_rows, started)
     finally:
         lock.release()
     print(f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
@@ -280,7 +311,7 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     return summary
 
 
-def _run_locked(files: list[str], output_dir: str, model_uri: str, beam_args, block_rows: int,
+def _run_locked(files: list[str], output_dir: str, model_uri: str, options, block_rows: int,
                 started: float) -> dict:
     """run()'s body once the output folder's lock is held: write a run folder, publish it, tidy up."""
     try:
@@ -300,17 +331,8 @@ def _run_locked(files: list[str], output_dir: str, model_uri: str, beam_args, bl
     logging.getLogger().addFilter(_hide_resource_module_warning)
     published = False
     try:
-        pipeline = beam.Pipeline(options=pipeline_options(beam_args or []))
-        pcolls = pipeline | "PredictRides" >> PredictRideFiles(files, model_uri, len(files) > 1, block_rows)
-        pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
-            storage.join(run_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
-        )
-        pcolls[DEAD_LETTER] | "WriteDeadLetter" >> beam.io.WriteToText(
-            storage.join(run_dir, DEAD_LETTER), file_name_suffix=".csv", header=DEAD_LETTER_HEADER
-        )
-        pcolls[STATISTICS] | "WriteStatistics" >> beam.io.WriteToText(
-            storage.join(run_dir, STATS_PARTS), num_shards=1, shard_name_template=""
-        )
+        pipeline = beam.Pipeline(options=options)
+        build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows)
         result = pipeline.run()
         result.wait_until_finish()
         summary = {

@@ -41,6 +41,10 @@ from apache_beam.io.gcp.internal.clients import bigquery as bigquery_api
 # `local-bigquery serve` listens for gRPC (Storage Read) on its REST port + 10 by default.
 DEFAULT_GRPC_PORT_OFFSET = 10
 REST_PATH = "/bigquery/v2/"
+# What Google's own BigQueryReadGrpcTransport sets on its channel: no message size limit.
+# gRPC's default (4 MB received) breaks DIRECT_READ once the emulator answers with bigger
+# Arrow record batches (from ~100k rows).
+GRPC_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
 # Names this module replaces, for the guard test: (owner, attribute).
 REDIRECTED_NAMES = (
@@ -91,14 +95,15 @@ def _rest_client(base_url: str, pipeline_options=None):
 
 
 def _storage_module(grpc_target: str) -> types.ModuleType:
-    """A stand-in for google.cloud.bigquery_storage_v1 whose read client uses an insecure channel."""
+    """A stand-in for google.cloud.bigquery_storage_v1 whose read client uses an insecure channel
+    with Google's message limits (GRPC_CHANNEL_OPTIONS)."""
     import google.cloud.bigquery_storage_v1 as bq_storage
     from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
         BigQueryReadGrpcTransport,
     )
 
     def read_client(**kwargs):
-        transport = BigQueryReadGrpcTransport(channel=grpc.insecure_channel(grpc_target))
+        transport = BigQueryReadGrpcTransport(channel=grpc.insecure_channel(grpc_target, options=GRPC_CHANNEL_OPTIONS))
         return bq_storage.BigQueryReadClient(transport=transport, **kwargs)
 
     module = types.ModuleType(f"{bq_storage.__name__}_emulator")

@@ -38,6 +38,11 @@ DATAFLOW_RUNNER = "DataflowRunner"
 # The project's build file: Beam's stager accepts a setup.py or a pyproject.toml.
 SETUP_FILE = Path(__file__).resolve().parents[1] / "pyproject.toml"
 JOB_NAME_PREFIX = "taxifare-preprocess"
+PREDICT_JOB_NAME_PREFIX = "taxifare-predict"
+# What batch prediction's workers need beyond the package: TensorFlow (the `train` extra's pin,
+# tests/test_dataflow_predict_dry_run.py keeps the two equal). Workers pip-install it at start-up;
+# "--requirements_cache skip" keeps the submitting machine from downloading it first.
+PREDICT_REQUIREMENTS = SETUP_FILE.with_name("requirements-predict.txt")
 # Bucket names (lowercase, digits, -_.), as Cloud Storage allows them.
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # Dataflow job names: lowercase letter first, then lowercase, digits and hyphens.
@@ -70,6 +75,15 @@ class DataflowSettings:
     def output(self, min_date: str, max_date: str, data_size: str) -> str:
         """The job's output folder, named as the local runs name theirs."""
         return f"gs://{self.bucket}/processed/{contract.processed_dir_name(min_date, max_date, data_size)}"
+
+    @property
+    def registry(self) -> str:
+        """The model registry the trainer writes with `--registry gs://BUCKET/training_outputs`."""
+        return f"gs://{self.bucket}/training_outputs"
+
+    def predictions(self, name: str) -> str:
+        """A batch prediction job's output folder, named after the job."""
+        return f"gs://{self.bucket}/predictions/{name}"
 
 
 def settings_from_env(environ=None) -> DataflowSettings:
@@ -132,6 +146,14 @@ def preprocess_argv(
         "--source", "bigquery", "--data_size", data_size,
         "--min_date", min_date, "--max_date", max_date, "--read_method", read_method,
         "--output", settings.output(min_date, max_date, data_size),
+    ]  # fmt: skip
+    return argv + _worker_argv(settings, name, max_num_workers, machine_type, sdk_container_image) + list(extra)
+
+
+def _worker_argv(settings: DataflowSettings, name: str, max_num_workers, machine_type,
+                 sdk_container_image) -> list[str]:
+    """The Dataflow flags both jobs share: where it runs, its name, what the workers install."""
+    argv = [
         "--runner", DATAFLOW_RUNNER, "--project", settings.project, "--region", settings.region,
         "--temp_location", settings.temp_location, "--staging_location", settings.staging_location,
         "--job_name", check_job_name(name), "--setup_file", str(SETUP_FILE),
@@ -147,6 +169,39 @@ def preprocess_argv(
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]
+    return argv
+
+
+def predict_argv(
+    settings: DataflowSettings,
+    name: str,
+    input_glob: str,
+    output: str | None = None,
+    run: str | None = None,
+    registry: str | None = None,
+    max_num_workers: int | None = None,
+    machine_type: str | None = None,
+    sdk_container_image: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The `python -m pipelines.predict` flags of one Dataflow batch prediction; `extra` passes through last.
+
+    Rides from gs:// CSVs, predictions and dead letter to gs://BUCKET/predictions/NAME
+    (or `output`), the model from gs://BUCKET/training_outputs (or `registry`): the
+    latest run, or `run`. Workers get the package (--setup_file) and TensorFlow
+    (requirements-predict.txt), unless a worker image has them (`sdk_container_image`).
+    """
+    for flag, value in (("--input", input_glob), ("--output", output), ("--registry", registry)):
+        if value is not None and not value.startswith("gs://"):
+            raise DataflowError(f"{flag} must be a gs:// path on Dataflow (workers cannot read this machine), "
+                                f"got {value!r}")
+    argv = ["--input", input_glob, "--output", output or settings.predictions(name),
+            "--registry", registry or settings.registry]
+    if run:
+        argv += ["--run", run]
+    argv += _worker_argv(settings, name, max_num_workers, machine_type, sdk_container_image)
+    if sdk_container_image is None:
+        argv += ["--requirements_file", str(PREDICT_REQUIREMENTS), "--requirements_cache", "skip"]
     return argv + list(extra)
 
 
@@ -210,4 +265,32 @@ def build_dry_run_job(argv: list[str]):
     config = resolve_config(options)
     pipeline = beam.Pipeline(options=options)
     write_outputs(build_preprocess(pipeline, config), config)
+    return pipeline.run().job
+
+
+def build_predict_dry_run_job(argv: list[str]):
+    """Build the real Dataflow job of `python -m pipelines.predict argv` without submitting it.
+
+    Offline as build_dry_run_job: the input, output and registry are not touched, so
+    the run must be named (`--run`; finding the latest one would list the registry).
+    """
+    import apache_beam as beam
+
+    from pipelines import batch_predict
+    from pipelines.predict import build_parser
+    from taxifare_core import registry, storage
+
+    args, beam_args = build_parser().parse_known_args(argv)
+    options = PipelineOptions([*beam_args, "--dry_run", "True"])
+    if not is_dataflow(options):
+        raise DataflowError("a Dataflow dry run needs --runner DataflowRunner")
+    check_dataflow_options(options)
+    if not (args.input and args.output):
+        raise DataflowError("batch prediction needs --input GLOB and --output DIR")
+    if not args.run:
+        raise DataflowError("a dry run of batch prediction needs --run NAME (the latest run is only "
+                            "found by listing the registry, which a dry run does not touch)")
+    model_uri = storage.join(registry.registry_root(args.registry), args.run, registry.MODEL_FILE)
+    pipeline = beam.Pipeline(options=options)
+    batch_predict.build_predict(pipeline, args.input, args.output, model_uri, name_by_file=True)
     return pipeline.run().job

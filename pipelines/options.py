@@ -29,6 +29,7 @@ from taxifare_core.stats import StatsError
 
 SOURCES = ("csv", "bigquery")
 READ_METHODS = ("DIRECT_READ", "EXPORT")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The in-process engine the DirectRunner falls back to: chosen directly so an
 # offline machine never waits for the Prism download the DirectRunner tries first.
 DEFAULT_RUNNER = "FnApiRunner"
@@ -122,6 +123,10 @@ class PreprocessOptions(PipelineOptions):
             "--allow_empty", action="store_true", default=False,
             help="publish the output even when no train or val row is left (default: such a run "
                  "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
+        parser.add_argument(
+            "--log_level", choices=LOG_LEVELS, default=None,
+            help="Python logging level, Beam's included (default: Beam quiet on local runs); "
+                 "DEBUG also prints the traceback behind a one-line error such as a failed BigQuery read")
 
 
 @dataclass(frozen=True)

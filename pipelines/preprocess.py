@@ -24,6 +24,7 @@ import fnmatch
 import logging
 import sys
 import time
+import traceback
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -35,12 +36,13 @@ from pipelines.options import (
     DEFAULT_RUNNER,
     LOCAL_RUNNERS,
     PreprocessConfig,
+    PreprocessOptions,
     UsageError,
     check_flags,
     help_parser,
     resolve_config,
 )
-from pipelines.sources import ReadCsvBlocks, read_from_bigquery, read_header
+from pipelines.sources import READ_BIGQUERY_LABEL, ReadCsvBlocks, bigquery_read_failure, read_from_bigquery, read_header
 from pipelines.statistics import (
     EXIT_DRIFT,
     REPORT_FILE,
@@ -62,12 +64,12 @@ from pipelines.summary import (
 from pipelines.transforms import (
     DEAD_LETTER,
     PROGRESS,
+    RAW,
     RIDES,
     TRAIN,
     TRAIN_BATCHES,
     VAL,
     VAL_BATCHES,
-    FormatRawRecords,
     ParseCsvBlocks,
     ParseRecordBatches,
     PreprocessRides,
@@ -75,7 +77,7 @@ from pipelines.transforms import (
 from taxifare_core import contract, outputs, storage
 from taxifare_core.parsing import MalformedRecord
 
-RAW, STATS = "raw", "stats"
+STATS = "stats"
 KIND = "preprocess"  # the manifest's job name: batch prediction refuses to publish over it, and back
 # Output file prefixes under OUTPUT/, and their suffixes.
 OUTPUT_FILES = {TRAIN: ("train", ".csv"), VAL: ("val", ".csv"), DEAD_LETTER: ("errors", ".jsonl"), RAW: ("raw", ".csv")}
@@ -94,7 +96,7 @@ def read_source(pipeline: beam.Pipeline, config: PreprocessConfig) -> beam.PColl
     options = pipeline.options.view_as(GoogleCloudOptions)
     project = options.project or (contract.BQ_PROJECT if config.bigquery_emulator else None)
     read = read_from_bigquery(config.query, config.read_method, project, options.temp_location)
-    return pipeline | "ReadBigQuery" >> read
+    return pipeline | READ_BIGQUERY_LABEL >> read
 
 
 def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollection]:
@@ -111,7 +113,7 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
         parsed = raw | "ParseCsv" >> ParseCsvBlocks()
     else:
         parsed = raw | "ParseBigQueryRows" >> ParseRecordBatches(config.table, config.block_rows)
-        outputs[RAW] = raw | "FormatRawCache" >> FormatRawRecords(config.block_rows)
+        outputs[RAW] = parsed[RAW]
     lines = parsed[RIDES] | "Preprocess" >> PreprocessRides(
         config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows, config.num_shards
     )
@@ -298,14 +300,43 @@ def prepare_emulator(options: PipelineOptions, config: PreprocessConfig) -> None
         raise UsageError(str(error)) from None
 
 
+def set_log_level(options: PipelineOptions) -> str | None:
+    """--log_level for Python's logging (Beam's included); without it, local runs keep Beam quiet."""
+    level = options.view_as(PreprocessOptions).log_level
+    if level:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger().setLevel(level)
+        logging.getLogger("apache_beam").setLevel(level)
+    elif options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        # Local runs print their own progress, and a failure reaches main() as an exception anyway
+        # (Beam would also log its traceback at ERROR); remote runners keep Beam's job logs.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    return level
+
+
+def run_reporting_bigquery_failures(options: PipelineOptions, config: PreprocessConfig, debug: bool):
+    """run(), but a failed BigQuery read ends with one line naming the table and read method
+    (the traceback too with --log_level DEBUG); (summary, None) or (None, that line)."""
+    try:
+        return run(options, config), None
+    except Exception as error:
+        failure = None
+        if config.source == "bigquery":
+            failure = bigquery_read_failure(error, config.table, config.read_method)
+        if failure is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--log_level DEBUG shows the traceback)"
+        return None, failure + hint
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: validate flags, run, print the summary table."""
     argv = sys.argv[1:] if argv is None else argv
     help_parser().parse_known_args(argv)  # --help, and one-line errors for this pipeline's flags
     options = pipeline_options(argv)
-    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
-        # Local runs print their own progress; remote runners keep Beam's job logs.
-        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    debug = set_log_level(options) == "DEBUG"
     show_progress()
     try:
         check_flags(argv)
@@ -318,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dry run: Dataflow job {job.proto.name!r} built, not submitted "
                   f"({len(job.proto_pipeline.components.transforms)} transforms)")
             return 0
-        summary = run(options, config)
+        summary, failure = run_reporting_bigquery_failures(options, config, debug)
+        if failure:
+            print(f"preprocess: error: {failure}", file=sys.stderr)
+            return 1
     except EmptyOutputError as error:
         print(format_table(error.summary))
         print(f"preprocess: error: {error}", file=sys.stderr)

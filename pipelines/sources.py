@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -309,6 +310,57 @@ class ReadCsvBlocks(beam.PTransform):
             | "SpreadBlocks" >> beam.Reshuffle()
             | "ReadBlocks" >> beam.ParDo(ReadBlockFn()).with_output_types(RawBlock)
         )
+
+
+# The label of the BigQuery read in the preprocessing graph; runners name it in their errors.
+READ_BIGQUERY_LABEL = "ReadBigQuery"
+_WHILE_RUNNING = re.compile(r"\s*\[while running '[^']*'\]\s*$")
+_HTTP_ERROR_CONTENT = re.compile(r"content <(\{.*\})>", re.DOTALL)
+_MAX_REASON_CHARS = 400
+
+
+def _is_google_error(error: BaseException) -> bool:
+    """True for the errors Google's clients raise (REST, gRPC, auth), by their module."""
+    module = type(error).__module__ or ""
+    return module.startswith(("apitools.", "google.api_core", "google.auth", "grpc"))
+
+
+def _error_chain(error: BaseException):
+    """The error, then its causes and contexts."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def bigquery_read_failure(error: BaseException, table: str, read_method: str) -> str | None:
+    """One line saying that reading `table` with `read_method` failed and why, when `error` comes
+    from the BigQuery read (its step named in the runner's message, or a Google client error in its
+    chain); None for any other error, which the caller re-raises.
+
+        >>> bigquery_read_failure(RuntimeError("ConnectionRefusedError: [Errno 111] Connection refused "
+        ...     "[while running 'ReadBigQuery/Read/SDFBoundedSourceReader']"), "p.d.raw_1k", "EXPORT")
+        'reading BigQuery table p.d.raw_1k (EXPORT) failed: ConnectionRefusedError: [Errno 111] Connection refused'
+    """
+    chain = list(_error_chain(error))
+    from_read = any(f"'{READ_BIGQUERY_LABEL}/" in str(e) for e in chain) or any(map(_is_google_error, chain))
+    if not from_read:
+        return None
+    text = str(error)
+    content = _HTTP_ERROR_CONTENT.search(text)
+    reason = None
+    if content:  # apitools' HttpError: BigQuery's own message is in the JSON body
+        try:
+            reason = json.loads(content.group(1))["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = None
+    if reason is None:
+        lines = [line.strip() for line in _WHILE_RUNNING.sub("", text).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(error).__name__
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[:_MAX_REASON_CHARS] + "..."
+    return f"reading BigQuery table {table} ({read_method}) failed: {reason}"
 
 
 def read_from_bigquery(query: str, read_method: str, project: str | None, temp_location: str | None):

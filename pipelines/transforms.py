@@ -6,7 +6,7 @@ Every element after the source is a *batch* of rides (a pandas DataFrame or a
 row. Steps, each with a `Metrics.counter` in namespace `COUNTER_NAMESPACE`:
 
     RawBlock (CSV) | ParseCsvBlocks()         -> {"rides": typed DataFrames, "dead_letter": JSON lines}
-    BigQuery dicts | ParseRecordBatches(src, n)   -> the same ("rows_read", "bad_input")
+    BigQuery dicts | ParseRecordBatches(src, n)   -> the same, plus "raw" CSV text (the raw cache)
     rides | PreprocessRides(min_date, max_date, val_start, dedupe) -> {"train", "val"} CSV text, i.e.
           | ParDo(FilterDateWindowFn(min_date, max_date))  counts "outside_date_range"
           | CleanRides(dedupe="batch"|"global"|"none")    counts each contract rule and "duplicate"
@@ -23,6 +23,7 @@ module-level classes (no save_main_session needed).
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -30,22 +31,26 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
+from operator import itemgetter
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.coders import BatchCoder, batches_of
 from pipelines.sources import RawBlock, read_csv_setting_aside, sort_out_lines, split_lines
 from pipelines.statistics import record_since, stage_timer
 from taxifare_core import contract
 from taxifare_core.cleaning import clean, duplicate_mask
-from taxifare_core.features import format_csv, processed_rows
-from taxifare_core.parsing import MISSING_TEXT, MalformedRecord, parse_frame
+from taxifare_core.features import format_csv, joined_lines, processed_rows
+from taxifare_core.parsing import MISSING_TEXT, MalformedRecord, parse_frame, parse_record
 
 COUNTER_NAMESPACE = "taxifare"
 ROWS_READ = "rows_read"
@@ -57,7 +62,7 @@ VAL_ROWS = "val_rows"
 DROP_RULES = (OUTSIDE_DATE_RANGE, *contract.ROW_RULES)
 DEDUPE_MODES = ("batch", "global", "none")
 
-RIDES, DEAD_LETTER, TRAIN, VAL = "rides", "dead_letter", "train", "val"
+RIDES, DEAD_LETTER, TRAIN, VAL, RAW = "rides", "dead_letter", "train", "val", "raw"
 # PreprocessRides' processed (not yet formatted) batches of each split, for the statistics.
 TRAIN_BATCHES, VAL_BATCHES = "train_batches", "val_batches"
 # Stages timed per batch (Metrics distributions, see pipelines.statistics.stage_timer), in pipeline order.
@@ -167,33 +172,132 @@ def _json_value(value):
     return value.isoformat() if isinstance(value, (datetime, date)) else str(value)
 
 
-def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str]]:
-    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines)."""
-    dead, complete = [], []
+def _record_json(record) -> str:
+    """A dict row as the dead letter's `record` text."""
+    return json.dumps(record, default=_json_value)
+
+
+# Python types a BigQuery column may hold, by column kind (bool is no number, as in parse_number).
+_NUMBER_TYPES = frozenset({float, int, type(None)})
+_STAMP_TYPES = frozenset({datetime, pd.Timestamp, type(None)})
+
+
+def _typed_column(column: str, values: list):
+    """One column's values converted in one call when their Python types allow it (numbers as
+    float64, datetimes as datetime64 UTC); otherwise the objects, for parse_frame's text path
+    (a STRING fare, text stamps from a JSON export) or its per-row reasons."""
+    kinds = set(map(type, values))  # one C-level pass: the column's value types
+    if column == contract.TIME_COLUMN:
+        if kinds <= _STAMP_TYPES:
+            return pd.Series(pd.to_datetime(values, utc=True))
+    elif kinds <= _NUMBER_TYPES:
+        return pa.array(values, type=pa.float64()).to_numpy(zero_copy_only=False)
+    return pd.Series(values, dtype=object)
+
+
+def _column_frame(records: list) -> pd.DataFrame:
+    """Dict rows -> a DataFrame for parse_frame, one pass per column (C-level `itemgetter`) and each
+    column converted in one call; KeyError if a row lacks a column."""
+    return pd.DataFrame({
+        column: _typed_column(column, list(map(itemgetter(column), records))) for column in contract.RAW_COLUMNS
+    })
+
+
+def _parse_one_by_one(records: list, source: str) -> tuple[pd.DataFrame, list[str], list]:
+    """The fallback when a batch mixes value types parse_frame cannot take at once: parse_record per row."""
+    dead, good, bad = [], [], []
     for record in records:
-        absent = [column for column in contract.RAW_COLUMNS if column not in record]
-        if absent:
-            reason = f"missing column(s): {', '.join(absent)}"
-            dead.append(dead_letter_line(source, None, json.dumps(record, default=_json_value), reason))
-        else:
-            complete.append(record)
-    if not complete:
-        return empty_rides(), dead
-    raw = pd.DataFrame.from_records(complete, columns=list(contract.RAW_COLUMNS))
-    times = raw[contract.TIME_COLUMN]
-    if times.map(lambda v: v is None or isinstance(v, datetime)).all():
-        # BigQuery TIMESTAMPs arrive as datetimes: convert them in one call.
-        raw[contract.TIME_COLUMN] = pd.to_datetime(times, utc=True)
+        try:
+            good.append(parse_record(record))
+        except MalformedRecord as error:
+            dead.append(dead_letter_line(source, None, _record_json(record), error.reason))
+            bad.append(record)
+    if not good:
+        return empty_rides(), dead, bad
+    typed, _ = parse_frame(pd.DataFrame(good, columns=list(contract.RAW_COLUMNS)))
+    return typed, dead, bad
+
+
+def parse_records_keeping_bad(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str], list[dict]]:
+    """parse_records, plus the rows that went to the dead letter (for the raw cache)."""
+    dead, bad = [], []
+    try:
+        raw = _column_frame(records)
+    except KeyError:
+        complete = []
+        for record in records:
+            absent = [column for column in contract.RAW_COLUMNS if column not in record]
+            if absent:
+                dead.append(dead_letter_line(source, None, _record_json(record),
+                                             f"missing column(s): {', '.join(absent)}"))
+                bad.append(record)
+            else:
+                complete.append(record)
+        records = complete
+        raw = _column_frame(records)
+    if not records:
+        return empty_rides(), dead, bad
     try:
         typed, reasons = parse_frame(raw)
-    except MalformedRecord as error:
-        lines = [dead_letter_line(source, None, json.dumps(r, default=_json_value), error.reason) for r in complete]
-        return empty_rides(), dead + lines
+    except MalformedRecord:
+        typed, more, more_bad = _parse_one_by_one(records, source)
+        return typed[list(contract.RAW_COLUMNS)], dead + more, bad + more_bad
     failed = reasons.notna().to_numpy()
     for position in np.flatnonzero(failed):
-        record = json.dumps(complete[position], default=_json_value)
-        dead.append(dead_letter_line(source, None, record, reasons.iloc[position]))
-    return typed[~failed][list(contract.RAW_COLUMNS)], dead
+        dead.append(dead_letter_line(source, None, _record_json(records[position]), reasons.iloc[position]))
+        bad.append(records[position])
+    return typed[~failed][list(contract.RAW_COLUMNS)], dead, bad
+
+
+def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str]]:
+    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines).
+
+    Columns are built in one pass each and typed in one call (TIMESTAMP datetimes, or
+    text stamps, converted at once); a row without one of the seven columns, or with a
+    value of the wrong type (text in a numeric column, an unreadable stamp), goes to the
+    dead letter with its content as JSON and the reason.
+    """
+    typed, dead, _ = parse_records_keeping_bad(records, source)
+    return typed, dead
+
+
+def _raw_text(value) -> str:
+    """A dead-letter row's value as raw CSV text (stamps in the contract's form, None empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        stamp = value if value.tzinfo is None else value.astimezone(timezone.utc)
+        return stamp.strftime(contract.CSV_TIME_FORMAT)
+    return str(value)
+
+
+def format_raw_records(records: list) -> str:
+    """Dict rows as raw CSV lines, value by value (the few rows of the dead letter; a missing column empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for record in records:
+        writer.writerow([_raw_text(record.get(column)) for column in contract.RAW_COLUMNS])
+    return buffer.getvalue().rstrip("\n")
+
+
+def format_raw_csv(rides: pd.DataFrame) -> str:
+    """Typed rides as the raw CSV form (the seven columns, `... UTC` stamps, empty when missing, no
+    header): Arrow casts each column to text and joins the lines, as the processed shards are written."""
+    if not len(rides):
+        return ""
+    pieces = []
+    for column in contract.RAW_COLUMNS:
+        values = pa.array(rides[column], from_pandas=True)  # NaN -> null -> empty field
+        if column == contract.TIME_COLUMN:
+            # UTC wall time to the second as "YYYY-MM-DD HH:MM:SS" (Arrow's cast: 50x faster than strftime).
+            seconds = pc.cast(pc.cast(values, pa.timestamp("s", tz="UTC"), safe=False), pa.timestamp("s"))
+            pieces.append(pc.binary_join_element_wise(pc.cast(seconds, pa.string()), "UTC", " "))
+        elif column == contract.PASSENGER_COLUMN:
+            pieces.append(pc.cast(pc.cast(values, pa.int64()), pa.string()))
+        else:
+            pieces.append(pc.cast(values, pa.string()))
+    lines = pc.binary_join_element_wise(*pieces, ",", null_handling="replace", null_replacement="")
+    return joined_lines(lines)
 
 
 def _parsed_outputs(rides: pd.DataFrame, dead: list[str], bad_input):
@@ -222,8 +326,52 @@ class ParseCsvBlockFn(beam.DoFn):
         yield from _parsed_outputs(rides, dead, self.bad_input)
 
 
+@dataclass(frozen=True)
+class RecordBatch:
+    """Up to `batch_rows` dict rows from BigQuery, as one element."""
+
+    records: list
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def nbytes(self) -> int:
+        """A size estimate (~8 bytes a value), for Beam's element sizes: a list of dicts would be
+        encoded whole to be measured, its TIMESTAMP datetimes pickled one by one."""
+        return 8 * len(contract.RAW_COLUMNS) * len(self.records)
+
+
+beam.coders.registry.register_coder(RecordBatch, BatchCoder)
+
+
+class BatchRecordsFn(beam.DoFn):
+    """Dict rows -> RecordBatch elements of `batch_rows` rows (the last of a bundle may be smaller).
+
+    Bounded reads live in the global window, where the last batch of a bundle is emitted.
+    """
+
+    def __init__(self, batch_rows: int):
+        self.batch_rows = batch_rows
+
+    def start_bundle(self):
+        self.records = []
+
+    def process(self, record):
+        self.records.append(record)
+        if len(self.records) >= self.batch_rows:
+            yield RecordBatch(self.records)
+            self.records = []
+
+    def finish_bundle(self):
+        if self.records:
+            yield WindowedValue(RecordBatch(self.records), GlobalWindow().max_timestamp(), (GlobalWindow(),))
+        self.records = []
+
+
 class ParseRecordBatchFn(beam.DoFn):
-    """A list of dict rows -> typed rides DataFrame; unparseable rows to the "dead_letter" output."""
+    """A RecordBatch of dict rows -> typed rides DataFrame; unparseable rows to the "dead_letter" output and,
+    from the same batch, every row as raw CSV text to the "raw" output (the raw cache)."""
 
     def __init__(self, source: str):
         self.source = source
@@ -231,11 +379,16 @@ class ParseRecordBatchFn(beam.DoFn):
         self.bad_input = _counter(BAD_INPUT)
         self.timer = stage_timer("parse")
 
-    def process(self, records: list):
+    def process(self, batch: RecordBatch):
+        records = batch.records
         self.rows_read.inc(len(records))
         started = time.perf_counter()
-        rides, dead = parse_records(records, self.source)
+        rides, dead, bad = parse_records_keeping_bad(records, self.source)
         record_since(self.timer, started)
+        # The cache holds every row read, so a re-run from it finds the same bad input.
+        raw = "\n".join(text for text in (format_raw_csv(rides), format_raw_records(bad)) if text)
+        if raw:
+            yield beam.pvalue.TaggedOutput(RAW, raw)
         yield from _parsed_outputs(rides, dead, self.bad_input)
 
 
@@ -248,7 +401,8 @@ class ParseCsvBlocks(beam.PTransform):
 
 
 class ParseRecordBatches(beam.PTransform):
-    """Dict rows (BigQuery) -> batches of `batch_rows` -> {"rides", "dead_letter"} as ParseCsvBlocks."""
+    """Dict rows (BigQuery) -> batches of `batch_rows` -> {"rides", "dead_letter"} as ParseCsvBlocks, plus
+    {"raw"}: every row as raw CSV text (write with the raw header), from the same batches."""
 
     def __init__(self, source: str, batch_rows: int):
         super().__init__()
@@ -258,33 +412,11 @@ class ParseRecordBatches(beam.PTransform):
     def expand(self, records):
         outputs = (
             records
-            | "BatchRecords" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
-            | "ParseRecordBatch" >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(DEAD_LETTER, main=RIDES)
+            | "BatchRecords" >> beam.ParDo(BatchRecordsFn(self.batch_rows)).with_output_types(RecordBatch)
+            | "ParseRecordBatch" >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(
+                DEAD_LETTER, RAW, main=RIDES)
         )
-        return {RIDES: batches_of(outputs[RIDES], pd.DataFrame), DEAD_LETTER: outputs[DEAD_LETTER]}
-
-
-def format_raw_records(records: list) -> str:
-    """Dict rows as CSV text in the contract's raw form (the seven columns, CSV timestamps, no header)."""
-    raw = pd.DataFrame.from_records(records, columns=list(contract.RAW_COLUMNS))
-    stamps = pd.to_datetime(raw[contract.TIME_COLUMN], utc=True, errors="coerce", format="mixed")
-    raw[contract.TIME_COLUMN] = stamps.dt.strftime(contract.CSV_TIME_FORMAT)
-    return raw.to_csv(header=False, index=False, lineterminator="\n").rstrip("\n")
-
-
-class FormatRawRecords(beam.PTransform):
-    """Dict rows (BigQuery) -> CSV text batches for the raw cache (write with the raw header)."""
-
-    def __init__(self, batch_rows: int):
-        super().__init__()
-        self.batch_rows = batch_rows
-
-    def expand(self, records):
-        return (
-            records
-            | "BatchRawRecords" >> beam.BatchElements(min_batch_size=self.batch_rows, max_batch_size=self.batch_rows)
-            | "FormatRawCsv" >> beam.Map(format_raw_records)
-        )
+        return {RIDES: batches_of(outputs[RIDES], pd.DataFrame), DEAD_LETTER: outputs[DEAD_LETTER], RAW: outputs[RAW]}
 
 
 # --- filter + clean --------------------------------------------------------------

@@ -47,11 +47,6 @@ VENV_DIR = ROOT / ".venv-bqemu"
 REQUIREMENTS = Path(__file__).with_name("bigquery_emulator-requirements.txt")
 # Extensions local-bigquery loads, installed into DuckDB from their PyPI packages.
 DUCKDB_EXTENSIONS = ("ducklake", "spatial", "icu", "avro")
-PYTHON_CANDIDATES = (
-    "python3.13",
-    "/root/.pyenv/versions/3.13.0/bin/python3.13",
-    *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13"))),
-)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DATA_DIR = contract.local_data_path() / "bigquery_emulator"
 PID_FILE_NAME = "emulator.pid"
@@ -84,10 +79,27 @@ class Emulator:
 # --- the emulator's virtual environment --------------------------------------
 
 
-def find_python313() -> str:
-    """A Python 3.13 interpreter: $BQEMU_PYTHON, python3.13 on PATH, or pyenv's."""
+def python313_candidates() -> list[str]:
+    """Where a Python 3.13 may be, in order: $BQEMU_PYTHON, python3.13 on PATH, pyenv's 3.13
+    (`pyenv prefix 3.13`, then every $PYENV_ROOT/versions/3.13*, newest first)."""
     candidates = [os.environ["BQEMU_PYTHON"]] if os.environ.get("BQEMU_PYTHON") else []
-    for candidate in (*candidates, *PYTHON_CANDIDATES):
+    candidates.append("python3.13")
+    if shutil.which("pyenv"):
+        try:
+            done = subprocess.run(["pyenv", "prefix", "3.13"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        if done is not None and done.returncode == 0:
+            prefixes = [prefix for prefix in done.stdout.strip().split(":") if prefix]
+            candidates += [str(Path(prefix) / "bin" / "python3.13") for prefix in prefixes]
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates += sorted(glob.glob(os.path.join(root, "versions", "3.13*", "bin", "python3.13")), reverse=True)
+    return candidates
+
+
+def find_python313() -> str:
+    """A Python 3.13 interpreter from python313_candidates() that really runs."""
+    for candidate in python313_candidates():
         found = shutil.which(candidate)
         if found and _is_python313(found):
             return found

@@ -1,4 +1,5 @@
-"""Submit the preprocessing pipeline to Google Cloud Dataflow (what `make dataflow` runs).
+"""Submit the preprocessing pipeline, or batch prediction, to Google Cloud Dataflow (`make dataflow`,
+`make dataflow_predict`).
 
     export GCP_PROJECT=my-project GCP_REGION=europe-west1 BUCKET=my-bucket   # SERVICE_ACCOUNT optional
     python scripts/submit_dataflow.py --data_size 200k
@@ -6,13 +7,20 @@
     python scripts/submit_dataflow.py --dry_run          # build the job offline; submits nothing
     make dataflow ARGS="--data_size all"
 
-Reads BigQuery (wagon-public-datasets.taxifare.raw_SIZE, billed to GCP_PROJECT) and
-writes train/val/errors shards, the raw cache and summary.json under
-gs://BUCKET/processed/processed_MIN_MAX_SIZE/, with a timestamped job name. The
-project's sdist is built from pyproject.toml and shipped to the workers
-(--setup_file). It waits for the job and prints its counters; Ctrl-C stops waiting,
-not the job. Flags after `--` pass through to `python -m pipelines.preprocess` and Beam.
-A missing setting or bad flag ends with one error line and exit code 2.
+    python scripts/submit_dataflow.py --job predict --input 'gs://my-bucket/rides/*.csv'
+    python scripts/submit_dataflow.py --job predict --input 'gs://my-bucket/rides/*.csv' --run RUN --dry_run
+    make dataflow_predict ARGS="--input gs://my-bucket/rides/*.csv"
+
+Preprocessing (the default job) reads BigQuery (wagon-public-datasets.taxifare.raw_SIZE,
+billed to GCP_PROJECT) and writes train/val/errors shards, the raw cache and summary.json under
+gs://BUCKET/processed/processed_MIN_MAX_SIZE/. Batch prediction (`--job predict`) reads ride
+CSVs from gs:// and writes predictions-*.csv and dead_letter-*.csv under
+gs://BUCKET/predictions/JOB_NAME/, with the latest model of gs://BUCKET/training_outputs (or
+--run, --registry); its workers also install requirements-predict.txt (TensorFlow) unless
+--sdk_container_image names an image that has it. Both get a timestamped job name and the
+project's sdist (--setup_file). It waits for the job and prints its counts; Ctrl-C stops waiting,
+not the job. Flags after `--` pass through to the pipeline and Beam. A missing setting or bad
+flag ends with one error line and exit code 2.
 """
 from __future__ import annotations
 
@@ -24,10 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.dataflow import (  # noqa: E402
+    JOB_NAME_PREFIX,
+    PREDICT_JOB_NAME_PREFIX,
     DataflowError,
     build_dry_run_job,
+    build_predict_dry_run_job,
     check_dataflow_options,
     job_name,
+    predict_argv,
     preprocess_argv,
     settings_from_env,
     staged_files,
@@ -36,6 +48,7 @@ from pipelines.options import READ_METHODS, UsageError  # noqa: E402
 from taxifare_core import contract  # noqa: E402
 
 PROG = "submit_dataflow.py"
+JOBS = ("preprocess", "predict")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,13 +72,18 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = _Parser(
         prog=PROG,
-        description="Submit `python -m pipelines.preprocess --source bigquery` to Dataflow. Settings "
+        description="Submit `python -m pipelines.preprocess --source bigquery` (or, with --job predict, "
+        "`python -m pipelines.predict`) to Dataflow. Settings "
         "come from the environment: GCP_PROJECT (runs the job, pays for BigQuery), GCP_REGION "
         "(e.g. europe-west1), BUCKET (a gs:// bucket name for tmp/, staging/ and processed/), "
         "SERVICE_ACCOUNT (optional: the workers' service account e-mail).",
-        epilog="Anything after `--` is passed to pipelines.preprocess and Beam unchanged, "
+        epilog="Anything after `--` is passed to the pipeline (pipelines.preprocess, or pipelines.predict "
+        "with --job predict) and Beam unchanged, "
         "e.g. `-- --dedupe global --num_shards 8`.",
     )
+    parser.add_argument("--job", choices=JOBS, default="preprocess",
+                        help="preprocess: BigQuery -> processed shards (default); predict: batch prediction "
+                        "of gs:// ride CSVs with the registry's model")
     parser.add_argument("--data_size", choices=contract.DATA_SIZES, default=contract.DEFAULT_DATA_SIZE,
                         help="BigQuery table raw_SIZE to read (default %(default)s)")
     parser.add_argument("--min_date", default=contract.DEFAULT_MIN_DATE,
@@ -82,7 +100,19 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--sdk_container_image", default=None,
                         help="custom worker image with the dependencies pre-installed (default: Beam's)")
     parser.add_argument("--job_name", default=None,
-                        help="Dataflow job name (default: taxifare-preprocess-YYYYMMDD-HHMMSS, UTC)")
+                        help="Dataflow job name (default: taxifare-preprocess-YYYYMMDD-HHMMSS or "
+                        "taxifare-predict-..., UTC)")
+    predict = parser.add_argument_group("--job predict")
+    predict.add_argument("--input", default=None, metavar="GLOB",
+                         help="ride CSVs with a header on gs:// (required with --job predict)")
+    predict.add_argument("--output", default=None, metavar="DIR",
+                         help="gs:// folder for predictions and dead letter "
+                         "(default: gs://BUCKET/predictions/JOB_NAME)")
+    predict.add_argument("--registry", default=None,
+                         help="gs:// model registry (default: gs://BUCKET/training_outputs)")
+    predict.add_argument("--run", default=None,
+                         help="registry run whose model prices the rides (default: the latest; "
+                         "required with --dry_run, which does not list the registry)")
     parser.add_argument("--dry_run", action="store_true",
                         help="build the full job (sdist included) offline and print it; submit nothing")
     return parser.parse_args(argv), extra
@@ -100,25 +130,43 @@ def describe_job(job) -> str:
 
 
 def main(argv=None) -> int:
-    """Build the preprocess flags from the environment, then submit (or dry-run) the job."""
+    """Build the pipeline's flags from the environment, then submit (or dry-run) the job."""
     args, extra = parse_args(argv)
+    predicting = args.job == "predict"
+    module = "pipelines.predict" if predicting else "pipelines.preprocess"
     try:
         settings = settings_from_env()
-        name = args.job_name or job_name()
-        pipeline_argv = preprocess_argv(
-            settings, name, args.data_size, args.min_date, args.max_date, args.read_method,
-            args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),
-        )
+        name = args.job_name or job_name(prefix=PREDICT_JOB_NAME_PREFIX if predicting else JOB_NAME_PREFIX)
+        if predicting:
+            if not args.input:
+                raise DataflowError("--job predict needs --input gs://BUCKET/PATH/*.csv")
+            pipeline_argv = predict_argv(
+                settings, name, args.input, args.output, args.run, args.registry,
+                args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),
+            )
+        else:
+            given = [f"--{name}" for name in ("input", "output", "registry", "run") if getattr(args, name)]
+            if given:
+                raise DataflowError(f"{', '.join(given)} belong to --job predict")
+            pipeline_argv = preprocess_argv(
+                settings, name, args.data_size, args.min_date, args.max_date, args.read_method,
+                args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),
+            )
         from apache_beam.options.pipeline_options import PipelineOptions
 
         check_dataflow_options(PipelineOptions(pipeline_argv))
-        print(f"{PROG}: python -m pipelines.preprocess {' '.join(pipeline_argv)}", file=sys.stderr)
+        print(f"{PROG}: python -m {module} {' '.join(pipeline_argv)}", file=sys.stderr)
         if args.dry_run:
-            print(describe_job(build_dry_run_job(pipeline_argv)))
+            build = build_predict_dry_run_job if predicting else build_dry_run_job
+            print(describe_job(build(pipeline_argv)))
             return 0
     except (DataflowError, UsageError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    if predicting:
+        from pipelines import predict
+
+        return predict.main(pipeline_argv)
     from pipelines import preprocess
 
     return preprocess.main(pipeline_argv)

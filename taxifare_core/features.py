@@ -170,7 +170,13 @@ def format_csv(rows: np.ndarray) -> str:
         _one_hot_text_column(rows[:, part]) if isinstance(part, slice) else pc.cast(pa.array(rows[:, part]), pa.string())
         for part in _CSV_LAYOUT
     ]
-    lines = pc.binary_join_element_wise(*pieces, ",")
+    return joined_lines(pc.binary_join_element_wise(*pieces, ","))
+
+
+def joined_lines(lines: pa.Array) -> str:
+    """Arrow text lines (no nulls) as one text joined by newlines, straight from Arrow's buffers."""
+    if len(lines) == 0:
+        return ""
     lines = pc.binary_join_element_wise(lines, "", "\n")  # each line now ends with a newline
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
     text = lines.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]

@@ -12,6 +12,7 @@ skip, saying why; on CI (CI=true) they fail instead. A Cloud Storage emulator
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from emulator_helpers import ROOT, emulator_script, ensure_emulator_venv
 
 from pipelines import bigquery_emulator
-from pipelines.sources import build_query
+from pipelines.sources import bigquery_read_failure, build_query
 from taxifare_core import contract, outputs
 from taxifare_core.generate import generate_rides
 
@@ -320,3 +321,115 @@ def test_bigquery_to_gs_shards_on_emulators(emulator, storage, csv_run):
     assert gs_shard_lines(storage.host_port, "processed/run/train-") == shard_lines(csv_out, "train")
     assert gs_shard_lines(storage.host_port, "processed/run/val-") == shard_lines(csv_out, "val")
     assert len(gs_shard_lines(storage.host_port, "processed/run/raw-")) > 800
+
+
+# --- past gRPC's default message size, and wrong-type values, through the preprocess CLI ------------
+
+# local-bigquery serves one Storage Read stream per 100,000 rows (STREAM_ROWS), each stream's rows in
+# one Arrow message of ~56 bytes a row: 75k to 100k rows read make one message over gRPC's 4 MB default
+# (100k loaded, ~92k in the query's window: "Received message larger than max (5181483 vs. 4194304)"
+# without the channel options). 120k would not: two streams of ~55k rows, ~3 MB each.
+LARGE_ROWS = 100_000
+LARGE_DATASET, STRING_FARE_DATASET = "taxifare_large", "taxifare_string_fare"
+
+
+def preprocess_in_process(*args: str) -> dict:
+    """`python -m pipelines.preprocess ARGS` in this process (no interpreter start-up); its summary."""
+    from pipelines import preprocess
+
+    assert preprocess.main(list(args)) == 0
+    return json.loads(Path(args[args.index("--output") + 1], "summary.json").read_text())
+
+
+@pytest.mark.emulator
+def test_direct_read_past_grpcs_message_limit_equals_the_csv_path(emulator, tmp_path, redirect_restored):
+    """100k rows by DIRECT_READ (one Storage Read message over 4 MB) give the CSV path's exact rows."""
+    rides = generate_rides(LARGE_ROWS, seed=7)
+    assert emulator_script.load_rides(emulator.host_port, rides, f"{LARGE_DATASET}.raw_all") == LARGE_ROWS
+    common = ("--dedupe", "none", "--num_shards", "1")
+    bq = preprocess_in_process(
+        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", "DIRECT_READ",
+        "--data_size", "all", "--bq_dataset", LARGE_DATASET, "--output", str(tmp_path / "bq"), *common)
+    csv = preprocess_in_process("--source", "csv", "--input", str(write_csv(rides, tmp_path / "rides.csv")),
+                                "--output", str(tmp_path / "csv"), *common)
+    assert 75_000 < bq["rows_read"] == len(in_window(rides)) <= 100_000  # one stream, one message > 4 MB
+    assert bq["train_rows"] + bq["val_rows"] == csv["train_rows"] + csv["val_rows"] > 70_000
+    for prefix in ("train", "val"):
+        assert shard_lines(tmp_path / "bq", prefix) == shard_lines(tmp_path / "csv", prefix)
+
+
+def load_string_fare_table(host_port: str, rides: pd.DataFrame) -> None:
+    """The rides into STRING_FARE_DATASET.raw_1k with fare_amount as a STRING column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from google.cloud import bigquery
+
+    client = emulator_script.client(host_port)
+    client.create_dataset(f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}", exists_ok=True)
+    schema = [bigquery.SchemaField(f.name, "STRING" if f.name == contract.LABEL_COLUMN else f.field_type)
+              for f in emulator_script.raw_schema(with_key=False)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(rides[list(contract.RAW_COLUMNS)], preserve_index=False), buffer)
+    buffer.seek(0)
+    config = bigquery.LoadJobConfig(schema=schema, source_format=bigquery.SourceFormat.PARQUET,
+                                    write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE)
+    client.load_table_from_file(buffer, f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k",
+                                job_config=config).result()
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("method", READ_METHODS)
+def test_a_string_fare_from_bigquery_reaches_the_dead_letter(emulator, tmp_path, method, redirect_restored):
+    """A STRING fare column: numbers in text are read, 'abc' goes to the dead letter with its row and reason."""
+    rides = generate_rides(200, seed=3)
+    rides = rides[rides[contract.TIME_COLUMN].notna()].reset_index(drop=True)
+    rides = rides[list(contract.RAW_COLUMNS)].astype({contract.LABEL_COLUMN: object})
+    rides[contract.LABEL_COLUMN] = [f"{fare:.2f}" for fare in rides[contract.LABEL_COLUMN].astype(float)]
+    rides.loc[5, contract.LABEL_COLUMN] = "abc"
+    load_string_fare_table(emulator.host_port, rides)
+    out = tmp_path / "out"
+    summary = preprocess_in_process(
+        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", method,
+        "--data_size", "1k", "--bq_dataset", STRING_FARE_DATASET, "--output", str(out),
+        "--temp_location", str(tmp_path / "bq_tmp"))
+    [letter] = [json.loads(line) for line in shard_lines(out, "errors")]
+    assert letter["reason"] == "fare_amount: expected a number, got 'abc'"
+    assert letter["source"] == f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k"
+    record = json.loads(letter["record"])
+    assert record[contract.LABEL_COLUMN] == "abc"
+    assert record["pickup_longitude"] == pytest.approx(rides.loc[5, "pickup_longitude"])
+    assert summary["bad_input"] == 1 and summary["rows_read"] == len(in_window(rides))
+    assert summary["balanced"]
+
+
+# --- a failed BigQuery read: one line naming the table and read method ------------------------------
+
+
+def test_read_failure_names_the_table_method_and_bigquerys_reason():
+    body = '{"error":{"code":404,"message":"Not found: Table p:d.raw_1k was not found in location US"}}'
+    error = RuntimeError(f"apitools...HttpNotFoundError: HttpError accessing <http://h/jobs>: response: <{{}}>, "
+                         f"content <{body}> [while running 'ReadBigQuery/Read/SDFBoundedSourceReader']")
+    assert bigquery_read_failure(error, "p.d.raw_1k", "DIRECT_READ") == (
+        "reading BigQuery table p.d.raw_1k (DIRECT_READ) failed: Not found: Table p:d.raw_1k was not found "
+        "in location US")
+    assert bigquery_read_failure(ValueError("a bug in a later step"), "p.d.raw_1k", "EXPORT") is None
+
+
+def run_failing_preprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+@pytest.mark.emulator
+def test_missing_table_ends_with_one_line_and_debug_shows_the_traceback(emulator, tmp_path):
+    args = ("--bigquery_emulator", emulator.host_port, "--data_size", "200k", "--output", str(tmp_path / "out"))
+    done = run_failing_preprocess(*args)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "preprocess: error: reading BigQuery table wagon-public-datasets.taxifare.raw_200k (DIRECT_READ) failed: "
+        "Not found: Table wagon-public-datasets:taxifare.raw_200k was not found in location US "
+        "(--log_level DEBUG shows the traceback)")
+    assert "Traceback" not in done.stderr
+    debug = run_failing_preprocess(*args, "--log_level", "DEBUG")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert debug.stderr.splitlines()[-1].endswith("was not found in location US")

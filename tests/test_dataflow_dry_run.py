@@ -60,7 +60,7 @@ def transforms_by_name(job) -> dict:
 
 def test_job_graph_reads_bigquery_then_parses_cleans_encodes_splits_and_writes(job):
     transforms = transforms_by_name(job)
-    for label in (*GRAPH_PATH, *WRITES, "FormatRawCache"):
+    for label in (*GRAPH_PATH, *WRITES):
         assert label in transforms, f"{label} missing from the job graph"
     for producer, consumer in zip(GRAPH_PATH, GRAPH_PATH[1:]):
         outputs = set(transforms[producer].outputs.values())
@@ -71,6 +71,11 @@ def test_job_graph_reads_bigquery_then_parses_cleans_encodes_splits_and_writes(j
     assert split_outputs & set(transforms["Statistics/CombineTrain"].inputs.values())
     assert split_outputs & set(transforms["Statistics/CombineVal"].inputs.values())
     assert set(transforms["Statistics"].outputs.values()) & set(transforms["WriteStats"].inputs.values())
+    # The raw cache comes from the parse's own batches: the rows are batched once.
+    raw = set(transforms["ParseBigQueryRows/ParseRecordBatch"].outputs.values())
+    assert raw & set(transforms["WriteRaw"].inputs.values())
+    batching = [name for name in transforms if name.endswith("BatchRecords")]
+    assert batching == ["ParseBigQueryRows/BatchRecords"]
     read = transforms["ReadBigQuery/Read"]
     assert read.spec.urn or read.subtransforms
 

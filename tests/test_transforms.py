@@ -128,6 +128,7 @@ def test_parse_record_batches_reads_bigquery_shaped_rows():
     def build(p):
         out = p | beam.Create(rows) | T.ParseRecordBatches("bq:raw_1k", batch_rows=10)
         assert_that(out[T.RIDES] | beam.Map(len), equal_to([2]), label="Rides")
+        assert_that(out[T.RAW] | beam.Map(lambda text: len(text.splitlines())), equal_to([4]), label="Raw")
         dead = out[T.DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
         assert_that(dead | beam.Map(lambda d: (d["source"], d["line"], d["reason"].split(":")[0])), equal_to([
             ("bq:raw_1k", None, "fare_amount"), ("bq:raw_1k", None, "missing column(s)"),
@@ -268,10 +269,60 @@ def test_preprocess_rides_end_to_end_on_batches():
     assert counters[T.OUTSIDE_DATE_RANGE] == 1 and counters[contract.RULE_FARE] == 1
 
 
-def test_format_raw_records_writes_the_contract_csv_form():
-    when = datetime(2013, 7, 6, 17, 18, tzinfo=timezone.utc)
-    text = T.format_raw_records([dict(zip(contract.RAW_COLUMNS, record(when=when)))])
-    assert text == "7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1"
+def test_format_raw_csv_writes_the_contract_csv_form():
+    typed = rides(record(), record(fare="", passengers="3", when="2014-01-02 03:04:05 UTC"))
+    text = T.format_raw_csv(typed)
+    assert text.split("\n") == ["7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1",
+                                 ",2014-01-02 03:04:05 UTC,-73.950655,40.783282,-73.984365,40.769802,3"]
+    assert T.format_raw_csv(typed.iloc[:0]) == ""
+
+
+BQ_WHEN = datetime(2013, 7, 6, 17, 18, tzinfo=timezone.utc)
+BQ_GOOD = dict(zip(contract.RAW_COLUMNS, record(when=BQ_WHEN)))
+
+
+@pytest.mark.parametrize("when", [BQ_WHEN, "2013-07-06 17:18:00 UTC", "2013-07-06T17:18:00Z"])
+def test_parse_records_types_columns_like_the_csv_path(when):
+    """DIRECT_READ / Avro give datetimes, a JSON export gives text stamps: same typed rides either way."""
+    rows = [{**BQ_GOOD, "pickup_datetime": when, "fare_amount": 5.0 + i} for i in range(5)]
+    rows[2]["pickup_longitude"] = None  # missing: a ride (the missing-value rule drops it later)
+    typed, dead = T.parse_records(rows, "bq")
+    assert dead == []
+    csv_typed, _, _ = T.parse_block(block([ride_line(fare=5.0 + i, plon="" if i == 2 else -73.950655)
+                                           for i in range(5)]))
+    pd.testing.assert_frame_equal(typed.reset_index(drop=True), csv_typed.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"fare_amount": "abc"}, "fare_amount: expected a number, got 'abc'"),
+    ({"passenger_count": 1.5}, "passenger_count: expected a whole number, got 1.5"),
+    ({"pickup_latitude": float("inf")}, "pickup_latitude: expected a number, got inf"),
+    ({"pickup_datetime": "yesterday"}, "pickup_datetime: unreadable timestamp 'yesterday'"),
+    ({"pickup_datetime": 12.5}, "pickup_datetime: expected a timestamp, got 12.5"),
+])
+def test_parse_records_sends_a_wrong_type_value_to_the_dead_letter(change, reason):
+    rows = [BQ_GOOD, {**BQ_GOOD, **change}, BQ_GOOD]
+    typed, dead = T.parse_records(rows, "bq:raw_1k")
+    assert len(typed) == 2
+    [line] = dead
+    letter = json.loads(line)
+    assert letter["reason"] == reason and letter["source"] == "bq:raw_1k"
+    assert json.loads(letter["record"])[next(iter(change))] == json.loads(json.dumps(change, default=str))[
+        next(iter(change))] or "inf" in letter["record"]
+
+
+def test_parse_record_batches_writes_the_raw_cache_from_the_same_batch():
+    rows = [{**BQ_GOOD, "fare_amount": 5.0 + i} for i in range(25)] + [{**BQ_GOOD, "fare_amount": "abc"}]
+
+    def build(p):
+        out = p | beam.Create(rows) | T.ParseRecordBatches("bq:raw_1k", batch_rows=10)
+        raw = out[T.RAW] | beam.FlatMap(str.splitlines)
+        assert_that(raw | beam.Map(lambda line: tuple(line.split(",")[:2])),
+                    equal_to([(str(5 + i), "2013-07-06 17:18:00 UTC") for i in range(25)]
+                             + [("abc", "2013-07-06 17:18:00 UTC")]), label="RawFares")
+
+    counters = run_counters(build)
+    assert counters[T.ROWS_READ] == 26 and counters[T.BAD_INPUT] == 1
 
 
 def test_importing_the_pipeline_never_imports_tensorflow():
