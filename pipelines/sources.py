@@ -22,6 +22,8 @@ or a folder, is refused by `read_header` with one line saying what it looks like
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import re
 import zlib
@@ -210,9 +212,32 @@ def sniff(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> CsvLay
     return CsvLayout(tuple(columns), len(first), newline)
 
 
+def check_decompresses(path: str) -> None:
+    """Read a compressed file to its end once; MalformedRecord when its stream is cut or corrupt.
+
+    A broken stream found later, in a worker, would fail the whole run with a traceback:
+    checked before the pipeline starts, it is one line (the price: one extra decompression).
+    """
+    # Python's own readers, which (unlike Beam's) raise at a stream cut short.
+    reader = {
+        CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw),
+        CompressionTypes.BZIP2: bz2.BZ2File,
+    }.get(CompressionTypes.detect_compression_type(path))
+    if reader is None:
+        return
+    try:
+        with _open(path) as raw, reader(raw) as handle:
+            while handle.read(_READ_CHUNK_BYTES):
+                pass
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise MalformedRecord(f"{path} cannot be decompressed to its end: {error or type(error).__name__}") from None
+
+
 def read_header(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> tuple[tuple[str, ...], int]:
     """The CSV header's columns and the byte offset just after it; MalformedRecord (naming the
-    file) if unusable or without a `required` column (see `sniff`)."""
+    file) if unusable or without a `required` column (see `sniff`), or a compressed file is broken."""
+    if is_compressed(path):
+        check_decompresses(path)
     layout = sniff(path, required)
     return layout.columns, layout.offset
 

@@ -140,6 +140,8 @@ def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray
         (block.first_line + index, lines[index].decode("utf-8", errors="replace").rstrip("\r"), reason)
         for index, reason in aside
     ]
+    # A whitespace-only line is a blank line, not a row, as the text path sees it (Arrow counts it as one field).
+    bad = [entry for entry in bad if entry[1].strip()]
     return table.to_pandas(types_mapper=_ARROW_STRINGS), block.first_line + kept, bad
 
 

@@ -140,7 +140,7 @@ def test_a_compressed_file_gives_the_plain_files_blocks(tmp_path, final_newline)
 def test_a_corrupt_compressed_file_is_one_clear_error(tmp_path):
     path = tmp_path / "rides.csv.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00garbage-not-deflate")
-    with pytest.raises(MalformedRecord, match="cannot be read"):
+    with pytest.raises(MalformedRecord, match="cannot be decompressed to its end"):
         read_header(str(path))
 
 
@@ -299,3 +299,23 @@ def test_predict_api_gives_the_reason_for_impossible_times(model_run, when, reas
     assert list(error.value.reasons) == [1] and error.value.reasons[1].startswith(reason)
     fares = predict(rides, run=run, registry_dir=root, invalid="nan")
     assert np.isfinite(fares[0]) and np.isnan(fares[1])
+
+
+@pytest.mark.parametrize("suffix, pack", [(".gz", gzip.compress), (".bz2", __import__("bz2").compress)])
+def test_a_compressed_file_cut_short_is_one_clear_error(tmp_path, suffix, pack):
+    data = pack(("\n".join([HEADER, *ride_lines(2000)]) + "\n").encode())
+    whole, cut = tmp_path / f"whole.csv{suffix}", tmp_path / f"cut.csv{suffix}"
+    whole.write_bytes(data)
+    cut.write_bytes(data[:len(data) // 2])
+    assert read_header(str(whole))[0] == tuple(contract.RAW_COLUMNS_WITH_KEY)
+    with pytest.raises(MalformedRecord, match="cannot be decompressed to its end"):
+        read_header(str(cut))
+
+
+def test_whitespace_only_lines_are_blank_lines_on_both_paths():
+    good = ride_lines(10)
+    lines = [*good[:5], "   ", "\t", *good[5:]]
+    fast_rides, fast, fast_read = _parsed(lines)
+    slow_rides, slow, slow_read = _parsed([*lines, GOOD.replace(",7.5,", ",x,")])
+    assert not fast and list(slow) == [14]
+    assert fast_read == 10 and slow_read == 11 and len(fast_rides) == len(slow_rides) == 10
