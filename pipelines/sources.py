@@ -168,11 +168,15 @@ class CsvLayout:
 
 
 def _not_csv(path: str, head: bytes) -> str | None:
-    """Why a file's first bytes are not UTF-8 CSV text, or None when they may be."""
+    """Why a file's first bytes are not UTF-8 CSV text, or None when they may be.
+
+    Only the magic numbers and the header line are judged: a NUL or latin-1 byte in a
+    later line makes that line bad input, not the file.
+    """
     for magic, why in _MAGIC:
         if head.startswith(magic):
             return f"{path} {why}"
-    if b"\x00" in head:
+    if b"\x00" in head.split(b"\n", 1)[0]:
         return f"{path} is not a UTF-8 CSV file (looks binary)"
     return None
 

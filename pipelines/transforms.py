@@ -116,11 +116,23 @@ def _has_nan_text(table: pa.Table) -> bool:
     return any(pc.any(pc.is_nan(table[column])).as_py() for column in contract.NUMERIC_COLUMNS)
 
 
+def _is_utf8(body: bytes) -> bool:
+    """True when `body` is valid UTF-8 (pure ASCII is checked at memory speed). Arrow's handler of
+    a line with another field count decodes it first, and prints a traceback if it cannot."""
+    if body.isascii():
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray, list] | None:
     """Fast path: the block read by Arrow with the contract's types, lines with another field
     count set aside; (typed frame, line numbers, [(line, text, reason)]) or None if a line needs
     the text path (a value Arrow cannot convert, a blank line, a quoted newline, a line too long)."""
-    if len(long_lines(body)):
+    if len(long_lines(body)) or not _is_utf8(body):
         return None
     read = read_csv_setting_aside(body, block.columns, _TYPED_CSV, use_threads=True)
     if read is not None and any(index is None for index, _ in read[1]):

@@ -108,6 +108,12 @@ def test_files_that_are_not_utf8_csv_are_one_clear_error(tmp_path, name, content
     assert message in error.value.reason and str(path) in error.value.reason
 
 
+def test_nul_and_latin1_bytes_after_the_header_are_bad_lines_not_a_binary_file(tmp_path):
+    path = tmp_path / "rides.csv"
+    path.write_bytes((HEADER + "\n" + GOOD + "\n").encode() + b"k,7\x00.5,\xe9\n" + (GOOD + "\n").encode())
+    assert read_header(str(path))[0] == tuple(contract.RAW_COLUMNS_WITH_KEY)
+
+
 def test_a_zip_and_a_folder_are_named_with_a_hint(tmp_path):
     with zipfile.ZipFile(tmp_path / "rides.zip", "w") as archive:
         archive.writestr("rides.csv", HEADER + "\n" + GOOD + "\n")
@@ -181,6 +187,17 @@ def test_nan_spellings_agree_on_both_paths():
     slow_rides, slow, _ = _parsed([*good, *lines, "k,oops"])
     assert {n: d["reason"] for n, d in fast.items()} == {n: d["reason"] for n, d in slow.items() if n != 26}
     assert len(fast_rides) == len(slow_rides) == 23  # NaN, nAn and empty are missing values, -nan is unreadable
+
+
+def test_invalid_utf8_lines_with_another_field_count_leave_nothing_on_stderr(monkeypatch):
+    unraisable = []  # what Python would print as "Exception ignored in: ..." with a traceback
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    good = ride_lines(10)
+    block = RawBlock("mem.csv", 2, tuple(contract.RAW_COLUMNS_WITH_KEY),
+                     ("\n".join(good) + "\n").encode() + b"\xff\xfe,garbage\n" + (GOOD + "\n").encode())
+    rides, dead, read = T.parse_block(block)
+    assert (len(rides), read) == (11, 12) and json.loads(dead[0])["line"] == 12
+    assert not unraisable
 
 
 def test_a_feb_30_is_never_rolled_over_to_march():
