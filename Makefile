@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict sample bench bench_train bench_bad_input quality dataflow bigquery_emulator reset_local_files clean
+.PHONY: install run test preprocess train predict sample bench bench_train bench_bad_input fuzz quality dataflow bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ bench_train: install
 
 bench_bad_input: install
 	$(PY) scripts/bench_bad_input.py $(ARGS)
+
+# Malformed input of 78 kinds through preprocessing and batch prediction (docs/bad-input.md).
+fuzz: install
+	$(PY) scripts/fuzz_inputs.py $(ARGS)
 
 # Model vs baseline on the real sample beside the project (../shared/data).
 quality: install

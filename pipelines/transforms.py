@@ -23,7 +23,6 @@ module-level classes (no save_main_session needed).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os

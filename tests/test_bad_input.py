@@ -24,7 +24,6 @@ from shard_helpers import saved_tiny_model
 from pipelines import batch_predict, preprocess
 from pipelines import transforms as T
 from pipelines.sources import (
-    MAX_LINE_BYTES,
     RawBlock,
     ReadCsvBlocks,
     plan_blocks,
