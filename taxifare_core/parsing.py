@@ -48,8 +48,12 @@ _MIN_SECONDS = -(-pd.Timestamp.min.value // 1_000_000_000)
 _MAX_SECONDS = pd.Timestamp.max.value // 1_000_000_000
 _RANGE_TEXT = (f"{pd.Timestamp(_MIN_SECONDS, unit='s'):%Y-%m-%d %H:%M:%S} to "
                f"{pd.Timestamp(_MAX_SECONDS, unit='s'):%Y-%m-%d %H:%M:%S} UTC")
-# The CSV form's length and where its day and seconds stand: "2013-07-06 17:18:00 UTC".
-_CSV_TIME_LENGTH, _DAY_SLICE, _SECOND_SLICE = 23, (8, 10), (17, 19)
+# The CSV form byte by byte, "2013-07-06 17:18:00 UTC": where its digits stand and what the other bytes are.
+_CSV_TIME_LENGTH = 23
+_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_FIXED = np.array([4, 7, 10, 13, 16, 19, 20, 21, 22])
+_FIXED_BYTES = np.frombuffer(b"--  ::" + b" UTC", dtype=np.uint8)[[0, 1, 2, 4, 5, 6, 7, 8, 9]]
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 # A date and time as written, to tell an impossible one (Feb 30, 24:00) from an unreadable one.
 _DATE_TIME = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2}))?)?")
 # A value quoted in a reason is cut to this many characters: a 3 MB field makes a short reason.
@@ -238,11 +242,7 @@ def _set_reasons(reasons: np.ndarray, bad: np.ndarray, values: pd.Series, messag
 
 def _text(values: pd.Series) -> tuple[pa.Array, np.ndarray]:
     """A raw column as trimmed Arrow text, and where it is missing."""
-    if isinstance(values.dtype, pd.ArrowDtype) and pa.types.is_string(values.dtype.pyarrow_dtype):
-        text = pa.array(values)  # Arrow's CSV read handed over as is: no Python strings made
-    else:
-        text = pa.array(values.astype("string"), type=pa.string())
-    text = pc.utf8_trim_whitespace(text)
+    text = pc.utf8_trim_whitespace(_arrow_text(values))
     missing = pc.or_kleene(pc.is_null(text), pc.is_in(pc.utf8_lower(text), value_set=_MISSING_ARROW))
     return text, missing.to_numpy(zero_copy_only=False).astype(bool)
 
@@ -298,14 +298,64 @@ def _typed_times(values: pd.Series, reasons: np.ndarray) -> pd.Series:
     return pd.Series(stamps.astype("datetime64[ns]"), index=values.index).dt.tz_localize("UTC")
 
 
+def _arrow_text(values: pd.Series) -> pa.Array:
+    """A text column as one Arrow string array, untrimmed (Arrow's own when it came from Arrow)."""
+    if isinstance(values.dtype, pd.ArrowDtype) and pa.types.is_string(values.dtype.pyarrow_dtype):
+        text = pa.array(values)
+    else:
+        text = pa.array(values.astype("string"), type=pa.string())
+    return text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+
+
+def _csv_form_seconds(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch seconds of the texts written exactly in the CSV form, and which those are.
+
+    numpy reads the digits straight from Arrow's buffer and checks every field (a real
+    day of that month, hours to 23, seconds to 59), then counts days as the proleptic
+    Gregorian calendar does (H. Hinnant's days_from_civil): no per-row Python, no
+    roll-over of Feb 30 into March as strptime does.
+    """
+    n = len(text)
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=n + 1, offset=text.offset * 4)
+    data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if text.buffers()[2] is not None else np.empty(0, np.uint8)
+    lengths = np.diff(offsets)
+    in_form = lengths == _CSV_TIME_LENGTH
+    if text.null_count:
+        in_form &= text.is_valid().to_numpy(zero_copy_only=False)
+    if in_form.all() and n:
+        chars = data[offsets[0]:offsets[-1]].reshape(n, _CSV_TIME_LENGTH)
+    else:
+        # A 23-byte window at every byte (a view, no copy), then the windows at the rows' starts.
+        padded = np.concatenate([data, np.zeros(_CSV_TIME_LENGTH, dtype=np.uint8)])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, _CSV_TIME_LENGTH)
+        chars = windows[np.where(in_form, offsets[:-1], len(data))]
+    in_form &= (chars[:, _FIXED] == _FIXED_BYTES).all(axis=1)
+    digits = chars[:, _DIGITS].astype(np.int64) - 48
+    in_form &= ((digits >= 0) & (digits <= 9)).all(axis=1)
+    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
+    month, day = digits[:, 4] * 10 + digits[:, 5], digits[:, 6] * 10 + digits[:, 7]
+    hour, minute, second = (digits[:, 8] * 10 + digits[:, 9], digits[:, 10] * 10 + digits[:, 11],
+                            digits[:, 12] * 10 + digits[:, 13])
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
+    in_form &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    in_form &= (hour <= 23) & (minute <= 59) & (second <= 59)
+    shifted = year - (month <= 2)
+    era = np.floor_divide(shifted, 400)
+    year_of_era = shifted - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146_097 + day_of_era - 719_468
+    return days * 86_400 + hour * 3_600 + minute * 60 + second, in_form
+
+
 def _time_column(values: pd.Series, reasons: np.ndarray) -> pd.Series:
     """Vectorized parse_timestamp: datetime64[ns, UTC], NaT when missing; bad rows get a reason.
 
-    Text in the CSV form is read by Arrow into whole seconds (any year fits), then
-    kept only when a nanosecond timestamp holds it and its day and seconds are the
-    ones written: Arrow's strptime rolls Feb 30 over to March 2 and 23:59:60 to the
-    next minute, where the contract wants bad input. Every other text (ISO forms,
-    time zones, impossible dates) goes through parse_timestamp one row at a time.
+    Text exactly in the CSV form with a real date and time that a nanosecond
+    timestamp holds is read with numpy (`_csv_form_seconds`); every other text
+    (missing words, ISO forms, time zones, Feb 30, year 2300) goes through
+    parse_timestamp one row at a time, which reads it or gives the reason.
     """
     nat = np.iinfo(np.int64).min
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values):
@@ -315,24 +365,15 @@ def _time_column(values: pd.Series, reasons: np.ndarray) -> pd.Series:
         objects = values.to_numpy(dtype=object)
         _one_by_one(objects, np.flatnonzero(~values.isna().to_numpy()), stamps, reasons)
         return _as_utc_ns(stamps).set_axis(values.index)
-    text, missing = _text(values)
-    seconds = pc.strptime(text, format=CSV_TIME_FORMAT, unit="s", error_is_null=True)
-    in_form = pc.and_(pc.is_valid(seconds), pc.equal(pc.utf8_length(text), _CSV_TIME_LENGTH))
-    day_text, second_text = pc.utf8_slice_codeunits(text, *_DAY_SLICE), pc.utf8_slice_codeunits(text, *_SECOND_SLICE)
-    in_form = pc.fill_null(pc.and_(in_form, pc.and_(pc.utf8_is_digit(day_text), pc.utf8_is_digit(second_text))),
-                           False)
-    as_written = pc.and_(
-        pc.equal(pc.day(seconds), pc.cast(pc.if_else(in_form, day_text, "0"), pa.int64())),
-        pc.equal(pc.second(seconds), pc.cast(pc.if_else(in_form, second_text, "0"), pa.int64())),
-    )
-    epoch = pc.fill_null(pc.cast(seconds, pa.int64()), 0).to_numpy(zero_copy_only=False)
-    good = (pc.fill_null(pc.and_(in_form, as_written), False).to_numpy(zero_copy_only=False)
-            & (epoch >= _MIN_SECONDS) & (epoch <= _MAX_SECONDS))
+    epoch, good = _csv_form_seconds(_arrow_text(values))
+    good &= (epoch >= _MIN_SECONDS) & (epoch <= _MAX_SECONDS)
     stamps = np.where(good, epoch * 1_000_000_000, nat)
-    # Everything else that is not missing: read (or judged) one row at a time.
-    rows = np.flatnonzero(~missing & ~good)
-    if len(rows):
-        _one_by_one(values.to_numpy(dtype=object), rows, stamps, reasons)
+    if not good.all():
+        # Everything else that is not missing: read (or judged) one row at a time.
+        _, missing = _text(values)
+        rows = np.flatnonzero(~missing & ~good)
+        if len(rows):
+            _one_by_one(values.to_numpy(dtype=object), rows, stamps, reasons)
     return _as_utc_ns(stamps).set_axis(values.index)
 
 
