@@ -113,7 +113,7 @@ def _truncate(rng, f):
 
 
 def _stray_cr(rng, f):
-    position = rng.randint(1, 7)
+    position = rng.randint(1, 6)  # not the last field: a \r ending the line is a CRLF line end, not stray
     value = f[position]
     cut = rng.randint(1, max(1, len(value) - 1))
     return ",".join(f[:position] + [value[:cut] + "\r" + value[cut:]] + f[position + 1:])
