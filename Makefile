@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
+.PHONY: install run test preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ bench_bad_input: install
 # BigQuery (local emulator) vs CSV on the same 1.1 M rides: ARGS="--rows N --read_methods EXPORT ..."
 bench_bigquery: install
 	$(PY) scripts/bench_bigquery.py $(ARGS)
+
+# Malformed input of 78 kinds through preprocessing and batch prediction (docs/bad-input.md).
+fuzz: install
+	$(PY) scripts/fuzz_inputs.py $(ARGS)
 
 # Model vs baseline on the real sample beside the project (../shared/data).
 quality: install

@@ -52,7 +52,7 @@ from pipelines.preprocess import pipeline_options
 from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
 from pipelines.statistics import STATS_FILE, STATS_PARTS, FeatureStatisticsFn, read_text, write_text
 from taxifare_core import contract, outputs, registry, stats, storage
-from taxifare_core.parsing import MalformedRecord
+from taxifare_core.parsing import MalformedRecord, clip_record
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 
 COUNTER_NAMESPACE = "taxifare_predict"
@@ -86,12 +86,18 @@ def _csv_line(*fields) -> str:
     return buffer.getvalue()
 
 
+def _dead_line(key: str, reason: str, text: str) -> str:
+    """One dead-letter line: key, reason, input (an input over parsing.MAX_RECORD_CHARS cut, the reason says so)."""
+    text, reason = clip_record(text, reason)
+    return _csv_line(key, reason, text)
+
+
 def encode_block(block: RawBlock, name_by_file: bool) -> tuple[EncodedBlock, list[str]]:
     """One block -> (the rides the model can price, dead-letter lines for the others)."""
     label = (lambda n: f"{block.source.rsplit('/', 1)[-1]}:{n}") if name_by_file else str
     split = split_lines(block)
     frame, lines = split.fields, list(zip(split.line_numbers.tolist(), split.texts))
-    dead = [_csv_line(label(number), reason, text) for number, text, reason in split.bad]
+    dead = [_dead_line(label(number), reason, text) for number, text, reason in split.bad]
     if not len(frame):
         return EncodedBlock((), np.empty((0, contract.N_FEATURES), dtype=np.float32)), dead
     keys = [
@@ -100,7 +106,7 @@ def encode_block(block: RawBlock, name_by_file: bool) -> tuple[EncodedBlock, lis
     ]
     prepared = prepare_rides(frame[list(SERVING_COLUMNS)])
     dead += [
-        _csv_line(key, reason, text)
+        _dead_line(key, reason, text)
         for key, reason, (_, text) in zip(keys, prepared.reasons, lines) if reason is not None
     ]
     good_keys = tuple(key for key, ok in zip(keys, prepared.valid) if ok)

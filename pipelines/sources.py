@@ -8,6 +8,13 @@ number), reshuffled so parallel workers share them, then read with `FileSystems`
 Arrow, setting aside lines with another field count (preprocessing and batch
 prediction both use it).
 
+Compressed files (`.gz`, `.bz2`, ... as Beam's `CompressionTypes` names them by
+extension) cannot be read at byte offsets: they are decompressed once, in a stream,
+and cut at the same lines as the plain file, so they give the same blocks. A file
+whose lines end with a lone `\r` (classic Mac) is read as lines split on `\r`, as
+Python and pandas read it. A file that is not UTF-8 CSV text (binary, zip, UTF-16),
+or a folder, is refused by `read_header` with one line saying what it looks like.
+
     >>> build_query("200k", "2009-01-01", "2015-01-01").splitlines()[1]
     'FROM `wagon-public-datasets`.taxifare.raw_200k'
 
@@ -15,10 +22,12 @@ prediction both use it).
 """
 from __future__ import annotations
 
-import csv
+import bz2
+import gzip
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from datetime import date
 
@@ -33,11 +42,24 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.coders import BatchCoder
 from taxifare_core import contract
-from taxifare_core.parsing import MalformedRecord, header_columns
+from taxifare_core.parsing import MalformedRecord, csv_fields, header_columns
 
 # The origin course's CHUNK_SIZE: also the size of the batches that `--dedupe batch` dedupes within.
 DEFAULT_BLOCK_ROWS = 100_000
 _READ_CHUNK_BYTES = 16 * 1024 * 1024
+# A ride is ~150 bytes: a line longer than this is bad input (read whole, never parsed), so one
+# huge field cannot crash the csv module (its field limit is 131,072) or stall Arrow.
+MAX_LINE_BYTES = 100_000
+# How much of a file `read_header` looks at to judge whether it is CSV text.
+_SNIFF_BYTES = 64 * 1024
+# The first bytes of files that are not CSV text, and what to tell the user about each.
+_MAGIC = (
+    (b"\x1f\x8b", "is gzip-compressed but not named .gz: rename it to end in .gz"),
+    (b"PK\x03\x04", "is a zip archive: unzip it and give the CSV files"),
+    (b"\xff\xfe", "is UTF-16 text: save it as UTF-8"),
+    (b"\xfe\xff", "is UTF-16 text: save it as UTF-8"),
+    (b"BZh", "is bzip2-compressed but not named .bz2: rename it to end in .bz2"),
+)
 _DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 # GCP project ids (optionally domain-scoped) and BigQuery dataset names.
 _PROJECT_PATTERN = re.compile(r"(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
@@ -106,6 +128,7 @@ class BlockSpan:
     end: int
     first_line: int
     columns: tuple[str, ...]
+    newline: bytes = b"\n"
 
 
 @dataclass(frozen=True)
@@ -131,40 +154,129 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def read_header(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> tuple[tuple[str, ...], int]:
-    """The CSV header's columns and the byte offset just after it; MalformedRecord (naming the
-    file) if unusable or without a `required` column."""
-    with _open(path) as handle:
-        first = handle.readline()
-    if not first.strip():
+def is_compressed(path: str) -> bool:
+    """True when Beam decompresses `path` by its extension (.gz, .bz2, .deflate, .zst, ...)."""
+    return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """What `sniff` learns from a file's start: header columns, where the data begins, the line end."""
+
+    columns: tuple[str, ...]
+    offset: int  # bytes (of the decompressed text for a compressed file) before the first data line
+    newline: bytes  # b"\n" (also for \r\n files) or b"\r" (classic Mac files)
+
+
+def _not_csv(path: str, head: bytes) -> str | None:
+    """Why a file's first bytes are not UTF-8 CSV text, or None when they may be.
+
+    Only the magic numbers and the header line are judged: a NUL or latin-1 byte in a
+    later line makes that line bad input, not the file.
+    """
+    for magic, why in _MAGIC:
+        if head.startswith(magic):
+            return f"{path} {why}"
+    if b"\x00" in head.split(b"\n", 1)[0]:
+        return f"{path} is not a UTF-8 CSV file (looks binary)"
+    return None
+
+
+def sniff(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> CsvLayout:
+    """A CSV file's header columns, data offset and line end; MalformedRecord (one line, naming
+    the file) for a folder, an empty or binary file, a bad header or a missing `required` column."""
+    try:
+        compression = CompressionTypes.AUTO if is_compressed(path) else CompressionTypes.UNCOMPRESSED
+        with FileSystems.open(path, compression_type=compression) as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except IsADirectoryError:
+        raise MalformedRecord(f"{path} is a folder: give a glob such as {path.rstrip('/')}/*.csv") from None
+    except (OSError, EOFError, ValueError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise MalformedRecord(f"{path} cannot be read: {error}") from None
+    if not head.strip():
+        raise MalformedRecord(f"{path}: empty file or empty header line")
+    why = _not_csv(path, head)
+    if why:
+        raise MalformedRecord(why)
+    # Lines end with a lone \r only when no \n comes at all: a stray \r in a \n file stays one bad line.
+    newline = b"\r" if b"\r" in head.rstrip(b"\r") and b"\n" not in head else b"\n"
+    end = head.find(newline)
+    if end < 0 and len(head) == _SNIFF_BYTES:
+        raise MalformedRecord(f"{path} is not a CSV file (no line end in its first {_SNIFF_BYTES:,} bytes)")
+    first = head if end < 0 else head[:end + 1]
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MalformedRecord(f"{path} is not a UTF-8 CSV file (looks binary)") from None
+    if not text.strip():
         raise MalformedRecord(f"{path}: empty file or empty header line")
     try:
-        columns = header_columns(first.decode("utf-8-sig").rstrip("\r\n"), required=required)
+        columns = header_columns(text.rstrip("\r\n"), required=required)
     except MalformedRecord as error:
         raise MalformedRecord(f"{path}: {error.reason}") from None
-    return tuple(columns), len(first)
+    return CsvLayout(tuple(columns), len(first), newline)
+
+
+def check_decompresses(path: str) -> None:
+    """Read a compressed file to its end once; MalformedRecord when its stream is cut or corrupt.
+
+    A broken stream found later, in a worker, would fail the whole run with a traceback:
+    checked before the pipeline starts, it is one line (the price: one extra decompression).
+    """
+    # Python's own readers, which (unlike Beam's) raise at a stream cut short.
+    reader = {
+        CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw),
+        CompressionTypes.BZIP2: bz2.BZ2File,
+    }.get(CompressionTypes.detect_compression_type(path))
+    if reader is None:
+        return
+    try:
+        with _open(path) as raw, reader(raw) as handle:
+            while handle.read(_READ_CHUNK_BYTES):
+                pass
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise MalformedRecord(f"{path} cannot be decompressed to its end: {error or type(error).__name__}") from None
+
+
+def read_header(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> tuple[tuple[str, ...], int]:
+    """The CSV header's columns and the byte offset just after it; MalformedRecord (naming the
+    file) if unusable or without a `required` column (see `sniff`), or a compressed file is broken."""
+    if is_compressed(path):
+        check_decompresses(path)
+    layout = sniff(path, required)
+    return layout.columns, layout.offset
+
+
+def _cuts(chunk: bytes, newline: bytes, lines_in_block: int, block_rows: int) -> tuple[np.ndarray, int]:
+    """Offsets just after every block_rows-th line end of `chunk` (counting on from `lines_in_block`
+    lines already in the current block), and the count of lines in the block after the chunk."""
+    ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == newline[0]) + 1
+    return ends[block_rows - lines_in_block - 1::block_rows], (lines_in_block + len(ends)) % block_rows
 
 
 def plan_blocks(path: str, block_rows: int, required: tuple[str, ...] = contract.RAW_COLUMNS) -> list[BlockSpan]:
-    """Byte ranges of `block_rows` lines each over one file (one pass counting newlines)."""
-    columns, offset = read_header(path, required)
+    """Byte ranges of `block_rows` lines each over one file (one pass counting line ends)."""
+    layout = sniff(path, required)
+    columns, offset, newline = layout.columns, layout.offset, layout.newline
     spans, start, line, lines_in_block = [], offset, 2, 0
     position = offset
     with _open(path) as handle:
         handle.seek(offset)
         while chunk := handle.read(_READ_CHUNK_BYTES):
-            newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + position + 1
-            # Cut after every block_rows-th newline of the running count.
-            first_cut = block_rows - lines_in_block - 1
-            for end in newlines[first_cut::block_rows]:
-                spans.append(BlockSpan(path, start, int(end), line, columns))
+            cuts, lines_in_block = _cuts(chunk, newline, lines_in_block, block_rows)
+            for end in cuts + position:
+                spans.append(BlockSpan(path, start, int(end), line, columns, newline))
                 line += block_rows
                 start = int(end)
-            lines_in_block = (lines_in_block + len(newlines)) % block_rows
             position += len(chunk)
     if position > start:  # the last block, with or without a final newline
-        spans.append(BlockSpan(path, start, position, line, columns))
+        spans.append(BlockSpan(path, start, position, line, columns, newline))
     return spans
+
+
+def _with_line_feeds(data: bytes, newline: bytes) -> bytes:
+    """A block's bytes with its line ends as \n, the one line end the parsers split on."""
+    return data if newline == b"\n" else data.replace(newline, b"\n")
 
 
 def read_block(span: BlockSpan) -> RawBlock:
@@ -172,7 +284,26 @@ def read_block(span: BlockSpan) -> RawBlock:
     with _open(span.path) as handle:
         handle.seek(span.start)
         data = handle.read(span.end - span.start)
-    return RawBlock(span.path, span.first_line, span.columns, data)
+    return RawBlock(span.path, span.first_line, span.columns, _with_line_feeds(data, span.newline))
+
+
+def read_compressed_blocks(path: str, block_rows: int, required: tuple[str, ...] = contract.RAW_COLUMNS):
+    """RawBlocks of a compressed file, decompressed in one stream and cut at the lines plan_blocks
+    would cut the plain file at (same first lines, same contents)."""
+    layout = sniff(path, required)
+    line, lines_in_block, pending = 2, 0, []
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+        handle.read(layout.offset)
+        while chunk := handle.read(_READ_CHUNK_BYTES):
+            cuts, lines_in_block = _cuts(chunk, layout.newline, lines_in_block, block_rows)
+            start = 0
+            for end in cuts.tolist():
+                pending.append(chunk[start:end])
+                yield RawBlock(path, line, layout.columns, _with_line_feeds(b"".join(pending), layout.newline))
+                line, start, pending = line + block_rows, end, []
+            pending.append(chunk[start:])
+    if any(pending):
+        yield RawBlock(path, line, layout.columns, _with_line_feeds(b"".join(pending), layout.newline))
 
 
 class PlanBlocksFn(beam.DoFn):
@@ -183,14 +314,17 @@ class PlanBlocksFn(beam.DoFn):
         self.required = required
 
     def process(self, metadata):
-        yield from plan_blocks(metadata.path, self.block_rows, self.required)
+        if is_compressed(metadata.path):
+            yield from read_compressed_blocks(metadata.path, self.block_rows, self.required)
+        else:
+            yield from plan_blocks(metadata.path, self.block_rows, self.required)
 
 
 class ReadBlockFn(beam.DoFn):
-    """BlockSpan -> RawBlock."""
+    """BlockSpan -> RawBlock (a compressed file's blocks arrive read already)."""
 
-    def process(self, span: BlockSpan):
-        yield read_block(span)
+    def process(self, span: BlockSpan | RawBlock):
+        yield span if isinstance(span, RawBlock) else read_block(span)
 
 
 @dataclass(frozen=True)
@@ -262,11 +396,29 @@ def _split_with_arrow(numbered: list[tuple[int, str]], columns: tuple[str, ...])
     return SplitLines(read[0].to_pandas().astype(object), line_numbers, [numbered[i][1] for i in kept], bad)
 
 
+def long_lines(data: bytes) -> np.ndarray:
+    """Indices of the lines of `data` (split on \n) longer than MAX_LINE_BYTES, found with numpy."""
+    if len(data) <= MAX_LINE_BYTES:
+        return np.empty(0, dtype=np.int64)
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    lengths = np.diff(np.concatenate(([-1], ends, [len(data)]))) - 1
+    return np.flatnonzero(lengths > MAX_LINE_BYTES)
+
+
+def long_line_reason(length: int) -> str:
+    """The dead letter's reason for a line over MAX_LINE_BYTES."""
+    return f"line too long: {length:,} bytes (at most {MAX_LINE_BYTES:,}); no ride is that long"
+
+
 def _split_line_by_line(numbered: list[tuple[int, str]], columns: tuple[str, ...]) -> SplitLines:
     """The csv module on each line: the fallback that numbers lines exactly whatever their quoting."""
     kept, rows, bad = [], [], []
     for number, text in numbered:
-        fields = next(csv.reader([text]), [])
+        try:
+            fields = csv_fields(text)
+        except MalformedRecord as error:
+            bad.append((number, text, error.reason))
+            continue
         if len(fields) != len(columns):
             bad.append((number, text, field_count_reason(columns, len(fields))))
             continue
@@ -278,12 +430,25 @@ def _split_line_by_line(numbered: list[tuple[int, str]], columns: tuple[str, ...
 
 def split_lines(block: RawBlock) -> SplitLines:
     """A block's lines as text fields (the header's columns), numbered from `first_line`, blank lines left out."""
-    text = block.data.decode("utf-8", errors="replace")
+    too_long = long_lines(block.data)
+    bad = []
+    if len(too_long):  # set aside whole, as bytes: never decoded, split or parsed
+        lines = block.data.split(b"\n")
+        for index in too_long.tolist():
+            bad.append((block.first_line + index, lines[index].decode("utf-8", errors="replace"),
+                        long_line_reason(len(lines[index]))))
+            lines[index] = b""
+        text = b"\n".join(lines).decode("utf-8", errors="replace")
+    else:
+        text = block.data.decode("utf-8", errors="replace")
     numbered = [
         (block.first_line + offset, line.rstrip("\r"))
         for offset, line in enumerate(text.split("\n")) if line.strip()
     ]
-    return _split_with_arrow(numbered, block.columns) or _split_line_by_line(numbered, block.columns)
+    split = _split_with_arrow(numbered, block.columns) or _split_line_by_line(numbered, block.columns)
+    if not bad:
+        return split
+    return SplitLines(split.fields, split.line_numbers, split.texts, bad + split.bad)
 
 
 class ReadCsvBlocks(beam.PTransform):

@@ -45,12 +45,12 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.coders import BatchCoder, batches_of
-from pipelines.sources import RawBlock, read_csv_setting_aside, sort_out_lines, split_lines
+from pipelines.sources import RawBlock, long_lines, read_csv_setting_aside, sort_out_lines, split_lines
 from pipelines.statistics import record_since, stage_timer
 from taxifare_core import contract
 from taxifare_core.cleaning import clean, duplicate_mask
 from taxifare_core.features import format_csv, joined_lines, processed_rows
-from taxifare_core.parsing import MISSING_TEXT, MalformedRecord, parse_frame, parse_record
+from taxifare_core.parsing import MISSING_TEXT, MalformedRecord, clip_record, parse_frame, parse_record
 
 COUNTER_NAMESPACE = "taxifare"
 ROWS_READ = "rows_read"
@@ -73,9 +73,11 @@ PROGRESS = logging.getLogger("pipelines.progress")
 # Arrow's null test is case-sensitive: the usual spellings of parsing's missing-value words.
 # Any other spelling fails the fast path, and the slow path (parse_frame) judges it the same way.
 _NULL_TEXT = sorted({form for word in MISSING_TEXT for form in (word, word.upper(), word.capitalize())} | {"NaN"})
+# The time stays text: parse_frame reads it with Arrow and checks what Arrow's own timestamp
+# conversion would let through (Feb 30 rolled over to March) or refuse for the whole block (year 2300).
 _CSV_TYPES = {
     **{column: pa.float64() for column in contract.NUMERIC_COLUMNS},
-    contract.TIME_COLUMN: pa.timestamp("ns"),
+    contract.TIME_COLUMN: pa.string(),
 }
 
 
@@ -92,7 +94,8 @@ def utc_nanoseconds(day: date | datetime | str) -> int:
 
 
 def dead_letter_line(source: str, line: int | None, record: str, reason: str) -> str:
-    """One JSON line of the dead letter."""
+    """One JSON line of the dead letter (a record over parsing.MAX_RECORD_CHARS is cut, its reason says so)."""
+    record, reason = clip_record(record, reason)
     return json.dumps({"source": source, "line": line, "record": record, "reason": reason})
 
 
@@ -106,26 +109,49 @@ def empty_rides() -> pd.DataFrame:
 # --- parse + validate ----------------------------------------------------------
 
 
-# Arrow's typed read: the contract's types, its time format, parsing's missing-value words.
+# Arrow's typed read: the contract's types, parsing's missing-value words.
 _TYPED_CSV = pacsv.ConvertOptions(
     column_types=_CSV_TYPES,
     include_columns=list(contract.RAW_COLUMNS),
-    timestamp_parsers=[contract.CSV_TIME_FORMAT],
     null_values=_NULL_TEXT,
     strings_can_be_null=True,
 )
+# Arrow's strings handed to parse_frame as Arrow-backed columns (no Python string per row).
+_ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string())}.get
+
+
+def _has_nan_text(table: pa.Table) -> bool:
+    """True when a numeric column holds a NaN Arrow read from text not in the null list ("-nan"):
+    the text path judges such spellings, so both paths give the same answer."""
+    return any(pc.any(pc.is_nan(table[column])).as_py() for column in contract.NUMERIC_COLUMNS)
+
+
+def _is_utf8(body: bytes) -> bool:
+    """True when `body` is valid UTF-8 (pure ASCII is checked at memory speed). Arrow's handler of
+    a line with another field count decodes it first, and prints a traceback if it cannot."""
+    if body.isascii():
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray, list] | None:
     """Fast path: the block read by Arrow with the contract's types, lines with another field
     count set aside; (typed frame, line numbers, [(line, text, reason)]) or None if a line needs
-    the text path (a value Arrow cannot convert, a blank line, a quoted newline)."""
+    the text path (a value Arrow cannot convert, a blank line, a quoted newline, a line too long)."""
+    if len(long_lines(body)) or not _is_utf8(body):
+        return None
     read = read_csv_setting_aside(body, block.columns, _TYPED_CSV, use_threads=True)
     if read is not None and any(index is None for index, _ in read[1]):
         read = read_csv_setting_aside(body, block.columns, _TYPED_CSV)  # one thread numbers the lines
     if read is None:
         return None
     table, set_aside = read
+    if _has_nan_text(table):
+        return None
     # Arrow skips blank lines and splits quoted newlines: then line numbers need the text path.
     sorted_out = sort_out_lines(table, set_aside, body.count(b"\n") + 1, block.columns)
     if sorted_out is None:
@@ -136,7 +162,9 @@ def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray
         (block.first_line + index, lines[index].decode("utf-8", errors="replace").rstrip("\r"), reason)
         for index, reason in aside
     ]
-    return table.to_pandas(), block.first_line + kept, bad
+    # A whitespace-only line is a blank line, not a row, as the text path sees it (Arrow counts it as one field).
+    bad = [entry for entry in bad if entry[1].strip()]
+    return table.to_pandas(types_mapper=_ARROW_STRINGS), block.first_line + kept, bad
 
 
 def parse_block(block: RawBlock) -> tuple[pd.DataFrame, list[str], int]:

@@ -83,6 +83,11 @@ def test_cli_flagged_ride(saved, capsys):
     ({"passenger_count": 0}, "passenger_count must be 1 to 7"),
     ({"passenger_count": "two"}, "passenger_count: expected a"),
     ({"pickup_datetime": "tomorrow"}, "unreadable timestamp"),
+    ({"pickup_datetime": "2300-01-06 09:50:45 UTC"}, "pickup_datetime: out of range"),
+    ({"pickup_datetime": "0001-01-01 00:00:00 UTC"}, "pickup_datetime: out of range"),
+    ({"pickup_datetime": "2013-02-30 10:00:00 UTC"}, "pickup_datetime: invalid date"),
+    ({"pickup_longitude": "inf"}, "pickup_longitude: not a finite number"),
+    ({"passenger_count": "1e309"}, "passenger_count: not a finite number"),
 ])
 def test_cli_bad_ride_is_a_message_not_a_number(saved, capsys, change, message):
     ride = {**contract.EXAMPLE_RIDE, **change}
