@@ -217,7 +217,10 @@ def _typed_column(column: str, values: list):
     kinds = set(map(type, values))  # one C-level pass: the column's value types
     if column == contract.TIME_COLUMN:
         if kinds <= _STAMP_TYPES:
-            return pd.Series(pd.to_datetime(values, utc=True))
+            try:
+                return pd.Series(pd.to_datetime(values, utc=True))
+            except (ValueError, OverflowError):
+                pass  # a stamp outside pandas' range: parse_frame gives that row its reason
     elif kinds <= _NUMBER_TYPES:
         return pa.array(values, type=pa.float64()).to_numpy(zero_copy_only=False)
     return pd.Series(values, dtype=object)

@@ -296,7 +296,7 @@ def test_parse_records_types_columns_like_the_csv_path(when):
 @pytest.mark.parametrize("change, reason", [
     ({"fare_amount": "abc"}, "fare_amount: expected a number, got 'abc'"),
     ({"passenger_count": 1.5}, "passenger_count: expected a whole number, got 1.5"),
-    ({"pickup_latitude": float("inf")}, "pickup_latitude: expected a number, got inf"),
+    ({"pickup_latitude": float("inf")}, "pickup_latitude: not a finite number"),
     ({"pickup_datetime": "yesterday"}, "pickup_datetime: unreadable timestamp 'yesterday'"),
     ({"pickup_datetime": 12.5}, "pickup_datetime: expected a timestamp, got 12.5"),
 ])
@@ -309,6 +309,15 @@ def test_parse_records_sends_a_wrong_type_value_to_the_dead_letter(change, reaso
     assert letter["reason"] == reason and letter["source"] == "bq:raw_1k"
     assert json.loads(letter["record"])[next(iter(change))] == json.loads(json.dumps(change, default=str))[
         next(iter(change))] or "inf" in letter["record"]
+
+
+def test_parse_records_sends_a_timestamp_outside_pandas_range_to_the_dead_letter():
+    """A TIMESTAMP BigQuery holds but pandas cannot (year 2300): that row's reason, the batch goes on."""
+    far = datetime(2300, 1, 6, 9, 50, 45, tzinfo=timezone.utc)
+    typed, dead = T.parse_records([BQ_GOOD, {**BQ_GOOD, "pickup_datetime": far}, BQ_GOOD], "bq:raw_1k")
+    assert len(typed) == 2
+    [line] = dead
+    assert json.loads(line)["reason"].startswith("pickup_datetime: out of range")
 
 
 def test_parse_record_batches_writes_the_raw_cache_from_the_same_batch():
