@@ -287,7 +287,10 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
         dataflow.check_dataflow_options(options)
     except dataflow.DataflowError as error:
         raise UsageError(str(error)) from None
-    model_uri = storage.join(registry.run_path(run_name, registry_dir), registry.MODEL_FILE)
+    model_run = registry.run_path(run_name, registry_dir)
+    # An empty or truncated model.keras is refused here, in one line, not as a worker's traceback.
+    registry.check_run_model(model_run)
+    model_uri = storage.join(model_run, registry.MODEL_FILE)
     files = input_files(input_glob)
     for path in files:
         read_columns(path)

@@ -180,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.options import check_flags
 
         check_flags(beam_args)  # Beam would only log unknown flags and run anyway
-        # An empty or truncated model.keras is refused here, in one line, not as a worker's traceback.
-        registry.check_run_model(registry.run_path(args.run, args.registry))
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:

@@ -239,13 +239,13 @@ def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
         result.wait_until_finish()
         summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
                                 stages_from_result(result))
+        if config.statistics:  # into the run folder: published with it, or kept for inspection
+            summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
         if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
             outputs.remove_beam_temp(run_dir)
             write_summary(f"{run_dir}/{SUMMARY_FILE}", summary)
             keep_run_dir = True
             raise EmptyOutputError(summary, run_dir)
-        if config.statistics:
-            summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
         published = outputs.publish(config.output, run_name, summary, carried_files(previous, config), KIND)
         keep_run_dir = True
     finally:

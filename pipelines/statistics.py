@@ -145,7 +145,7 @@ def resolve_reference(location: str) -> tuple[str, dict]:
     """
     location = location.rstrip("/")
     try:
-        path = location if location.endswith(".json") else outputs.published_path(f"{location}/{STATS_FILE}")
+        path = outputs.published_path(location if location.endswith(".json") else f"{location}/{STATS_FILE}")
         found = FileSystems.exists(path)
         text = read_text(path) if found else None
     except Exception as error:  # noqa: BLE001 - a file system's own error, reported in one line

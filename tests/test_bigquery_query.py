@@ -114,7 +114,7 @@ def test_bigquery_branch_from_create_rows(tmp_path):
     rows = bigquery_rows()
     p = BeamTestPipeline(runner="FnApiRunner", options=options)
     outputs = preprocess.build_preprocess(p | beam.Create(rows), config)
-    assert set(outputs) == {"train", "val", "dead_letter", "raw"}
+    assert set(outputs) == {"train", "val", "dead_letter", "raw", "stats"}
     dead = outputs["dead_letter"] | beam.FlatMap(str.splitlines) | beam.Map(lambda line: json.loads(line)["source"])
     assert_that(dead, equal_to(["wagon-public-datasets.taxifare.raw_200k"]), label="DeadLetter")
     raw_lines = outputs["raw"] | "RawLines" >> beam.FlatMap(str.splitlines) | beam.Map(lambda line: 1)

@@ -8,7 +8,7 @@ from shard_helpers import saved_tiny_model
 
 from pipelines import predict as predict_module
 from pipelines.predict import InvalidRideError, predict
-from taxifare_core import contract, registry
+from taxifare_core import contract
 from taxifare_core.features import encode_ride
 from taxifare_core.parsing import parse_record
 

@@ -20,7 +20,7 @@ from pipelines import preprocess
 from pipelines import report as report_cli
 from pipelines.statistics import EXIT_DRIFT, ComputeStatistics
 from pipelines.transforms import ProcessedBatch, encode_rides
-from taxifare_core import contract, stats
+from taxifare_core import contract, outputs, stats
 from taxifare_core.cleaning import clean
 from taxifare_core.generate import generate_rides
 from taxifare_core.parsing import parse_frame
@@ -107,8 +107,13 @@ def sample_runs(real_sample_raw, tmp_path_factory):
     return runs
 
 
+def published(folder: Path, name: str) -> Path:
+    """OUTPUT/name as published: inside the run folder the manifest names (taxifare_core.outputs)."""
+    return Path(outputs.published_path(str(folder / name)))
+
+
 def load(folder: Path, name: str = "stats.json") -> dict:
-    return json.loads((folder / name).read_text())
+    return json.loads(published(folder, name).read_text())
 
 
 def test_every_run_writes_stats_and_report_with_val_against_train(sample_runs):
@@ -126,15 +131,15 @@ def test_every_run_writes_stats_and_report_with_val_against_train(sample_runs):
     assert set(summary["stages"]) >= {"parse", "filter_clean", "dedupe", "encode", "statistics", "format", "other"}
     assert all(s["seconds"] >= 0 for s in summary["stages"].values())
     assert summary["stages"]["encode"]["batches"] >= 1
-    assert (folder / "report.html").stat().st_size > 10_000
-    assert not (folder / "stats-pipeline.json").exists()
+    assert published(folder, "report.html").stat().st_size > 10_000
+    assert not (published(folder, "stats.json").parent / "stats-pipeline.json").exists()
 
 
 def test_an_unchanged_copy_is_flagged_on_nothing(sample_runs):
     folder, code = sample_runs["copy"]
     drift = load(folder)["drift"]
     assert code == 0
-    assert drift["reference"].endswith("out_reference/stats.json")
+    assert drift["reference"] == str(published(sample_runs["reference"][0], "stats.json"))
     assert drift["flagged"] == [] and drift["expected"] == []
     assert all(score == 0 for score in drift["scores"].values())
 
@@ -145,8 +150,8 @@ def test_fares_times_one_and_a_half_are_flagged_on_fare_amount_and_fail_the_run(
     assert drift["flagged"] == ["fare_amount"], drift["scores"]
     assert drift["scores"]["fare_amount"] > 0.2
     assert code == EXIT_DRIFT  # --fail_on_drift, after writing everything:
-    assert (folder / "report.html").exists() and (folder / "summary.json").exists()
-    assert list(folder.glob("train-*.csv"))
+    assert published(folder, "report.html").exists() and (folder / "summary.json").exists()
+    assert outputs.resolve(str(folder / "train-*.csv"))
 
 
 class _Collector(HTMLParser):
@@ -167,7 +172,7 @@ class _Collector(HTMLParser):
 
 def test_report_parses_holds_every_section_and_references_nothing_outside(sample_runs):
     folder, _ = sample_runs["dearer"]
-    text = (folder / "report.html").read_text()
+    text = published(folder, "report.html").read_text()
     parser = _Collector()
     parser.feed(text)
     parser.close()
@@ -208,7 +213,7 @@ def test_a_bad_compare_to_stops_with_one_line_before_the_pipeline_runs(tmp_path,
 
 def test_a_run_that_keeps_no_row_still_writes_empty_statistics_and_a_report(tmp_path):
     (tmp_path / "in.csv").write_text(",".join(contract.RAW_COLUMNS) + "\n4.5,2013-07-06 17:18:00 UTC,0,0,0,0,1\n")
-    assert run_preprocess(tmp_path / "in.csv", tmp_path / "out") == 0
+    assert run_preprocess(tmp_path / "in.csv", tmp_path / "out", "--allow_empty") == 0
     payload = load(tmp_path / "out")
     assert [payload["splits"][name]["rows"] for name in ("train", "val")] == [0, 0]
-    assert payload["drift"]["flagged"] == [] and (tmp_path / "out" / "report.html").exists()
+    assert payload["drift"]["flagged"] == [] and published(tmp_path / "out", "report.html").exists()

@@ -9,7 +9,7 @@ import pytest
 from shard_helpers import processed_rows, saved_tiny_model, write_shards
 
 from pipelines import batch_predict, train
-from taxifare_core import contract, generate, registry, stats
+from taxifare_core import contract, generate, outputs, registry, stats
 
 
 def stats_json(rows: np.ndarray, val_rows: np.ndarray) -> str:
@@ -63,7 +63,7 @@ def test_batch_prediction_writes_statistics_and_skew_against_the_training_rows(
         tmp_path, model_with_stats, passengers, flagged):
     write_rides(tmp_path / "in" / "rides.csv", 3000, seed=8, passengers=passengers)
     summary = batch_predict.run(str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"), registry_dir=model_with_stats)
-    payload = json.loads((tmp_path / "out" / "stats.json").read_text())
+    payload = json.loads(Path(outputs.published_path(str(tmp_path / "out" / "stats.json"))).read_text())
     predicted = payload["splits"]["predicted"]
     assert predicted["rows"] == summary["predicted"] > 2500
     assert [c["name"] for c in predicted["columns"]] == list(contract.FEATURE_NAMES)  # no fare to predict from
@@ -80,4 +80,4 @@ def test_batch_prediction_without_training_statistics_scores_no_skew(tmp_path):
     summary = batch_predict.run(str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"),
                                 registry_dir=str(tmp_path / "registry"))
     assert summary["skew"] is None
-    assert json.loads((tmp_path / "out" / "stats.json").read_text())["splits"]["predicted"]["rows"] > 150
+    assert json.loads(Path(outputs.published_path(str(tmp_path / "out" / "stats.json"))).read_text())["splits"]["predicted"]["rows"] > 150
