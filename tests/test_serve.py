@@ -24,7 +24,7 @@ from shard_helpers import processed_rows, saved_tiny_model
 from pipelines import batch_predict
 from pipelines import predict as predict_module
 from pipelines.sources import RawBlock
-from taxifare_core import contract, forward, registry, serving
+from taxifare_core import contract, forward, outputs, registry, serving
 from taxifare_core.features import encode
 from taxifare_core.parsing import MalformedRecord, parse_frame
 from taxifare_core.service_rides import pickup_to_utc, prepare_json_rides, prepare_ride
@@ -258,8 +258,8 @@ def test_batch_prediction_gives_the_same_fares(server, saved, tmp_path):
 
     (tmp_path / "rides.csv").write_text("\n".join([header, *lines]) + "\n")
     batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry_dir=saved["root"])
-    written = dict(line.split(",") for path in (tmp_path / "out").glob("predictions-*.csv")
-                   for line in path.read_text().splitlines()[1:])
+    written = dict(line.split(",") for path in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))
+                   for line in Path(path).read_text().splitlines()[1:])
     np.testing.assert_allclose([float(written[f"r{i}"]) for i in range(len(RIDES))], answer["fares"], atol=0.0051)
 
 
