@@ -11,7 +11,7 @@ out: requirements-predict.txt ships it (or a worker image with it, --sdk_contain
 
 Reads CSV files with a header (the raw table's columns; `fare_amount` and `key`
 optional) in blocks of lines, through the same block source as preprocessing
-(`pipelines.sources.ReadCsvBlocks`: byte ranges shared out to workers), prepares each block with the same parse, rules
+(`pipelines.preprocessing.sources.ReadCsvBlocks`: byte ranges shared out to workers), prepares each block with the same parse, rules
 and features as preprocessing (`taxifare_core.serving`, fare rule aside: the
 fare is what we predict), prices the blocks with `RunInference` and a Keras
 model handler, and writes:
@@ -22,8 +22,8 @@ model handler, and writes:
                                                      their drift against the model's training statistics (skew)
     OUTPUT/summary.json                              counts, and the manifest that publishes run-<id>
 
-(written crash-safe: see `taxifare_core.outputs` and docs/reliability.md;
-`taxifare_core.outputs.resolve("OUTPUT/predictions-*.csv")` lists the published files).
+(written crash-safe: see `taxifare_core.storage.outputs` and docs/reliability.md;
+`taxifare_core.storage.outputs.resolve("OUTPUT/predictions-*.csv")` lists the published files).
 
 With several input files, a ride without key is named `file.csv:LINE`.
 Importing this module never imports TensorFlow: the handler loads Keras on the worker.
@@ -46,21 +46,30 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from pipelines import dataflow
 from pipelines.cli import UsageError
-from pipelines.preprocess import pipeline_options
-from pipelines.sources import RawBlock, ReadCsvBlocks, read_header, split_lines
-from pipelines.statistics import STATS_FILE, STATS_PARTS, FeatureStatisticsFn, read_text, write_text
-from taxifare_core import contract, outputs, registry, stats, storage
+from pipelines.cloud import dataflow
+from pipelines.preprocessing.parse import RawBlock, split_lines
+from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
+from pipelines.preprocessing.statistics import (
+    STATS_FILE,
+    STATS_PARTS,
+    FeatureStatisticsFn,
+    read_text,
+    write_text,
+)
+from pipelines.runners import pipeline_options
+from taxifare_core import contract, stats, storage
 from taxifare_core.parsing import MalformedRecord, clip_record
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.storage import outputs
+from taxifare_core.training import registry
 
 COUNTER_NAMESPACE = "taxifare_predict"
 PREDICTIONS, DEAD_LETTER, STATISTICS = "predictions", "dead_letter", "statistics"
 PREDICTIONS_HEADER = "key,fare_pred"
 DEAD_LETTER_HEADER = "key,reason,input"
-DEFAULT_BLOCK_ROWS = 10_000
-KIND = "predict"  # the manifest's job name (taxifare_core.outputs.check_kind)
+PREDICT_BLOCK_ROWS = 10_000
+KIND = "predict"  # the manifest's job name (taxifare_core.storage.outputs.check_kind)
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class PredictRideFiles(beam.PTransform):
     """A file pattern of raw ride CSVs -> {"predictions": key,fare_pred text, "dead_letter": key,reason,input text}."""
 
     def __init__(self, pattern: str | list[str], model_uri: str, name_by_file: bool,
-                 block_rows: int = DEFAULT_BLOCK_ROWS):
+                 block_rows: int = PREDICT_BLOCK_ROWS):
         super().__init__()
         self.pattern, self.model_uri = pattern, model_uri
         self.name_by_file, self.block_rows = name_by_file, block_rows
@@ -226,12 +235,12 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
 
 
 def build_predict(pipeline: beam.Pipeline, inputs, output_dir: str, model_uri: str, name_by_file: bool,
-                  block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+                  block_rows: int = PREDICT_BLOCK_ROWS) -> None:
     """The batch prediction graph on `pipeline`: read, prepare, RunInference, write its outputs into output_dir.
 
     `inputs` is a glob or a list of files. Touches no file: `run` checks the input
     and model first and publishes the run folder; a Dataflow dry run
-    (pipelines.dataflow.build_predict_dry_run_job) builds it offline.
+    (pipelines.predict.build_predict_dry_run_job) builds it offline.
     """
     pcolls = pipeline | "PredictRides" >> PredictRideFiles(inputs, model_uri, name_by_file, block_rows)
     pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
@@ -270,10 +279,10 @@ def input_files(input_glob: str) -> list[str]:
 
 
 def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_dir: str | None = None,
-        beam_args: list[str] | None = None, block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
+        beam_args: list[str] | None = None, block_rows: int = PREDICT_BLOCK_ROWS) -> dict:
     """Run the batch prediction and print a summary; returns counts and output globs.
 
-    Crash-safe as preprocessing (`taxifare_core.outputs`): one run at a time per
+    Crash-safe as preprocessing (`taxifare_core.storage.outputs`): one run at a time per
     output folder; the run writes OUTPUT/run-<id>/ and publishes it by writing
     OUTPUT/summary.json last, so a failed or killed run leaves the previous
     predictions as they were.

@@ -16,8 +16,9 @@ import sys
 
 from pipelines import predict, preprocess, train
 from pipelines.cli import UsageError
-from taxifare_core import contract, registry
+from taxifare_core import contract
 from taxifare_core.generate import ensure_default_sample
+from taxifare_core.training import registry
 
 
 def _step(title: str) -> None:

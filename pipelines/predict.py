@@ -25,10 +25,16 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pipelines.cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError, report_usage_error
-from taxifare_core import contract, registry, storage
+from pipelines.cli import (
+    DefaultsHelpFormatter,
+    OneLineErrorParser,
+    UsageError,
+    report_usage_error,
+)
+from taxifare_core import contract, storage
 from taxifare_core.parsing import MalformedRecord
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.training import registry
 
 PROG = "python -m pipelines.predict"
 RIDE_FLAGS = {
@@ -177,13 +183,41 @@ def main(argv: list[str] | None = None) -> int:
         if _ride_from_flags(args) is not None:
             raise UsageError("give either ride flags or --input/--output, not both")
         from pipelines import batch_predict
-        from pipelines.options import check_flags
+        from pipelines.preprocessing.options import check_flags
 
         check_flags(beam_args)  # Beam would only log unknown flags and run anyway
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:
         return report_usage_error(PROG, error)
+
+
+def build_predict_dry_run_job(argv: list[str]):
+    """Build the real Dataflow job of `python -m pipelines.predict argv` without submitting it.
+
+    Offline as build_dry_run_job: the input, output and registry are not touched, so
+    the run must be named (`--run`; finding the latest one would list the registry).
+    """
+    import apache_beam as beam  # Beam only for batch prediction: one ride never imports it
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import batch_predict
+    from pipelines.cloud import dataflow
+
+    args, beam_args = build_parser().parse_known_args(argv)
+    options = PipelineOptions([*beam_args, "--dry_run", "True"])
+    if not dataflow.is_dataflow(options):
+        raise dataflow.DataflowError("a Dataflow dry run needs --runner DataflowRunner")
+    dataflow.check_dataflow_options(options)
+    if not (args.input and args.output):
+        raise dataflow.DataflowError("batch prediction needs --input GLOB and --output DIR")
+    if not args.run:
+        raise dataflow.DataflowError("a dry run of batch prediction needs --run NAME (the latest run is only "
+                            "found by listing the registry, which a dry run does not touch)")
+    model_uri = storage.join(registry.registry_root(args.registry), args.run, registry.MODEL_FILE)
+    pipeline = beam.Pipeline(options=options)
+    batch_predict.build_predict(pipeline, args.input, args.output, model_uri, name_by_file=True)
+    return pipeline.run().job
 
 
 if __name__ == "__main__":

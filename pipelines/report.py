@@ -16,11 +16,18 @@ import sys
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.cli import OneLineErrorParser, UsageError, report_usage_error
-from pipelines.statistics import REPORT_FILE, STATS_FILE, read_text, resolve_reference, run_drift, write_text
-from pipelines.summary import SUMMARY_FILE
-from taxifare_core import outputs
+from pipelines.preprocessing.statistics import (
+    REPORT_FILE,
+    STATS_FILE,
+    read_text,
+    resolve_reference,
+    run_drift,
+    write_text,
+)
+from pipelines.preprocessing.summary import SUMMARY_FILE
 from taxifare_core.report import render_report
 from taxifare_core.stats import StatsError, parse_stats
+from taxifare_core.storage import outputs
 
 PROG = "python -m pipelines.report"
 

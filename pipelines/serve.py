@@ -15,8 +15,8 @@ Endpoints (see docs/serving.md):
     GET  /model     run name, when it was trained, rows, val MAE, baseline MAE
 
 A `pickup_datetime` without zone is New York local time; one ending in " UTC"
-is UTC (taxifare_core.service_rides). The model is loaded once at start-up and
-priced by a numpy forward pass (taxifare_core.forward), checked against Keras
+is UTC (taxifare_core.serving.service_rides). The model is loaded once at start-up and
+priced by a numpy forward pass (taxifare_core.serving.forward), checked against Keras
 at start-up; no Keras call per request.
 """
 from __future__ import annotations
@@ -40,10 +40,16 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from pipelines.cli import DefaultsHelpFormatter, OneLineErrorParser, positive_int, report_usage_error
-from taxifare_core import contract, forward, registry, storage
-from taxifare_core.service_rides import prepare_json_rides, prepare_ride
-from taxifare_core.serving import SERVING_COLUMNS
+from pipelines.cli import (
+    DefaultsHelpFormatter,
+    OneLineErrorParser,
+    positive_int,
+    report_usage_error,
+)
+from taxifare_core import contract, storage
+from taxifare_core.serving import SERVING_COLUMNS, forward
+from taxifare_core.serving.service_rides import prepare_json_rides, prepare_ride
+from taxifare_core.training import registry
 
 PROG = "python -m pipelines.serve"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_preprocess  # noqa: E402
-import bigquery_emulator as emulator_script  # noqa: E402
+from emulators import bigquery as bq_server, processes as emulator_processes  # noqa: E402
 
 from pipelines.cli import OneLineErrorParser, positive_int  # noqa: E402
 from taxifare_core import contract  # noqa: E402
@@ -52,9 +52,9 @@ def count_rows(emulator: str, read_method: str, temp_location: str) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.bigquery_emulator import use_bigquery_emulator
-    from pipelines.options import DEFAULT_RUNNER
-    from pipelines.sources import build_query, read_from_bigquery
+    from pipelines.cloud.bigquery_emulator import use_bigquery_emulator
+    from pipelines.preprocessing.bigquery import build_query, read_from_bigquery
+    from pipelines.runners import DEFAULT_RUNNER
 
     use_bigquery_emulator(emulator)
     query = build_query(DATA_SIZE, contract.DEFAULT_MIN_DATE, contract.DEFAULT_MAX_DATE)
@@ -157,13 +157,13 @@ def main(argv=None) -> int:
     log(f"generating {args.rows:,} rides in {workdir} ...")
     [csv_path] = write_ride_shards(workdir / "raw", args.rows, args.seed, 1, overwrite=True)
     try:
-        server = emulator_script.start(workdir / "emulator", log=log)
-    except emulator_script.EmulatorError as error:
+        server = bq_server.start(workdir / "emulator", log=log)
+    except emulator_processes.EmulatorError as error:
         print(f"{PROG}: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     try:
         log(f"emulator on {server.host_port} (pid {server.pid}); loading {args.rows:,} rides into {TABLE} ...")
-        emulator_script.load_rides(server.host_port, generate_rides(args.rows, seed=args.seed), TABLE)
+        bq_server.load_rides(server.host_port, generate_rides(args.rows, seed=args.seed), TABLE)
         results, digests = {}, {}
         for label, (command, output) in step_commands(args, server.host_port, csv_path, workdir).items():
             log(f"running {label} ...")
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
             if output is not None:
                 digests[label] = lines_digest(output)
     finally:
-        emulator_script.stop(server.pid)
+        emulator_processes.stop(server.pid)
     same = True
     reference = digests["(c) csv"]
     for method in args.read_methods:

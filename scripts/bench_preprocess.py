@@ -41,7 +41,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from taxifare_core import contract, outputs
+from taxifare_core import contract
+from taxifare_core.storage import outputs
 
 APPROACHES = ("pipeline", "reference", "vectorized")
 # The fastest local configuration measured at 1.1 M rows on the 2-core machine: the default
@@ -144,8 +145,8 @@ def run_vectorized(input_csv: str, output_dir: str) -> None:
 
 def val_start() -> str:
     """The pipeline's default validation start for the default dates."""
-    from pipelines.options import one_month_before
-    from pipelines.sources import parse_date
+    from pipelines.preprocessing.bigquery import parse_date
+    from pipelines.preprocessing.options import one_month_before
 
     return one_month_before(parse_date(MAX_DATE)).isoformat()
 
@@ -200,7 +201,7 @@ def approach_command(name: str, input_csv: str, output_dir: Path, pipeline_args:
 
 def output_files(name: str, output_dir: Path) -> list[str]:
     """The processed CSVs one approach wrote."""
-    if name == "pipeline":  # the published run's shards, named by OUTPUT/summary.json (taxifare_core.outputs)
+    if name == "pipeline":  # the published run's shards, named by OUTPUT/summary.json (taxifare_core.storage.outputs)
         return sorted(path for pattern in ("train-*.csv", "val-*.csv")
                       for path in outputs.resolve(str(output_dir / pattern)) or [])
     patterns = {"reference": ["processed.csv"], "vectorized": ["train.csv", "val.csv"]}[name]

@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.cli import OneLineErrorParser, positive_float, positive_int
-from taxifare_core import contract, features, generate, parsing, registry
+from taxifare_core import contract, features, generate, parsing
 from taxifare_core.cleaning import clean
+from taxifare_core.training import registry
 
 TARGETS = {
     "sequential": "p50 <= 3 ms, p99 <= 10 ms",
@@ -74,7 +75,7 @@ def as_json_numbers(ride: dict) -> dict:
 
 def tiny_registry(folder: Path) -> str:
     """A registry holding one briefly trained contract model (serving speed does not depend on the weights)."""
-    from taxifare_core.model import build_model
+    from taxifare_core.training.model import build_model
 
     raw = generate.generate_rides(600, seed=2)
     typed, reasons = parsing.parse_frame(raw)

@@ -78,7 +78,7 @@ def make_shards(folder: Path, rows: int, shards: int, val_rows: int, scale: int,
 def child_stream(train_glob: str, val_glob: str, args) -> dict:
     """Case 'stream': the real trainer, one epoch per chunk."""
     from pipelines import train
-    from taxifare_core.model import keras_module
+    from taxifare_core.training.model import keras_module
 
     keras_module()  # imported before the clocks start, as in the in-memory case
     cpu = time.process_time()
@@ -98,9 +98,14 @@ def child_in_memory(train_glob: str, val_glob: str, args, steps_per_execution: i
 
     `steps_per_execution` None: the trainer's model as built; 1: Keras' default (the notebook).
     """
-    from pipelines.train import DEFAULT_LEARNING_RATE, DEFAULT_LOSS, DEFAULT_MAX_VAL_ROWS, VALIDATION_BATCH_SIZE
-    from taxifare_core import reader
-    from taxifare_core.model import build_model, keras_module, loss_function
+    from pipelines.trainer.loop import (
+        DEFAULT_LEARNING_RATE,
+        DEFAULT_LOSS,
+        DEFAULT_MAX_VAL_ROWS,
+        VALIDATION_BATCH_SIZE,
+    )
+    from taxifare_core.training import reader
+    from taxifare_core.training.model import build_model, keras_module, loss_function
 
     chunks = list(reader.iter_chunks(train_glob, chunk_size=args.chunk_size, prefetch=0))
     x, y = np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])

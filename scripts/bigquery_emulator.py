@@ -13,342 +13,29 @@ from PyPI packages too, so it works offline).
     python scripts/bigquery_emulator.py start --gcs_bucket my-bucket   # plus a gs:// emulator
 
 The REST API listens on PORT and the Storage Read API (gRPC) on PORT + 10, the
-convention pipelines.bigquery_emulator follows. Set BQEMU_PYTHON to use another
+convention pipelines.cloud.bigquery_emulator follows. Set BQEMU_PYTHON to use another
 Python 3.13 interpreter. Bad flags end with one error line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
-import io
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-
 # Runnable from a checkout without installing the package.
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from google.api_core.exceptions import GoogleAPIError  # noqa: E402
-
-from pipelines.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port  # noqa: E402
+from pipelines.cli import OneLineErrorParser  # noqa: E402
+from pipelines.cloud.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port  # noqa: E402
 from taxifare_core import contract  # noqa: E402
-
-VENV_DIR = ROOT / ".venv-bqemu"
-REQUIREMENTS = Path(__file__).with_name("bigquery_emulator-requirements.txt")
-# Extensions local-bigquery loads, installed into DuckDB from their PyPI packages.
-DUCKDB_EXTENSIONS = ("ducklake", "spatial", "icu", "avro")
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_DATA_DIR = contract.local_data_path() / "bigquery_emulator"
-PID_FILE_NAME = "emulator.pid"
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 10.0
-# BigQuery column types of the raw rides, from the contract's dtypes.
-BQ_TYPES = {"string": "STRING", "float32": "FLOAT64", "int16": "INT64", "datetime64[ns, UTC]": "TIMESTAMP"}
+from emulators.bigquery import DEFAULT_DATA_DIR, is_ready, load_rides, start  # noqa: E402
+from emulators.gcs import start_storage  # noqa: E402
+from emulators.processes import EmulatorError, PID_FILE_NAME, alive, stop  # noqa: E402
+from emulators.python_env import ensure_venv  # noqa: E402
 
 
-class EmulatorError(RuntimeError):
-    """The emulator cannot be installed, started or reached; the message says why."""
-
-
-@dataclass(frozen=True)
-class Emulator:
-    """A running emulator process."""
-
-    host: str
-    port: int
-    pid: int
-    data_dir: Path
-    log_path: Path
-
-    @property
-    def host_port(self) -> str:
-        """HOST:PORT of the REST API, the value of --bigquery_emulator."""
-        return f"{self.host}:{self.port}"
-
-
-# --- the emulator's virtual environment --------------------------------------
-
-
-def python313_candidates() -> list[str]:
-    """Where a Python 3.13 may be, in order: $BQEMU_PYTHON, python3.13 on PATH, pyenv's 3.13
-    (`pyenv prefix 3.13`, then every $PYENV_ROOT/versions/3.13*, newest first)."""
-    candidates = [os.environ["BQEMU_PYTHON"]] if os.environ.get("BQEMU_PYTHON") else []
-    candidates.append("python3.13")
-    if shutil.which("pyenv"):
-        try:
-            done = subprocess.run(["pyenv", "prefix", "3.13"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            done = None
-        if done is not None and done.returncode == 0:
-            prefixes = [prefix for prefix in done.stdout.strip().split(":") if prefix]
-            candidates += [str(Path(prefix) / "bin" / "python3.13") for prefix in prefixes]
-    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    candidates += sorted(glob.glob(os.path.join(root, "versions", "3.13*", "bin", "python3.13")), reverse=True)
-    return candidates
-
-
-def find_python313() -> str:
-    """A Python 3.13 interpreter from python313_candidates() that really runs."""
-    for candidate in python313_candidates():
-        found = shutil.which(candidate)
-        if found and _is_python313(found):
-            return found
-    raise EmulatorError(
-        "the BigQuery emulator needs Python 3.13 (local-bigquery requires >=3.13,<3.14) and none "
-        "was found: install it (e.g. `pyenv install 3.13.0`) or set BQEMU_PYTHON"
-    )
-
-
-def _is_python313(executable: str) -> bool:
-    """True when executable runs and is Python 3.13 (a pyenv shim may exist yet fail)."""
-    try:
-        done = subprocess.run([executable, "-c", "import sys; print(sys.version_info[:2])"],
-                              capture_output=True, text=True, timeout=30)
-    except OSError:
-        return False
-    return done.returncode == 0 and done.stdout.strip() == "(3, 13)"
-
-
-def _requirements_digest() -> str:
-    """Hash of the pins: a venv made from other pins is refreshed."""
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
-
-
-def _run(command: list[str], what: str) -> None:
-    """Run a setup command; on failure raise with the tail of its output."""
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-        raise EmulatorError(f"{what} failed (exit {done.returncode}): {tail[-1] if tail else ''}\n"
-                            + "\n".join(tail))
-
-
-def ensure_venv(venv_dir: Path = VENV_DIR, log=print) -> Path:
-    """Create or refresh the emulator's venv when needed; return its local-bigquery executable."""
-    python = venv_dir / "bin" / "python"
-    stamp = venv_dir / ".installed"
-    digest = _requirements_digest()
-    if not (python.exists() and stamp.exists() and stamp.read_text().strip() == digest):
-        interpreter = find_python313()
-        log(f"creating the BigQuery emulator's venv at {venv_dir} with {interpreter} (about 30 s)")
-        if not python.exists():
-            _run([interpreter, "-m", "venv", str(venv_dir)], "creating the venv")
-        _run([str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
-             f"pip install -r {REQUIREMENTS.name}")
-        stamp.write_text(digest + "\n")
-    # DuckDB keeps extensions under ~/.duckdb, which may be gone while the venv is cached.
-    _run([str(python), "-c", "import duckdb_extensions as d\n"
-          f"for name in {DUCKDB_EXTENSIONS!r}: d.import_extension(name)"],
-         "installing DuckDB's extensions from their PyPI packages")
-    return venv_dir / "bin" / "local-bigquery"
-
-
-# --- the server ---------------------------------------------------------------
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (a bind test)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port P with P and P + 10 (gRPC) free on host."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        if port + DEFAULT_GRPC_PORT_OFFSET < 65536 and _port_is_free(host, port + DEFAULT_GRPC_PORT_OFFSET):
-            return port
-    raise EmulatorError(f"found no free pair of ports (P, P + {DEFAULT_GRPC_PORT_OFFSET}) on {host}")
-
-
-def datasets_url(host_port: str, project: str = contract.BQ_PROJECT) -> str:
-    """REST URL listing a project's datasets: the readiness probe."""
-    return f"http://{host_port}/bigquery/v2/projects/{project}/datasets"
-
-
-def is_ready(host_port: str) -> bool:
-    """True when a real API call (listing datasets) succeeds."""
-    try:
-        with urllib.request.urlopen(datasets_url(host_port), timeout=5) as response:
-            return response.status == 200 and "datasets" in json.load(response)
-    except (OSError, ValueError):
-        return False
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    """The last lines of the emulator's log, for error messages."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _launch(command: list[str], host_port: str, ready, data_dir: Path, name: str, timeout: float) -> Emulator:
-    """Start a server in the background and wait until ready(host_port); stop it if it never is."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / f"{name}.log"
-    with open(log_path, "ab") as log_file:
-        # Its own session: a Ctrl-C meant for the caller does not kill it half-way.
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    host, port = parse_host_port(host_port)
-    server = Emulator(host, port, process.pid, data_dir, log_path)
-    deadline = time.monotonic() + timeout
-    while not ready(host_port):
-        if process.poll() is not None:
-            raise EmulatorError(f"the {name} exited with code {process.returncode} "
-                                f"(log: {log_path}):\n{_log_tail(log_path)}")
-        if time.monotonic() > deadline:
-            stop(server.pid)
-            raise EmulatorError(f"the {name} did not answer within {timeout:.0f} s "
-                                f"(log: {log_path}):\n{_log_tail(log_path)}")
-        time.sleep(0.2)
-    return server
-
-
-def start(
-    data_dir: Path = DEFAULT_DATA_DIR,
-    host: str = DEFAULT_HOST,
-    port: int | None = None,
-    timeout: float = READY_TIMEOUT_S,
-    log=print,
-) -> Emulator:
-    """Start the BigQuery emulator in the background and wait until a real API call succeeds."""
-    executable = ensure_venv(log=log)
-    port = port or free_port(host)
-    data_dir = Path(data_dir)
-    command = [
-        str(executable), "serve", "--host", host, "--port", str(port),
-        "--grpc-port", str(port + DEFAULT_GRPC_PORT_OFFSET),
-        "--project", contract.BQ_PROJECT, "--dataset", contract.BQ_DATASET,
-        "--data-dir", str(data_dir),
-    ]  # fmt: skip
-    return _launch(command, f"{host}:{port}", is_ready, data_dir, "bigquery_emulator", timeout)
-
-
-def storage_is_ready(host_port: str) -> bool:
-    """True when the GCS emulator lists buckets."""
-    try:
-        with urllib.request.urlopen(f"http://{host_port}/storage/v1/b?project=local", timeout=5) as response:
-            return response.status == 200 and "kind" in json.load(response)
-    except (OSError, ValueError):
-        return False
-
-
-def start_storage(
-    data_dir: Path,
-    bucket: str,
-    host: str = DEFAULT_HOST,
-    port: int | None = None,
-    timeout: float = READY_TIMEOUT_S,
-    log=print,
-) -> Emulator:
-    """Start a GCS emulator (gcp-storage-emulator) holding `bucket`; point STORAGE_EMULATOR_HOST at it."""
-    executable = ensure_venv(log=log).with_name("gcp-storage-emulator")
-    port = port or free_port(host)
-    data_dir = Path(data_dir)
-    command = [str(executable), "--data-dir", str(data_dir / "gcs"), "start", "--host", host,
-               "--port", str(port), "--default-bucket", bucket, "--quiet"]
-    return _launch(command, f"{host}:{port}", storage_is_ready, data_dir, "storage_emulator", timeout)
-
-
-def _alive(pid: int) -> bool:
-    """True while pid runs (a zombie child is reaped and counts as gone)."""
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        if reaped == pid:
-            return False
-    except ChildProcessError:  # not our child: ask the kernel instead
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop(pid: int, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """Stop the emulator by PID (SIGTERM, then SIGKILL); False if it was not running."""
-    if not _alive(pid):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + timeout
-        time.sleep(0.1)
-    return True
-
-
-# --- loading rides --------------------------------------------------------------
-
-
-def raw_schema(with_key: bool = True):
-    """BigQuery schema of the raw rides table (CONTRACT.md section 1)."""
-    from google.cloud import bigquery
-
-    columns = contract.RAW_COLUMNS_WITH_KEY if with_key else contract.RAW_COLUMNS
-    return [bigquery.SchemaField(name, BQ_TYPES[contract.RAW_DTYPES[name]]) for name in columns]
-
-
-def client(host_port: str, project: str = contract.BQ_PROJECT):
-    """A google-cloud-bigquery client on the emulator, with anonymous credentials."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    host, port = parse_host_port(host_port)
-    return bigquery.Client(project=project, credentials=AnonymousCredentials(),
-                           client_options={"api_endpoint": f"http://{host}:{port}"})
-
-
-def load_rides(host_port: str, rides, table: str, project: str = contract.BQ_PROJECT) -> int:
-    """Replace `dataset.table` of `project` with the rides DataFrame; return its row count."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from google.cloud import bigquery
-
-    if not is_ready(host_port):
-        raise EmulatorError(f"no BigQuery emulator answers on {host_port} (start one with `start`)")
-    bq = client(host_port, project)
-    dataset, _, _ = table.partition(".")
-    bq.create_dataset(f"{project}.{dataset}", exists_ok=True)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(rides, preserve_index=False), buffer)
-    buffer.seek(0)
-    config = bigquery.LoadJobConfig(
-        schema=raw_schema(contract.KEY_COLUMN in rides.columns),
-        source_format=bigquery.SourceFormat.PARQUET,
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-    )
-    bq.load_table_from_file(buffer, f"{project}.{table}", job_config=config).result()
-    return bq.get_table(f"{project}.{table}").num_rows
-
-
-# --- command line -----------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, not usage plus a line."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _host_port(text: str) -> str:
@@ -362,8 +49,8 @@ def _host_port(text: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line."""
-    parser = _Parser(prog="bigquery_emulator.py", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineErrorParser(prog="bigquery_emulator.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     commands.add_parser("install", help="create or refresh .venv-bqemu/ (Python 3.13, pinned packages)")
     start_cmd = commands.add_parser("start", help="start the emulator in the background; prints HOST:PORT")
     start_cmd.add_argument("--gcs_bucket", default=None,
@@ -402,7 +89,7 @@ def main(argv=None) -> int:
             print(f"ready: {ensure_venv()}")
         elif args.command == "start":
             running = _read_pid_file(args.data_dir)
-            if running and _alive(running["pid"]) and is_ready(running["host_port"]):
+            if running and alive(running["pid"]) and is_ready(running["host_port"]):
                 print(running["host_port"])
                 return 0
             emulator = start(args.data_dir, port=args.port, log=lambda line: print(line, file=sys.stderr))

@@ -42,7 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from taxifare_core import generate, outputs, reader, registry
+from taxifare_core import generate
+from taxifare_core.storage import outputs
+from taxifare_core.training import reader, registry
 
 JOBS = ("preprocess", "train", "predict")
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import csv
-import glob
 import gzip
 import io
 import json
@@ -59,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from taxifare_core import contract  # noqa: E402
 from taxifare_core.serving import RULE_MESSAGES  # noqa: E402
+from taxifare_core.storage import outputs  # noqa: E402
 
 HEADER = ",".join(contract.RAW_COLUMNS_WITH_KEY)
 DEFAULT_SAMPLE = ROOT.parent / "shared" / "data" / "nyc_taxi_fare_sample_8k.csv"
@@ -325,16 +325,16 @@ def read_outputs(pre_dir: Path, predict_dir: Path) -> Outputs:
     summary_path = pre_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     dead = {}
-    for path in glob.glob(str(pre_dir / "errors-*.jsonl")):
+    for path in (outputs.resolve(str(pre_dir / "errors-*.jsonl")) or []):
         for line in open(path, encoding="utf-8"):
             record = json.loads(line)
             dead[record["line"]] = record
-    lines = lambda pattern: sorted(line for p in glob.glob(str(pattern)) for line in open(p, encoding="utf-8"))  # noqa: E731
+    lines = lambda pattern: sorted(line for p in (outputs.resolve(str(pattern)) or []) for line in open(p, encoding="utf-8"))  # noqa: E731
     predict_dead = []
-    for path in glob.glob(str(predict_dir / "dead_letter-*.csv")):
+    for path in (outputs.resolve(str(predict_dir / "dead_letter-*.csv")) or []):
         with open(path, newline="", encoding="utf-8") as handle:
             predict_dead += [tuple(row) for row in list(csv.reader(handle))[1:]]
-    predictions = [line for p in glob.glob(str(predict_dir / "predictions-*.csv"))
+    predictions = [line for p in (outputs.resolve(str(predict_dir / "predictions-*.csv")) or [])
                    for line in open(p, encoding="utf-8").readlines()[1:]]
     return Outputs(summary, dead, lines(pre_dir / "train-*.csv"), lines(pre_dir / "val-*.csv"), sorted(predictions),
                    sorted(predict_dead))
@@ -343,7 +343,7 @@ def read_outputs(pre_dir: Path, predict_dir: Path) -> Outputs:
 def train_tiny_model(runner: Runner, processed: Path) -> Run:
     """One small model in the temporary registry, trained on the baseline's shards."""
     val = processed / "val-*.csv"
-    has_val = any(Path(p).stat().st_size for p in glob.glob(str(val)))
+    has_val = any(Path(p).stat().st_size for p in (outputs.resolve(str(val)) or []))
     return runner.run("pipelines.train", "--train", str(processed / "train-*.csv"),
                       "--val", str(val if has_val else processed / "train-*.csv"), "--max_epochs_per_chunk", "1",
                       "--registry", str(runner.workdir / "registry"), "--seed", "1")

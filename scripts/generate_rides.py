@@ -17,17 +17,11 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.cli import OneLineErrorParser  # noqa: E402
 from taxifare_core import generate  # noqa: E402
-
 
 PROG = Path(__file__).name
 
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, not usage plus a line."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
 def _at_least(minimum: int):
@@ -47,7 +41,7 @@ def _at_least(minimum: int):
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="Generate realistic raw NYC taxi rides (the raw table's columns plus key, "
         "with the real data's share of dirty rows) as CSV shards with a header each. "

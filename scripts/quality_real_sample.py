@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from pipelines import train
-from taxifare_core import cleaning, contract, features, parsing, registry
-from taxifare_core.baseline import manhattan_km_of
+from taxifare_core import cleaning, contract, features, parsing
+from taxifare_core.training import registry
+from taxifare_core.training.baseline import manhattan_km_of
 
 # The trainer's defaults, then the contract's settings (CONTRACT.md section 5).
 DEFAULT_SETTINGS = (f"{train.DEFAULT_LOSS}:{train.DEFAULT_LEARNING_RATE}:{train.DEFAULT_PATIENCE},"

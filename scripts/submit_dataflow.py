@@ -31,12 +31,11 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.dataflow import (  # noqa: E402
+from pipelines.cli import OneLineErrorParser  # noqa: E402
+from pipelines.cloud.dataflow import (  # noqa: E402
     JOB_NAME_PREFIX,
     PREDICT_JOB_NAME_PREFIX,
     DataflowError,
-    build_dry_run_job,
-    build_predict_dry_run_job,
     check_dataflow_options,
     job_name,
     predict_argv,
@@ -44,18 +43,14 @@ from pipelines.dataflow import (  # noqa: E402
     settings_from_env,
     staged_files,
 )
-from pipelines.options import READ_METHODS, UsageError  # noqa: E402
+from pipelines.predict import build_predict_dry_run_job  # noqa: E402
+from pipelines.preprocessing.options import READ_METHODS, UsageError  # noqa: E402
+from pipelines.preprocessing.pipeline import build_dry_run_job  # noqa: E402
 from taxifare_core import contract  # noqa: E402
 
 PROG = "submit_dataflow.py"
 JOBS = ("preprocess", "predict")
 
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, not usage plus a line."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive(text: str) -> int:
@@ -70,7 +65,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="Submit `python -m pipelines.preprocess --source bigquery` (or, with --job predict, "
         "`python -m pipelines.predict`) to Dataflow. Settings "

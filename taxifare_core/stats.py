@@ -1,6 +1,6 @@
 """Feature statistics of processed rows: mergeable accumulators, fixed histogram edges, and drift (PSI).
 
-Pure numpy, no Beam: `pipelines.statistics` wraps these functions in a CombineFn,
+Pure numpy, no Beam: `pipelines.preprocessing.statistics` wraps these functions in a CombineFn,
 batch prediction and tests call them directly.
 
     acc = new_accumulator()                      # 66 columns (65 for features without the fare)
@@ -514,7 +514,8 @@ def copy_stats_beside(shards_pattern: str, run_dir: str) -> str | None:
     The trainer calls it so a model's run folder holds the statistics of the rows it
     was trained on (batch prediction scores skew against them). Local or gs://.
     """
-    from taxifare_core import outputs, storage
+    from taxifare_core import storage
+    from taxifare_core.storage import outputs
 
     folder = str(shards_pattern).rstrip("/").rsplit("/", 1)[0]
     source = outputs.published_path(storage.join(folder, STATS_FILE))

@@ -33,8 +33,8 @@ def write_shards(folder: Path, rows: np.ndarray, sizes: list[int], prefix: str =
 def saved_tiny_model(registry_root: Path, n_rows: int, seed: int, model_seed: int, epochs: int = 1,
                      metrics: dict | None = None):
     """A briefly trained contract model saved as one run of a registry: (model, run folder)."""
-    from taxifare_core import registry
-    from taxifare_core.model import build_model
+    from taxifare_core.training import registry
+    from taxifare_core.training.model import build_model
 
     rows = processed_rows(n_rows, seed=seed)
     model = build_model(learning_rate=0.01, seed=model_seed)

@@ -6,7 +6,6 @@ a TestPipeline over a real file, and end-to-end runs of preprocessing and batch 
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import json
 import subprocess
@@ -19,12 +18,11 @@ import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from shard_helpers import saved_tiny_model
 
 from pipelines import batch_predict, preprocess
-from pipelines import transforms as T
-from pipelines.sources import (
-    RawBlock,
+from pipelines.predict import InvalidRideError, predict
+from pipelines.preprocessing.parse import ParseCsvBlocks, RawBlock, parse_block
+from pipelines.preprocessing.sources import (
     ReadCsvBlocks,
     plan_blocks,
     read_block,
@@ -32,10 +30,12 @@ from pipelines.sources import (
     read_header,
     sniff,
 )
-from pipelines.predict import InvalidRideError, predict
+from pipelines.preprocessing.tags import DEAD_LETTER, RIDES
+from shard_helpers import saved_tiny_model
 from taxifare_core import contract
 from taxifare_core.generate import generate_rides
 from taxifare_core.parsing import MAX_RECORD_CHARS, MalformedRecord
+from taxifare_core.storage import outputs
 
 HEADER = ",".join(contract.RAW_COLUMNS_WITH_KEY)
 GOOD = "k,7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1"
@@ -82,7 +82,7 @@ def write(path: Path, lines: list[str], newline: str = "\n") -> Path:
 
 def dead_letter(folder: Path) -> dict[int, dict]:
     """The preprocessing dead letter by line number."""
-    rows = [json.loads(line) for path in glob.glob(str(folder / "errors-*.jsonl")) for line in open(path)]
+    rows = [json.loads(line) for path in (outputs.resolve(str(folder / "errors-*.jsonl")) or []) for line in open(path)]
     return {row["line"]: row for row in rows}
 
 
@@ -154,7 +154,7 @@ def test_a_corrupt_compressed_file_is_one_clear_error(tmp_path):
 
 def _parsed(lines: list[str], first_line: int = 2):
     block = RawBlock("mem.csv", first_line, tuple(contract.RAW_COLUMNS_WITH_KEY), ("\n".join(lines) + "\n").encode())
-    rides, dead, read = T.parse_block(block)
+    rides, dead, read = parse_block(block)
     return rides, {d["line"]: d for d in map(json.loads, dead)}, read
 
 
@@ -194,7 +194,7 @@ def test_invalid_utf8_lines_with_another_field_count_leave_nothing_on_stderr(mon
     good = ride_lines(10)
     block = RawBlock("mem.csv", 2, tuple(contract.RAW_COLUMNS_WITH_KEY),
                      ("\n".join(good) + "\n").encode() + b"\xff\xfe,garbage\n" + (GOOD + "\n").encode())
-    rides, dead, read = T.parse_block(block)
+    rides, dead, read = parse_block(block)
     assert (len(rides), read) == (11, 12) and json.loads(dead[0])["line"] == 12
     assert not unraisable
 
@@ -212,36 +212,37 @@ def test_read_and_parse_a_dirty_file_under_testpipeline(tmp_path):
     lines, injected = dirty_lines(300)
     path = write(tmp_path / "dirty.csv", lines)
     with BeamTestPipeline(runner="FnApiRunner") as p:
-        parsed = p | ReadCsvBlocks(str(path), block_rows=40) | T.ParseCsvBlocks()
-        dead = parsed[T.DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
+        parsed = p | ReadCsvBlocks(str(path), block_rows=40) | ParseCsvBlocks()
+        dead = parsed[DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
         assert_that(dead | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0].split(" (")[0])),
                     equal_to([(number, reason.split(":")[0].split(" (")[0]) for number, (_, _, reason) in injected.items()]),
                     label="DeadLetter")
-        assert_that(parsed[T.RIDES] | beam.Map(len) | beam.CombineGlobally(sum), equal_to([300]), label="Rides")
+        assert_that(parsed[RIDES] | beam.Map(len) | beam.CombineGlobally(sum), equal_to([300]), label="Rides")
 
 
 # --- end to end: preprocessing, .csv.gz, binary input ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_preprocessing_a_dirty_file_and_its_gzip_gives_the_same_shards(tmp_path):
     lines, injected = dirty_lines(400)
     plain = write(tmp_path / "rides.csv", lines)
     packed = tmp_path / "rides.csv.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
-    outputs = {}
+    folders = {}
     for path in (plain, packed):
         output = tmp_path / f"out_{path.name}"
         assert preprocess.main(["--input", str(path), "--output", str(output), "--block_rows", "64"]) == 0
         summary = json.loads((output / "summary.json").read_text())
         assert summary["balanced"] and summary["bad_input"] == len(injected)
-        outputs[path.name] = output
-    a, b = (dead_letter(outputs[name]) for name in ("rides.csv", "rides.csv.gz"))
+        folders[path.name] = output
+    a, b = (dead_letter(folders[name]) for name in ("rides.csv", "rides.csv.gz"))
     assert sorted(a) == sorted(b) == sorted(injected)
     assert {n: d["reason"] for n, d in a.items()} == {n: d["reason"] for n, d in b.items()}
     for n, (_, _, reason) in injected.items():
         assert a[n]["reason"].startswith(reason)
     for split in ("train", "val"):
-        rows = [sorted(line for f in glob.glob(str(outputs[name] / f"{split}-*.csv")) for line in open(f))
+        rows = [sorted(line for f in (outputs.resolve(str(folders[name] / f"{split}-*.csv")) or []) for line in open(f))
                 for name in ("rides.csv", "rides.csv.gz")]
         assert rows[0] == rows[1]
         assert rows[0] or split == "val"
@@ -255,6 +256,7 @@ def model_run(tmp_path_factory) -> tuple[str, str]:
     return str(root), run_dir.rstrip("/").rsplit("/", 1)[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binary", [True, False], ids=["binary file", "folder"])
 @pytest.mark.parametrize("module", ["pipelines.preprocess", "pipelines.predict"])
 def test_binary_input_or_a_folder_is_one_line_exit_2(tmp_path, binary, module, model_run):
@@ -272,6 +274,7 @@ def test_binary_input_or_a_folder_is_one_line_exit_2(tmp_path, binary, module, m
 # --- prediction: batch and single rides ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_prediction_dead_letters_every_kind_and_reads_gzip(tmp_path, model_run):
     root, run = model_run
     lines, injected = dirty_lines(200)
@@ -283,11 +286,11 @@ def test_batch_prediction_dead_letters_every_kind_and_reads_gzip(tmp_path, model
         output = tmp_path / f"pred_{name}"
         summary = batch_predict.run(str(source), str(output), run, root, block_rows=50)
         dead = {}
-        for path in glob.glob(str(output / "dead_letter-*.csv")):
+        for path in (outputs.resolve(str(output / "dead_letter-*.csv")) or []):
             with open(path, newline="") as handle:
                 for row in list(csv.reader(handle))[1:]:
                     dead[row[0]] = row[1]
-        priced = [line for path in glob.glob(str(output / "predictions-*.csv")) for line in open(path).readlines()[1:]]
+        priced = [line for path in (outputs.resolve(str(output / "predictions-*.csv")) or []) for line in open(path).readlines()[1:]]
         assert summary["predicted"] == len(priced) and summary["dead_letter"] == len(dead)
         results[name] = (dead, sorted(priced))
     assert results["plain"] == results["gzip"]

@@ -10,14 +10,17 @@ import pandas as pd
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
-from shard_helpers import saved_tiny_model
 
-from pipelines import batch_predict
+from pipelines import batch_predict, sources
 from pipelines import predict as predict_module
-from pipelines import sources
 from pipelines.cli import UsageError
-from pipelines.sources import RawBlock
-from taxifare_core import contract, outputs, registry
+from pipelines.preprocessing.parse import RawBlock, _split_with_arrow
+from shard_helpers import saved_tiny_model
+from taxifare_core import contract
+from taxifare_core.storage import outputs
+from taxifare_core.training import registry
+
+pytestmark = [pytest.mark.slow]
 
 HEADER = "key,fare_amount,pickup_datetime,pickup_longitude,pickup_latitude,dropoff_longitude,dropoff_latitude,passenger_count"
 GOOD = [
@@ -137,7 +140,7 @@ def test_arrow_and_line_by_line_splits_agree(monkeypatch):
     """The fast split (Arrow, bad field counts set aside) and the csv-module fallback price a block alike."""
     quoted = '"a5",5.0,2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,"1"'
     block = _raw_block([*GOOD[:2], BAD[2], quoted, BAD[0], "x,y,z,w,v,u,t,s,r", GOOD[2]])
-    assert sources._split_with_arrow(
+    assert _split_with_arrow(
         [(n, t) for n, t in enumerate(block.data.decode().splitlines(), start=2)], block.columns) is not None
     fast = batch_predict.encode_block(block, name_by_file=False)
     monkeypatch.setattr(sources, "_split_with_arrow", lambda *_: None)

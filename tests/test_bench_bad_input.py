@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_bad_input.py"
 
 

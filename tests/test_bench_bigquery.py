@@ -6,7 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from emulator_helpers import ensure_emulator_venv
+
+pytestmark = [pytest.mark.emulator, pytest.mark.e2e, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_bigquery.py"
 

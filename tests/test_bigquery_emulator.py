@@ -30,12 +30,19 @@ from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_io_metadata, bigquery_tools, gce_metadata_util
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
-from emulator_helpers import ROOT, emulator_script, ensure_emulator_venv
 
-from pipelines import bigquery_emulator
-from pipelines.sources import bigquery_read_failure, build_query
-from taxifare_core import contract, outputs
+from emulator_helpers import ROOT, ensure_emulator_venv
+from emulators import bigquery as bq_server
+from emulators import gcs as gcs_server
+from emulators import processes as emulator_processes
+from emulators import python_env as emulator_python
+from pipelines.cloud import bigquery_emulator
+from pipelines.preprocessing.bigquery import bigquery_read_failure, build_query
+from taxifare_core import contract
 from taxifare_core.generate import generate_rides
+from taxifare_core.storage import outputs
+
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 TABLE = f"{contract.BQ_DATASET}.raw_1k"
 N_GENERATED, SEED = 1000, 42
@@ -166,31 +173,31 @@ def rides() -> pd.DataFrame:
 def emulator(tmp_path_factory, rides):
     """A running emulator holding the sample as taxifare.raw_1k; stopped by PID at the end."""
     ensure_emulator_venv()
-    server = emulator_script.start(tmp_path_factory.mktemp("bqemu"), log=lambda line: None)
+    server = bq_server.start(tmp_path_factory.mktemp("bqemu"), log=lambda line: None)
     try:
-        assert emulator_script.load_rides(server.host_port, rides, TABLE) == len(rides)
+        assert bq_server.load_rides(server.host_port, rides, TABLE) == len(rides)
         yield server
     finally:
-        emulator_script.stop(server.pid)
+        emulator_processes.stop(server.pid)
 
 
 def test_emulator_is_stopped_by_pid(tmp_path):
     """start() answers a real API call; stop(pid) ends the process and frees the port."""
     try:
-        emulator_script.ensure_venv(log=lambda line: None)
-    except emulator_script.EmulatorError as error:
+        emulator_python.ensure_venv(log=lambda line: None)
+    except emulator_processes.EmulatorError as error:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"BigQuery emulator unavailable: {error}")
-    server = emulator_script.start(tmp_path / "data", log=lambda line: None)
+    server = bq_server.start(tmp_path / "data", log=lambda line: None)
     try:
-        assert emulator_script.is_ready(server.host_port)
+        assert bq_server.is_ready(server.host_port)
     finally:
-        assert emulator_script.stop(server.pid)
-    assert not emulator_script.is_ready(server.host_port)
-    assert not emulator_script._alive(server.pid)
+        assert emulator_processes.stop(server.pid)
+    assert not bq_server.is_ready(server.host_port)
+    assert not emulator_processes.alive(server.pid)
 
 
 def test_emulator_serves_the_loaded_dirty_table(emulator, rides):
-    client = emulator_script.client(emulator.host_port)
+    client = bq_server.client(emulator.host_port)
     query = f"SELECT COUNT(*) AS n, COUNTIF(pickup_latitude IS NULL) AS missing FROM `{contract.BQ_PROJECT}`.{TABLE}"
     (row,) = client.query(query).result()
     assert row["n"] == len(rides)
@@ -290,11 +297,11 @@ BUCKET = "taxifare-emulated"
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory, emulator):
     """A GCS emulator holding BUCKET (the emulator fixture has made the venv); stopped by PID."""
-    server = emulator_script.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
+    server = gcs_server.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
     try:
         yield server
     finally:
-        emulator_script.stop(server.pid)
+        emulator_processes.stop(server.pid)
 
 
 def gs_shard_lines(storage_host_port: str, prefix: str) -> list[str]:
@@ -305,7 +312,7 @@ def gs_shard_lines(storage_host_port: str, prefix: str) -> list[str]:
     client = gcs.Client(project="local", credentials=AnonymousCredentials(),
                         client_options={"api_endpoint": f"http://{storage_host_port}"})
     lines = []
-    folder, name = prefix.rsplit("/", 1)  # shards live in the folder's published run-<id>/ (taxifare_core.outputs)
+    folder, name = prefix.rsplit("/", 1)  # shards live in the folder's published run-<id>/ (taxifare_core.storage.outputs)
     for blob in client.list_blobs(BUCKET, prefix=f"{folder}/run-"):
         if re.fullmatch(rf".*/{re.escape(name)}\d{{5}}-of-\d{{5}}\.\w+", blob.name):
             lines += blob.download_as_text().splitlines()
@@ -345,7 +352,7 @@ def preprocess_in_process(*args: str) -> dict:
 def test_direct_read_past_grpcs_message_limit_equals_the_csv_path(emulator, tmp_path, redirect_restored):
     """100k rows by DIRECT_READ (one Storage Read message over 4 MB) give the CSV path's exact rows."""
     rides = generate_rides(LARGE_ROWS, seed=7)
-    assert emulator_script.load_rides(emulator.host_port, rides, f"{LARGE_DATASET}.raw_all") == LARGE_ROWS
+    assert bq_server.load_rides(emulator.host_port, rides, f"{LARGE_DATASET}.raw_all") == LARGE_ROWS
     common = ("--dedupe", "none", "--num_shards", "1")
     bq = preprocess_in_process(
         "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", "DIRECT_READ",
@@ -364,10 +371,10 @@ def load_string_fare_table(host_port: str, rides: pd.DataFrame) -> None:
     import pyarrow.parquet as pq
     from google.cloud import bigquery
 
-    client = emulator_script.client(host_port)
+    client = bq_server.client(host_port)
     client.create_dataset(f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}", exists_ok=True)
     schema = [bigquery.SchemaField(f.name, "STRING" if f.name == contract.LABEL_COLUMN else f.field_type)
-              for f in emulator_script.raw_schema(with_key=False)]
+              for f in bq_server.raw_schema(with_key=False)]
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(rides[list(contract.RAW_COLUMNS)], preserve_index=False), buffer)
     buffer.seek(0)

@@ -18,11 +18,12 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import preprocess
-from pipelines.options import UsageError, resolve_config
-from pipelines.sources import QueryError, build_query
-from pipelines.summary import counters_from_result
+from pipelines.preprocessing.bigquery import QueryError, build_query
+from pipelines.preprocessing.options import UsageError, resolve_config
+from pipelines.preprocessing.pipeline import build_preprocess, write_outputs
+from pipelines.preprocessing.summary import counters_from_result
 from taxifare_core import contract, generate
-from taxifare_core.outputs import resolve as published_files
+from taxifare_core.storage.outputs import resolve as published_files
 
 
 def test_query_is_the_contracts_with_validated_bounds():
@@ -113,13 +114,13 @@ def test_bigquery_branch_from_create_rows(tmp_path):
     options, config = bigquery_config(tmp_path, "--block_rows", "400")
     rows = bigquery_rows()
     p = BeamTestPipeline(runner="FnApiRunner", options=options)
-    outputs = preprocess.build_preprocess(p | beam.Create(rows), config)
+    outputs = build_preprocess(p | beam.Create(rows), config)
     assert set(outputs) == {"train", "val", "dead_letter", "raw", "stats"}
     dead = outputs["dead_letter"] | beam.FlatMap(str.splitlines) | beam.Map(lambda line: json.loads(line)["source"])
     assert_that(dead, equal_to(["wagon-public-datasets.taxifare.raw_200k"]), label="DeadLetter")
     raw_lines = outputs["raw"] | "RawLines" >> beam.FlatMap(str.splitlines) | beam.Map(lambda line: 1)
     assert_that(raw_lines | beam.CombineGlobally(sum), equal_to([len(rows)]), label="RawCacheRows")
-    preprocess.write_outputs(outputs, config)
+    write_outputs(outputs, config)
     result = p.run()
     result.wait_until_finish()
     counters = counters_from_result(result)
@@ -143,8 +144,8 @@ def test_bigquery_branch_from_create_rows(tmp_path):
 def test_real_bigquery_read_builds_offline(tmp_path, extra):
     options, config = bigquery_config(tmp_path, *extra)
     p = beam.Pipeline(options=options)
-    outputs = preprocess.build_preprocess(p, config)
-    preprocess.write_outputs(outputs, config)
+    outputs = build_preprocess(p, config)
+    write_outputs(outputs, config)
     labels = [part.full_label for part in p.transforms_stack[0].parts]
     assert labels[:2] == ["ReadBigQuery", "ParseBigQueryRows"]  # the raw cache comes out of the parse
     assert {"WriteTrain", "WriteVal", "WriteErrors", "WriteRaw"} <= set(labels)

@@ -20,12 +20,18 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, WorkerOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    WorkerOptions,
+)
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipelines import dataflow
-from pipelines.options import resolve_config
-from pipelines.preprocess import build_preprocess, write_outputs
+from pipelines.cloud import dataflow
+from pipelines.preprocessing.options import resolve_config
+from pipelines.preprocessing.pipeline import build_dry_run_job, build_preprocess, write_outputs
+
+pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dataflow.DataflowSettings("taxifare-test-project", "europe-west1", "taxifare-test-bucket",
@@ -50,7 +56,7 @@ def argv() -> list[str]:
 @pytest.fixture(scope="module")
 def job(argv):
     """The real Dataflow job, built with --dry_run True (about 5 s: it builds the sdist)."""
-    return dataflow.build_dry_run_job(argv)
+    return build_dry_run_job(argv)
 
 
 def transforms_by_name(job) -> dict:
@@ -104,8 +110,8 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
         names = {Path(*Path(name).parts[1:]).as_posix(): name for name in sdist.getnames()}
         top_level = sdist.extractfile(names["taxifare.egg-info/top_level.txt"]).read().decode().split()
     for needed in ("pyproject.toml", "PKG-INFO", "taxifare_core/contract.py", "taxifare_core/features.py",
-                   "pipelines/preprocess.py", "pipelines/transforms.py", "pipelines/sources.py",
-                   "pipelines/statistics.py", "taxifare_core/stats.py"):
+                   "pipelines/preprocess.py", "pipelines/preprocessing/parse.py", "pipelines/preprocessing/sources.py",
+                   "pipelines/preprocessing/statistics.py", "taxifare_core/stats.py"):
         assert needed in names, f"{needed} not in the sdist"
     # What pip installs on a worker: the two packages only (setuptools adds tests/ to the sdist's files).
     assert sorted(top_level) == ["pipelines", "taxifare_core"]
@@ -114,7 +120,7 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
 
 def test_workers_dependencies_leave_tensorflow_out():
     """Importing the pipeline never imports TensorFlow, and the shipped requirements do not name it."""
-    code = ("import sys, pipelines.preprocess, pipelines.dataflow, pipelines.bigquery_emulator; "
+    code = ("import sys, pipelines.preprocess, pipelines.cloud.dataflow, pipelines.cloud.bigquery_emulator; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -167,7 +173,7 @@ def test_bad_dataflow_settings_are_refused_before_beam_runs(change, message):
         argv += [flag, value]
     started = time.monotonic()
     with pytest.raises(dataflow.DataflowError, match=re.escape(message)) as error:
-        dataflow.build_dry_run_job(argv)
+        build_dry_run_job(argv)
     assert "\n" not in str(error.value)
     assert time.monotonic() - started < 10
 

@@ -21,7 +21,11 @@ import pytest
 from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipelines import dataflow, predict
+from pipelines import predict
+from pipelines.cloud import dataflow
+from pipelines.predict import build_predict_dry_run_job
+
+pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dataflow.DataflowSettings("taxifare-test-project", "europe-west1", "taxifare-test-bucket")
@@ -42,7 +46,7 @@ def argv() -> list[str]:
 @pytest.fixture(scope="module")
 def job(argv):
     """The real Dataflow job, built with --dry_run True (builds the sdist, a few seconds)."""
-    return dataflow.build_predict_dry_run_job(argv)
+    return build_predict_dry_run_job(argv)
 
 
 def transforms_by_name(job) -> dict:
@@ -81,7 +85,7 @@ def test_workers_get_the_package_and_tensorflow(job):
 def test_a_worker_image_replaces_the_requirements_file():
     argv = dataflow.predict_argv(SETTINGS, NAME, INPUT, run=RUN, sdk_container_image=IMAGE)
     assert "--requirements_file" not in argv
-    job = dataflow.build_predict_dry_run_job(argv)
+    job = build_predict_dry_run_job(argv)
     images = {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
               for e in job.proto_pipeline.components.environments.values()}
     assert images == {IMAGE}
@@ -97,7 +101,7 @@ def test_local_paths_are_refused_for_dataflow(field):
 
 def test_a_dry_run_needs_a_named_run():
     with pytest.raises(dataflow.DataflowError, match="needs --run NAME"):
-        dataflow.build_predict_dry_run_job(dataflow.predict_argv(SETTINGS, NAME, INPUT))
+        build_predict_dry_run_job(dataflow.predict_argv(SETTINGS, NAME, INPUT))
 
 
 def test_predict_cli_refuses_an_incomplete_dataflow_setting_in_one_line(capsys):

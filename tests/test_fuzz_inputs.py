@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_inputs.py"
 
 

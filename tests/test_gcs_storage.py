@@ -14,11 +14,17 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from emulator_helpers import emulator_script, ensure_emulator_venv
-from shard_helpers import processed_rows
 
+from emulator_helpers import ensure_emulator_venv
+from emulators import gcs as gcs_server
+from emulators import processes as emulator_processes
 from pipelines import predict, train
-from taxifare_core import contract, features, reader, registry, storage
+from pipelines.trainer.checkpoint import fingerprint_changes
+from shard_helpers import processed_rows
+from taxifare_core import contract, features, storage
+from taxifare_core.training import reader, registry
+
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 BUCKET = "taxifare-gcs-test"
 
@@ -27,13 +33,13 @@ BUCKET = "taxifare-gcs-test"
 def gs_root(tmp_path_factory):
     """gs://BUCKET on a running emulator, with STORAGE_EMULATOR_HOST set for the module."""
     ensure_emulator_venv()
-    server = emulator_script.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
+    server = gcs_server.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", f"http://{server.host_port}")
         try:
             yield f"gs://{BUCKET}"
         finally:
-            emulator_script.stop(server.pid)
+            emulator_processes.stop(server.pid)
 
 
 def test_files_and_folders_round_trip(gs_root):
@@ -150,7 +156,7 @@ def test_object_versions_change_on_every_write(gs_root):
     storage.write_text(path, "1\n")
     second = storage.version(path)
     assert first["size"] == second["size"] == 2 and first["version"] != second["version"]
-    assert train.fingerprint_changes({"train": {path: first}}, {"train": {path: second}}) == [f"{path} was rewritten"]
+    assert fingerprint_changes({"train": {path: first}}, {"train": {path: second}}) == [f"{path} was rewritten"]
     storage.remove_file(path)
     storage.remove_file(path)  # absent: no error
     with pytest.raises(FileNotFoundError):

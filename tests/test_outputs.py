@@ -15,8 +15,13 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import preprocess
-from pipelines.options import resolve_config
-from taxifare_core import generate, outputs, reader
+from pipelines.preprocessing import pipeline as preprocessing_pipeline
+from pipelines.preprocessing.options import resolve_config
+from taxifare_core import generate
+from taxifare_core.storage import outputs
+from taxifare_core.training import reader
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +110,7 @@ def test_remove_litter_keeps_the_published_run_only(tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from taxifare_core import outputs
+    from taxifare_core.storage import outputs
     lock = outputs.OutputLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -168,11 +173,11 @@ def test_failed_run_leaves_the_previous_output_byte_for_byte_and_no_litter(rides
     (output / "beam-temp-train-0123").mkdir()  # an earlier crash's leftovers
     (output / "run-20260101T000000Z-abcdef").mkdir()
 
-    class Explode(preprocess.PreprocessRides):
+    class Explode(preprocessing_pipeline.PreprocessRides):
         def expand(self, rides_):
-            return super().expand(rides_ | "Explode" >> preprocess.beam.Map(_explode))
+            return super().expand(rides_ | "Explode" >> preprocessing_pipeline.beam.Map(_explode))
 
-    monkeypatch.setattr(preprocess, "PreprocessRides", Explode)
+    monkeypatch.setattr(preprocessing_pipeline, "PreprocessRides", Explode)
     with pytest.raises(Exception, match="disk on fire"):
         preprocess.main(["--input", str(rides), "--output", str(output)])
     assert tree_hashes(output) == before

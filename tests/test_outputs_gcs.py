@@ -10,9 +10,15 @@ import subprocess
 import sys
 
 import pytest
-from emulator_helpers import emulator_script, ensure_emulator_venv
 
-from taxifare_core import outputs, reader, storage
+from emulator_helpers import ensure_emulator_venv
+from emulators import gcs as gcs_server
+from emulators import processes as emulator_processes
+from taxifare_core import storage
+from taxifare_core.storage import outputs
+from taxifare_core.training import reader
+
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 BUCKET = "taxifare-outputs-test"
 
@@ -21,13 +27,13 @@ BUCKET = "taxifare-outputs-test"
 def gs_root(tmp_path_factory):
     """gs://BUCKET on a running emulator, with STORAGE_EMULATOR_HOST set for the module."""
     ensure_emulator_venv()
-    server = emulator_script.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
+    server = gcs_server.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", f"http://{server.host_port}")
         try:
             yield f"gs://{BUCKET}"
         finally:
-            emulator_script.stop(server.pid)
+            emulator_processes.stop(server.pid)
 
 
 def test_publish_resolve_and_refuse_an_incomplete_set_on_gs(gs_root):

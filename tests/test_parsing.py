@@ -1,7 +1,7 @@
 """Parsing raw records: typed values, and a clear reason for every malformed one."""
+import math
 from datetime import datetime, timedelta, timezone
 
-import math
 import pandas as pd
 import pytest
 

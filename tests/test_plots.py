@@ -1,7 +1,7 @@
 """The training curve: epochs laid end to end across chunks, the kept epoch of each chunk, a real PNG."""
 from __future__ import annotations
 
-from taxifare_core.plots import epoch_series, training_curve_png
+from taxifare_core.training.plots import epoch_series, training_curve_png
 
 HISTORY = [
     {"chunk": 1, "train_mae": 3.0, "val_mae": 2.5, "best_epoch": 2,

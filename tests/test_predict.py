@@ -4,13 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from shard_helpers import saved_tiny_model
 
 from pipelines import predict as predict_module
 from pipelines.predict import InvalidRideError, predict
+from shard_helpers import saved_tiny_model
 from taxifare_core import contract
 from taxifare_core.features import encode_ride
 from taxifare_core.parsing import parse_record
+
+pytestmark = [pytest.mark.slow]
 
 RIDE_FLAG_ORDER = ("pickup_datetime", "pickup_longitude", "pickup_latitude",
                    "dropoff_longitude", "dropoff_latitude", "passenger_count")

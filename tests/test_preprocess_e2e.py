@@ -12,10 +12,13 @@ import pyarrow.csv as pacsv
 import pytest
 
 from pipelines import preprocess
-from taxifare_core import contract, generate, outputs
+from taxifare_core import contract, generate
 from taxifare_core.cleaning import clean
 from taxifare_core.features import processed_rows
 from taxifare_core.parsing import parse_frame
+from taxifare_core.storage import outputs
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MIN_DATE, MAX_DATE, VAL_START = "2009-01-01", "2015-01-01", "2014-12-01"
 # Lines that cannot be parsed: each must reach the dead letter verbatim, with its line number.

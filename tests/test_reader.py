@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from shard_helpers import processed_rows, write_shards
 
-from taxifare_core import contract, reader
+from shard_helpers import processed_rows, write_shards
+from taxifare_core import contract
+from taxifare_core.training import reader
 
 
 @pytest.fixture(scope="module")

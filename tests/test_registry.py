@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from taxifare_core import contract, registry
-from taxifare_core.model import build_model
+from taxifare_core import contract
+from taxifare_core.training import registry
+from taxifare_core.training.model import build_model
+
+pytestmark = [pytest.mark.slow]
 
 
 def _fitted_model(seed: int):

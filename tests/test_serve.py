@@ -19,15 +19,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from shard_helpers import processed_rows, saved_tiny_model
 
 from pipelines import batch_predict
 from pipelines import predict as predict_module
-from pipelines.sources import RawBlock
-from taxifare_core import contract, forward, outputs, registry, serving
+from pipelines.preprocessing.parse import RawBlock
+from shard_helpers import processed_rows, saved_tiny_model
+from taxifare_core import contract, serving
 from taxifare_core.features import encode
 from taxifare_core.parsing import MalformedRecord, parse_frame
-from taxifare_core.service_rides import pickup_to_utc, prepare_json_rides, prepare_ride
+from taxifare_core.serving import forward
+from taxifare_core.serving.service_rides import (
+    pickup_to_utc,
+    prepare_json_rides,
+    prepare_ride,
+)
+from taxifare_core.storage import outputs
+from taxifare_core.training import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180
@@ -115,7 +122,7 @@ def test_forward_pass_equals_keras_within_1e_5(saved):
 
 
 def test_forward_pass_refuses_what_it_cannot_reproduce():
-    from taxifare_core.model import keras_module
+    from taxifare_core.training.model import keras_module
 
     keras = keras_module()
     odd = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="tanh")])

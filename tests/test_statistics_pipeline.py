@@ -18,13 +18,14 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 
 from pipelines import preprocess
 from pipelines import report as report_cli
-from pipelines.statistics import EXIT_DRIFT, ComputeStatistics
-from pipelines.transforms import ProcessedBatch, encode_rides
-from taxifare_core import contract, outputs, stats
+from pipelines.preprocessing.encode import ProcessedBatch, encode_rides
+from pipelines.preprocessing.statistics import EXIT_DRIFT, ComputeStatistics
+from taxifare_core import contract, stats
 from taxifare_core.cleaning import clean
 from taxifare_core.generate import generate_rides
 from taxifare_core.parsing import parse_frame
 from taxifare_core.report import SECTIONS
+from taxifare_core.storage import outputs
 
 SAMPLE_DATES = ["--min_date", "2009-01-01", "--max_date", "2015-07-01"]
 
@@ -108,7 +109,7 @@ def sample_runs(real_sample_raw, tmp_path_factory):
 
 
 def published(folder: Path, name: str) -> Path:
-    """OUTPUT/name as published: inside the run folder the manifest names (taxifare_core.outputs)."""
+    """OUTPUT/name as published: inside the run folder the manifest names (taxifare_core.storage.outputs)."""
     return Path(outputs.published_path(str(folder / name)))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.transforms import encode_rides
+from pipelines.preprocessing.encode import encode_rides
 from taxifare_core import contract, stats
 from taxifare_core.cleaning import clean
 from taxifare_core.parsing import parse_frame

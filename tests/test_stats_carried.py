@@ -6,10 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shard_helpers import processed_rows, saved_tiny_model, write_shards
 
 from pipelines import batch_predict, train
-from taxifare_core import contract, generate, outputs, registry, stats
+from shard_helpers import processed_rows, saved_tiny_model, write_shards
+from taxifare_core import contract, generate, stats
+from taxifare_core.storage import outputs
+from taxifare_core.training import registry
+
+pytestmark = [pytest.mark.slow]
 
 
 def stats_json(rows: np.ndarray, val_rows: np.ndarray) -> str:

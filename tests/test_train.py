@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shard_helpers import processed_rows, write_shards
 
 from pipelines import train
-from taxifare_core import registry
-from taxifare_core.baseline import RunningLinearFit, manhattan_km_of
+from shard_helpers import processed_rows, write_shards
+from taxifare_core.training import registry
+from taxifare_core.training.baseline import RunningLinearFit, manhattan_km_of
+
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from shard_helpers import processed_rows, saved_tiny_model, write_shards
 
 from pipelines import predict as predict_module
 from pipelines import train
-from taxifare_core import contract, registry
+from shard_helpers import processed_rows, saved_tiny_model, write_shards
+from taxifare_core import contract
+from taxifare_core.training import registry
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

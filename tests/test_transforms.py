@@ -1,4 +1,4 @@
-"""Each DoFn and composite of pipelines.transforms under TestPipeline + assert_that (main and dead-letter outputs)."""
+"""Each DoFn and composite of the preprocessing steps (pipelines.preprocessing) under TestPipeline + assert_that (main and dead-letter outputs)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,49 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import sources
 from pipelines import transforms as T
-from pipelines.sources import RawBlock, plan_blocks, read_block
-from pipelines.summary import counters_from_result
+from pipelines.preprocessing.clean import (
+    CleanRides,
+    FilterDateWindowFn,
+    rides_to_tuples,
+    tuples_to_rides,
+)
+from pipelines.preprocessing.encode import (
+    EncodeRides,
+    EncodeRidesFn,
+    FormatCsvLines,
+    FormatCsvLinesFn,
+    ProcessedBatch,
+    SplitTrainVal,
+    encode_rides,
+)
+from pipelines.preprocessing.parse import (
+    ParseCsvBlocks,
+    RawBlock,
+    SplitLines,
+    _split_with_arrow,
+    parse_block,
+    split_lines,
+)
+from pipelines.preprocessing.pipeline import PreprocessRides
+from pipelines.preprocessing.records import (
+    ParseRecordBatches,
+    format_raw_csv,
+    parse_records,
+)
+from pipelines.preprocessing.sources import plan_blocks, read_block
+from pipelines.preprocessing.summary import counters_from_result
+from pipelines.preprocessing.tags import (
+    BAD_INPUT,
+    DEAD_LETTER,
+    OUTSIDE_DATE_RANGE,
+    RAW,
+    RIDES,
+    ROWS_READ,
+    TRAIN,
+    TRAIN_ROWS,
+    VAL,
+    VAL_ROWS,
+)
 from taxifare_core import contract
 from taxifare_core.features import encode_ride
 from taxifare_core.parsing import parse_frame, parse_record
@@ -79,10 +120,10 @@ def test_parse_csv_blocks_sends_each_bad_line_to_the_dead_letter_verbatim():
         ride_line("e", fare=7.0, passengers=""),
     ]
     def build(p):
-        out = p | beam.Create([block(lines, first_line=10)]) | T.ParseCsvBlocks()
-        assert_that(out[T.RIDES] | beam.FlatMap(lambda f: f[contract.LABEL_COLUMN].tolist()),
+        out = p | beam.Create([block(lines, first_line=10)]) | ParseCsvBlocks()
+        assert_that(out[RIDES] | beam.FlatMap(lambda f: f[contract.LABEL_COLUMN].tolist()),
                     equal_to([5.0, 7.0]), label="Rides")
-        dead = out[T.DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
+        dead = out[DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
         assert_that(dead | "Lines" >> beam.Map(lambda d: (d["line"], d["record"], d["source"])), equal_to([
             (11, "only,three,fields", "mem.csv"),
             (12, lines[2], "mem.csv"),
@@ -94,15 +135,15 @@ def test_parse_csv_blocks_sends_each_bad_line_to_the_dead_letter_verbatim():
         ]), label="Reasons")
 
     counters = run_counters(build)
-    assert counters[T.ROWS_READ] == 6  # the blank line is not a row
-    assert counters[T.BAD_INPUT] == 4
+    assert counters[ROWS_READ] == 6  # the blank line is not a row
+    assert counters[BAD_INPUT] == 4
 
 
 def test_fast_and_slow_parse_paths_agree():
     lines = [ride_line(str(i), fare=5 + i, passengers=1 + i % 6) for i in range(50)]
     lines[7] = ride_line("7", fare="")  # a missing value stays a ride (the missing rule drops it later)
-    fast, dead_fast, read_fast = T.parse_block(block(lines))
-    slow, dead_slow, read_slow = T.parse_block(block(lines[:20] + ["bad"] + lines[20:]))
+    fast, dead_fast, read_fast = parse_block(block(lines))
+    slow, dead_slow, read_slow = parse_block(block(lines[:20] + ["bad"] + lines[20:]))
     assert read_fast == 50 and read_slow == 51 and not dead_fast and len(dead_slow) == 1
     pd.testing.assert_frame_equal(fast.reset_index(drop=True), slow.reset_index(drop=True), check_dtype=False)
     assert np.isnan(fast[contract.LABEL_COLUMN].iloc[7])
@@ -126,16 +167,16 @@ def test_parse_record_batches_reads_bigquery_shaped_rows():
             {**good, "pickup_datetime": None}]
 
     def build(p):
-        out = p | beam.Create(rows) | T.ParseRecordBatches("bq:raw_1k", batch_rows=10)
-        assert_that(out[T.RIDES] | beam.Map(len), equal_to([2]), label="Rides")
-        assert_that(out[T.RAW] | beam.Map(lambda text: len(text.splitlines())), equal_to([4]), label="Raw")
-        dead = out[T.DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
+        out = p | beam.Create(rows) | ParseRecordBatches("bq:raw_1k", batch_rows=10)
+        assert_that(out[RIDES] | beam.Map(len), equal_to([2]), label="Rides")
+        assert_that(out[RAW] | beam.Map(lambda text: len(text.splitlines())), equal_to([4]), label="Raw")
+        dead = out[DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
         assert_that(dead | beam.Map(lambda d: (d["source"], d["line"], d["reason"].split(":")[0])), equal_to([
             ("bq:raw_1k", None, "fare_amount"), ("bq:raw_1k", None, "missing column(s)"),
         ]), label="DeadLetter")
 
     counters = run_counters(build)
-    assert counters[T.ROWS_READ] == 4 and counters[T.BAD_INPUT] == 2
+    assert counters[ROWS_READ] == 4 and counters[BAD_INPUT] == 2
 
 
 # --- filter + clean ---------------------------------------------------------------
@@ -151,11 +192,11 @@ def test_date_window_is_bigquery_between_of_midnights():
     )
 
     def build(p):
-        kept = p | beam.Create([batch]) | beam.ParDo(T.FilterDateWindowFn("2009-01-01", "2015-01-01"))
+        kept = p | beam.Create([batch]) | beam.ParDo(FilterDateWindowFn("2009-01-01", "2015-01-01"))
         assert_that(kept | beam.FlatMap(lambda f: [str(t) for t in f[contract.TIME_COLUMN]]),
                     equal_to(["2009-01-01 00:00:00+00:00", "2015-01-01 00:00:00+00:00", "NaT"]))
 
-    assert run_counters(build)[T.OUTSIDE_DATE_RANGE] == 2
+    assert run_counters(build)[OUTSIDE_DATE_RANGE] == 2
 
 
 def test_clean_rides_counts_each_rule():
@@ -170,7 +211,7 @@ def test_clean_rides_counts_each_rule():
     )
 
     def build(p):
-        kept = p | beam.Create([batch]) | T.CleanRides("batch")
+        kept = p | beam.Create([batch]) | CleanRides("batch")
         assert_that(kept | beam.FlatMap(lambda f: f[contract.LABEL_COLUMN].tolist()), equal_to([7.5, 12.0]))
 
     counters = run_counters(build)
@@ -188,7 +229,7 @@ def test_dedupe_modes(mode, kept, duplicates):
     second = rides(record(), record(fare=11.0))
 
     def build(p):
-        out = p | beam.Create([first, second]) | T.CleanRides(mode, batch_rows=10)
+        out = p | beam.Create([first, second]) | CleanRides(mode, batch_rows=10)
         assert_that(out | beam.Map(len) | beam.CombineGlobally(sum), equal_to([kept]))
 
     assert run_counters(build).get(contract.RULE_DUPLICATE, 0) == duplicates
@@ -196,7 +237,7 @@ def test_dedupe_modes(mode, kept, duplicates):
 
 def test_rides_tuples_round_trip():
     batch = rides(record(), record(fare=9.25, when="2014-03-09 07:30:00 UTC", passengers=3))
-    back = T.tuples_to_rides(list(T.rides_to_tuples(batch)))
+    back = tuples_to_rides(list(rides_to_tuples(batch)))
     pd.testing.assert_frame_equal(back, batch.reset_index(drop=True), check_dtype=False)
 
 
@@ -217,34 +258,34 @@ def test_encode_rides_matches_the_per_ride_encoder():
         assert np.abs(rows - expected).max() <= contract.PROCESSED_TOLERANCE
 
     def build(p):
-        encoded = p | beam.Create([batch]) | T.EncodeRides()
+        encoded = p | beam.Create([batch]) | EncodeRides()
         assert_that(encoded | beam.FlatMap(lambda b: b.rows.astype(np.float64).tolist()), matches_encode_ride)
 
     run_counters(build)
 
 
 def test_split_train_val_at_val_start():
-    batch = T.encode_rides(rides(
+    batch = encode_rides(rides(
         record(fare=1.0, when="2014-11-30 23:59:59 UTC"),
         record(fare=2.0, when="2014-12-01 00:00:00 UTC"),
         record(fare=3.0, when="2014-12-15 00:00:00 UTC"),
     ))
 
     def build(p):
-        out = p | beam.Create([batch]) | T.SplitTrainVal("2014-12-01")
+        out = p | beam.Create([batch]) | SplitTrainVal("2014-12-01")
         fares = lambda b: b.rows[:, contract.N_FEATURES].tolist()  # noqa: E731
-        assert_that(out[T.TRAIN] | "TrainFares" >> beam.FlatMap(fares), equal_to([1.0]), label="Train")
-        assert_that(out[T.VAL] | "ValFares" >> beam.FlatMap(fares), equal_to([2.0, 3.0]), label="Val")
+        assert_that(out[TRAIN] | "TrainFares" >> beam.FlatMap(fares), equal_to([1.0]), label="Train")
+        assert_that(out[VAL] | "ValFares" >> beam.FlatMap(fares), equal_to([2.0, 3.0]), label="Val")
 
     counters = run_counters(build)
-    assert counters[T.TRAIN_ROWS] == 1 and counters[T.VAL_ROWS] == 2
+    assert counters[TRAIN_ROWS] == 1 and counters[VAL_ROWS] == 2
 
 
 def test_format_csv_lines_one_text_element_per_batch():
-    batch = T.encode_rides(rides(record(), record(fare=9.0)))
+    batch = encode_rides(rides(record(), record(fare=9.0)))
 
     def build(p):
-        text = p | beam.Create([batch]) | T.FormatCsvLines()
+        text = p | beam.Create([batch]) | FormatCsvLines()
         assert_that(text | beam.Map(lambda t: [len(line.split(",")) for line in t.split("\n")]),
                     equal_to([[contract.N_PROCESSED_COLUMNS] * 2]))
 
@@ -260,21 +301,21 @@ def test_preprocess_rides_end_to_end_on_batches():
     )
 
     def build(p):
-        out = p | beam.Create([batch]) | T.PreprocessRides("2009-01-01", "2015-01-01", "2014-12-01")
+        out = p | beam.Create([batch]) | PreprocessRides("2009-01-01", "2015-01-01", "2014-12-01")
         last = lambda text: [float(line.split(",")[-1]) for line in text.split("\n")]  # noqa: E731
-        assert_that(out[T.TRAIN] | "TrainFares" >> beam.FlatMap(last), equal_to([1.0]), label="Train")
-        assert_that(out[T.VAL] | "ValFares" >> beam.FlatMap(last), equal_to([2.0]), label="Val")
+        assert_that(out[TRAIN] | "TrainFares" >> beam.FlatMap(last), equal_to([1.0]), label="Train")
+        assert_that(out[VAL] | "ValFares" >> beam.FlatMap(last), equal_to([2.0]), label="Val")
 
     counters = run_counters(build)
-    assert counters[T.OUTSIDE_DATE_RANGE] == 1 and counters[contract.RULE_FARE] == 1
+    assert counters[OUTSIDE_DATE_RANGE] == 1 and counters[contract.RULE_FARE] == 1
 
 
 def test_format_raw_csv_writes_the_contract_csv_form():
     typed = rides(record(), record(fare="", passengers="3", when="2014-01-02 03:04:05 UTC"))
-    text = T.format_raw_csv(typed)
+    text = format_raw_csv(typed)
     assert text.split("\n") == ["7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1",
                                  ",2014-01-02 03:04:05 UTC,-73.950655,40.783282,-73.984365,40.769802,3"]
-    assert T.format_raw_csv(typed.iloc[:0]) == ""
+    assert format_raw_csv(typed.iloc[:0]) == ""
 
 
 BQ_WHEN = datetime(2013, 7, 6, 17, 18, tzinfo=timezone.utc)
@@ -286,9 +327,9 @@ def test_parse_records_types_columns_like_the_csv_path(when):
     """DIRECT_READ / Avro give datetimes, a JSON export gives text stamps: same typed rides either way."""
     rows = [{**BQ_GOOD, "pickup_datetime": when, "fare_amount": 5.0 + i} for i in range(5)]
     rows[2]["pickup_longitude"] = None  # missing: a ride (the missing-value rule drops it later)
-    typed, dead = T.parse_records(rows, "bq")
+    typed, dead = parse_records(rows, "bq")
     assert dead == []
-    csv_typed, _, _ = T.parse_block(block([ride_line(fare=5.0 + i, plon="" if i == 2 else -73.950655)
+    csv_typed, _, _ = parse_block(block([ride_line(fare=5.0 + i, plon="" if i == 2 else -73.950655)
                                            for i in range(5)]))
     pd.testing.assert_frame_equal(typed.reset_index(drop=True), csv_typed.reset_index(drop=True))
 
@@ -302,7 +343,7 @@ def test_parse_records_types_columns_like_the_csv_path(when):
 ])
 def test_parse_records_sends_a_wrong_type_value_to_the_dead_letter(change, reason):
     rows = [BQ_GOOD, {**BQ_GOOD, **change}, BQ_GOOD]
-    typed, dead = T.parse_records(rows, "bq:raw_1k")
+    typed, dead = parse_records(rows, "bq:raw_1k")
     assert len(typed) == 2
     [line] = dead
     letter = json.loads(line)
@@ -314,7 +355,7 @@ def test_parse_records_sends_a_wrong_type_value_to_the_dead_letter(change, reaso
 def test_parse_records_sends_a_timestamp_outside_pandas_range_to_the_dead_letter():
     """A TIMESTAMP BigQuery holds but pandas cannot (year 2300): that row's reason, the batch goes on."""
     far = datetime(2300, 1, 6, 9, 50, 45, tzinfo=timezone.utc)
-    typed, dead = T.parse_records([BQ_GOOD, {**BQ_GOOD, "pickup_datetime": far}, BQ_GOOD], "bq:raw_1k")
+    typed, dead = parse_records([BQ_GOOD, {**BQ_GOOD, "pickup_datetime": far}, BQ_GOOD], "bq:raw_1k")
     assert len(typed) == 2
     [line] = dead
     assert json.loads(line)["reason"].startswith("pickup_datetime: out of range")
@@ -324,18 +365,18 @@ def test_parse_record_batches_writes_the_raw_cache_from_the_same_batch():
     rows = [{**BQ_GOOD, "fare_amount": 5.0 + i} for i in range(25)] + [{**BQ_GOOD, "fare_amount": "abc"}]
 
     def build(p):
-        out = p | beam.Create(rows) | T.ParseRecordBatches("bq:raw_1k", batch_rows=10)
-        raw = out[T.RAW] | beam.FlatMap(str.splitlines)
+        out = p | beam.Create(rows) | ParseRecordBatches("bq:raw_1k", batch_rows=10)
+        raw = out[RAW] | beam.FlatMap(str.splitlines)
         assert_that(raw | beam.Map(lambda line: tuple(line.split(",")[:2])),
                     equal_to([(str(5 + i), "2013-07-06 17:18:00 UTC") for i in range(25)]
                              + [("abc", "2013-07-06 17:18:00 UTC")]), label="RawFares")
 
     counters = run_counters(build)
-    assert counters[T.ROWS_READ] == 26 and counters[T.BAD_INPUT] == 1
+    assert counters[ROWS_READ] == 26 and counters[BAD_INPUT] == 1
 
 
 def test_importing_the_pipeline_never_imports_tensorflow():
-    code = "import sys, pipelines.preprocess, pipelines.transforms; print('tensorflow' in sys.modules)"
+    code = "import sys, pipelines.preprocess, pipelines.preprocessing.pipeline; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -347,15 +388,15 @@ def test_threaded_formatting_gives_core_format_csv_text(threads):
     from taxifare_core.features import format_csv
 
     typed, reasons = parse_frame(generate.generate_rides(50_000, seed=9))
-    batch = T.encode_rides(clean(typed[reasons.isna()]).kept)
-    fn = T.FormatCsvLinesFn(threads)
+    batch = encode_rides(clean(typed[reasons.isna()]).kept)
+    fn = FormatCsvLinesFn(threads)
     fn.setup()
     try:
         (text,) = list(fn.process(batch))
     finally:
         fn.teardown()
     assert text == format_csv(batch.rows)
-    assert not list(fn.process(T.ProcessedBatch(batch.rows[:0], batch.pickup_ns[:0])))
+    assert not list(fn.process(ProcessedBatch(batch.rows[:0], batch.pickup_ns[:0])))
 
 
 def test_threaded_encoding_gives_the_same_rows():
@@ -366,7 +407,7 @@ def test_threaded_encoding_gives_the_same_rows():
     kept = clean(typed[reasons.isna()]).kept
     outputs = []
     for threads in (1, 2):
-        fn = T.EncodeRidesFn(threads)
+        fn = EncodeRidesFn(threads)
         fn.setup()
         (batch,) = list(fn.process(kept))
         fn.teardown()
@@ -394,7 +435,7 @@ def test_core_format_csv_is_byte_for_byte_arrows_csv_writer():
     from taxifare_core.features import format_csv
 
     typed, reasons = parse_frame(generate.generate_rides(30_000, seed=21))
-    rows = T.encode_rides(clean(typed[reasons.isna()]).kept).rows
+    rows = encode_rides(clean(typed[reasons.isna()]).kept).rows
     assert (rows[:, contract.COLS_PICKUP_DISTRICT].sum(axis=1) == 0).any()  # the all-zero district text is used
     # Arrow's writer spells a one-hot 1.0 as "1" too, so the texts must be identical.
     assert format_csv(rows) == arrow_csv_writer_text(rows)
@@ -408,11 +449,11 @@ def test_core_format_csv_is_byte_for_byte_arrows_csv_writer():
 def test_batch_coder_round_trips_and_estimates_without_pickling(monkeypatch):
     import pickle
 
-    from pipelines.coders import BatchCoder
+    from pipelines.preprocessing.coders import BatchCoder
 
     coder = BatchCoder()
     frame = rides(record(), record(fare=9.0))
-    batch = T.encode_rides(frame)
+    batch = encode_rides(frame)
     block_ = block([GOOD])
     assert coder.decode(coder.encode(batch)).rows.tolist() == batch.rows.tolist()
     pd.testing.assert_frame_equal(coder.decode(coder.encode(frame)), frame)
@@ -432,8 +473,8 @@ _HEADER = tuple(contract.RAW_COLUMNS)
 _RIDE = "5.0,2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,1"
 
 
-def _split(lines: list[str], first_line: int = 10) -> sources.SplitLines:
-    return sources.split_lines(RawBlock("f.csv", first_line, _HEADER, "\r\n".join(lines).encode()))
+def _split(lines: list[str], first_line: int = 10) -> SplitLines:
+    return split_lines(RawBlock("f.csv", first_line, _HEADER, "\r\n".join(lines).encode()))
 
 
 def test_split_lines_numbers_lines_and_sets_aside_bad_field_counts():
@@ -445,7 +486,7 @@ def test_split_lines_numbers_lines_and_sets_aside_bad_field_counts():
 
 def test_split_lines_falls_back_line_by_line_for_a_quoted_newline():
     lines = [_RIDE, '"5.0', '",2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,1', _RIDE]
-    assert sources._split_with_arrow(list(enumerate(lines, start=10)), _HEADER) is None
+    assert _split_with_arrow(list(enumerate(lines, start=10)), _HEADER) is None
     split = _split(lines)
     assert split.line_numbers.tolist() == [10, 13] and [line for line, _, _ in split.bad] == [11, 12]
 
@@ -454,7 +495,7 @@ def test_one_bad_line_keeps_the_rest_of_its_block_vectorized(monkeypatch):
     """Text in a number fails Arrow's typed read; the block is split by Arrow, not line by line."""
     monkeypatch.setattr(sources, "_split_line_by_line", None)  # any call would raise
     block = RawBlock("f.csv", 2, _HEADER, f"{_RIDE}\n{_RIDE.replace('5.0', 'five')}\n{_RIDE}\n1,2\n".encode())
-    rides, dead, read = T.parse_block(block)
+    rides, dead, read = parse_block(block)
     assert read == 4 and len(rides) == 2
     assert sorted(json.loads(line)["line"] for line in dead) == [3, 5]
 
@@ -463,6 +504,6 @@ def test_bad_field_counts_alone_keep_the_typed_fast_path(monkeypatch):
     """Lines with another field count are set aside by Arrow's typed read, exactly numbered."""
     monkeypatch.setattr(T, "split_lines", None)  # the text path would raise
     lines = [_RIDE, "1,2", _RIDE.replace("5.0", "6.0"), "a,b,c,d,e,f,g,h", _RIDE.replace("5.0", "7.0")]
-    rides, dead, read = T.parse_block(RawBlock("f.csv", 20, _HEADER, ("\n".join(lines) + "\n").encode()))
+    rides, dead, read = parse_block(RawBlock("f.csv", 20, _HEADER, ("\n".join(lines) + "\n").encode()))
     assert read == 5 and rides["fare_amount"].tolist() == [5.0, 6.0, 7.0]
     assert [(json.loads(d)["line"], json.loads(d)["record"]) for d in dead] == [(21, "1,2"), (23, "a,b,c,d,e,f,g,h")]

@@ -38,8 +38,20 @@ from taxifare_core import contract
 from taxifare_core.cleaning import check_ride
 from taxifare_core.contract import RULE_MISSING
 from taxifare_core.features import encode_ride
-from taxifare_core.parsing import MalformedRecord, is_missing, parse_number, parse_record, parse_timestamp
-from taxifare_core.serving import _PLACEHOLDER_FARE, RULE_MESSAGES, SERVING_COLUMNS, PreparedRides, prepare_rides
+from taxifare_core.parsing import (
+    MalformedRecord,
+    is_missing,
+    parse_number,
+    parse_record,
+    parse_timestamp,
+)
+from taxifare_core.serving import (
+    PLACEHOLDER_FARE,
+    RULE_MESSAGES,
+    SERVING_COLUMNS,
+    PreparedRides,
+    prepare_rides,
+)
 
 _NEW_YORK_NAME = contract.LOCAL_TIMEZONE
 _NEW_YORK = ZoneInfo(_NEW_YORK_NAME)
@@ -115,7 +127,7 @@ def prepare_ride(fields: Mapping) -> tuple[np.ndarray | None, str | None]:
     Same reasons, in the same precedence, as `serving.prepare_rides`: unreadable
     values (numbers first, then the time), then the contract's rules.
     """
-    record = {**fields, contract.LABEL_COLUMN: _PLACEHOLDER_FARE}
+    record = {**fields, contract.LABEL_COLUMN: PLACEHOLDER_FARE}
     time_reason = None
     if contract.TIME_COLUMN in record:
         try:
@@ -153,7 +165,7 @@ def prepare_json_rides(rides: Sequence) -> PreparedRides:
             early[index] = NOT_AN_OBJECT
             continue
         try:
-            parse_record({**ride, contract.LABEL_COLUMN: _PLACEHOLDER_FARE})
+            parse_record({**ride, contract.LABEL_COLUMN: PLACEHOLDER_FARE})
         except MalformedRecord as error:  # "missing column(s): ..."
             early[index] = error.reason
     late: dict[int, str] = {}

@@ -18,7 +18,7 @@ lives in this process only: the pipeline must run in process (the DirectRunner o
 FnApiRunner, not multi_processing), which `check_runs_in_process(options)` checks.
 `python -m pipelines.preprocess --bigquery_emulator HOST:PORT` is its user.
 
-    from pipelines.bigquery_emulator import use_bigquery_emulator
+    from pipelines.cloud.bigquery_emulator import use_bigquery_emulator
     use_bigquery_emulator("127.0.0.1:9050")            # REST; Storage Read on port + 10
     use_bigquery_emulator("127.0.0.1:9050", grpc_port=9070)
     stop_using_bigquery_emulator()                     # back to Google Cloud
@@ -37,6 +37,8 @@ from apache_beam.internal.http_client import get_new_http
 from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_tools, gce_metadata_util
 from apache_beam.io.gcp.internal.clients import bigquery as bigquery_api
+
+from pipelines.runners import LOCAL_RUNNERS
 
 # `local-bigquery serve` listens for gRPC (Storage Read) on its REST port + 10 by default.
 DEFAULT_GRPC_PORT_OFFSET = 10
@@ -60,7 +62,6 @@ _ORIGINALS = {(owner, name): owner.__dict__.get(name) for owner, name in REDIREC
 
 
 # Runners that execute the pipeline in this process (where the redirect lives).
-IN_PROCESS_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
 def check_runs_in_process(options) -> None:
@@ -72,7 +73,7 @@ def check_runs_in_process(options) -> None:
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").rsplit(".", 1)[-1]
-    if runner not in IN_PROCESS_RUNNERS:
+    if runner not in LOCAL_RUNNERS:
         raise ValueError(f"--bigquery_emulator needs an in-process local runner, not {runner}")
     if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         raise ValueError("--bigquery_emulator works in this process only: drop --direct_running_mode multi_processing")
@@ -131,7 +132,7 @@ def use_bigquery_emulator(host_port: str, grpc_port: int | None = None) -> None:
     moved = [name for (owner, name), original in _ORIGINALS.items() if original is None]
     moved += [name for name in CREDENTIAL_FIELDS if not hasattr(CREDENTIAL_CACHE, name)]
     if moved:
-        raise RuntimeError(f"apache_beam moved {', '.join(moved)}: pipelines/bigquery_emulator.py must follow it")
+        raise RuntimeError(f"apache_beam moved {', '.join(moved)}: pipelines/cloud/bigquery_emulator.py must follow it")
     base_url = f"http://{host}:{port}{REST_PATH}"
     bigquery_tools.BigQueryWrapper._bigquery_client = staticmethod(
         functools.partial(_rest_client, base_url)

@@ -289,7 +289,7 @@ class OutputLock:
         self._fd = fd
 
     def _acquire_remote(self) -> None:
-        from taxifare_core import gcs
+        from taxifare_core.storage import gcs
 
         data = (json.dumps(self.info) + "\n").encode()
         for _ in range(3):
@@ -323,7 +323,7 @@ class OutputLock:
             os.close(self._fd)
             self._fd = None
         elif self._generation is not None:
-            from taxifare_core import gcs
+            from taxifare_core.storage import gcs
 
             gcs.delete_if_generation(self.path, self._generation)
             self._generation = None

@@ -208,7 +208,7 @@ def _first_line(error: Exception) -> str:
 
 def load_keras_model(path: str):
     """Load a `.keras` file from a local or remote path; UnreadableModelError when it cannot be."""
-    from taxifare_core.model import keras_module
+    from taxifare_core.training.model import keras_module
 
     keras = keras_module()
     try:

@@ -13,8 +13,8 @@ import json
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.statistics import STAGE_NAMESPACE, STAGE_PREFIX
-from pipelines.transforms import (
+from pipelines.preprocessing.statistics import STAGE_NAMESPACE, STAGE_PREFIX
+from pipelines.preprocessing.tags import (
     BAD_INPUT,
     COUNTER_NAMESPACE,
     DROP_RULES,
@@ -23,7 +23,8 @@ from pipelines.transforms import (
     TRAIN_ROWS,
     VAL_ROWS,
 )
-from taxifare_core import contract, outputs
+from taxifare_core import contract
+from taxifare_core.storage import outputs
 
 SUMMARY_FILE = outputs.SUMMARY_FILE
 

@@ -5,7 +5,7 @@ One code path on `pyarrow.fs`: local paths go through `LocalFileSystem`,
 or a local GCS emulator when STORAGE_EMULATOR_HOST is set (anonymous, as
 Google's own clients do). Other URI schemes are refused with one clear error.
 What Arrow lacks is a few lines here, each saying why: a glob, sub-folders of
-a Cloud Storage listing, an atomic local write, and (in `taxifare_core.gcs`)
+a Cloud Storage listing, an atomic local write, and (in `taxifare_core.storage.gcs`)
 the exclusive create that makes run folders collision-safe.
 
     >>> glob("/tmp/processed/train-*.csv")          # sorted list of paths
@@ -23,7 +23,7 @@ import re
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from taxifare_core import gcs
+from taxifare_core.storage import gcs
 
 # Raised for a location the program cannot use (scheme, credentials): one clear line.
 StorageError = gcs.StorageError
@@ -220,7 +220,7 @@ def create_folder_exclusive(path: str) -> bool:
     Arrow's create_dir succeeds on an existing folder, so it cannot settle a race:
     on disk os.makedirs (mkdir fails on an existing folder); on Cloud Storage the
     folder's marker is written with an if-generation-match=0 precondition
-    (`taxifare_core.gcs`; the emulator ignores it, hence the check first).
+    (`taxifare_core.storage.gcs`; the emulator ignores it, hence the check first).
     """
     if not _remote(path):
         try:

@@ -4,7 +4,7 @@ Every other `gs://` operation goes through `pyarrow.fs.GcsFileSystem`
 (`taxifare_core.storage`). Arrow exposes no preconditions, and its own
 `create_dir` treats an existing marker as success, so it cannot tell two
 trainers racing for one run folder apart, nor two runs racing for one output
-lock (`taxifare_core.outputs`). This module keeps those calls on
+lock (`taxifare_core.storage.outputs`). This module keeps those calls on
 google-cloud-storage, whose client honours STORAGE_EMULATOR_HOST by itself.
 
     >>> create_exclusive_marker("gs://bucket/registry/20261126T101500.000001Z/.folder")

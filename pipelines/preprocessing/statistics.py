@@ -20,7 +20,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from taxifare_core import contract, outputs, stats
+from taxifare_core import contract, stats
+from taxifare_core.storage import outputs
 
 # Stage-time distributions (microseconds per batch) live in the pipeline's counter namespace.
 STAGE_NAMESPACE = "taxifare"

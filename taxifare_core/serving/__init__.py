@@ -22,7 +22,7 @@ from taxifare_core.features import encode
 from taxifare_core.parsing import parse_frame
 
 # Any fare the cleaning rules accept: it stands in for the unknown fare so only the other rules judge.
-_PLACEHOLDER_FARE = (contract.FARE_MIN_EXCLUSIVE + contract.FARE_MAX_EXCLUSIVE) / 2
+PLACEHOLDER_FARE = (contract.FARE_MIN_EXCLUSIVE + contract.FARE_MAX_EXCLUSIVE) / 2
 SERVING_COLUMNS = tuple(column for column in contract.RAW_COLUMNS if column != contract.LABEL_COLUMN)
 
 RULE_MESSAGES = {
@@ -53,7 +53,7 @@ def prepare_rides(rides: pd.DataFrame) -> PreparedRides:
 
     Raises parsing.MalformedRecord when a needed column is absent altogether.
     """
-    raw = rides.reset_index(drop=True).assign(**{contract.LABEL_COLUMN: _PLACEHOLDER_FARE})
+    raw = rides.reset_index(drop=True).assign(**{contract.LABEL_COLUMN: PLACEHOLDER_FARE})
     typed, parse_reasons = parse_frame(raw)
     rules = first_failed_rule(typed)
     reasons = [

@@ -36,7 +36,7 @@ ENV_PROJECT, ENV_REGION, ENV_BUCKET, ENV_SERVICE_ACCOUNT = (
 REQUIRED_ENV = (ENV_PROJECT, ENV_REGION, ENV_BUCKET)
 DATAFLOW_RUNNER = "DataflowRunner"
 # The project's build file: Beam's stager accepts a setup.py or a pyproject.toml.
-SETUP_FILE = Path(__file__).resolve().parents[1] / "pyproject.toml"
+SETUP_FILE = Path(__file__).resolve().parents[2] / "pyproject.toml"
 JOB_NAME_PREFIX = "taxifare-preprocess"
 PREDICT_JOB_NAME_PREFIX = "taxifare-predict"
 # What batch prediction's workers need beyond the package: TensorFlow (the `train` extra's pin,
@@ -213,7 +213,9 @@ def is_dataflow(options: PipelineOptions) -> bool:
 
 def _valid_gcs_path(path: str) -> bool:
     """True when Beam's own validator accepts `path` as gs://BUCKET/OBJECT."""
-    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator as Validator
+    from apache_beam.options.pipeline_options_validator import (
+        PipelineOptionsValidator as Validator,
+    )
 
     match = re.match(Validator.GCS_URI, path, re.DOTALL)
     return bool(match and match.group("BUCKET") and match.group("OBJECT")
@@ -244,53 +246,3 @@ def check_dataflow_options(options: PipelineOptions) -> None:
         raise DataflowError(f"--setup_file must name a setup.py or pyproject.toml, got {setup_file!r}")
     if setup_file and not Path(setup_file).is_file():
         raise DataflowError(f"--setup_file {setup_file} does not exist")
-
-
-def build_dry_run_job(argv: list[str]):
-    """Build the real Dataflow job of `python -m pipelines.preprocess argv` without submitting it.
-
-    Adds `--dry_run True`, so Beam returns once the job is built (sdist included),
-    before any call to Google Cloud. Returns Beam's apiclient.Job: `.proto_pipeline`
-    is the pipeline proto Dataflow would receive, `.proto` the job request.
-    """
-    import apache_beam as beam
-
-    from pipelines.options import resolve_config
-    from pipelines.preprocess import build_preprocess, write_outputs
-
-    options = PipelineOptions([*argv, "--dry_run", "True"])
-    if not is_dataflow(options):
-        raise DataflowError("a Dataflow dry run needs --runner DataflowRunner")
-    check_dataflow_options(options)
-    config = resolve_config(options)
-    pipeline = beam.Pipeline(options=options)
-    write_outputs(build_preprocess(pipeline, config), config)
-    return pipeline.run().job
-
-
-def build_predict_dry_run_job(argv: list[str]):
-    """Build the real Dataflow job of `python -m pipelines.predict argv` without submitting it.
-
-    Offline as build_dry_run_job: the input, output and registry are not touched, so
-    the run must be named (`--run`; finding the latest one would list the registry).
-    """
-    import apache_beam as beam
-
-    from pipelines import batch_predict
-    from pipelines.predict import build_parser
-    from taxifare_core import registry, storage
-
-    args, beam_args = build_parser().parse_known_args(argv)
-    options = PipelineOptions([*beam_args, "--dry_run", "True"])
-    if not is_dataflow(options):
-        raise DataflowError("a Dataflow dry run needs --runner DataflowRunner")
-    check_dataflow_options(options)
-    if not (args.input and args.output):
-        raise DataflowError("batch prediction needs --input GLOB and --output DIR")
-    if not args.run:
-        raise DataflowError("a dry run of batch prediction needs --run NAME (the latest run is only "
-                            "found by listing the registry, which a dry run does not touch)")
-    model_uri = storage.join(registry.registry_root(args.registry), args.run, registry.MODEL_FILE)
-    pipeline = beam.Pipeline(options=options)
-    batch_predict.build_predict(pipeline, args.input, args.output, model_uri, name_by_file=True)
-    return pipeline.run().job

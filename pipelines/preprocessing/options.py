@@ -18,22 +18,29 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import PurePosixPath
 
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from pipelines.cli import OneLineErrorParser, UsageError
-from pipelines.sources import DEFAULT_BLOCK_ROWS, QueryError, build_query, parse_date, table_name
-from pipelines.statistics import resolve_reference
-from pipelines.transforms import DEDUPE_MODES
+from pipelines.preprocessing.bigquery import (
+    QueryError,
+    build_query,
+    parse_date,
+    table_name,
+)
+from pipelines.preprocessing.clean import DEDUPE_MODES
+from pipelines.preprocessing.sources import DEFAULT_BLOCK_ROWS
+from pipelines.preprocessing.statistics import resolve_reference
+from pipelines.runners import DEFAULT_RUNNER
 from taxifare_core import contract
 from taxifare_core.stats import StatsError
 
 SOURCES = ("csv", "bigquery")
 READ_METHODS = ("DIRECT_READ", "EXPORT")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# The in-process engine the DirectRunner falls back to: chosen directly so an
-# offline machine never waits for the Prism download the DirectRunner tries first.
-DEFAULT_RUNNER = "FnApiRunner"
-LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 DEFAULT_DEDUPE = "batch"
 
 BEAM_FLAGS_HELP = """\

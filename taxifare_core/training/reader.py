@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from taxifare_core import outputs, storage
+from taxifare_core import storage
 from taxifare_core.contract import (
     COLS_DROPOFF_DISTRICT,
     COLS_MONTH,
@@ -28,6 +28,7 @@ from taxifare_core.contract import (
     N_FEATURES,
     N_PROCESSED_COLUMNS,
 )
+from taxifare_core.storage import outputs
 
 # pyarrow parses this many bytes per block: a block that fits the core's cache
 # parses ~1.3x faster than 8 MB ones (measured on 2 MB of L2 per core).
@@ -55,7 +56,7 @@ def shard_paths(pattern: str) -> list[str]:
 
     In a preprocessing output folder (one with a published summary.json), the
     glob names the published run's shards, each checked against the manifest
-    (`taxifare_core.outputs`); elsewhere it is a plain glob.
+    (`taxifare_core.storage.outputs`); elsewhere it is a plain glob.
     """
     try:
         paths = outputs.resolve(pattern)
