@@ -11,7 +11,8 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from pipelines import batch_predict, sources
+from pipelines import batch_predict
+from pipelines.preprocessing import parse as parse_module
 from pipelines import predict as predict_module
 from pipelines.cli import UsageError
 from pipelines.preprocessing.parse import RawBlock, _split_with_arrow
@@ -143,7 +144,7 @@ def test_arrow_and_line_by_line_splits_agree(monkeypatch):
     assert _split_with_arrow(
         [(n, t) for n, t in enumerate(block.data.decode().splitlines(), start=2)], block.columns) is not None
     fast = batch_predict.encode_block(block, name_by_file=False)
-    monkeypatch.setattr(sources, "_split_with_arrow", lambda *_: None)
+    monkeypatch.setattr(parse_module, "_split_with_arrow", lambda *_: None)
     slow = batch_predict.encode_block(block, name_by_file=False)
     assert fast[0].keys == slow[0].keys == ("a1", "a2", "a5", "8")
     np.testing.assert_array_equal(fast[0].features, slow[0].features)

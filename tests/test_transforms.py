@@ -14,8 +14,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import sources
-from pipelines import transforms as T
+from pipelines.preprocessing import parse as parse_module
 from pipelines.preprocessing.clean import (
     CleanRides,
     FilterDateWindowFn,
@@ -493,7 +492,7 @@ def test_split_lines_falls_back_line_by_line_for_a_quoted_newline():
 
 def test_one_bad_line_keeps_the_rest_of_its_block_vectorized(monkeypatch):
     """Text in a number fails Arrow's typed read; the block is split by Arrow, not line by line."""
-    monkeypatch.setattr(sources, "_split_line_by_line", None)  # any call would raise
+    monkeypatch.setattr(parse_module, "_split_line_by_line", None)  # any call would raise
     block = RawBlock("f.csv", 2, _HEADER, f"{_RIDE}\n{_RIDE.replace('5.0', 'five')}\n{_RIDE}\n1,2\n".encode())
     rides, dead, read = parse_block(block)
     assert read == 4 and len(rides) == 2
