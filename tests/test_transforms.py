@@ -501,7 +501,7 @@ def test_one_bad_line_keeps_the_rest_of_its_block_vectorized(monkeypatch):
 
 def test_bad_field_counts_alone_keep_the_typed_fast_path(monkeypatch):
     """Lines with another field count are set aside by Arrow's typed read, exactly numbered."""
-    monkeypatch.setattr(T, "split_lines", None)  # the text path would raise
+    monkeypatch.setattr(parse_module, "split_lines", None)  # the text path would raise
     lines = [_RIDE, "1,2", _RIDE.replace("5.0", "6.0"), "a,b,c,d,e,f,g,h", _RIDE.replace("5.0", "7.0")]
     rides, dead, read = parse_block(RawBlock("f.csv", 20, _HEADER, ("\n".join(lines) + "\n").encode()))
     assert read == 5 and rides["fare_amount"].tolist() == [5.0, 6.0, 7.0]
