@@ -41,6 +41,7 @@ from taxifare_core.features import encode_ride
 from taxifare_core.parsing import (
     MalformedRecord,
     is_missing,
+    out_of_range_message,
     parse_number,
     parse_record,
     parse_timestamp,
@@ -98,7 +99,7 @@ def pickup_to_utc(value):
     except OverflowError:
         utc = None
     if utc is None or not FIRST_TIME <= utc <= LAST_TIME:
-        raise MalformedRecord(_out_of_range(value))
+        raise MalformedRecord(out_of_range_message(value))
     return f"{utc:%Y-%m-%d %H:%M:%S.%f UTC}" if utc.microsecond else f"{utc:%Y-%m-%d %H:%M:%S UTC}"
 
 
@@ -114,11 +115,6 @@ def _read_time(text: str) -> datetime | None:
     except ValueError:
         return None
 
-
-def _out_of_range(value) -> str:
-    """The reason for a time outside FIRST_TIME..LAST_TIME."""
-    return (f"{contract.TIME_COLUMN}: {value!r} is out of range "
-            f"({FIRST_TIME:%Y-%m-%d} to {LAST_TIME:%Y-%m-%d} UTC)")
 
 
 def prepare_ride(fields: Mapping) -> tuple[np.ndarray | None, str | None]:
@@ -225,7 +221,7 @@ def _utc_times(values: list, reasons: dict[int, str]) -> pd.Series:
             reasons.setdefault(index, error.reason)
             continue
         if utc is None or not FIRST_TIME <= utc <= LAST_TIME:
-            reasons.setdefault(index, _out_of_range(value))
+            reasons.setdefault(index, out_of_range_message(value))
             continue
         utc_ns[index] = pd.Timestamp(utc).as_unit("ns").value
     return pd.Series(pd.DatetimeIndex(utc_ns.view("datetime64[ns]")).tz_localize("UTC"))
