@@ -1,6 +1,7 @@
 """A tiny-N run of scripts/bench_bigquery.py on the emulator: BigQuery and CSV write the same processed lines."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,10 @@ def test_bigquery_and_csv_steps_write_the_same_rows(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--rows", "3000", "--read_methods", "DIRECT_READ",
                            "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert "same processed rows, bigquery DIRECT_READ vs csv: yes" in done.stdout
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("same processed rows")]
+    compared = re.search(r"yes \(([\d,]+) vs ([\d,]+) lines\)", line)
+    assert compared, line
+    assert compared.group(1) == compared.group(2) and int(compared.group(1).replace(",", "")) > 2000, line
     assert "| (a) read-only DIRECT_READ |" in done.stdout and "| (c) csv |" in done.stdout
 
 
