@@ -18,6 +18,7 @@ from pipelines import predict, preprocess, train
 from pipelines.cli import UsageError
 from taxifare_core import contract
 from taxifare_core.generate import ensure_default_sample
+from taxifare_core.storage import outputs
 from taxifare_core.training import registry
 
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"example ride fare    ${fare:.2f}")
     print(f"raw rides            {raw_glob}")
     print(f"processed shards     {processed}/")
+    print(f"data report          {outputs.published_path(f'{processed}/report.html')}")
     print(f"model and its curve  {registry.run_path(metrics['run'])}/")
     return 0
 
