@@ -304,13 +304,8 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     for path in files:
         read_columns(path)
     try:
-        outputs.check_output_folder(output_dir)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    lock = outputs.OutputLock(output_dir)
-    try:
-        lock.acquire()
-    except outputs.OutputLockedError as error:
+        lock = outputs.claim(output_dir)
+    except (ValueError, outputs.OutputLockedError) as error:
         raise UsageError(str(error)) from None
     try:
         if lock.warning:

@@ -205,20 +205,15 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     last; a failed or killed run leaves the previous output as it was.
     EmptyOutputError (not published) when no row is left, unless config.allow_empty.
     """
-    try:
-        outputs.check_output_folder(config.output)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     if config.source == "csv":
         check_input(config)
+    try:
+        lock = outputs.claim(config.output)
+    except (ValueError, outputs.OutputLockedError) as error:
+        raise UsageError(str(error)) from None
     source = config.input if config.source == "csv" else f"BigQuery {config.table}"
     print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
           file=sys.stderr)
-    lock = outputs.OutputLock(config.output)
-    try:
-        lock.acquire()
-    except outputs.OutputLockedError as error:
-        raise UsageError(str(error)) from None
     try:
         if lock.warning:
             print(f"preprocess: warning: {lock.warning}", file=sys.stderr)

@@ -210,6 +210,17 @@ def remove_beam_temp(folder: str) -> None:
                 storage.remove_tree(storage.join(folder, name))
 
 
+def claim(folder: str) -> OutputLock:
+    """Make `folder` ready for a run and take its lock; the caller releases it when the run is over.
+
+    ValueError (one line) when the path is a file or cannot be made a folder;
+    OutputLockedError when another live run holds the lock. The lock's `warning`
+    says when a dead run's lock was taken over.
+    """
+    check_output_folder(folder)
+    return OutputLock(folder).acquire()
+
+
 def _pid_alive(pid: int) -> bool:
     """True when a process with this pid runs on this host."""
     try:
