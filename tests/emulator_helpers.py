@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # scripts/ is not a package: its emulators/ folder is imported as the scripts themselves do.
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from emulators import processes, python_env  # noqa: E402
+from emulators import gcs, processes, python_env  # noqa: E402
 
 
 def ensure_emulator_venv() -> None:
@@ -29,3 +30,16 @@ def ensure_emulator_venv() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@contextlib.contextmanager
+def running_gcs_emulator(folder, bucket: str):
+    """gs://bucket on a running GCS emulator, STORAGE_EMULATOR_HOST set while inside; stopped by its PID after."""
+    ensure_emulator_venv()
+    server = gcs.start_storage(folder, bucket, log=lambda line: None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", f"http://{server.host_port}")
+        try:
+            yield f"gs://{bucket}"
+        finally:
+            processes.stop(server.pid)

@@ -15,9 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emulator_helpers import ensure_emulator_venv
-from emulators import gcs as gcs_server
-from emulators import processes as emulator_processes
+from emulator_helpers import running_gcs_emulator
 from pipelines import predict, train
 from pipelines.trainer.checkpoint import fingerprint_changes
 from shard_helpers import processed_rows
@@ -32,14 +30,8 @@ BUCKET = "taxifare-gcs-test"
 @pytest.fixture(scope="module")
 def gs_root(tmp_path_factory):
     """gs://BUCKET on a running emulator, with STORAGE_EMULATOR_HOST set for the module."""
-    ensure_emulator_venv()
-    server = gcs_server.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", f"http://{server.host_port}")
-        try:
-            yield f"gs://{BUCKET}"
-        finally:
-            emulator_processes.stop(server.pid)
+    with running_gcs_emulator(tmp_path_factory.mktemp("gcs"), BUCKET) as root:
+        yield root
 
 
 def test_files_and_folders_round_trip(gs_root):

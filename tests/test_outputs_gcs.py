@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-from emulator_helpers import ensure_emulator_venv
-from emulators import gcs as gcs_server
-from emulators import processes as emulator_processes
+from emulator_helpers import running_gcs_emulator
 from taxifare_core import storage
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader
@@ -26,14 +24,8 @@ BUCKET = "taxifare-outputs-test"
 @pytest.fixture(scope="module")
 def gs_root(tmp_path_factory):
     """gs://BUCKET on a running emulator, with STORAGE_EMULATOR_HOST set for the module."""
-    ensure_emulator_venv()
-    server = gcs_server.start_storage(tmp_path_factory.mktemp("gcs"), BUCKET, log=lambda line: None)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", f"http://{server.host_port}")
-        try:
-            yield f"gs://{BUCKET}"
-        finally:
-            emulator_processes.stop(server.pid)
+    with running_gcs_emulator(tmp_path_factory.mktemp("gcs"), BUCKET) as root:
+        yield root
 
 
 def test_publish_resolve_and_refuse_an_incomplete_set_on_gs(gs_root):
