@@ -19,7 +19,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 from pipelines import preprocess
 from pipelines import report as report_cli
 from pipelines.preprocessing.encode import ProcessedBatch, encode_rides
-from pipelines.preprocessing.statistics import EXIT_DRIFT, ComputeStatistics
+from pipelines.preprocessing.statistics import EXIT_DRIFT, MIN_ROWS_PER_THREAD, ComputeStatistics, FeatureStatisticsFn
 from taxifare_core import contract, stats
 from taxifare_core.cleaning import clean
 from taxifare_core.generate import generate_rides
@@ -64,6 +64,19 @@ def test_compute_statistics_on_test_pipeline_matches_one_pass():
             "val": pipeline | "Val" >> beam.Create(val, reshuffle=True),
         }
         assert_that(batches | ComputeStatistics(), check)
+
+
+def test_a_big_batch_split_over_two_threads_gives_the_one_pass_statistics():
+    """FeatureStatisticsFn cuts a batch of 2 x MIN_ROWS_PER_THREAD rows or more in halves on two threads."""
+    [batch] = processed_batches(50_000, 3, 1)
+    assert len(batch) >= 2 * MIN_ROWS_PER_THREAD
+    combine = FeatureStatisticsFn()
+    got = combine.extract_output(combine.add_input(combine.create_accumulator(), batch))
+    want = stats.finalize(stats.batch_accumulator(batch.rows, batch.pickup_ns))
+    assert got["rows"] == want["rows"] and got["rides_per_month"] == want["rides_per_month"]
+    for a, b in zip(got["columns"], want["columns"]):
+        assert a["histogram"] == b["histogram"] and (a["min"], a["max"]) == (b["min"], b["max"]), a["name"]
+        assert np.isclose(a["mean"], b["mean"], rtol=1e-12) and np.isclose(a["std"], b["std"], rtol=1e-9), a["name"]
 
 
 def test_an_empty_split_gets_empty_statistics():
