@@ -169,15 +169,31 @@ def format_predictions(result: PredictionResult) -> str:
     return "\n".join(_csv_line(key, f"{fare:.2f}") for key, fare in zip(result.example.keys, result.inference))
 
 
+# A broken model (NaN weights) answers NaN: such a ride is not priced, and the line says why.
+NON_FINITE_FARE = "the model gave a non-finite fare: its weights are broken; use another --run"
+
+
 class CountPredictionsFn(beam.DoFn):
-    """Counts priced rides, passes the block on."""
+    """Counts priced rides and passes the block on; rides the model gave no finite fare go to the dead letter."""
 
     def __init__(self):
         self.priced = Metrics.counter(COUNTER_NAMESPACE, PREDICTIONS)
+        self.dead = Metrics.counter(COUNTER_NAMESPACE, DEAD_LETTER)
 
     def process(self, result: PredictionResult):
-        self.priced.inc(len(result.example.keys))
-        yield result
+        fares = np.asarray(result.inference)
+        finite = np.isfinite(fares)
+        if not finite.all():
+            keys = result.example.keys
+            lost = np.flatnonzero(~finite)
+            self.dead.inc(len(lost))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(_dead_line(keys[i], NON_FINITE_FARE, "") for i in lost))
+            kept = np.flatnonzero(finite)
+            block = EncodedBlock(tuple(keys[i] for i in kept), result.example.features[kept])
+            result = PredictionResult(block, fares[kept])
+        if len(result.example.keys):
+            self.priced.inc(len(result.example.keys))
+            yield result
 
 
 class PredictRideFiles(beam.PTransform):
@@ -195,18 +211,19 @@ class PredictRideFiles(beam.PTransform):
             | "ReadCsv" >> ReadCsvBlocks(self.pattern, self.block_rows, required=SERVING_COLUMNS)
             | "Prepare" >> beam.ParDo(EncodeBlockFn(self.name_by_file)).with_outputs(DEAD_LETTER, main="encoded")
         )
-        predictions = (
+        priced = (
             encoded["encoded"]
             | "RunInference" >> RunInference(KerasBlockModelHandler(self.model_uri))
-            | "CountPredictions" >> beam.ParDo(CountPredictionsFn())
-            | "FormatPredictions" >> beam.Map(format_predictions)
+            | "CountPredictions" >> beam.ParDo(CountPredictionsFn()).with_outputs(DEAD_LETTER, main="priced")
         )
+        predictions = priced["priced"] | "FormatPredictions" >> beam.Map(format_predictions)
+        dead_letter = (encoded[DEAD_LETTER], priced[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
         statistics = (
             encoded["encoded"]
             | "Statistics" >> beam.CombineGlobally(FeatureStatisticsFn(contract.N_FEATURES))
             | "StatisticsJson" >> beam.Map(predicted_stats_json)
         )
-        return {PREDICTIONS: predictions, DEAD_LETTER: encoded[DEAD_LETTER], STATISTICS: statistics}
+        return {PREDICTIONS: predictions, DEAD_LETTER: dead_letter, STATISTICS: statistics}
 
 
 def predicted_stats_json(split: dict) -> str:

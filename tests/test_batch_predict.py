@@ -149,3 +149,23 @@ def test_arrow_and_line_by_line_splits_agree(monkeypatch):
     assert fast[0].keys == slow[0].keys == ("a1", "a2", "a5", "8")
     np.testing.assert_array_equal(fast[0].features, slow[0].features)
     assert sorted(fast[1]) == sorted(slow[1]) and len(fast[1]) == 3
+
+
+def test_a_model_answering_nan_prices_nothing_and_says_why(tmp_path):
+    """A broken model (NaN weights) never writes a NaN fare: each ride goes to the dead letter with the reason."""
+    from taxifare_core.training import registry
+
+    model, _ = saved_tiny_model(tmp_path / "good", 200, seed=5, model_seed=1)
+    model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
+    broken = registry.save_run(registry.new_run(str(tmp_path / "registry")), model, {}, {})
+    (tmp_path / "rides.csv").write_text("\n".join([HEADER, *GOOD]) + "\n")
+    summary = batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry_dir=str(tmp_path / "registry"))
+    assert broken.rstrip("/").endswith(summary["model"].rsplit("/", 2)[1])
+    assert summary["predicted"] == 0 and summary["dead_letter"] == len(GOOD)
+    [dead] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "dead_letter-*.csv"))]
+    rows = list(csv.reader(dead.read_text().splitlines()[1:]))
+    keys = [line.split(",")[0] or str(number) for number, line in enumerate(GOOD, start=2)]  # no key: its line
+    assert sorted(row[0] for row in rows) == sorted(keys)
+    assert all(row[1] == batch_predict.NON_FINITE_FARE for row in rows)
+    predictions = "".join(Path(p).read_text() for p in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv")))
+    assert "nan" not in predictions.lower()

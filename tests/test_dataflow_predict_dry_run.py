@@ -60,8 +60,11 @@ def test_job_graph_reads_prepares_prices_and_writes_both_outputs(job):
     for producer, consumer in zip(GRAPH_PATH, GRAPH_PATH[1:]):
         outputs = set(transforms[producer].outputs.values())
         assert outputs & set(transforms[consumer].inputs.values()), f"{producer} does not feed {consumer}"
-    dead = set(transforms["PredictRides/Prepare"].outputs.values())
-    assert dead & set(transforms["WriteDeadLetter"].inputs.values())
+    # Both kinds of dead letter (rides that cannot be prepared, fares that are not finite) meet, then the sink.
+    merged = set(transforms["PredictRides/AllDeadLetters"].inputs.values())
+    assert set(transforms["PredictRides/Prepare"].outputs.values()) & merged
+    assert set(transforms["PredictRides/CountPredictions"].outputs.values()) & merged
+    assert set(transforms["PredictRides/AllDeadLetters"].outputs.values()) & set(transforms["WriteDeadLetter"].inputs.values())
 
 
 def test_job_writes_to_the_bucket_with_the_registry_model(job, argv):
