@@ -19,7 +19,8 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 from pipelines import preprocess
 from pipelines import report as report_cli
 from pipelines.preprocessing.encode import ProcessedBatch, encode_rides
-from pipelines.preprocessing.statistics import EXIT_DRIFT, MIN_ROWS_PER_THREAD, ComputeStatistics, FeatureStatisticsFn
+from pipelines.preprocessing.statistics import EXIT_DRIFT, ComputeStatistics, FeatureStatisticsFn
+from pipelines.preprocessing.threads import MIN_ROWS_PER_THREAD
 from taxifare_core import contract, stats
 from taxifare_core.cleaning import clean
 from taxifare_core.generate import generate_rides
@@ -70,7 +71,7 @@ def test_a_big_batch_split_over_two_threads_gives_the_one_pass_statistics():
     """FeatureStatisticsFn cuts a batch of 2 x MIN_ROWS_PER_THREAD rows or more in halves on two threads."""
     [batch] = processed_batches(50_000, 3, 1)
     assert len(batch) >= 2 * MIN_ROWS_PER_THREAD
-    combine = FeatureStatisticsFn()
+    combine = FeatureStatisticsFn(threads=2)
     got = combine.extract_output(combine.add_input(combine.create_accumulator(), batch))
     want = stats.finalize(stats.batch_accumulator(batch.rows, batch.pickup_ns))
     assert got["rows"] == want["rows"] and got["rides_per_month"] == want["rides_per_month"]

@@ -9,9 +9,7 @@ big batches are cut in slices worked on by a few threads (same result, sooner).
 """
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -22,31 +20,9 @@ from pipelines.preprocessing.clean import utc_nanoseconds
 from pipelines.preprocessing.coders import BatchCoder, batches_of
 from pipelines.preprocessing.statistics import record_since, stage_timer
 from pipelines.preprocessing.tags import TRAIN, TRAIN_ROWS, VAL, VAL_ROWS, counter
+from pipelines.preprocessing.threads import shutdown, slice_count, thread_pool
 from taxifare_core import contract
 from taxifare_core.features import format_csv, processed_rows
-
-# --- encode + split + format ---
-# Encoding and formatting spend most of their time in numpy and Arrow,
-# which release the GIL: big batches are cut in slices worked on by a few threads
-# (same result, sooner). Below this many rows per slice, threads cost more than they save.
-_MIN_ROWS_PER_THREAD = 20_000
-
-
-def _thread_pool(threads: int | None) -> tuple[ThreadPoolExecutor | None, int]:
-    """(a pool of `threads` or None for one, its size); default: the machine's cores, at most 4."""
-    workers = max(1, min(threads or os.cpu_count() or 1, 4))
-    return (ThreadPoolExecutor(workers) if workers > 1 else None), workers
-
-
-def _slice_count(rows: int, workers: int) -> int:
-    """How many slices to cut a batch of `rows` into for `workers` threads."""
-    return max(1, min(workers, rows // _MIN_ROWS_PER_THREAD))
-
-
-def _shutdown(pool: ThreadPoolExecutor | None) -> None:
-    """Stop a pool made by _thread_pool."""
-    if pool is not None:
-        pool.shutdown()
 
 
 @dataclass(frozen=True)
@@ -81,12 +57,12 @@ class EncodeRidesFn(beam.DoFn):
         self.threads = threads
 
     def setup(self):
-        self.pool, self.workers = _thread_pool(self.threads)
+        self.pool, self.workers = thread_pool(self.threads)
         self.timer = stage_timer("encode")
 
     def process(self, rides: pd.DataFrame):
         started = time.perf_counter()
-        slices = _slice_count(len(rides), self.workers)
+        slices = slice_count(len(rides), self.workers)
         if slices == 1:
             batch = encode_rides(rides)
         else:
@@ -97,7 +73,7 @@ class EncodeRidesFn(beam.DoFn):
         yield batch
 
     def teardown(self):
-        _shutdown(getattr(self, "pool", None))
+        shutdown(getattr(self, "pool", None))
 
 
 class EncodeRides(beam.PTransform):
@@ -159,14 +135,14 @@ class FormatCsvLinesFn(beam.DoFn):
         self.pieces = max(1, pieces)
 
     def setup(self):
-        self.pool, self.workers = _thread_pool(self.threads)
+        self.pool, self.workers = thread_pool(self.threads)
         self.timer = stage_timer("format")
 
     def process(self, batch: ProcessedBatch):
         if not len(batch):
             return
         started = time.perf_counter()
-        slices = max(_slice_count(len(batch), self.workers), min(self.pieces, len(batch)))
+        slices = max(slice_count(len(batch), self.workers), min(self.pieces, len(batch)))
         if slices == 1:
             texts = [format_csv(batch.rows)]
         else:
@@ -178,7 +154,7 @@ class FormatCsvLinesFn(beam.DoFn):
         yield from (text for text in texts if text)
 
     def teardown(self):
-        _shutdown(getattr(self, "pool", None))
+        shutdown(getattr(self, "pool", None))
 
 
 class FormatCsvLines(beam.PTransform):
