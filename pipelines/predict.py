@@ -199,16 +199,12 @@ def build_predict_dry_run_job(argv: list[str]):
     the run must be named (`--run`; finding the latest one would list the registry).
     """
     import apache_beam as beam  # Beam only for batch prediction: one ride never imports it
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines import batch_predict
     from pipelines.cloud import dataflow
 
     args, beam_args = build_parser().parse_known_args(argv)
-    options = PipelineOptions([*beam_args, "--dry_run", "True"])
-    if not dataflow.is_dataflow(options):
-        raise dataflow.DataflowError("a Dataflow dry run needs --runner DataflowRunner")
-    dataflow.check_dataflow_options(options)
+    options = dataflow.dry_run_options(beam_args)
     if not (args.input and args.output):
         raise dataflow.DataflowError("batch prediction needs --input GLOB and --output DIR")
     if not args.run:

@@ -246,3 +246,15 @@ def check_dataflow_options(options: PipelineOptions) -> None:
         raise DataflowError(f"--setup_file must name a setup.py or pyproject.toml, got {setup_file!r}")
     if setup_file and not Path(setup_file).is_file():
         raise DataflowError(f"--setup_file {setup_file} does not exist")
+
+
+def dry_run_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam's options for building a Dataflow job without submitting it (`--dry_run True` added).
+
+    DataflowError (one line) unless the runner is Dataflow and its settings are usable.
+    """
+    options = PipelineOptions([*beam_args, "--dry_run", "True"])
+    if not is_dataflow(options):
+        raise DataflowError("a Dataflow dry run needs --runner DataflowRunner")
+    check_dataflow_options(options)
+    return options

@@ -268,10 +268,7 @@ def build_dry_run_job(argv: list[str]):
     before any call to Google Cloud. Returns Beam's apiclient.Job: `.proto_pipeline`
     is the pipeline proto Dataflow would receive, `.proto` the job request.
     """
-    options = PipelineOptions([*argv, "--dry_run", "True"])
-    if not dataflow.is_dataflow(options):
-        raise dataflow.DataflowError("a Dataflow dry run needs --runner DataflowRunner")
-    dataflow.check_dataflow_options(options)
+    options = dataflow.dry_run_options(argv)
     config = resolve_config(options)
     pipeline = beam.Pipeline(options=options)
     write_outputs(build_preprocess(pipeline, config), config)
