@@ -16,12 +16,15 @@ to end and sampling the summed RSS of its process tree every 20 ms
 
 It checks that every (b) writes the same processed lines as (c) (train and val shards,
 sorted, compared by SHA-256), prints a markdown table with (b) - (a) against (c), and stops
-the emulator by its PID. Exit code 1 when a step fails or the rows differ; 2 on a bad flag.
+the emulator by its PID. Exit code 1 when a step fails, the rows differ or the read-only
+step's count is not the rows preprocessing read from the same query; 2 on a bad flag.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 import shlex
 import sys
 import tempfile
@@ -78,6 +81,17 @@ def lines_digest(folder: Path) -> tuple[int, str]:
             lines += [line for line in Path(path).read_bytes().split(b"\n") if line]
     lines.sort()
     return len(lines), hashlib.sha256(b"\n".join(lines)).hexdigest()
+
+
+def rows_read_by_count_step(log_path: Path) -> int | None:
+    """The count the read-only step printed ("rows read: N", its last such line), or None."""
+    counts = re.findall(r"^rows read: (\d+)$", log_path.read_text(errors="replace"), re.M)
+    return int(counts[-1]) if counts else None
+
+
+def rows_read_by_pipeline(folder: Path) -> int:
+    """rows_read of a preprocessing output's summary.json."""
+    return json.loads((folder / "summary.json").read_text())["rows_read"]
 
 
 def step_commands(args, host_port: str, csv_path: Path, workdir: Path) -> dict[str, tuple[list[str], Path | None]]:
@@ -167,7 +181,7 @@ def main(argv=None) -> int:
     try:
         log(f"emulator on {server.host_port} (pid {server.pid}); loading {args.rows:,} rides into {TABLE} ...")
         bq_server.load_rides(server.host_port, generate_rides(args.rows, seed=args.seed), TABLE)
-        results, digests = {}, {}
+        results, digests, read_counts = {}, {}, {}
         for label, (command, output) in step_commands(args, server.host_port, csv_path, workdir).items():
             log(f"running {label} ...")
             log_path = workdir / (label.split(" ", 1)[1].replace(" ", "_") + ".log")
@@ -178,6 +192,8 @@ def main(argv=None) -> int:
             results[label] = (seconds, peak, cpu)
             if output is not None:
                 digests[label] = lines_digest(output)
+            else:
+                read_counts[label] = rows_read_by_count_step(log_path)
     finally:
         emulator_processes.stop(server.pid)
     same = True
@@ -187,6 +203,12 @@ def main(argv=None) -> int:
         same &= digest == reference and reference[0] > 0  # no rows written compares equal but proves nothing
         print(f"same processed rows, bigquery {method} vs csv: {'yes' if digest == reference else 'NO'} "
               f"({digest[0]:,} vs {reference[0]:,} lines)")
+        # The read-only step must have read what preprocessing read from the same query: not none, not fewer.
+        counted = read_counts[f"(a) read-only {method}"]
+        expected = rows_read_by_pipeline(workdir / f"out_bigquery_{method}")
+        same &= counted == expected > 0
+        print(f"rows read, read-only {method} vs bigquery {method}: {'yes' if counted == expected > 0 else 'NO'} "
+              f"({'no count printed' if counted is None else f'{counted:,}'} vs {expected:,})")
     if args.timing:
         print()
         print(table_markdown(results, args.read_methods, args.rows))

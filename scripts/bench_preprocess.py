@@ -226,11 +226,14 @@ def load_sorted(paths: list[str]) -> np.ndarray:
 
 
 def same_rows(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
-    """Whether two sorted row sets match within the contract's tolerance, and how they differ."""
+    """Whether two sorted row sets match within the contract's tolerance, and how they differ.
+
+    Two empty outputs are refused: no rows written compares equal but proves nothing.
+    """
     if a.shape != b.shape:
         return False, f"shapes differ: {a.shape} vs {b.shape}"
     if not len(a):
-        return True, "both empty"
+        return False, "no rows written: nothing to compare"
     worst = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
     return worst <= contract.PROCESSED_TOLERANCE, f"max |difference| {worst:.2g}"
 

@@ -1,4 +1,9 @@
-"""Shared pytest fixtures: the real sample beside the project, isolated local paths."""
+"""Shared pytest fixtures: generated rides, the real sample beside the project, isolated local paths.
+
+Tests that check code run on `generated_rides_path` / `generated_rides_raw` (taxifare_core.generate,
+seeded), so they run in every clone. Only claims about real data (the generator's calibration)
+take `real_sample_path`, and skip when it is absent, saying so.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from taxifare_core.generate import write_ride_shards
+
+GENERATED_ROWS, GENERATED_SEED = 8000, 8
 REAL_SAMPLE = Path(
     os.environ.get(
         "TAXIFARE_REAL_SAMPLE",
@@ -17,16 +25,26 @@ REAL_SAMPLE = Path(
 
 @pytest.fixture(scope="session")
 def real_sample_path() -> Path:
-    """Path of the real 8k-ride sample; skips (saying so) when it is not beside the project."""
+    """Path of the real 8k-ride sample; skips (saying so) when it is not beside the project.
+
+    Only for claims about real rides; code checks use `generated_rides_path`.
+    """
     if not REAL_SAMPLE.exists():
-        pytest.skip(f"real sample not found at {REAL_SAMPLE} (set TAXIFARE_REAL_SAMPLE)")
+        pytest.skip(f"needs real rides: the real sample is not at {REAL_SAMPLE} (set TAXIFARE_REAL_SAMPLE)")
     return REAL_SAMPLE
 
 
 @pytest.fixture(scope="session")
-def real_sample_raw(real_sample_path) -> pd.DataFrame:
-    """The real sample as raw text columns, exactly as in the file."""
-    return pd.read_csv(real_sample_path, dtype=str, keep_default_na=False)
+def generated_rides_path(tmp_path_factory) -> Path:
+    """One CSV of 8,000 generated raw rides with their usual dirt (seeded; 2009 to June 2015, like the real sample)."""
+    [path] = write_ride_shards(tmp_path_factory.mktemp("generated_rides"), GENERATED_ROWS, GENERATED_SEED)
+    return path
+
+
+@pytest.fixture(scope="session")
+def generated_rides_raw(generated_rides_path) -> pd.DataFrame:
+    """The generated rides as raw text columns, exactly as in the file."""
+    return pd.read_csv(generated_rides_path, dtype=str, keep_default_na=False)
 
 
 @pytest.fixture(autouse=True)

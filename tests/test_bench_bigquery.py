@@ -26,7 +26,24 @@ def test_bigquery_and_csv_steps_write_the_same_rows(tmp_path):
     compared = re.search(r"yes \(([\d,]+) vs ([\d,]+) lines\)", line)
     assert compared, line
     assert compared.group(1) == compared.group(2) and int(compared.group(1).replace(",", "")) > 2000, line
+    [counted] = [line for line in done.stdout.splitlines() if line.startswith("rows read, read-only")]
+    read = re.search(r": yes \(([\d,]+) vs ([\d,]+)\)", counted)
+    assert read and read.group(1) == read.group(2) and int(read.group(1).replace(",", "")) > 2000, counted
     assert "| (a) read-only DIRECT_READ |" in done.stdout and "| (c) csv |" in done.stdout
+
+
+def test_the_read_only_count_is_read_from_its_log(tmp_path):
+    """The count the bench checks is the step's own printed line; a log without one gives None (a failed check)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_bigquery
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    log = tmp_path / "read-only.log"
+    log.write_text("INFO some Beam line\nrows read: 2990\n")
+    assert bench_bigquery.rows_read_by_count_step(log) == 2990
+    log.write_text("INFO the pipeline printed nothing\n")
+    assert bench_bigquery.rows_read_by_count_step(log) is None
 
 
 def test_a_bad_read_method_is_one_line():

@@ -102,12 +102,12 @@ def test_rule_names_are_the_contract_ones():
     assert set(rule for _, rule in CASES if rule) | {RULE_DUPLICATE} == set(CLEANING_RULES)
 
 
-def test_vectorized_and_per_record_cleaning_agree_on_the_real_sample(real_sample_raw):
-    typed, _ = parse_frame(real_sample_raw)
+def test_vectorized_and_per_record_cleaning_agree_on_generated_rides(generated_rides_raw):
+    typed, _ = parse_frame(generated_rides_raw)
     vectorized = first_failed_rule(typed)
-    per_record = [check_ride(parse_record(r)) for r in real_sample_raw.to_dict("records")]
+    per_record = [check_ride(parse_record(r)) for r in generated_rides_raw.to_dict("records")]
     assert vectorized.tolist() == per_record
-    # The real sample's dirt: all-zero coordinates dominate, every kind shows up.
+    # The dirt of raw rides: all-zero coordinates dominate, every kind shows up.
     counts = pd.Series(vectorized).value_counts()
     assert counts[RULE_ZERO_COORDINATES] > 100
     assert {RULE_PASSENGER_COUNT, RULE_FARE, RULE_LATITUDE} <= set(counts.index)

@@ -108,30 +108,30 @@ def test_example_ride_districts():
     assert names[features == 1.0].tolist() == ["weekday_sat", "month_jul", "pickup_dr72j", "dropoff_dr5ru"]
 
 
-def test_vectorized_and_per_record_agree_on_the_real_sample(real_sample_raw):
-    typed, bad = parse_frame(real_sample_raw)
+def test_vectorized_and_per_record_agree_on_generated_rides(generated_rides_raw):
+    typed, bad = parse_frame(generated_rides_raw)
     assert bad.isna().all()
     kept = clean(typed).kept
     assert len(kept) > 7000
     vectorized = encode(kept)
-    records = real_sample_raw.loc[kept.index].to_dict("records")
+    records = generated_rides_raw.loc[kept.index].to_dict("records")
     per_record = np.stack([encode_ride(parse_record(r)) for r in records])
     np.testing.assert_allclose(vectorized, per_record, atol=1e-6)
 
 
-def test_every_processed_row_is_well_formed(real_sample_raw):
-    rows = processed_rows(clean(parse_frame(real_sample_raw)[0]).kept)
+def test_every_processed_row_is_well_formed(generated_rides_raw):
+    rows = processed_rows(clean(parse_frame(generated_rides_raw)[0]).kept)
     assert rows.shape[1] == N_FEATURES + 1 and rows.dtype == np.float32
     assert (rows[:, COLS_WEEKDAY].sum(axis=1) == 1).all()
     assert (rows[:, COLS_MONTH].sum(axis=1) == 1).all()
     assert (rows[:, COLS_PICKUP_DISTRICT].sum(axis=1) <= 1).all()
     assert (rows[:, COLS_DROPOFF_DISTRICT].sum(axis=1) <= 1).all()
-    # Most real rides start in one of the listed districts.
+    # Most rides (generated as the real ones) start in one of the listed districts.
     assert rows[:, COLS_PICKUP_DISTRICT].sum() > 0.5 * len(rows)
 
 
-def test_csv_round_trip_within_contract_precision(real_sample_raw):
-    rows = processed_rows(clean(parse_frame(real_sample_raw)[0]).kept)
+def test_csv_round_trip_within_contract_precision(generated_rides_raw):
+    rows = processed_rows(clean(parse_frame(generated_rides_raw)[0]).kept)
     text = format_csv(rows)
     back = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.float64)
     assert back.shape == rows.shape

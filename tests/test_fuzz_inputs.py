@@ -24,8 +24,8 @@ def test_quick_fuzz_no_crash_and_every_line_accounted(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_fuzz_every_kind(tmp_path, real_sample_path):
-    done = _fuzz("--sample", str(real_sample_path), "--rides", "1000", "--workdir", str(tmp_path), timeout=3000)
+def test_full_fuzz_every_kind(tmp_path, generated_rides_path):
+    done = _fuzz("--sample", str(generated_rides_path), "--rides", "1000", "--workdir", str(tmp_path), timeout=3000)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "crashes 0, lines unaccounted 0" in done.stdout.strip().splitlines()[-1]
 

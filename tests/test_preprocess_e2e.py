@@ -197,10 +197,10 @@ def test_rerun_replaces_previous_shards(dirty, tmp_path):
     assert not (output / "train-00000-of-00003.csv").exists()
 
 
-def test_real_sample_matches_taxifare_core(real_sample_path, tmp_path):
+def test_generated_raw_rides_match_taxifare_core(generated_rides_path, tmp_path):
     output = tmp_path / "out"
-    assert preprocess.main(["--input", str(real_sample_path), "--output", str(output), "--dedupe", "global"]) == 0
-    train, val = expected_rows([real_sample_path])
+    assert preprocess.main(["--input", str(generated_rides_path), "--output", str(output), "--dedupe", "global"]) == 0
+    train, val = expected_rows([generated_rides_path])
     assert_same_rows(read_shards(str(output / "train-*.csv")), train)
     assert_same_rows(read_shards(str(output / "val-*.csv")), val)
     assert json.loads((output / "summary.json").read_text())["rows_read"] == 8000

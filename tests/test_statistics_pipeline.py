@@ -1,6 +1,6 @@
 """The statistics in the Beam pass: ComputeStatistics on TestPipeline, runs of the pipeline with drift, the report.
 
-    TAXIFARE_REAL_SAMPLE=/path/nyc_taxi_fare_sample_8k.csv .venv/bin/python -m pytest tests/test_statistics_pipeline.py
+    .venv/bin/python -m pytest tests/test_statistics_pipeline.py
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_an_empty_split_gets_empty_statistics():
         assert_that({"train": train, "val": val} | ComputeStatistics(), check)
 
 
-# --- whole runs on the real sample ----------------------------------------------------
+# --- whole runs on generated rides (taxifare_core.generate, as the real sample: 2009 to June 2015) ---
 
 
 def run_preprocess(input_csv: Path, output: Path, *flags: str) -> int:
@@ -100,15 +100,15 @@ def run_preprocess(input_csv: Path, output: Path, *flags: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def sample_runs(real_sample_raw, tmp_path_factory):
-    """The real sample, an unchanged copy and a copy with fares x 1.5, each preprocessed; {name: (folder, exit)}."""
+def sample_runs(generated_rides_raw, tmp_path_factory):
+    """The generated rides, an unchanged copy and a copy with fares x 1.5, each preprocessed; {name: (folder, exit)}."""
     root = tmp_path_factory.mktemp("drift")
     original = root / "sample.csv"
-    real_sample_raw.to_csv(original, index=False)
+    generated_rides_raw.to_csv(original, index=False)
     copy = root / "copy" / "sample.csv"
     copy.parent.mkdir()
-    real_sample_raw.to_csv(copy, index=False)
-    dearer = real_sample_raw.copy()
+    generated_rides_raw.to_csv(copy, index=False)
+    dearer = generated_rides_raw.copy()
     dearer[contract.LABEL_COLUMN] = (pd.to_numeric(dearer[contract.LABEL_COLUMN]) * 1.5).round(2).astype(str)
     dearer_csv = root / "dearer" / "sample.csv"
     dearer_csv.parent.mkdir()

@@ -16,9 +16,9 @@ from taxifare_core.parsing import parse_frame
 
 
 @pytest.fixture(scope="module")
-def real_processed(real_sample_raw):
-    """The real sample's kept rides: (processed rows (n, 66) float32, pickup ns, kept rides)."""
-    typed, reasons = parse_frame(real_sample_raw[list(contract.RAW_COLUMNS)])
+def processed_rides(generated_rides_raw):
+    """The generated rides' kept rides: (processed rows (n, 66) float32, pickup ns, kept rides)."""
+    typed, reasons = parse_frame(generated_rides_raw[list(contract.RAW_COLUMNS)])
     kept = clean(typed[reasons.isna().to_numpy()]).kept
     batch = encode_rides(kept)
     return batch.rows, batch.pickup_ns, kept
@@ -28,8 +28,8 @@ def finalize_rows(rows, pickup_ns=None) -> dict:
     return stats.finalize(stats.batch_accumulator(rows, pickup_ns))
 
 
-def test_one_pass_matches_numpy_on_the_real_sample(real_processed):
-    rows, pickup_ns, kept = real_processed
+def test_one_pass_matches_numpy_on_generated_rides(processed_rides):
+    rows, pickup_ns, kept = processed_rides
     split = finalize_rows(rows, pickup_ns)
     exact = rows.astype(np.float64)
     assert split["rows"] == len(rows) > 7000
@@ -48,8 +48,8 @@ def test_one_pass_matches_numpy_on_the_real_sample(real_processed):
     assert split["rides_per_hour"] == np.bincount(local.dt.hour, minlength=24).tolist()
 
 
-def test_merge_in_any_order_equals_one_pass(real_processed):
-    rows, pickup_ns, _ = real_processed
+def test_merge_in_any_order_equals_one_pass(processed_rides):
+    rows, pickup_ns, _ = processed_rides
     whole = finalize_rows(rows, pickup_ns)
     cuts = [0, 1, 2, 500, 501, 3000, 5555, len(rows)]
     parts = [stats.batch_accumulator(rows[a:b], pickup_ns[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
@@ -125,8 +125,8 @@ def test_local_month_at_new_year_and_without_pickup_times():
     assert finalize_rows(batch.rows[:, :contract.N_FEATURES])["rides_per_month"] == expected  # days column
 
 
-def test_sixty_five_feature_statistics_have_no_fare(real_processed):
-    rows, _, _ = real_processed
+def test_sixty_five_feature_statistics_have_no_fare(processed_rides):
+    rows, _, _ = processed_rides
     split = finalize_rows(rows[:, :contract.N_FEATURES])
     assert [c["name"] for c in split["columns"]] == list(contract.FEATURE_NAMES)
     assert "fare_amount" not in stats.drift_scores(split, finalize_rows(rows))

@@ -211,28 +211,27 @@ def test_resume_after_a_killed_checkpoint_write_finishes_with_the_same_rows(rows
 
 def test_checkpoint_files_left_are_only_the_ones_the_state_names(rows, tmp_path):
     """A later chunk that does worse keeps the best chunk's weights file beside the newest model."""
-    train_rows = rows[:270].copy()
-    train_rows[200:, -1] *= 40
-    folder = tmp_path / "shards"
-    write_shards(folder, train_rows, [100, 100, 70], prefix="train")
-    write_shards(folder, rows[270:], [60], prefix="val")
+    folder = _shards(tmp_path / "shards", rows)
     seen = {}
 
     def record(stage, chunk, model):
+        if stage == "start" and chunk == 3:
+            # Chunk 3 starts with every prediction $1,000 off, which a few small steps cannot undo:
+            # its val loss is worse than an earlier chunk's, whatever training did so far.
+            weights = model.get_weights()
+            weights[-1] = weights[-1] + 1000
+            model.set_weights(weights)
         if stage == "end":
             [name] = registry.unfinished_runs(str(tmp_path / "registry"))
             folder = tmp_path / "registry" / name / registry.CHECKPOINT_DIR
             state = json.loads((folder / "state.json").read_text())
             seen[chunk] = (sorted(p.name for p in folder.iterdir()), state["best_chunk"])
 
-    train.run(train.parse_args(_flags(folder, tmp_path / "registry", "--learning_rate", "0.01",
-                                      "--max_epochs_per_chunk", "3")), on_chunk=record)
+    train.run(train.parse_args(_flags(folder, tmp_path / "registry")), on_chunk=record)
     assert seen[1] == (["model-000001.keras", "state.json"], 1)
     files, best = seen[3]
-    expected = ["model-000003.keras", "state.json"]
-    if best != 3:
-        expected = sorted([f"best-{best:06d}.weights.h5", *expected])
-    assert files == expected
+    assert best in (1, 2)
+    assert files == sorted([f"best-{best:06d}.weights.h5", "model-000003.keras", "state.json"])
 
 
 def test_unreadable_checkpoint_state_is_one_line_exit_2(rows, tmp_path, capsys):
