@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUFF ?= $(PY) -m ruff
 
-.PHONY: install run test preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
+.PHONY: install shell run test lint preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -19,8 +20,20 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m pipelines.main
 
-test: install
+# The linter and the format check first (settings in pyproject.toml), then every test and the
+# packages' doctests (testpaths in pyproject.toml).
+test: install lint
 	$(PY) -m pytest -q
+
+lint: install
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+# A shell with .venv activated, so that `python -m pipelines.NAME` finds the project and its
+# dependencies (`exit` leaves it). Or: `source .venv/bin/activate`, or write `.venv/bin/python`.
+shell: install
+	@echo "a shell with $(VENV) activated; exit to leave"
+	@bash -c 'exec bash --rcfile <(echo "[ -f ~/.bashrc ] && . ~/.bashrc; . $(VENV)/bin/activate") -i'
 
 sample: install
 	$(PY) scripts/generate_rides.py

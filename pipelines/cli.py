@@ -1,7 +1,7 @@
 """Shared command-line plumbing: a parser whose errors are one clear line and exit code 2.
 
-    >>> parser = OneLineErrorParser(prog="python -m pipelines.train", description=__doc__)
-    >>> raise UsageError("no file matches /tmp/x-*.csv")   # caught by `main`, printed, exit 2
+    parser = OneLineErrorParser(prog="python -m pipelines.train", description=__doc__)
+    raise UsageError("no file matches /tmp/x-*.csv")   # caught by `main`, printed, exit 2
 """
 from __future__ import annotations
 

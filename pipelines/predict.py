@@ -13,8 +13,8 @@ Extra flags in batch mode go to Beam (e.g. --runner DataflowRunner --project P).
 
 From Python (notebooks, a web service):
 
-    >>> from pipelines.predict import predict
-    >>> predict(pd.DataFrame([contract.EXAMPLE_RIDE]))      # -> array([fare])
+    from pipelines.predict import predict
+    predict(pd.DataFrame([contract.EXAMPLE_RIDE]))      # -> array([fare])
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
 is written independently in plain Python (math, zoneinfo, pygeohash) so that
 each checks the other.
 
-    >>> X = encode(clean(parse_frame(raw)[0]).kept)   # float32 (n, 65)
-    >>> x = encode_ride(parse_record(EXAMPLE_RIDE))   # float32 (65,)
+    X = encode(clean(parse_frame(raw)[0]).kept)   # float32 (n, 65)
+    x = encode_ride(parse_record(EXAMPLE_RIDE))   # float32 (65,)
 """
 from __future__ import annotations
 

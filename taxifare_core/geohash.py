@@ -4,7 +4,7 @@ The hot path never builds strings: a geohash of precision p is a (5*p)-bit
 integer, so district look-ups compare integers.
 
     >>> geohash_strings(np.array([40.783282]), np.array([-73.950655]))
-    array(['dr5ru'], dtype='<U5')
+    array(['dr72j'], dtype='<U5')
 """
 from __future__ import annotations
 

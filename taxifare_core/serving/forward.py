@@ -10,8 +10,8 @@ Dense layer that follows it (so the pass is three matrix products).
 This module never imports TensorFlow: `from_keras` only reads a loaded model's
 layer configs and weights.
 
-    >>> net = from_keras(registry.load_model())   # once, at start-up
-    >>> net(features)                             # float32 (n, 65) -> float64 (n,) fares
+    net = from_keras(registry.load_model())   # once, at start-up
+    net(features)                             # float32 (n, 65) -> float64 (n,) fares
 """
 from __future__ import annotations
 

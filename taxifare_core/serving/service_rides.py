@@ -9,8 +9,8 @@ and month, so a local 2014-07-06 19:18:00 gets hour 19).
 Two ways in, tested to agree with `serving.prepare_rides` (the path of
 `pipelines.predict.predict()` and batch prediction):
 
-    >>> features, reason = prepare_ride({"pickup_datetime": "2014-07-06 19:18:00", ...})  # one ride
-    >>> prepared = prepare_json_rides([{...}, {...}])     # a JSON list, through serving.prepare_rides
+    features, reason = prepare_ride({"pickup_datetime": "2014-07-06 19:18:00", ...})  # one ride
+    prepared = prepare_json_rides([{...}, {...}])     # a JSON list, through serving.prepare_rides
 
 `prepare_ride` walks the per-record functions (`parse_record`, `check_ride`,
 `encode_ride`), because `prepare_rides` spends milliseconds of pandas overhead

@@ -8,9 +8,9 @@ What Arrow lacks is a few lines here, each saying why: a glob, sub-folders of
 a Cloud Storage listing, an atomic local write, and (in `taxifare_core.storage.gcs`)
 the exclusive create that makes run folders collision-safe.
 
-    >>> glob("/tmp/processed/train-*.csv")          # sorted list of paths
-    >>> with open_binary("gs://bucket/run/metrics.json") as f: ...
-    >>> stream = open_input_stream("gs://bucket/processed/train-00000-of-00004.csv")  # for pyarrow.csv
+    glob("/tmp/processed/train-*.csv")          # sorted list of paths
+    with open_binary("gs://bucket/run/metrics.json") as f: ...
+    stream = open_input_stream("gs://bucket/processed/train-00000-of-00004.csv")  # for pyarrow.csv
 """
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ trainers racing for one run folder apart, nor two runs racing for one output
 lock (`taxifare_core.storage.outputs`). This module keeps those calls on
 google-cloud-storage, whose client honours STORAGE_EMULATOR_HOST by itself.
 
-    >>> create_exclusive_marker("gs://bucket/registry/20261126T101500.000001Z/.folder")
-    True
+    create_exclusive_marker("gs://bucket/registry/20261126T101500.000001Z/.folder")  # True; False if it existed
 """
 from __future__ import annotations
 

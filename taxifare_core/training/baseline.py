@@ -5,9 +5,9 @@ by chunk with Chan's parallel update, stable over millions of rows), so it
 sees the same train stream as the network at no extra pass; its state is a
 small dict that goes into the trainer's JSON checkpoint.
 
-    >>> fit = RunningLinearFit()
-    >>> for features, fares in chunks: fit.update(manhattan_km_of(features), fares)
-    >>> fit.mae(manhattan_km_of(val_features), val_fares)
+    fit = RunningLinearFit()
+    for features, fares in chunks: fit.update(manhattan_km_of(features), fares)
+    fit.mae(manhattan_km_of(val_features), val_fares)
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The training-curve PNG of a run: train and val MAE over every epoch, chunk by chunk, and the baseline.
 
-    >>> png = training_curve_png(metrics["history"], baseline_mae=3.4, title="run 20261126T091500.123456Z")
+    png = training_curve_png(metrics["history"], baseline_mae=3.4, title="run 20261126T091500.123456Z")
 
 Epochs run along the x axis, across chunks; a dotted line starts each new
 chunk and a ring marks the epoch each chunk kept (`best_epoch`: early stopping

@@ -6,8 +6,8 @@ through pyarrow's streaming CSV reader into one preallocated chunk at a time,
 so memory depends on `chunk_size`, never on the dataset; chunks cross shard
 boundaries, so their count follows `chunk_size`, not the number of shards.
 
-    >>> for features, fares in iter_chunks("/tmp/processed/train-*.csv", chunk_size=100_000):
-    ...     model.fit(features, fares)
+    for features, fares in iter_chunks("/tmp/processed/train-*.csv", chunk_size=100_000):
+        model.fit(features, fares)
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ replaced whole on Cloud Storage), so `load_model()`, `run_path()` and
 that cannot be read raises UnreadableModelError naming another run to use.
 Metadata is JSON (never NaN: strict JSON), never pickle.
 
-    >>> model = load_model()                       # latest run in local_registry_path()
-    >>> load_metrics("20261126T091500.123456Z")["val_mae"]
+    model = load_model()                       # latest run in local_registry_path()
+    load_metrics("20261126T091500.123456Z")["val_mae"]
 """
 from __future__ import annotations
 
