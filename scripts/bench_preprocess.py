@@ -94,7 +94,8 @@ def course_features(df: pd.DataFrame) -> np.ndarray:
     district = {d: i for i, d in enumerate(contract.DISTRICTS)}
     for columns, lat, lon in ((contract.COLS_PICKUP_DISTRICT, "pickup_latitude", "pickup_longitude"),
                               (contract.COLS_DROPOFF_DISTRICT, "dropoff_latitude", "dropoff_longitude")):
-        hashes = df.apply(lambda r: pygeohash.encode(r[lat], r[lon], precision=contract.GEOHASH_PRECISION), axis=1)
+        hashes = df.apply(lambda r, lat=lat, lon=lon: pygeohash.encode(r[lat], r[lon],
+                                                                      precision=contract.GEOHASH_PRECISION), axis=1)
         index = hashes.map(district).to_numpy(dtype=np.float64, na_value=np.nan) if n else np.empty(0)
         known = ~np.isnan(index)
         out[rows[known], columns.start + index[known].astype(int)] = 1
@@ -119,7 +120,7 @@ def run_reference(input_csv: str, output_dir: str) -> None:
 
 
 def run_vectorized(input_csv: str, output_dir: str) -> None:
-    """(c): one process, no Beam: the whole file read by Arrow, cleaned at once, encoded and written by 100k-row slices."""
+    """(c): one process, no Beam: the whole file read by Arrow, cleaned at once, encoded, written by 100k-row slices."""
     from taxifare_core.cleaning import clean
     from taxifare_core.features import format_csv, processed_rows
     from taxifare_core.parsing import parse_frame

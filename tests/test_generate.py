@@ -1,6 +1,6 @@
 """Tests of the seeded ride generator (taxifare_core/generate.py) and its CLI.
 
-    cd /work/main && python -m pytest tests/test_generate.py -q
+    .venv/bin/python -m pytest tests/test_generate.py -q
 
 The generated-vs-real comparisons read the real 8k sample beside the project
 (../shared/data/nyc_taxi_fare_sample_8k.csv, or $TAXIFARE_REAL_SAMPLE); when it is
@@ -9,7 +9,6 @@ absent they skip and say so - they never pass without it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +20,14 @@ import pytest
 from taxifare_core import cleaning, contract, generate
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REAL_SAMPLE = ROOT.parent / "shared" / "data" / "nyc_taxi_fare_sample_8k.csv"
-REAL_SAMPLE = Path(os.environ.get("TAXIFARE_REAL_SAMPLE", DEFAULT_REAL_SAMPLE))
 GENERATED_ROWS = 200_000
 FARE, TIME, PASSENGERS = contract.LABEL_COLUMN, contract.TIME_COLUMN, contract.PASSENGER_COLUMN
 
 
 @pytest.fixture(scope="module")
-def real() -> pd.DataFrame:
-    """The real sample, or a skip that says the comparison did not run."""
-    if not REAL_SAMPLE.is_file():
-        pytest.skip(f"real sample {REAL_SAMPLE} is absent (set TAXIFARE_REAL_SAMPLE): "
-                    "generated-vs-real comparison NOT checked")  # fmt: skip
-    return pd.read_csv(REAL_SAMPLE)
+def real(real_sample_path) -> pd.DataFrame:
+    """The real sample (tests/conftest.py skips, saying the comparison needs real rides, without it)."""
+    return pd.read_csv(real_sample_path)
 
 
 @pytest.fixture(scope="module")
