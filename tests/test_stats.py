@@ -17,7 +17,7 @@ from taxifare_core.parsing import parse_frame
 
 @pytest.fixture(scope="module")
 def processed_rides(generated_rides_raw):
-    """The generated rides' kept rides: (processed rows (n, 66) float32, pickup ns, kept rides)."""
+    """The generated rides that cleaning keeps: (processed rows (n, 66) float32, pickup ns, kept rides)."""
     typed, reasons = parse_frame(generated_rides_raw[list(contract.RAW_COLUMNS)])
     kept = clean(typed[reasons.isna().to_numpy()]).kept
     batch = encode_rides(kept)
