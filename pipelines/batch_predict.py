@@ -50,17 +50,13 @@ from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.parse import RawBlock, split_lines
 from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
-from pipelines.preprocessing.statistics import (
-    STATS_FILE,
-    STATS_PARTS,
-    FeatureStatisticsFn,
-    read_text,
-    write_text,
-)
+from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
 from pipelines.runners import pipeline_options
-from taxifare_core import contract, stats, storage
+from taxifare_core import contract, storage
+from taxifare_core.drift import drift_report
 from taxifare_core.parsing import MalformedRecord, clip_record
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.stats_file import STATS_FILE, parse_stats
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
 
@@ -238,16 +234,16 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
     (its "train" split); a model trained before statistics existed gets none.
     """
     parts = storage.join(output_dir, STATS_PARTS)
-    payload = json.loads(read_text(parts))
+    payload = json.loads(storage.read_text(parts))
     reference_path = storage.join(model_uri.rsplit("/", 1)[0], STATS_FILE)
     if storage.exists(reference_path):
-        reference = stats.parse_stats(storage.read_text(reference_path), reference_path)
-        payload["drift"] = stats.drift_report(payload["splits"]["predicted"], reference["splits"]["train"],
-                                              f"{reference_path} (train)", "predicted rides")
+        reference = parse_stats(storage.read_text(reference_path), reference_path)
+        payload["drift"] = drift_report(payload["splits"]["predicted"], reference["splits"]["train"],
+                                        f"{reference_path} (train)", "predicted rides")
     else:
         payload["drift"] = None
-    write_text(storage.join(output_dir, STATS_FILE), json.dumps(payload, indent=1) + "\n")
-    FileSystems.delete([parts])
+    storage.write_text(storage.join(output_dir, STATS_FILE), json.dumps(payload, indent=1) + "\n")
+    storage.remove_file(parts)
     return payload["drift"]
 
 

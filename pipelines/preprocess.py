@@ -41,15 +41,11 @@ from pipelines.preprocessing.options import (
     resolve_config,
 )
 from pipelines.preprocessing.pipeline import EmptyOutputError, build_dry_run_job, run
-from pipelines.preprocessing.statistics import (
-    EXIT_DRIFT,
-    REPORT_FILE,
-    STATS_FILE,
-    print_drift,
-)
 from pipelines.preprocessing.summary import SUMMARY_FILE, format_table
 from pipelines.preprocessing.tags import PROGRESS
+from pipelines.run_statistics import EXIT_DRIFT, REPORT_FILE, print_drift
 from pipelines.runners import LOCAL_RUNNERS, pipeline_options
+from taxifare_core.stats_file import STATS_FILE
 from taxifare_core.storage import outputs
 
 

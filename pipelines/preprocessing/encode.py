@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipelines.preprocessing.clean import utc_nanoseconds
 from pipelines.preprocessing.coders import BatchCoder, batches_of
-from pipelines.preprocessing.statistics import record_since, stage_timer
+from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import TRAIN, TRAIN_ROWS, VAL, VAL_ROWS, counter
 from pipelines.preprocessing.threads import shutdown, slice_count, thread_pool
 from taxifare_core import contract

@@ -33,10 +33,10 @@ from pipelines.preprocessing.bigquery import (
 )
 from pipelines.preprocessing.clean import DEDUPE_MODES
 from pipelines.preprocessing.sources import DEFAULT_BLOCK_ROWS
-from pipelines.preprocessing.statistics import resolve_reference
+from pipelines.run_statistics import resolve_reference
 from pipelines.runners import DEFAULT_RUNNER
 from taxifare_core import contract
-from taxifare_core.stats import StatsError
+from taxifare_core.stats_file import StatsError
 
 SOURCES = ("csv", "bigquery")
 READ_METHODS = ("DIRECT_READ", "EXPORT")

@@ -24,14 +24,7 @@ from pipelines.preprocessing.options import PreprocessConfig, UsageError, resolv
 from pipelines.preprocessing.parse import ParseCsvBlocks
 from pipelines.preprocessing.records import ParseRecordBatches
 from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
-from pipelines.preprocessing.statistics import (
-    REPORT_FILE,
-    STATS_FILE,
-    STATS_PARTS,
-    ComputeStatistics,
-    publish_statistics,
-    write_text_file,
-)
+from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
     SUMMARY_FILE,
     build_summary,
@@ -48,8 +41,10 @@ from pipelines.preprocessing.tags import (
     VAL,
     VAL_BATCHES,
 )
+from pipelines.run_statistics import REPORT_FILE, publish_statistics
 from taxifare_core import contract, storage
 from taxifare_core.parsing import MalformedRecord
+from taxifare_core.stats_file import STATS_FILE
 from taxifare_core.storage import outputs
 
 

@@ -283,9 +283,15 @@ def read_text(path: str) -> str:
 
 @_cloud_errors_in_one_line
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a file atomically (local: temp file + rename; Cloud Storage objects are replaced whole)."""
+    """Write a file atomically (local: temp file + rename; Cloud Storage objects are replaced whole).
+
+    A missing local parent folder is made (Cloud Storage needs none). The one way this
+    project writes a whole file: JSON records, stats.json, report.html, summary.json.
+    """
     fs, inner = _resolve(path)
     target = inner if fs is not _LOCAL else f"{inner}.tmp-{os.getpid()}"
+    if fs is _LOCAL:
+        fs.create_dir(os.path.dirname(inner) or ".", recursive=True)
     with fs.open_output_stream(target, compression=None) as stream:
         stream.write(data)
     if target != inner:
