@@ -169,8 +169,8 @@ def format_predictions(result: PredictionResult) -> str:
 NON_FINITE_FARE = "the model gave a non-finite fare: its weights are broken; use another --run"
 
 
-class CountPredictionsFn(beam.DoFn):
-    """Counts priced rides and passes the block on; rides the model gave no finite fare go to the dead letter."""
+class KeepFiniteFaresFn(beam.DoFn):
+    """Priced blocks -> their rides with a finite fare (counted); the others to the dead letter, with the reason."""
 
     def __init__(self):
         self.priced = Metrics.counter(COUNTER_NAMESPACE, PREDICTIONS)
@@ -210,7 +210,7 @@ class PredictRideFiles(beam.PTransform):
         priced = (
             encoded["encoded"]
             | "RunInference" >> RunInference(KerasBlockModelHandler(self.model_uri))
-            | "CountPredictions" >> beam.ParDo(CountPredictionsFn()).with_outputs(DEAD_LETTER, main="priced")
+            | "KeepFiniteFares" >> beam.ParDo(KeepFiniteFaresFn()).with_outputs(DEAD_LETTER, main="priced")
         )
         predictions = priced["priced"] | "FormatPredictions" >> beam.Map(format_predictions)
         dead_letter = (encoded[DEAD_LETTER], priced[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
@@ -253,7 +253,7 @@ def build_predict(pipeline: beam.Pipeline, inputs, output_dir: str, model_uri: s
 
     `inputs` is a glob or a list of files. Touches no file: `run` checks the input
     and model first and publishes the run folder; a Dataflow dry run
-    (pipelines.predict.build_predict_dry_run_job) builds it offline.
+    (pipelines.cloud.predict_dry_run.build_predict_dry_run_job) builds it offline.
     """
     pcolls = pipeline | "PredictRides" >> PredictRideFiles(inputs, model_uri, name_by_file, block_rows)
     pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
