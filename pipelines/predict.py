@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if _ride_from_flags(args) is not None:
             raise UsageError("give either ride flags or --input/--output, not both")
         from pipelines import batch_predict
-        from pipelines.preprocessing.options import check_flags
+        from pipelines.runners import check_beam_flags, pipeline_options
 
-        check_flags(beam_args)  # Beam would only log unknown flags and run anyway
+        check_beam_flags(pipeline_options(beam_args), vars(args))  # Beam would only log them and run anyway
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:

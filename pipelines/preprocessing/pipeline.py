@@ -20,7 +20,7 @@ from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import READ_BIGQUERY_LABEL, read_from_bigquery
 from pipelines.preprocessing.clean import CleanRides, FilterDateWindowFn
 from pipelines.preprocessing.encode import EncodeRides, FormatCsvLines, SplitTrainVal
-from pipelines.preprocessing.options import PreprocessConfig, UsageError, resolve_config
+from pipelines.preprocessing.options import PreprocessConfig, UsageError, flag_parser, resolve_config
 from pipelines.preprocessing.parse import ParseCsvBlocks
 from pipelines.preprocessing.records import ParseRecordBatches
 from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
@@ -263,8 +263,9 @@ def build_dry_run_job(argv: list[str]):
     before any call to Google Cloud. Returns Beam's apiclient.Job: `.proto_pipeline`
     is the pipeline proto Dataflow would receive, `.proto` the job request.
     """
-    options = dataflow.dry_run_options(argv)
-    config = resolve_config(options)
+    flags, beam_args = flag_parser().parse_known_args(argv)
+    options = dataflow.dry_run_options(beam_args)
+    config = resolve_config(flags, options)
     pipeline = beam.Pipeline(options=options)
     write_outputs(build_preprocess(pipeline, config), config)
     return pipeline.run().job
