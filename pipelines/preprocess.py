@@ -44,7 +44,7 @@ from taxifare_core.storage import outputs
 
 def _default_input() -> str:
     """The embedded generated sample (made once under the local data path)."""
-    from taxifare_core.generate import ensure_default_sample
+    from taxifare_core.default_sample import ensure_default_sample
 
     return ensure_default_sample()
 

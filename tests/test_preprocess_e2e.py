@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from pipelines import preprocess
-from taxifare_core import contract, generate
+from taxifare_core import contract, default_sample, generate
 from taxifare_core.cleaning import clean
 from taxifare_core.features import processed_rows
 from taxifare_core.parsing import parse_frame
@@ -184,7 +184,7 @@ def test_no_flags_runs_on_the_embedded_sample(isolated_local_paths):
     assert {"train-00000-of-00001.csv", "val-00000-of-00001.csv"} <= files and (outputs[0] / "summary.json").exists()
     assert any(f.startswith("errors-") and f.endswith(".jsonl") for f in files)
     summary = json.loads((outputs[0] / "summary.json").read_text())
-    assert summary["rows_read"] == generate.DEFAULT_SAMPLE_ROWS and summary["balanced"]
+    assert summary["rows_read"] == default_sample.DEFAULT_SAMPLE_ROWS and summary["balanced"]
     assert "train rows" in done.stdout
 
 
