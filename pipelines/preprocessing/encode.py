@@ -114,14 +114,6 @@ class SplitTrainVal(beam.PTransform):
         return {TRAIN: batches_of(outputs[TRAIN], ProcessedBatch), VAL: batches_of(outputs[VAL], ProcessedBatch)}
 
 
-def format_lines(batch: ProcessedBatch) -> str:
-    """A ProcessedBatch as CSV text: 66 columns, no header, float32 precision, lines joined by newline.
-
-    The text of taxifare_core's format_csv.
-    """
-    return format_csv(batch.rows)
-
-
 class FormatCsvLinesFn(beam.DoFn):
     """ProcessedBatch -> CSV text: one element per batch, or `pieces` elements (one per output shard).
 

@@ -9,7 +9,7 @@ a Cloud Storage listing, an atomic local write, and (in `taxifare_core.storage.g
 the exclusive create that makes run folders collision-safe.
 
     >>> glob("/tmp/processed/train-*.csv")          # sorted list of paths
-    >>> with open_binary("gs://bucket/run/metrics.json") as f: ...
+    >>> write_text("gs://bucket/run/metrics.json", text)   # atomic: whole or not at all
     >>> stream = open_input_stream("gs://bucket/processed/train-00000-of-00004.csv")  # for pyarrow.csv
 """
 from __future__ import annotations
@@ -248,18 +248,6 @@ def listdir(path: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
         names = {info.path[len(inner) + 1:].split("/")[0] for info in infos}
     return sorted(name for name in names if name and name != FOLDER_MARKER)
-
-
-@_cloud_errors_in_one_line
-def open_binary(path: str, mode: str = "rb"):
-    """A binary file object (Arrow NativeFile) for reading ("rb", seekable) or writing ("wb").
-
-    Bytes as stored: no decompression by extension.
-    """
-    fs, inner = _resolve(path)
-    if "r" in mode:
-        return fs.open_input_file(inner)
-    return fs.open_output_stream(inner, compression=None)
 
 
 @_cloud_errors_in_one_line
