@@ -35,7 +35,7 @@ def check_beam_flags(options: PipelineOptions, ours: Iterable[str] = ()) -> None
     `options` holds what the job's own parser left; its flag names (`ours`) only feed the hint.
     Beam itself only logs "Discarding unparseable args" and runs anyway: a typo must stop the run.
     """
-    known = options.get_all_options()
+    known = PipelineOptions([]).get_all_options()  # every defined flag at its default (no flags: no warning)
     unknown = [name for name in options.get_all_options(retain_unknown_options=True) if name not in known]
     if not unknown:
         return

@@ -219,6 +219,8 @@ def test_real_sample_matches_taxifare_core(real_sample_path, tmp_path):
     # Beam only logs unknown flags and runs anyway; a typo must stop the run.
     (["--num_shard", "3"], "unknown flag --num_shard (did you mean --num_shards?)"),
     (["--bogus"], "unknown flag --bogus"),
+    (["--runner", "DataflowRunner", "--bogus"], "unknown flag --bogus"),  # Beam's logs not let through either
+    (["--out", "/tmp/x"], "unknown flag --out (did you mean --output?)"),  # no prefix matching
     # Beam would try to create a bucket (minutes offline) or reject the project late.
     (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
       "--temp_location", "/tmp/x"], "must be a gs:// path"),

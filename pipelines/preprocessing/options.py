@@ -55,17 +55,6 @@ Beam flags pass through, for example:
   --region REGION        Dataflow region
 Counts, timings and the output folder are printed at the end and saved in OUTPUT/summary.json."""
 
-DESCRIPTION = (
-    "Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
-    "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
-    "the dead letter (OUTPUT/errors-*.jsonl), OUTPUT/summary.json, the feature "
-    "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html). The files are "
-    "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
-    "or killed run leaves the previous output as it was. Exit codes: 0 done, "
-    "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
-    "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift."
-)
-
 
 def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     """This pipeline's flags (the rest are Beam's)."""
@@ -177,7 +166,14 @@ def flag_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
     """The parser of this pipeline's flags, behind --help (Beam's flags are listed in its epilog)."""
     parser = OneLineErrorParser(
         prog=prog,
-        description=DESCRIPTION,
+        description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
+                    "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
+                    "the dead letter (OUTPUT/errors-*.jsonl), OUTPUT/summary.json, the feature "
+                    "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html). The files are "
+                    "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
+                    "or killed run leaves the previous output as it was. Exit codes: 0 done, "
+                    "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
+                    "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift.",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # No prefix matching: `--out` must not pass for --output, nor a Beam flag's prefix for one of ours.
