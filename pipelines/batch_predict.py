@@ -50,17 +50,13 @@ from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.parse import RawBlock, split_lines
 from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
-from pipelines.preprocessing.statistics import (
-    STATS_FILE,
-    STATS_PARTS,
-    FeatureStatisticsFn,
-    read_text,
-    write_text,
-)
+from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
 from pipelines.runners import pipeline_options
-from taxifare_core import contract, stats, storage
+from taxifare_core import contract, storage
+from taxifare_core.drift import drift_report
 from taxifare_core.parsing import MalformedRecord, clip_record
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.stats_file import STATS_FILE, parse_stats
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
 
@@ -173,8 +169,8 @@ def format_predictions(result: PredictionResult) -> str:
 NON_FINITE_FARE = "the model gave a non-finite fare: its weights are broken; use another --run"
 
 
-class CountPredictionsFn(beam.DoFn):
-    """Counts priced rides and passes the block on; rides the model gave no finite fare go to the dead letter."""
+class KeepFiniteFaresFn(beam.DoFn):
+    """Priced blocks -> their rides with a finite fare (counted); the others to the dead letter, with the reason."""
 
     def __init__(self):
         self.priced = Metrics.counter(COUNTER_NAMESPACE, PREDICTIONS)
@@ -214,7 +210,7 @@ class PredictRideFiles(beam.PTransform):
         priced = (
             encoded["encoded"]
             | "RunInference" >> RunInference(KerasBlockModelHandler(self.model_uri))
-            | "CountPredictions" >> beam.ParDo(CountPredictionsFn()).with_outputs(DEAD_LETTER, main="priced")
+            | "KeepFiniteFares" >> beam.ParDo(KeepFiniteFaresFn()).with_outputs(DEAD_LETTER, main="priced")
         )
         predictions = priced["priced"] | "FormatPredictions" >> beam.Map(format_predictions)
         dead_letter = (encoded[DEAD_LETTER], priced[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
@@ -238,16 +234,16 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
     (its "train" split); a model trained before statistics existed gets none.
     """
     parts = storage.join(output_dir, STATS_PARTS)
-    payload = json.loads(read_text(parts))
+    payload = json.loads(storage.read_text(parts))
     reference_path = storage.join(model_uri.rsplit("/", 1)[0], STATS_FILE)
     if storage.exists(reference_path):
-        reference = stats.parse_stats(storage.read_text(reference_path), reference_path)
-        payload["drift"] = stats.drift_report(payload["splits"]["predicted"], reference["splits"]["train"],
-                                              f"{reference_path} (train)", "predicted rides")
+        reference = parse_stats(storage.read_text(reference_path), reference_path)
+        payload["drift"] = drift_report(payload["splits"]["predicted"], reference["splits"]["train"],
+                                        f"{reference_path} (train)", "predicted rides")
     else:
         payload["drift"] = None
-    write_text(storage.join(output_dir, STATS_FILE), json.dumps(payload, indent=1) + "\n")
-    FileSystems.delete([parts])
+    storage.write_text(storage.join(output_dir, STATS_FILE), json.dumps(payload, indent=1) + "\n")
+    storage.remove_file(parts)
     return payload["drift"]
 
 
@@ -257,7 +253,7 @@ def build_predict(pipeline: beam.Pipeline, inputs, output_dir: str, model_uri: s
 
     `inputs` is a glob or a list of files. Touches no file: `run` checks the input
     and model first and publishes the run folder; a Dataflow dry run
-    (pipelines.predict.build_predict_dry_run_job) builds it offline.
+    (pipelines.cloud.predict_dry_run.build_predict_dry_run_job) builds it offline.
     """
     pcolls = pipeline | "PredictRides" >> PredictRideFiles(inputs, model_uri, name_by_file, block_rows)
     pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(

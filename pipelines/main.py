@@ -17,7 +17,7 @@ import sys
 from pipelines import predict, preprocess, train
 from pipelines.cli import UsageError
 from taxifare_core import contract
-from taxifare_core.generate import ensure_default_sample
+from taxifare_core.default_sample import ensure_default_sample
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
 

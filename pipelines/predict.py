@@ -11,18 +11,16 @@ A ride the model cannot price (outside New York, a bad passenger count, an
 unreadable time) gets a clear message and exit code 2, never a number.
 Extra flags in batch mode go to Beam (e.g. --runner DataflowRunner --project P).
 
-From Python (notebooks, a web service):
-
-    from pipelines.predict import predict
-    predict(pd.DataFrame([contract.EXAMPLE_RIDE]))      # -> array([fare])
+This module is the command line: the fares come from `pipelines.predict_api` (the
+Python API, also importable here: `from pipelines.predict import predict`), batch
+prediction runs `pipelines.batch_predict`, and its Dataflow dry run is built by
+`pipelines.cloud.predict_dry_run`.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
-import numpy as np
 import pandas as pd
 
 from pipelines.cli import (
@@ -31,9 +29,10 @@ from pipelines.cli import (
     UsageError,
     report_usage_error,
 )
+from pipelines.predict_api import InvalidRideError, NonFiniteFareError, example_ride, predict
 from taxifare_core import contract, storage
 from taxifare_core.parsing import MalformedRecord
-from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.serving import SERVING_COLUMNS
 from taxifare_core.training import registry
 
 PROG = "python -m pipelines.predict"
@@ -46,66 +45,6 @@ RIDE_FLAGS = {
     contract.PASSENGER_COLUMN: (str, "number of passengers (1 to 7)"),
 }
 assert tuple(RIDE_FLAGS) == SERVING_COLUMNS
-
-
-class InvalidRideError(ValueError):
-    """Rides the model cannot price; `reasons` maps each one's position to why."""
-
-    def __init__(self, reasons: dict[int, str]):
-        self.reasons = reasons
-        shown = "; ".join(f"ride {i}: {why}" for i, why in list(reasons.items())[:5])
-        more = f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else ""
-        super().__init__(f"{len(reasons)} ride(s) cannot be priced: {shown}{more}")
-
-
-class NonFiniteFareError(ValueError):
-    """The model returned NaN or infinity for rides it should price: the model is broken."""
-
-
-@functools.lru_cache(maxsize=4)
-def _model_at(path: str):
-    """The Keras model of one run folder, loaded once per process (failures are not cached)."""
-    return registry.load_run_model(path)
-
-
-def load_model(run: str | None = None, registry_dir: str | None = None):
-    """The model of the named run or the latest one (cached).
-
-    registry.NoModelError when none; registry.UnreadableModelError (a
-    NoModelError) when its model.keras is empty or truncated, naming another run.
-    """
-    return _model_at(registry.run_path(run, registry_dir))
-
-
-def predict(rides: pd.DataFrame, model=None, *, run: str | None = None, registry_dir: str | None = None,
-            invalid: str = "raise") -> np.ndarray:
-    """Fares (float64, one per ride, in order) for raw rides with the contract's columns (fare not needed).
-
-    `model` defaults to the registry's latest run (or `run`). A ride the model
-    cannot price raises InvalidRideError, or gets NaN with invalid="nan".
-    NonFiniteFareError when the model itself answers NaN or infinity (a broken model).
-    """
-    if invalid not in ("raise", "nan"):
-        raise ValueError(f"invalid must be 'raise' or 'nan', got {invalid!r}")
-    prepared = prepare_rides(rides)
-    bad = {i: why for i, why in enumerate(prepared.reasons) if why is not None}
-    if bad and invalid == "raise":
-        raise InvalidRideError(bad)
-    fares = np.full(len(prepared.valid), np.nan)
-    if prepared.valid.any():
-        model = model if model is not None else load_model(run, registry_dir)
-        priced = model.predict(prepared.features, verbose=0).reshape(-1)
-        if not np.isfinite(priced).all():
-            broken = np.flatnonzero(prepared.valid)[~np.isfinite(priced)]
-            raise NonFiniteFareError(f"the model answers {priced[~np.isfinite(priced)][0]} for "
-                                     f"{len(broken)} ride(s) (first: ride {broken[0]}): it is broken")
-        fares[prepared.valid] = priced
-    return fares
-
-
-def example_ride() -> pd.DataFrame:
-    """The contract's example ride (section 6) as a one-row DataFrame."""
-    return pd.DataFrame([contract.EXAMPLE_RIDE])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,37 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         if _ride_from_flags(args) is not None:
             raise UsageError("give either ride flags or --input/--output, not both")
         from pipelines import batch_predict
-        from pipelines.preprocessing.options import check_flags
+        from pipelines.runners import check_beam_flags, pipeline_options
 
-        check_flags(beam_args)  # Beam would only log unknown flags and run anyway
+        check_beam_flags(pipeline_options(beam_args), vars(args))  # Beam would only log them and run anyway
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:
         return report_usage_error(PROG, error)
-
-
-def build_predict_dry_run_job(argv: list[str]):
-    """Build the real Dataflow job of `python -m pipelines.predict argv` without submitting it.
-
-    Offline as build_dry_run_job: the input, output and registry are not touched, so
-    the run must be named (`--run`; finding the latest one would list the registry).
-    """
-    import apache_beam as beam  # Beam only for batch prediction: one ride never imports it
-
-    from pipelines import batch_predict
-    from pipelines.cloud import dataflow
-
-    args, beam_args = build_parser().parse_known_args(argv)
-    options = dataflow.dry_run_options(beam_args)
-    if not (args.input and args.output):
-        raise dataflow.DataflowError("batch prediction needs --input GLOB and --output DIR")
-    if not args.run:
-        raise dataflow.DataflowError("a dry run of batch prediction needs --run NAME (the latest run is only "
-                            "found by listing the registry, which a dry run does not touch)")
-    model_uri = storage.join(registry.registry_root(args.registry), args.run, registry.MODEL_FILE)
-    pipeline = beam.Pipeline(options=options)
-    batch_predict.build_predict(pipeline, args.input, args.output, model_uri, name_by_file=True)
-    return pipeline.run().job
 
 
 if __name__ == "__main__":

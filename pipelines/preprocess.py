@@ -32,30 +32,19 @@ from apache_beam.options.pipeline_options import (
 
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import bigquery_read_failure
-from pipelines.preprocessing.options import (
-    PreprocessConfig,
-    PreprocessOptions,
-    UsageError,
-    check_flags,
-    help_parser,
-    resolve_config,
-)
+from pipelines.preprocessing.options import PreprocessConfig, UsageError, parse_args, resolve_config
 from pipelines.preprocessing.pipeline import EmptyOutputError, build_dry_run_job, run
-from pipelines.preprocessing.statistics import (
-    EXIT_DRIFT,
-    REPORT_FILE,
-    STATS_FILE,
-    print_drift,
-)
 from pipelines.preprocessing.summary import SUMMARY_FILE, format_table
 from pipelines.preprocessing.tags import PROGRESS
-from pipelines.runners import LOCAL_RUNNERS, pipeline_options
+from pipelines.run_statistics import EXIT_DRIFT, REPORT_FILE, print_drift
+from pipelines.runners import LOCAL_RUNNERS, check_beam_flags
+from taxifare_core.stats_file import STATS_FILE
 from taxifare_core.storage import outputs
 
 
 def _default_input() -> str:
     """The embedded generated sample (made once under the local data path)."""
-    from taxifare_core.generate import ensure_default_sample
+    from taxifare_core.default_sample import ensure_default_sample
 
     return ensure_default_sample()
 
@@ -94,9 +83,8 @@ def prepare_emulator(options: PipelineOptions, config: PreprocessConfig) -> None
         raise UsageError(str(error)) from None
 
 
-def set_log_level(options: PipelineOptions) -> str | None:
+def set_log_level(level: str | None, options: PipelineOptions) -> str | None:
     """--log_level for Python's logging (Beam's included); without it, local runs keep Beam quiet."""
-    level = options.view_as(PreprocessOptions).log_level
     if level:
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger().setLevel(level)
@@ -128,14 +116,13 @@ def run_reporting_bigquery_failures(options: PipelineOptions, config: Preprocess
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: validate flags, run, print the summary table."""
     argv = sys.argv[1:] if argv is None else argv
-    help_parser().parse_known_args(argv)  # --help, and one-line errors for this pipeline's flags
-    options = pipeline_options(argv)
-    debug = set_log_level(options) == "DEBUG"
+    flags, options = parse_args(argv)  # --help, and one-line errors for this pipeline's flags
+    debug = set_log_level(flags.log_level, options) == "DEBUG"
     show_progress()
     try:
-        check_flags(argv)
+        check_beam_flags(options, vars(flags))
         check_remote_options(options)
-        config = resolve_config(options, default_input=_default_input)
+        config = resolve_config(flags, options, default_input=_default_input)
         if config.bigquery_emulator:
             prepare_emulator(options, config)
         if dataflow.is_dataflow(options) and options.view_as(TestOptions).dry_run:

@@ -13,20 +13,12 @@ from __future__ import annotations
 import json
 import sys
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipelines.cli import OneLineErrorParser, UsageError, report_usage_error
-from pipelines.preprocessing.statistics import (
-    REPORT_FILE,
-    STATS_FILE,
-    read_text,
-    resolve_reference,
-    run_drift,
-    write_text,
-)
 from pipelines.preprocessing.summary import SUMMARY_FILE
+from pipelines.run_statistics import REPORT_FILE, resolve_reference, run_drift
+from taxifare_core import storage
 from taxifare_core.report import render_report
-from taxifare_core.stats import StatsError, parse_stats
+from taxifare_core.stats_file import STATS_FILE, StatsError, parse_stats
 from taxifare_core.storage import outputs
 
 PROG = "python -m pipelines.report"
@@ -50,21 +42,21 @@ def regenerate(output: str, compare_to: str | None = None, out: str | None = Non
         raise UsageError(str(error)) from None
     summary_path = f"{output}/{SUMMARY_FILE}"
     for path in (stats_path, summary_path):
-        if not FileSystems.exists(path):
+        if not storage.exists(path):
             raise UsageError(f"{path} not found: is {output} a preprocessing output folder?")
     try:
-        payload = parse_stats(read_text(stats_path), stats_path)
+        payload = parse_stats(storage.read_text(stats_path), stats_path)
         reference = resolve_reference(compare_to) if compare_to else None
     except StatsError as error:
         raise UsageError(str(error)) from None
     try:
-        summary = json.loads(read_text(summary_path))
+        summary = json.loads(storage.read_text(summary_path))
     except ValueError:
         raise UsageError(f"{summary_path} is not JSON") from None
     if reference is not None:
         payload["drift"] = run_drift(payload["splits"], reference)
     path = out or f"{output}/{REPORT_FILE}"
-    write_text(path, render_report(summary, payload, reference[1] if reference else None))
+    storage.write_text(path, render_report(summary, payload, reference[1] if reference else None))
     return path
 
 

@@ -58,13 +58,13 @@ PROG = "python -m pipelines.train"
 
 def default_processed_dir() -> str:
     """The folder `python -m pipelines.preprocess` writes when run without flags (asked of its own config)."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
+    from pipelines.preprocessing.options import parse_args as preprocess_args
     from pipelines.preprocessing.options import resolve_config
-    from taxifare_core.generate import DEFAULT_PREFIX, default_sample_dir
+    from taxifare_core.default_sample import default_sample_dir
+    from taxifare_core.ride_shards import DEFAULT_PREFIX
 
     # The embedded sample's glob, named without generating it: only the folder name is wanted.
-    config = resolve_config(PipelineOptions([]), default_input=lambda: str(default_sample_dir() / f"{DEFAULT_PREFIX}-*.csv"))
+    config = resolve_config(*preprocess_args([]), default_input=lambda: str(default_sample_dir() / f"{DEFAULT_PREFIX}-*.csv"))
     return config.output
 
 

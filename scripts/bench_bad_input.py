@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 1 or args.bad_every < 2 or args.repeats < 1:
         parser.error("--rows >= 1, --bad_every >= 2 and --repeats >= 1 are needed")
 
-    from taxifare_core.generate import write_ride_shards
+    from taxifare_core.ride_shards import write_ride_shards
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_bad_input_"))
     raw_dir = workdir / f"raw_{args.rows}"

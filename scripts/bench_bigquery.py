@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run_count:
         return count_rows(args.emulator, args.read_method, args.temp_location)
-    from taxifare_core.generate import generate_rides, write_ride_shards
+    from taxifare_core.generate import generate_rides
+    from taxifare_core.ride_shards import write_ride_shards
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_bigquery_"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_preprocess: error: unknown approach {unknown} or --rows < 1", file=sys.stderr)
         return 2
 
-    from taxifare_core.generate import write_ride_shards
+    from taxifare_core.ride_shards import write_ride_shards
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_"))
     raw_dir = workdir / f"raw_{args.rows}_seed{args.seed}"

@@ -1,4 +1,4 @@
-"""Write seeded, realistic raw NYC taxi rides as sharded CSVs (see taxifare_core/generate.py).
+"""Write seeded, realistic raw NYC taxi rides as sharded CSVs (see taxifare_core/generate.py, ride_shards.py, default_sample.py).
 
     python scripts/generate_rides.py                      # the default sample, once
     python scripts/generate_rides.py --rows 10000000 --num_shards 8 --output /tmp/rides
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cli import OneLineErrorParser  # noqa: E402
-from taxifare_core import generate  # noqa: E402
+from taxifare_core import default_sample, generate, ride_shards  # noqa: E402
 
 PROG = Path(__file__).name
 
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "with the real data's share of dirty rows) as CSV shards with a header each. "
         "Row i depends only on --seed, so any --num_shards gives the same rows.",
     )
-    parser.add_argument("--rows", type=_at_least(0), default=generate.DEFAULT_SAMPLE_ROWS,
+    parser.add_argument("--rows", type=_at_least(0), default=default_sample.DEFAULT_SAMPLE_ROWS,
                         help="number of rides to write (default %(default)s)")
     parser.add_argument("--seed", type=_at_least(0), default=generate.DEFAULT_SEED,
                         help="random seed; same seed, same rides (default %(default)s)")
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder for the PREFIX-00000-of-0000K.csv files (default: the "
                         "embedded default sample folder, $LOCAL_DATA_PATH/raw/"
                         "generated_ROWS_seedSEED, written only if absent)")
-    parser.add_argument("--prefix", default=generate.DEFAULT_PREFIX,
+    parser.add_argument("--prefix", default=ride_shards.DEFAULT_PREFIX,
                         help="file name prefix, with --output (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete PREFIX-*.csv files already in --output instead of refusing")
@@ -77,17 +77,17 @@ def main(argv=None) -> int:
             print(f"  {rows:,}/{args.rows:,} rows ({rows / args.rows:.0%}) in {seconds:.1f} s",
                   file=sys.stderr, flush=True)
 
-    target = args.output or generate.default_sample_dir(args.rows, args.seed)
+    target = args.output or default_sample.default_sample_dir(args.rows, args.seed)
     try:
         if args.output is None:
             if target.is_dir():
                 print(f"default sample already present: {target} (nothing written)")
                 return 0
-            glob = generate.ensure_default_sample(args.rows, args.seed, args.num_shards, progress)
+            glob = default_sample.ensure_default_sample(args.rows, args.seed, args.num_shards, progress)
             files = sorted(Path(glob).parent.glob(Path(glob).name))
         else:
-            files = generate.write_ride_shards(args.output, args.rows, args.seed, args.num_shards,
-                                               args.prefix, args.overwrite, progress)  # fmt: skip
+            files = ride_shards.write_ride_shards(args.output, args.rows, args.seed, args.num_shards,
+                                                  args.prefix, args.overwrite, progress)  # fmt: skip
     except OSError as err:
         print(f"{PROG}: error: cannot write to {target}: {err}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ from pipelines.cloud.dataflow import (  # noqa: E402
     settings_from_env,
     staged_files,
 )
-from pipelines.predict import build_predict_dry_run_job  # noqa: E402
+from pipelines.cloud.predict_dry_run import build_predict_dry_run_job  # noqa: E402
 from pipelines.preprocessing.options import READ_METHODS, UsageError  # noqa: E402
 from pipelines.preprocessing.pipeline import build_dry_run_job  # noqa: E402
 from taxifare_core import contract  # noqa: E402

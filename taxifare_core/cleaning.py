@@ -120,8 +120,3 @@ def check_ride(ride: dict) -> str | None:
     if not all(LONGITUDE_MIN <= ride[c] <= LONGITUDE_MAX for c in LONGITUDE_COLUMNS):
         return RULE_LONGITUDE
     return None
-
-
-def dedupe_key(ride: dict) -> tuple:
-    """The seven compared columns of one parsed ride, hashable, for exact deduplication."""
-    return tuple(ride[column] for column in RAW_COLUMNS)

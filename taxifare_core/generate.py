@@ -13,12 +13,15 @@ gives the same rows. Pure numpy/pandas/pyarrow (no Beam, no TensorFlow).
 
     python scripts/generate_rides.py --rows 1000000 --num_shards 4 --output /tmp/rides
 
-    >>> from taxifare_core import contract, generate
+    >>> from taxifare_core import cleaning, contract, generate
     >>> rides = generate.generate_rides(1000, seed=1)
     >>> tuple(rides.columns) == contract.RAW_COLUMNS_WITH_KEY
     True
-    >>> 0.01 < generate.dirty_shares(rides)["total"] < 0.06
+    >>> 0.01 < len(cleaning.clean(rides).dropped) / len(rides) < 0.06
     True
+
+CSV shards of these rows: `taxifare_core.ride_shards`; the embedded default sample
+made from them once: `taxifare_core.default_sample`.
 
 Pickup stamps copy the real table's clock: its "UTC" stamps follow New York's wall
 clock (fewest rides at 04:00-05:00, most at 18:00-22:00 on the stamp), so the stamp
@@ -28,28 +31,20 @@ treats generated and real rows alike. In memory, coordinates and fares are float
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from functools import lru_cache
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
-from taxifare_core import cleaning, contract
+from taxifare_core import contract
 
 BLOCK_ROWS = 100_000
-DEFAULT_SAMPLE_ROWS = 100_000
 DEFAULT_SEED = 42
 # Bumped whenever the generated rows change, so an older default sample on disk is remade.
 GENERATOR_VERSION = 1
-SAMPLE_MANIFEST = "sample.json"
-DEFAULT_PREFIX = "rides"
 FIRST_DAY, LAST_DAY = np.datetime64("2009-01-01"), np.datetime64("2015-06-30")
 
 # --- time, measured on the sample's stamps -----------------------------------
@@ -188,15 +183,12 @@ def _draw(rng: np.random.Generator, cumulative: np.ndarray, n: int) -> np.ndarra
     return np.minimum(np.searchsorted(cumulative, rng.random(n), side="right"), len(cumulative) - 1)
 
 
-# Arrow casts second timestamps to "%Y-%m-%d %H:%M:%S" text 30x faster than its
-# strftime; the CSV form is that text plus a literal suffix (" UTC").
-_ISO_SECONDS = "%Y-%m-%d %H:%M:%S"
-_CSV_TIME_SUFFIX = contract.CSV_TIME_FORMAT.removeprefix(_ISO_SECONDS)
-assert "%" not in _CSV_TIME_SUFFIX, contract.CSV_TIME_FORMAT
-_TIME_INDEX = contract.RAW_COLUMNS_WITH_KEY.index(contract.TIME_COLUMN)
+# Arrow casts second timestamps to "%Y-%m-%d %H:%M:%S" text 30x faster than its strftime.
+ISO_SECONDS = "%Y-%m-%d %H:%M:%S"
+TIME_INDEX = contract.RAW_COLUMNS_WITH_KEY.index(contract.TIME_COLUMN)
 
 
-def _stamp_text(stamps: pa.Array) -> pa.Array:
+def stamp_text(stamps: pa.Array) -> pa.Array:
     """Naive second-resolution timestamps as "%Y-%m-%d %H:%M:%S" strings."""
     return stamps.cast(pa.string())
 
@@ -339,7 +331,7 @@ def _block_table(seed: int, block: int) -> pa.Table:
     # Like the real keys: the pickup time, then a unique suffix (here the row number).
     rows = np.arange(block * BLOCK_ROWS, (block + 1) * BLOCK_ROWS)
     key = pc.binary_join_element_wise(
-        _stamp_text(pa.array(stamps, type=pa.timestamp("s"))),
+        stamp_text(pa.array(stamps, type=pa.timestamp("s"))),
         pc.utf8_lpad(pa.array(rows).cast(pa.string()), 7, "0"),
         ".",
     )
@@ -352,8 +344,8 @@ def _block_table(seed: int, block: int) -> pa.Table:
     return pa.table([key, *columns], names=list(contract.RAW_COLUMNS_WITH_KEY))
 
 
-def _iter_tables(start: int, stop: int, seed: int) -> Iterator[pa.Table]:
-    """Arrow tables of rows [start, stop), block by block."""
+def iter_tables(start: int, stop: int, seed: int) -> Iterator[pa.Table]:
+    """Arrow tables of rows [start, stop), block by block (nulls for missing values, UTC second stamps)."""
     if not 0 <= start <= stop:
         raise ValueError(f"need 0 <= start <= stop, got {start} and {stop}")
     for block in range(start // BLOCK_ROWS, -(-stop // BLOCK_ROWS)):
@@ -365,7 +357,7 @@ def _iter_tables(start: int, stop: int, seed: int) -> Iterator[pa.Table]:
 def _to_frame(table: pa.Table) -> pd.DataFrame:
     """Arrow rides to the raw DataFrame schema (nullable passenger_count, ns timestamps)."""
     stamps = table[contract.TIME_COLUMN].cast(pa.timestamp("ns", tz="UTC"))
-    table = table.set_column(_TIME_INDEX, contract.TIME_COLUMN, stamps)
+    table = table.set_column(TIME_INDEX, contract.TIME_COLUMN, stamps)
     return table.to_pandas(types_mapper={pa.int16(): pd.Int16Dtype()}.get)
 
 
@@ -373,7 +365,7 @@ def iter_ride_blocks(
     n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0
 ) -> Iterator[pd.DataFrame]:
     """Rows [start_row, start_row + n_rows) as DataFrames of at most BLOCK_ROWS rows."""
-    for table in _iter_tables(start_row, start_row + n_rows, seed):
+    for table in iter_tables(start_row, start_row + n_rows, seed):
         yield _to_frame(table)
 
 
@@ -383,104 +375,3 @@ def generate_rides(n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0) ->
     if not frames:
         return _to_frame(_block_table(seed, 0).slice(0, 0))
     return pd.concat(frames, ignore_index=True)
-
-
-def _csv_table(table: pa.Table) -> pa.Table:
-    """The table with its timestamps in the contract's CSV form."""
-    stamps = table[contract.TIME_COLUMN].cast(pa.timestamp("s"))
-    text = pc.binary_join_element_wise(_stamp_text(stamps), _CSV_TIME_SUFFIX, "")
-    return table.set_column(_TIME_INDEX, contract.TIME_COLUMN, text)
-
-
-def shard_paths(output_dir, num_shards: int, prefix: str = DEFAULT_PREFIX) -> list[Path]:
-    """Shard file names, e.g. rides-00000-of-00004.csv."""
-    names = (f"{prefix}-{k:05d}-of-{num_shards:05d}.csv" for k in range(num_shards))
-    return [Path(output_dir) / name for name in names]
-
-
-def write_ride_shards(
-    output_dir,
-    n_rows: int,
-    seed: int = DEFAULT_SEED,
-    num_shards: int = 1,
-    prefix: str = DEFAULT_PREFIX,
-    overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> list[Path]:
-    """Stream n_rows rides to num_shards CSVs (contiguous row ranges, header in each).
-
-    Refuses a directory that already holds `{prefix}-*.csv` files unless `overwrite`
-    (which deletes them first): a glob over the folder would mix two runs.
-    `progress(rows_written)` is called after every block.
-    """
-    if n_rows < 0 or num_shards < 1:
-        raise ValueError(f"need n_rows >= 0 and num_shards >= 1, got {n_rows} and {num_shards}")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stale = sorted(output_dir.glob(f"{prefix}-*.csv"))
-    if stale and not overwrite:
-        raise FileExistsError(f"{output_dir} already holds {stale[0].name}; "
-                              "overwrite=True (--overwrite) replaces them")  # fmt: skip
-    for path in stale:
-        path.unlink()
-    header = (",".join(contract.RAW_COLUMNS_WITH_KEY) + "\n").encode()
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-    paths, written = shard_paths(output_dir, num_shards, prefix), 0
-    for k, path in enumerate(paths):
-        with open(path, "wb") as out:
-            out.write(header)
-            first, stop = k * n_rows // num_shards, (k + 1) * n_rows // num_shards
-            for table in _iter_tables(first, stop, seed):
-                pa_csv.write_csv(_csv_table(table), out, options)
-                written += table.num_rows
-                if progress:
-                    progress(written)
-    return paths
-
-
-def default_sample_dir(n_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = DEFAULT_SEED) -> Path:
-    """Where the embedded default sample lives, under the local data path."""
-    return contract.local_data_path() / "raw" / f"generated_{n_rows}_seed{seed}"
-
-
-def ensure_default_sample(
-    n_rows: int = DEFAULT_SAMPLE_ROWS,
-    seed: int = DEFAULT_SEED,
-    num_shards: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> str:
-    """Generate the default sample once (again if an older generator made it); return the glob of its CSVs."""
-    final = default_sample_dir(n_rows, seed)
-    manifest = {"rows": n_rows, "seed": seed, "generator_version": GENERATOR_VERSION}
-    if final.is_dir() and _read_manifest(final) != manifest:
-        shutil.rmtree(final)
-    if not final.is_dir():
-        # Write beside it, then rename: an interrupted run never leaves a half sample.
-        temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(temp, ignore_errors=True)
-        try:
-            write_ride_shards(temp, n_rows, seed, num_shards, progress=progress)
-            (temp / SAMPLE_MANIFEST).write_text(json.dumps(manifest))
-            temp.rename(final)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            if not final.is_dir():  # else another process finished first, with the same rows
-                raise
-    return str(final / f"{DEFAULT_PREFIX}-*.csv")
-
-
-def _read_manifest(folder: Path) -> dict | None:
-    """What a sample folder says made it; None when it says nothing readable."""
-    try:
-        return json.loads((folder / SAMPLE_MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def dirty_shares(rides: pd.DataFrame) -> dict[str, float]:
-    """Share of rows each cleaning rule drops (taxifare_core.cleaning), plus "total"."""
-    dropped = cleaning.clean(rides).dropped
-    count = max(len(rides), 1)
-    shares = {rule: float((dropped == rule).sum() / count) for rule in contract.CLEANING_RULES}
-    shares["total"] = len(dropped) / count
-    return shares

@@ -8,8 +8,8 @@ time outside what a nanosecond timestamp can hold, an absent column) raises
 `MalformedRecord` with the reason: that is bad input, reported, never silently
 dropped. docs/bad-input.md lists the reasons.
 
-    >>> parse_csv_line("4.5,2009-06-15 17:26:21 UTC,-73.84,40.72,-73.84,40.71,1",
-    ...                RAW_COLUMNS)["passenger_count"]
+    >>> parse_record(dict(zip(RAW_COLUMNS, csv_fields(
+    ...     "4.5,2009-06-15 17:26:21 UTC,-73.84,40.72,-73.84,40.71,1"))))["passenger_count"]
     1.0
 """
 from __future__ import annotations
@@ -198,14 +198,6 @@ def parse_record(record: Mapping) -> dict:
     key = record.get(KEY_COLUMN)
     ride[KEY_COLUMN] = None if is_missing(key) else str(key)
     return ride
-
-
-def parse_csv_line(line: str, columns: Sequence[str]) -> dict:
-    """One CSV line split by the file's header `columns`, then parsed as a ride."""
-    fields = csv_fields(line)
-    if len(fields) != len(columns):
-        raise MalformedRecord(f"expected {len(columns)} fields, got {len(fields)}")
-    return parse_record(dict(zip(columns, fields)))
 
 
 def csv_fields(line: str) -> list[str]:

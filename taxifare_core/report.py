@@ -16,6 +16,7 @@ import html
 import numpy as np
 
 from taxifare_core import contract, stats
+from taxifare_core.drift import drift_level, group_counts
 
 SECTIONS = ("run", "funnel", "stages", "distributions", "months", "districts", "drift", "columns")
 _COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "reference": "#555555"}
@@ -210,7 +211,7 @@ def distributions_figure(series) -> str:
                  _coloured(series, lambda split: _shares(_column(split, "passenger_count_scaled")["histogram"]["counts"])),
                  "share of rides", "passengers"),
         svg_bars([w.capitalize() for w in contract.WEEKDAYS],
-                 _coloured(series, lambda split: _shares(stats.group_counts(split, "weekday")[1])),
+                 _coloured(series, lambda split: _shares(group_counts(split, "weekday")[1])),
                  "share of rides", "local pickup weekday"),
     ]
     return "<div>" + "".join(figures) + "</div>"
@@ -229,8 +230,8 @@ def districts_figure(series) -> str:
     """Pickup and dropoff district shares (the 20 districts and "none of the 20")."""
     figures = []
     for group in ("pickup_district", "dropoff_district"):
-        labels = stats.group_counts(series[0][1], group)[0]
-        figures.append(svg_bars(labels, _coloured(series, lambda split, g=group: _shares(stats.group_counts(split, g)[1])),
+        labels = group_counts(series[0][1], group)[0]
+        figures.append(svg_bars(labels, _coloured(series, lambda split, g=group: _shares(group_counts(split, g)[1])),
                                 "share of rides", group.replace("_", " ") + " (geohash)", width=540, height=250))
     return "<div>" + "".join(figures) + "</div>"
 
@@ -274,7 +275,7 @@ def _drift_section(drift: dict | None) -> str:
     for name, score in drift["scores"].items():
         expected = name in drift.get("expected", [])
         flagged = name in drift["flagged"]
-        verdict = stats.drift_level(score) + (" (by construction: chronological split)" if expected else "")
+        verdict = drift_level(score) + (" (by construction: chronological split)" if expected else "")
         rows.append([name, _number(score, 3), verdict])
         classes.append("flagged" if flagged else ("expected" if expected else ""))
     flagged = ", ".join(drift["flagged"]) or "nothing"

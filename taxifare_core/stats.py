@@ -1,13 +1,14 @@
-"""Feature statistics of processed rows: mergeable accumulators, fixed histogram edges, and drift (PSI).
+"""Feature statistics of processed rows: fixed histogram edges and mergeable accumulators.
 
 Pure numpy, no Beam: `pipelines.preprocessing.statistics` wraps these functions in a CombineFn,
-batch prediction and tests call them directly.
+batch prediction and tests call them directly. Drift between two such statistics is
+`taxifare_core.drift`; the stats.json file (its check, its copy beside a model) is
+`taxifare_core.stats_file`.
 
     acc = new_accumulator()                      # 66 columns (65 for features without the fare)
     add_batch(acc, rows, pickup_ns)              # rows (n, 66) float32, vectorized over the batch
     acc = merge([acc, other])                    # exact, in any order (Chan et al. for mean/variance)
     split = finalize(acc)                        # {"rows", "columns": [...], "rides_per_month", ...}
-    drift = drift_report(split, reference_split, "runs/2026-11/stats.json")
 
 Histograms use fixed edges per column (`COLUMN_EDGES`, documented in
 docs/statistics.md), so histograms from different runs and machines add up and
@@ -16,7 +17,6 @@ one above the last edge in the last bin: every value is counted once.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -63,29 +63,7 @@ def _edges(name: str) -> np.ndarray:
 
 COLUMN_EDGES = {name: _edges(name) for name in contract.PROCESSED_COLUMNS}
 
-# One-hot groups scored as one categorical feature each; districts have a "none of the 20" category.
-NONE_CATEGORY = "none"
-GROUPS = {
-    "weekday": (contract.COLS_WEEKDAY, False),
-    "month": (contract.COLS_MONTH, False),
-    "pickup_district": (contract.COLS_PICKUP_DISTRICT, True),
-    "dropoff_district": (contract.COLS_DROPOFF_DISTRICT, True),
-}
-# Population stability index: < 0.1 stable, 0.1-0.2 moderate, > 0.2 shifted (flagged).
-PSI_THRESHOLD = 0.2
-# Share given to an empty bin so the index stays finite.
-PSI_FLOOR = 1e-4
-# A numeric column is scored over about this many bins of the reference's rows (its deciles, cut at the
-# fixed edges): the fine histogram bins would make PSI of a small sample mostly noise.
-PSI_BINS = 10
-# Val is the latest month(s) of a chronological split: these always differ from train.
-EXPECTED_VAL_DRIFT = ("days_since_2009_scaled", "month")
 HOURS = 24
-STATS_FILE = "stats.json"  # in a preprocessing output folder and in a model's run folder
-
-
-class StatsError(ValueError):
-    """A file or object that is not a statistics file of this project."""
 
 
 # --- the accumulator --------------------------------------------------------------------
@@ -366,160 +344,3 @@ def combine_splits(splits: list[dict]) -> dict:
     return {"rows": sum(s["rows"] for s in splits), "columns": columns,
             "rides_per_month": dict(sorted(months.items())),
             "rides_per_hour": np.sum([s.get("rides_per_hour", [0] * HOURS) for s in splits], axis=0).tolist()}
-
-
-def check_stats(payload, source: str) -> dict:
-    """`payload` if it is a stats.json of this project, else StatsError naming `source`."""
-    splits = payload.get("splits") if isinstance(payload, dict) else None
-    if not isinstance(splits, dict) or not splits:
-        raise StatsError(f"{source} is not a statistics file (no \"splits\"); expected a run's stats.json")
-    for name, split in splits.items():
-        if not isinstance(split, dict) or not isinstance(split.get("columns"), list) or "rows" not in split:
-            raise StatsError(f"{source} is not a statistics file (split {name!r} has no rows and columns)")
-        for column in split["columns"]:
-            if not isinstance(column, dict) or "name" not in column or "histogram" not in column:
-                raise StatsError(f"{source} is not a statistics file (a column of {name!r} has no histogram)")
-    return payload
-
-
-def parse_stats(text: str, source: str) -> dict:
-    """A stats.json's text -> its dict; StatsError when it is not JSON or not a statistics file."""
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        raise StatsError(f"{source} is not a statistics file (not JSON)") from None
-    return check_stats(payload, source)
-
-
-# --- drift ---------------------------------------------------------------------------
-
-
-def psi(reference_counts, current_counts, floor: float = PSI_FLOOR) -> float | None:
-    """Population stability index of two count vectors over the same bins; None if either is empty.
-
-    PSI = sum over bins of (current share - reference share) * ln(current share / reference share),
-    each share at least `floor` so an empty bin keeps the index finite.
-    """
-    reference = np.asarray(reference_counts, dtype=np.float64)
-    current = np.asarray(current_counts, dtype=np.float64)
-    if reference.shape != current.shape:
-        raise ValueError(f"bins differ: {reference.shape} vs {current.shape}")
-    if reference.sum() <= 0 or current.sum() <= 0:
-        return None
-    expected = np.maximum(reference / reference.sum(), floor)
-    actual = np.maximum(current / current.sum(), floor)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
-def reference_bins(reference_counts, bins: int = PSI_BINS) -> np.ndarray:
-    """Cut points grouping consecutive fixed bins into ~`bins` groups of ~equal reference share (its deciles).
-
-    Returns the fixed-bin index where each group starts (first is 0); empty for an empty reference.
-    """
-    counts = np.asarray(reference_counts, dtype=np.float64)
-    if counts.sum() <= 0:
-        return np.zeros(1, dtype=np.intp)
-    cumulative = np.cumsum(counts) / counts.sum()
-    # A group ends at the first fixed bin where the cumulative share reaches k / bins.
-    ends = np.searchsorted(cumulative, np.arange(1, bins) / bins - 1e-12) + 1
-    starts = np.unique(np.concatenate([[0], ends[ends < len(counts)]]))
-    return starts.astype(np.intp)
-
-
-def grouped_counts(counts, starts: np.ndarray) -> np.ndarray:
-    """Fixed-bin counts summed per group of reference_bins."""
-    return np.add.reduceat(np.asarray(counts, dtype=np.float64), starts)
-
-
-def _columns_by_name(split: dict) -> dict:
-    return {column["name"]: column for column in split["columns"]}
-
-
-def group_counts(split: dict, group: str) -> tuple[list[str], list[int]]:
-    """(categories, rides per category) of a one-hot group: each column's ones, "none" for districts."""
-    columns = _columns_by_name(split)
-    positions, with_none = GROUPS[group]
-    names = contract.PROCESSED_COLUMNS[positions]
-    ones = [int(columns[name]["histogram"]["counts"][1]) for name in names]
-    labels = [name.split("_", 1)[1] for name in names]
-    if with_none:
-        labels.append(NONE_CATEGORY)
-        ones.append(int(split["rows"]) - sum(ones))
-    return labels, ones
-
-
-def drift_features(split: dict) -> list[str]:
-    """Names scored for drift: each column that is not one-hot, then each one-hot group, as present."""
-    names = [c["name"] for c in split["columns"]]
-    groups = [g for g, (positions, _) in GROUPS.items() if all(n in names for n in
-                                                              contract.PROCESSED_COLUMNS[positions])]
-    return [n for n in names if n not in ONE_HOT_COLUMNS] + groups
-
-
-def drift_scores(current: dict, reference: dict) -> dict[str, float | None]:
-    """PSI of each drift feature present in both splits, over the reference's bins.
-
-    A numeric column over its fixed bins grouped into the reference's deciles
-    (`reference_bins`); a one-hot group over its categories.
-    """
-    current_columns, reference_columns = _columns_by_name(current), _columns_by_name(reference)
-    scores = {}
-    for name in drift_features(current):
-        if name in GROUPS:
-            if name not in drift_features(reference):
-                continue
-            scores[name] = psi(group_counts(reference, name)[1], group_counts(current, name)[1])
-            continue
-        if name not in reference_columns:
-            continue
-        ref_hist, cur_hist = reference_columns[name]["histogram"], current_columns[name]["histogram"]
-        if not np.allclose(ref_hist["edges"], cur_hist["edges"]):
-            raise StatsError(f"the histogram edges of {name} differ from the reference's: "
-                             "statistics of another version, not comparable")
-        starts = reference_bins(ref_hist["counts"])
-        scores[name] = psi(grouped_counts(ref_hist["counts"], starts), grouped_counts(cur_hist["counts"], starts))
-    return {name: (None if score is None else round(score, 6)) for name, score in scores.items()}
-
-
-def drift_report(current: dict, reference: dict, reference_label: str, current_label: str = "this run",
-                 expected: tuple[str, ...] = ()) -> dict:
-    """Scores, the features above PSI_THRESHOLD ("flagged") and those that drift by construction ("expected")."""
-    scores = drift_scores(current, reference)
-    above = [name for name, score in scores.items() if score is not None and score > PSI_THRESHOLD]
-    return {
-        "reference": reference_label,
-        "current": current_label,
-        "method": (f"population stability index over the reference's bins (numeric columns: ~{PSI_BINS} "
-                   f"bins of equal reference share; share floor {PSI_FLOOR})"),
-        "threshold": PSI_THRESHOLD,
-        "scores": scores,
-        "flagged": [name for name in above if name not in expected],
-        "expected": [name for name in expected if name in scores],
-    }
-
-
-def drift_level(score: float | None) -> str:
-    """The rule of thumb's word for a PSI."""
-    if score is None:
-        return "n/a"
-    return "stable" if score < 0.1 else ("moderate" if score <= PSI_THRESHOLD else "shifted")
-
-
-# --- carrying the statistics along -------------------------------------------------------
-
-
-def copy_stats_beside(shards_pattern: str, run_dir: str) -> str | None:
-    """Copy the stats.json of the folder holding `shards_pattern` into `run_dir`; its name there, or None.
-
-    The trainer calls it so a model's run folder holds the statistics of the rows it
-    was trained on (batch prediction scores skew against them). Local or gs://.
-    """
-    from taxifare_core import storage
-    from taxifare_core.storage import outputs
-
-    folder = str(shards_pattern).rstrip("/").rsplit("/", 1)[0]
-    source = outputs.published_path(storage.join(folder, STATS_FILE))
-    if not storage.exists(source):
-        return None
-    storage.copy_file(source, storage.join(run_dir, STATS_FILE))
-    return STATS_FILE

@@ -13,13 +13,12 @@ from pathlib import Path
 import apache_beam as beam
 import pandas as pd
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import preprocess
 from pipelines.preprocessing.bigquery import QueryError, build_query
-from pipelines.preprocessing.options import UsageError, resolve_config
+from pipelines.preprocessing.options import UsageError, parse_args, resolve_config
 from pipelines.preprocessing.pipeline import build_preprocess, write_outputs
 from pipelines.preprocessing.summary import counters_from_result
 from taxifare_core import contract, generate
@@ -74,14 +73,14 @@ def test_rejected_input_never_reaches_sql(kwargs):
 
 def bigquery_config(tmp_path, *extra):
     """A validated --source bigquery config (billing project given, as a real run needs)."""
-    options = PipelineOptions(["--source", "bigquery", "--data_size", "200k", "--project", "billing-project-1",
-                               "--output", str(tmp_path / "out"), *extra])
-    return options, resolve_config(options)
+    flags, options = parse_args(["--source", "bigquery", "--data_size", "200k", "--project", "billing-project-1",
+                                 "--output", str(tmp_path / "out"), *extra])
+    return options, resolve_config(flags, options)
 
 
 def test_bigquery_config_needs_a_project_and_export_a_bucket(tmp_path):
     with pytest.raises(UsageError, match="--project"):
-        resolve_config(PipelineOptions(["--source", "bigquery"]))
+        resolve_config(*parse_args(["--source", "bigquery"]))
     with pytest.raises(UsageError, match="--temp_location"):
         bigquery_config(tmp_path, "--read_method", "EXPORT")
     _, config = bigquery_config(tmp_path, "--read_method", "EXPORT", "--temp_location", "gs://bucket/tmp")
@@ -89,7 +88,7 @@ def test_bigquery_config_needs_a_project_and_export_a_bucket(tmp_path):
 
 
 def test_emulator_flag_needs_no_billing_project():
-    config = resolve_config(PipelineOptions(["--source", "bigquery", "--bigquery_emulator", "127.0.0.1:9050"]))
+    config = resolve_config(*parse_args(["--source", "bigquery", "--bigquery_emulator", "127.0.0.1:9050"]))
     assert config.bigquery_emulator == "127.0.0.1:9050"
     assert config.output.endswith("processed_2009-01-01_2015-01-01_1k")
 

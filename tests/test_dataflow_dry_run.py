@@ -20,15 +20,11 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import (
-    GoogleCloudOptions,
-    PipelineOptions,
-    WorkerOptions,
-)
+from apache_beam.options.pipeline_options import GoogleCloudOptions, WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipelines.cloud import dataflow
-from pipelines.preprocessing.options import resolve_config
+from pipelines.preprocessing.options import parse_args, resolve_config
 from pipelines.preprocessing.pipeline import build_dry_run_job, build_preprocess, write_outputs
 
 pytestmark = [pytest.mark.slow]
@@ -92,7 +88,7 @@ def test_job_is_named_and_configured_from_the_settings(job, argv):
     assert options.view_as(WorkerOptions).max_num_workers == 7
     assert options.view_as(WorkerOptions).machine_type == "n2-standard-4"
     assert options.view_as(GoogleCloudOptions).service_account_email == SETTINGS.service_account
-    config = resolve_config(options)
+    config = resolve_config(*parse_args(argv))
     assert config.output == "gs://taxifare-test-bucket/processed/processed_2009-01-01_2015-01-01_200k"
     assert config.table == "wagon-public-datasets.taxifare.raw_200k"
     images = []
@@ -134,9 +130,10 @@ def test_workers_dependencies_leave_tensorflow_out():
 def test_every_dofn_is_importable_from_the_package():
     """DoFns and mapped functions live in modules the workers import: none comes from __main__."""
     # The graph does not depend on the runner; the local one keeps Beam from checking the gs:// bucket.
-    options = PipelineOptions(["--source", "bigquery", "--project", "p-project"])
+    flags, options = parse_args(["--source", "bigquery", "--project", "p-project"])
+    config = resolve_config(flags, options)
     pipeline = beam.Pipeline(options=options)
-    write_outputs(build_preprocess(pipeline, resolve_config(options)), resolve_config(options))
+    write_outputs(build_preprocess(pipeline, config), config)
     functions = []
 
     class Collect(beam.pipeline.PipelineVisitor):

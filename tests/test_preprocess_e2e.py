@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from pipelines import preprocess
-from taxifare_core import contract, generate
+from taxifare_core import contract, default_sample, generate
 from taxifare_core.cleaning import clean
 from taxifare_core.features import processed_rows
 from taxifare_core.parsing import parse_frame
@@ -184,7 +184,7 @@ def test_no_flags_runs_on_the_embedded_sample(isolated_local_paths):
     assert {"train-00000-of-00001.csv", "val-00000-of-00001.csv"} <= files and (outputs[0] / "summary.json").exists()
     assert any(f.startswith("errors-") and f.endswith(".jsonl") for f in files)
     summary = json.loads((outputs[0] / "summary.json").read_text())
-    assert summary["rows_read"] == generate.DEFAULT_SAMPLE_ROWS and summary["balanced"]
+    assert summary["rows_read"] == default_sample.DEFAULT_SAMPLE_ROWS and summary["balanced"]
     assert "train rows" in done.stdout
 
 
@@ -219,6 +219,8 @@ def test_generated_raw_rides_match_taxifare_core(generated_rides_path, tmp_path)
     # Beam only logs unknown flags and runs anyway; a typo must stop the run.
     (["--num_shard", "3"], "unknown flag --num_shard (did you mean --num_shards?)"),
     (["--bogus"], "unknown flag --bogus"),
+    (["--runner", "DataflowRunner", "--bogus"], "unknown flag --bogus"),  # Beam's logs not let through either
+    (["--out", "/tmp/x"], "unknown flag --out (did you mean --output?)"),  # no prefix matching
     # Beam would try to create a bucket (minutes offline) or reject the project late.
     (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
       "--temp_location", "/tmp/x"], "must be a gs:// path"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +56,8 @@ def test_round_trip_latest_and_by_name(tmp_path, tiny_model):
     named = registry.load_model(names[0], registry=str(tmp_path))
     np.testing.assert_allclose(named.predict(x, verbose=0), tiny_model.predict(x, verbose=0), rtol=1e-5)
     assert registry.load_metrics(registry=str(tmp_path)) == {"val_mae": 2.5}
-    assert registry.load_params(names[0], registry=str(tmp_path)) == {"learning_rate": 0.001}
+    params = Path(registry.run_path(names[0], str(tmp_path))) / registry.PARAMS_FILE
+    assert json.loads(params.read_text()) == {"learning_rate": 0.001}
 
 
 def test_metadata_is_plain_json(tmp_path, tiny_model):

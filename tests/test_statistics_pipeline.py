@@ -19,7 +19,8 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 from pipelines import preprocess
 from pipelines import report as report_cli
 from pipelines.preprocessing.encode import ProcessedBatch, encode_rides
-from pipelines.preprocessing.statistics import EXIT_DRIFT, ComputeStatistics, FeatureStatisticsFn
+from pipelines.preprocessing.statistics import ComputeStatistics, FeatureStatisticsFn
+from pipelines.run_statistics import EXIT_DRIFT
 from pipelines.preprocessing.threads import MIN_ROWS_PER_THREAD
 from taxifare_core import contract, stats
 from taxifare_core.cleaning import clean

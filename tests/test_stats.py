@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines.preprocessing.encode import encode_rides
-from taxifare_core import contract, stats
+from taxifare_core import contract, drift, stats, stats_file
 from taxifare_core.cleaning import clean
 from taxifare_core.parsing import parse_frame
 
@@ -129,15 +129,15 @@ def test_sixty_five_feature_statistics_have_no_fare(processed_rides):
     rows, _, _ = processed_rides
     split = finalize_rows(rows[:, :contract.N_FEATURES])
     assert [c["name"] for c in split["columns"]] == list(contract.FEATURE_NAMES)
-    assert "fare_amount" not in stats.drift_scores(split, finalize_rows(rows))
+    assert "fare_amount" not in drift.drift_scores(split, finalize_rows(rows))
 
 
 def test_empty_split_and_json_round_trip():
     empty = stats.empty_split()
     assert empty["rows"] == 0 and empty["columns"][0]["mean"] is None and empty["rides_per_month"] == {}
     text = json.dumps({"splits": {"train": empty, "val": empty}})
-    assert stats.parse_stats(text, "x")["splits"]["val"]["rows"] == 0
-    assert stats.drift_scores(empty, empty)["fare_amount"] is None
+    assert stats_file.parse_stats(text, "x")["splits"]["val"]["rows"] == 0
+    assert drift.drift_scores(empty, empty)["fare_amount"] is None
 
 
 @pytest.mark.parametrize("text, message", [
@@ -146,27 +146,27 @@ def test_empty_split_and_json_round_trip():
     ('{"splits": {"train": {"rows": 1}}}', "has no rows and columns"),
 ])
 def test_a_foreign_file_is_not_a_stats_file(text, message):
-    with pytest.raises(stats.StatsError, match=message):
-        stats.parse_stats(text, "f.json")
+    with pytest.raises(stats_file.StatsError, match=message):
+        stats_file.parse_stats(text, "f.json")
 
 
 def test_psi_against_hand_computed_values():
     # shares (0.5, 0.5) -> (0.25, 0.75): (0.25-0.5) ln(0.25/0.5) + (0.75-0.5) ln(0.75/0.5)
-    assert stats.psi([50, 50], [25, 75]) == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
-    assert stats.psi([10, 20, 70], [10, 20, 70]) == 0.0
-    assert stats.psi([1, 1], [2, 2]) == 0.0  # shares, not counts
+    assert drift.psi([50, 50], [25, 75]) == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
+    assert drift.psi([10, 20, 70], [10, 20, 70]) == 0.0
+    assert drift.psi([1, 1], [2, 2]) == 0.0  # shares, not counts
     # an empty current bin gets the 1e-4 floor: (1e-4 - 0.5) ln(1e-4 / 0.5) + (1 - 0.5) ln(1 / 0.5)
     expected = (1e-4 - 0.5) * math.log(1e-4 / 0.5) + 0.5 * math.log(2)
-    assert stats.psi([5, 5], [0, 10]) == pytest.approx(expected)
-    assert stats.psi([0, 0], [1, 2]) is None
+    assert drift.psi([5, 5], [0, 10]) == pytest.approx(expected)
+    assert drift.psi([0, 0], [1, 2]) is None
 
 
 def test_reference_bins_are_its_deciles_cut_at_fixed_edges():
     counts = [10] * 100
-    starts = stats.reference_bins(counts)
+    starts = drift.reference_bins(counts)
     assert starts.tolist() == list(range(0, 100, 10))
-    assert stats.grouped_counts(counts, starts).tolist() == [100.0] * 10
-    assert stats.reference_bins([0, 0, 100, 0]).tolist() == [0, 3]  # all in one bin: two groups at most
+    assert drift.grouped_counts(counts, starts).tolist() == [100.0] * 10
+    assert drift.reference_bins([0, 0, 100, 0]).tolist() == [0, 3]  # all in one bin: two groups at most
 
 
 def test_drift_scores_one_hot_groups_as_categoricals_with_none():
@@ -177,15 +177,15 @@ def test_drift_scores_one_hot_groups_as_categoricals_with_none():
     reference = finalize_rows(rows)
     moved = rows.copy()
     moved[:, contract.COLS_PICKUP_DISTRICT.start] = 1  # all in dr5ru now
-    labels, counts = stats.group_counts(finalize_rows(moved), "pickup_district")
+    labels, counts = drift.group_counts(finalize_rows(moved), "pickup_district")
     assert labels[0] == "dr5ru" and labels[-1] == "none" and counts[0] == 100 and counts[-1] == 0
-    scores = stats.drift_scores(finalize_rows(moved), reference)
+    scores = drift.drift_scores(finalize_rows(moved), reference)
     assert set(scores) == {"passenger_count_scaled", "days_since_2009_scaled", "hour_sin", "hour_cos",
                            "haversine_km_scaled", "manhattan_km_scaled", "fare_amount",
                            "weekday", "month", "pickup_district", "dropoff_district"}
     expected = (1 - 0.5) * math.log(1 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5)
     assert scores["pickup_district"] == pytest.approx(expected, abs=1e-6)
-    report = stats.drift_report(finalize_rows(moved), reference, "ref")
+    report = drift.drift_report(finalize_rows(moved), reference, "ref")
     assert report["flagged"] == ["pickup_district"]
-    val_vs_train = stats.drift_report(finalize_rows(moved), reference, "train", expected=("pickup_district",))
+    val_vs_train = drift.drift_report(finalize_rows(moved), reference, "train", expected=("pickup_district",))
     assert val_vs_train["flagged"] == [] and val_vs_train["expected"] == ["pickup_district"]

@@ -37,8 +37,7 @@ def test_files_folders_and_moves(tmp_path):
     assert storage.listdir(base) == ["a"] and storage.listdir(storage.join(base, "a")) == ["one.txt", "two.bin"]
     assert storage.isfile(storage.join(base, "a", "one.txt")) and storage.isdir(storage.join(base, "a"))
     assert storage.size(storage.join(base, "a", "two.bin")) == 2
-    with storage.open_binary(storage.join(base, "a", "two.bin")) as handle:
-        assert handle.read() == b"\x00\x02"
+    assert storage.open_input_stream(storage.join(base, "a", "two.bin")).read() == b"\x00\x02"
     with pytest.raises(FileNotFoundError):
         storage.size(storage.join(base, "a", "missing"))
     with pytest.raises(FileNotFoundError):
@@ -59,10 +58,9 @@ def test_files_folders_and_moves(tmp_path):
     assert storage.listdir(base) == []
 
 
-def test_bytes_stay_bytes_and_the_csv_stream_decompresses(tmp_path):
+def test_the_csv_stream_decompresses_by_extension(tmp_path):
     path = tmp_path / "rows.csv.gz"
     path.write_bytes(gzip.compress(b"1,2\n"))
-    assert storage.open_binary(str(path)).read() == path.read_bytes()  # open_binary: as stored
     assert storage.open_input_stream(str(path)).read() == b"1,2\n"  # the reader's stream: by extension
 
 

@@ -12,7 +12,7 @@ import apache_beam as beam
 import numpy as np
 import pandas as pd
 
-from pipelines.preprocessing.statistics import record_since, stage_timer
+from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import OUTSIDE_DATE_RANGE, counter
 from taxifare_core import contract
 from taxifare_core.cleaning import clean, duplicate_mask

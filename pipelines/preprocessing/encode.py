@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipelines.preprocessing.clean import utc_nanoseconds
 from pipelines.preprocessing.coders import BatchCoder, batches_of
-from pipelines.preprocessing.statistics import record_since, stage_timer
+from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import TRAIN, TRAIN_ROWS, VAL, VAL_ROWS, counter
 from pipelines.preprocessing.threads import shutdown, slice_count, thread_pool
 from taxifare_core import contract
@@ -112,14 +112,6 @@ class SplitTrainVal(beam.PTransform):
     def expand(self, batches):
         outputs = batches | "SplitByDate" >> beam.ParDo(SplitTrainValFn(self.val_start)).with_outputs(TRAIN, VAL)
         return {TRAIN: batches_of(outputs[TRAIN], ProcessedBatch), VAL: batches_of(outputs[VAL], ProcessedBatch)}
-
-
-def format_lines(batch: ProcessedBatch) -> str:
-    """A ProcessedBatch as CSV text: 66 columns, no header, float32 precision, lines joined by newline.
-
-    The text of taxifare_core's format_csv.
-    """
-    return format_csv(batch.rows)
 
 
 class FormatCsvLinesFn(beam.DoFn):

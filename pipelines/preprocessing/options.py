@@ -1,17 +1,17 @@
-"""Command-line options of `python -m pipelines.preprocess`, in Beam's PipelineOptions style.
+"""Command-line flags of `python -m pipelines.preprocess`, parsed once, as Beam's own examples (wordcount) do.
 
-`PreprocessOptions` declares this pipeline's flags; every other flag (`--runner`,
-`--direct_num_workers`, `--project`, `--temp_location`, ...) passes through to Beam.
-`resolve_config` validates them strictly and returns a `PreprocessConfig`:
+`flag_parser()` declares this pipeline's flags; `parse_known_args` takes them and every
+other flag (`--runner`, `--direct_num_workers`, `--project`, `--temp_location`, ...) goes to
+Beam's `PipelineOptions`. `resolve_config` validates both strictly and returns a `PreprocessConfig`:
 
-    options = PipelineOptions(argv)
-    config = resolve_config(options)     # raises UsageError with one clear line
+    flags, options = parse_args(argv)            # --help; a bad value of ours: one line, exit 2
+    check_beam_flags(options, vars(flags))       # a flag nobody knows: UsageError (Beam would only log it)
+    config = resolve_config(flags, options)      # raises UsageError with one clear line
 """
 from __future__ import annotations
 
 import argparse
 import calendar
-import difflib
 import hashlib
 import os
 from dataclasses import asdict, dataclass
@@ -33,10 +33,10 @@ from pipelines.preprocessing.bigquery import (
 )
 from pipelines.preprocessing.clean import DEDUPE_MODES
 from pipelines.preprocessing.sources import DEFAULT_BLOCK_ROWS
-from pipelines.preprocessing.statistics import resolve_reference
-from pipelines.runners import DEFAULT_RUNNER
+from pipelines.run_statistics import resolve_reference
+from pipelines.runners import DEFAULT_RUNNER, pipeline_options
 from taxifare_core import contract
-from taxifare_core.stats import StatsError
+from taxifare_core.stats_file import StatsError
 
 SOURCES = ("csv", "bigquery")
 READ_METHODS = ("DIRECT_READ", "EXPORT")
@@ -56,84 +56,81 @@ Beam flags pass through, for example:
 Counts, timings and the output folder are printed at the end and saved in OUTPUT/summary.json."""
 
 
-class PreprocessOptions(PipelineOptions):
+def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     """This pipeline's flags (the rest are Beam's)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--source", choices=SOURCES, default="csv",
-            help="where raw rides come from (default: csv)")
-        parser.add_argument(
-            "--input", default=None,
-            help="with --source csv: a file or glob of CSVs with a header (local or gs://); "
-                 "default: the embedded generated sample (100k rows, made once)")
-        parser.add_argument(
-            "--output", default=None,
-            help="output folder (local or gs://); default: "
-                 "$LOCAL_DATA_PATH/processed/processed_{min_date}_{max_date}_{size}")
-        parser.add_argument(
-            "--data_size", default=None,
-            help=f"with --source bigquery: the table, one of {', '.join(contract.DATA_SIZES)} "
-                 f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
-                 "label of the default output folder (default: the input folder's name and a "
-                 "6-digit hash of the input pattern)")
-        parser.add_argument(
-            "--min_date", default=contract.DEFAULT_MIN_DATE,
-            help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE}); "
-                 "CSV rows outside the window are counted as outside_date_range")
-        parser.add_argument(
-            "--max_date", default=contract.DEFAULT_MAX_DATE,
-            help="last pickup date kept, YYYY-MM-DD; as BigQuery's BETWEEN, it means midnight UTC, "
-                 f"so only rides at exactly 00:00:00 of that day are kept (default {contract.DEFAULT_MAX_DATE})")
-        parser.add_argument(
-            "--val_start", default=None,
-            help="rides picked up from this date (midnight UTC) on go to val, earlier ones to train; "
-                 "default: one month before --max_date")
-        parser.add_argument(
-            "--dedupe", choices=DEDUPE_MODES, default=DEFAULT_DEDUPE,
-            help="exact duplicates: 'batch' removes them within each block of --block_rows rows "
-                 "(flat memory, the origin course's chunked approach; default), 'global' across the "
-                 "whole input (a shuffle: exact, but local memory grows ~0.5 GB per million rows), "
-                 "'none' keeps them")
-        parser.add_argument(
-            "--num_shards", type=int, default=0,
-            help="shards per output (train, val, errors); 0 lets the runner decide (default). "
-                 "A fixed count makes the local runners hold the output in memory")
-        parser.add_argument(
-            "--block_rows", type=int, default=DEFAULT_BLOCK_ROWS,
-            help=f"rows per batch: the unit of vectorized work and of --dedupe batch (default {DEFAULT_BLOCK_ROWS:,})")
-        parser.add_argument(
-            "--bq_project", default=contract.BQ_PROJECT,
-            help=f"project holding the raw tables (default {contract.BQ_PROJECT})")
-        parser.add_argument(
-            "--bq_dataset", default=contract.BQ_DATASET,
-            help=f"dataset holding the raw tables (default {contract.BQ_DATASET})")
-        parser.add_argument(
-            "--read_method", choices=READ_METHODS, default="DIRECT_READ",
-            help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)")
-        parser.add_argument(
-            "--bigquery_emulator", default=None, metavar="HOST:PORT",
-            help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
-        parser.add_argument(
-            "--compare_to", default=None, metavar="REF",
-            help="score drift of this run's kept rows against an earlier run: its output folder or its "
-                 "stats.json (local or gs://); default: val is scored against train")
-        parser.add_argument(
-            "--fail_on_drift", action="store_true", default=False,
-            help="exit with code 3 (after writing every output) when a feature drifts "
-                 "(population stability index > 0.2)")
-        parser.add_argument(
-            "--no_statistics", action="store_true", default=False,
-            help="skip the feature statistics, stats.json and report.html (for benchmarks)")
-        parser.add_argument(
-            "--allow_empty", action="store_true", default=False,
-            help="publish the output even when no train or val row is left (default: such a run "
-                 "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
-        parser.add_argument(
-            "--log_level", choices=LOG_LEVELS, default=None,
-            help="Python logging level, Beam's included (default: Beam quiet on local runs); "
-                 "DEBUG also prints the traceback behind a one-line error such as a failed BigQuery read")
+    parser.add_argument(
+        "--source", choices=SOURCES, default="csv",
+        help="where raw rides come from (default: csv)")
+    parser.add_argument(
+        "--input", default=None,
+        help="with --source csv: a file or glob of CSVs with a header (local or gs://); "
+             "default: the embedded generated sample (100k rows, made once)")
+    parser.add_argument(
+        "--output", default=None,
+        help="output folder (local or gs://); default: "
+             "$LOCAL_DATA_PATH/processed/processed_{min_date}_{max_date}_{size}")
+    parser.add_argument(
+        "--data_size", default=None,
+        help=f"with --source bigquery: the table, one of {', '.join(contract.DATA_SIZES)} "
+             f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
+             "label of the default output folder (default: the input folder's name and a "
+             "6-digit hash of the input pattern)")
+    parser.add_argument(
+        "--min_date", default=contract.DEFAULT_MIN_DATE,
+        help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE}); "
+             "CSV rows outside the window are counted as outside_date_range")
+    parser.add_argument(
+        "--max_date", default=contract.DEFAULT_MAX_DATE,
+        help="last pickup date kept, YYYY-MM-DD; as BigQuery's BETWEEN, it means midnight UTC, "
+             f"so only rides at exactly 00:00:00 of that day are kept (default {contract.DEFAULT_MAX_DATE})")
+    parser.add_argument(
+        "--val_start", default=None,
+        help="rides picked up from this date (midnight UTC) on go to val, earlier ones to train; "
+             "default: one month before --max_date")
+    parser.add_argument(
+        "--dedupe", choices=DEDUPE_MODES, default=DEFAULT_DEDUPE,
+        help="exact duplicates: 'batch' removes them within each block of --block_rows rows "
+             "(flat memory, the origin course's chunked approach; default), 'global' across the "
+             "whole input (a shuffle: exact, but local memory grows ~0.5 GB per million rows), "
+             "'none' keeps them")
+    parser.add_argument(
+        "--num_shards", type=int, default=0,
+        help="shards per output (train, val, errors); 0 lets the runner decide (default). "
+             "A fixed count makes the local runners hold the output in memory")
+    parser.add_argument(
+        "--block_rows", type=int, default=DEFAULT_BLOCK_ROWS,
+        help=f"rows per batch: the unit of vectorized work and of --dedupe batch (default {DEFAULT_BLOCK_ROWS:,})")
+    parser.add_argument(
+        "--bq_project", default=contract.BQ_PROJECT,
+        help=f"project holding the raw tables (default {contract.BQ_PROJECT})")
+    parser.add_argument(
+        "--bq_dataset", default=contract.BQ_DATASET,
+        help=f"dataset holding the raw tables (default {contract.BQ_DATASET})")
+    parser.add_argument(
+        "--read_method", choices=READ_METHODS, default="DIRECT_READ",
+        help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)")
+    parser.add_argument(
+        "--bigquery_emulator", default=None, metavar="HOST:PORT",
+        help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
+    parser.add_argument(
+        "--compare_to", default=None, metavar="REF",
+        help="score drift of this run's kept rows against an earlier run: its output folder or its "
+             "stats.json (local or gs://); default: val is scored against train")
+    parser.add_argument(
+        "--fail_on_drift", action="store_true", default=False,
+        help="exit with code 3 (after writing every output) when a feature drifts "
+             "(population stability index > 0.2)")
+    parser.add_argument(
+        "--no_statistics", action="store_true", default=False,
+        help="skip the feature statistics, stats.json and report.html (for benchmarks)")
+    parser.add_argument(
+        "--allow_empty", action="store_true", default=False,
+        help="publish the output even when no train or val row is left (default: such a run "
+             "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
+    parser.add_argument(
+        "--log_level", choices=LOG_LEVELS, default=None,
+        help="Python logging level, Beam's included (default: Beam quiet on local runs); "
+             "DEBUG also prints the traceback behind a one-line error such as a failed BigQuery read")
 
 
 @dataclass(frozen=True)
@@ -165,8 +162,8 @@ class PreprocessConfig:
         return asdict(self)
 
 
-def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.ArgumentParser:
-    """The parser behind --help and the first, strict check of this pipeline's flags."""
+def flag_parser(prog: str = "python -m pipelines.preprocess") -> argparse.ArgumentParser:
+    """The parser of this pipeline's flags, behind --help (Beam's flags are listed in its epilog)."""
     parser = OneLineErrorParser(
         prog=prog,
         description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
@@ -179,36 +176,20 @@ def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
                     "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift.",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No prefix matching: `--out` must not pass for --output, nor a Beam flag's prefix for one of ours.
+        allow_abbrev=False,
     )
-    PreprocessOptions._add_argparse_args(parser)
+    add_preprocess_flags(parser)
     return parser
 
 
-def _all_options_parser() -> argparse.ArgumentParser:
-    """A parser of every flag any PipelineOptions class defines (Beam's and ours), as Beam parses them."""
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
+    """(this pipeline's flags, Beam's options from the rest): one parse each, as Beam's wordcount does.
 
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    return parser
-
-
-def check_flags(argv: list[str]) -> None:
-    """UsageError naming the first flag no option class knows, with the closest known one.
-
-    Beam itself only logs "Discarding unparseable args" and runs anyway; a typo
-    in a flag must stop the run instead.
+    --help prints and exits 0; a bad value of one of ours prints one line and exits 2.
     """
-    parser = _all_options_parser()
-    unknown = [arg for arg in parser.parse_known_args(argv)[1] if arg.startswith("-")]
-    if not unknown:
-        return
-    known = [flag for action in parser._actions for flag in action.option_strings]
-    name = unknown[0].split("=", 1)[0]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UsageError(f"unknown flag {name}{hint}; see --help")
+    flags, beam_args = flag_parser().parse_known_args(argv)
+    return flags, pipeline_options(beam_args)
 
 
 def one_month_before(day: date) -> date:
@@ -235,12 +216,12 @@ def _csv_size_label(pattern: str) -> str:
     return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
-def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
-    """Validate the flags and fill defaults; UsageError (one line) when something is wrong.
+def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_input=None) -> PreprocessConfig:
+    """Validate this pipeline's flags (and the Beam options they depend on), fill defaults; UsageError (one line).
 
-    `default_input` is called for the CSV input when --input is absent (it makes the embedded sample).
+    `flags` and `options` come from `parse_args`. `default_input` is called for the CSV input
+    when --input is absent (it makes the embedded sample).
     """
-    flags = options.view_as(PreprocessOptions)
     cloud = options.view_as(GoogleCloudOptions)
     try:
         low = parse_date(flags.min_date, "--min_date")

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipelines.preprocessing.coders import batches_of
-from pipelines.preprocessing.statistics import record_since, stage_timer
+from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
     DEAD_LETTER,

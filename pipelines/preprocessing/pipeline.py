@@ -20,18 +20,11 @@ from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import READ_BIGQUERY_LABEL, read_from_bigquery
 from pipelines.preprocessing.clean import CleanRides, FilterDateWindowFn
 from pipelines.preprocessing.encode import EncodeRides, FormatCsvLines, SplitTrainVal
-from pipelines.preprocessing.options import PreprocessConfig, UsageError, resolve_config
+from pipelines.preprocessing.options import PreprocessConfig, UsageError, flag_parser, resolve_config
 from pipelines.preprocessing.parse import ParseCsvBlocks
 from pipelines.preprocessing.records import ParseRecordBatches
 from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
-from pipelines.preprocessing.statistics import (
-    REPORT_FILE,
-    STATS_FILE,
-    STATS_PARTS,
-    ComputeStatistics,
-    publish_statistics,
-    write_text_file,
-)
+from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
     SUMMARY_FILE,
     build_summary,
@@ -48,8 +41,10 @@ from pipelines.preprocessing.tags import (
     VAL,
     VAL_BATCHES,
 )
+from pipelines.run_statistics import REPORT_FILE, publish_statistics
 from taxifare_core import contract, storage
 from taxifare_core.parsing import MalformedRecord
+from taxifare_core.stats_file import STATS_FILE
 from taxifare_core.storage import outputs
 
 
@@ -268,8 +263,9 @@ def build_dry_run_job(argv: list[str]):
     before any call to Google Cloud. Returns Beam's apiclient.Job: `.proto_pipeline`
     is the pipeline proto Dataflow would receive, `.proto` the job request.
     """
-    options = dataflow.dry_run_options(argv)
-    config = resolve_config(options)
+    flags, beam_args = flag_parser().parse_known_args(argv)
+    options = dataflow.dry_run_options(beam_args)
+    config = resolve_config(flags, options)
     pipeline = beam.Pipeline(options=options)
     write_outputs(build_preprocess(pipeline, config), config)
     return pipeline.run().job

@@ -26,7 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.preprocessing.coders import BatchCoder, batches_of
 from pipelines.preprocessing.parse import dead_letter_line, empty_rides, parsed_outputs
-from pipelines.preprocessing.statistics import record_since, stage_timer
+from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
     DEAD_LETTER,

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.preprocessing.statistics import STAGE_NAMESPACE, STAGE_PREFIX
+from pipelines.preprocessing.timers import STAGE_NAMESPACE, STAGE_PREFIX
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
     COUNTER_NAMESPACE,
@@ -23,7 +22,7 @@ from pipelines.preprocessing.tags import (
     TRAIN_ROWS,
     VAL_ROWS,
 )
-from taxifare_core import contract
+from taxifare_core import contract, storage
 from taxifare_core.storage import outputs
 
 SUMMARY_FILE = outputs.SUMMARY_FILE
@@ -94,9 +93,8 @@ def _with_rest(stages: dict, seconds: float) -> dict:
 
 
 def write_summary(path: str, summary: dict) -> None:
-    """Write the summary as JSON (local path or gs://)."""
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write((json.dumps(summary, indent=2) + "\n").encode())
+    """Write the summary as JSON (local path or gs://, atomic)."""
+    storage.write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def format_table(summary: dict) -> str:

@@ -40,7 +40,7 @@ RIDES, DEAD_LETTER, TRAIN, VAL, RAW = "rides", "dead_letter", "train", "val", "r
 TRAIN_BATCHES, VAL_BATCHES = "train_batches", "val_batches"
 
 
-# Stages timed per batch (Metrics distributions, see pipelines.preprocessing.statistics.stage_timer), in pipeline order.
+# Stages timed per batch (Metrics distributions, see pipelines.preprocessing.timers.stage_timer), in pipeline order.
 STAGES = ("parse", "filter_clean", "dedupe", "encode", "statistics", "format")
 
 

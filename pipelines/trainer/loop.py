@@ -29,7 +29,7 @@ from pipelines.trainer.checkpoint import (
     load_weights,
     write_checkpoint,
 )
-from taxifare_core import contract, stats, storage
+from taxifare_core import contract, stats_file, storage
 from taxifare_core.training import reader, registry
 from taxifare_core.training.baseline import RunningLinearFit, manhattan_km_of
 from taxifare_core.training.model import build_model, keras_module, validation_dataset
@@ -388,7 +388,7 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
         "train_shards": len(train_paths),
         "val_shards": len(val_paths),
         "history": state["history"],
-        "data_stats": stats.copy_stats_beside(settings["train"], run_dir),
+        "data_stats": stats_file.copy_stats_beside(settings["train"], run_dir),
     }
     params = {**settings, "incremental": True, "model": "contract section 5",
               "registry": registry.registry_root(run_dir.rstrip("/").rsplit("/", 1)[0])}

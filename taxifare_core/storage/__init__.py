@@ -9,7 +9,7 @@ a Cloud Storage listing, an atomic local write, and (in `taxifare_core.storage.g
 the exclusive create that makes run folders collision-safe.
 
     glob("/tmp/processed/train-*.csv")          # sorted list of paths
-    with open_binary("gs://bucket/run/metrics.json") as f: ...
+    write_text("gs://bucket/run/metrics.json", text)   # atomic: whole or not at all
     stream = open_input_stream("gs://bucket/processed/train-00000-of-00004.csv")  # for pyarrow.csv
 """
 from __future__ import annotations
@@ -251,18 +251,6 @@ def listdir(path: str) -> list[str]:
 
 
 @_cloud_errors_in_one_line
-def open_binary(path: str, mode: str = "rb"):
-    """A binary file object (Arrow NativeFile) for reading ("rb", seekable) or writing ("wb").
-
-    Bytes as stored: no decompression by extension.
-    """
-    fs, inner = _resolve(path)
-    if "r" in mode:
-        return fs.open_input_file(inner)
-    return fs.open_output_stream(inner, compression=None)
-
-
-@_cloud_errors_in_one_line
 def open_input_stream(path: str) -> pa.NativeFile:
     """An Arrow input stream over a file, decompressed by extension (.gz, .bz2, .zst, .lz4).
 
@@ -283,9 +271,15 @@ def read_text(path: str) -> str:
 
 @_cloud_errors_in_one_line
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a file atomically (local: temp file + rename; Cloud Storage objects are replaced whole)."""
+    """Write a file atomically (local: temp file + rename; Cloud Storage objects are replaced whole).
+
+    A missing local parent folder is made (Cloud Storage needs none). The one way this
+    project writes a whole file: JSON records, stats.json, report.html, summary.json.
+    """
     fs, inner = _resolve(path)
     target = inner if fs is not _LOCAL else f"{inner}.tmp-{os.getpid()}"
+    if fs is _LOCAL:
+        fs.create_dir(os.path.dirname(inner) or ".", recursive=True)
     with fs.open_output_stream(target, compression=None) as stream:
         stream.write(data)
     if target != inner:

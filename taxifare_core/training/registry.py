@@ -286,7 +286,3 @@ def load_metrics(name: str | None = None, registry: str | None = None) -> dict:
     """metrics.json of the latest (or named) finished run."""
     return read_json(storage.join(run_path(name, registry), METRICS_FILE))
 
-
-def load_params(name: str | None = None, registry: str | None = None) -> dict:
-    """params.json of the latest (or named) finished run."""
-    return read_json(storage.join(run_path(name, registry), PARAMS_FILE))
