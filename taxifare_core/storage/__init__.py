@@ -387,5 +387,11 @@ def check_writable(folder: str) -> None:
             pass
         fs.delete_file(inner)
     except OSError as error:
-        reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200]
-        raise NotWritableError(f"{folder} cannot be written ({reason})") from None
+        raise NotWritableError(f"{folder} cannot be written ({_reason(error)})") from None
+
+
+def _reason(error: OSError) -> str:
+    """An OSError's reason in a few words (Arrow's local errors carry the errno only in their text)."""
+    found = re.search(r"\[errno (\d+)\]", str(error))
+    code = error.errno or (int(found.group(1)) if found else None)
+    return os.strerror(code) if code else " ".join(str(error).split())[:200]

@@ -207,10 +207,10 @@ def unfinished_hint(pattern: str) -> str | None:
 
 
 def check_kind(folder: str, manifest: dict | None, kind: str) -> None:
-    """ValueError (one line) when the folder publishes another job's output (e.g. predictions into processed data)."""
+    """OutputUsageError (one line) when the folder publishes another job's output (e.g. predictions into processed data)."""
     found = (manifest or {}).get("kind")
     if found and found != kind:
-        raise ValueError(f"output {folder} holds a {found} output, not a {kind} one: pass another --output")
+        raise OutputUsageError(f"output {folder} holds a {found} output, not a {kind} one: pass another --output")
 
 
 def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] | None = None,
