@@ -232,8 +232,18 @@ def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] |
 
 
 def is_marked_run(folder: str, name: str) -> bool:
-    """True for a run folder this project created: named like one, with its marker inside."""
-    return bool(_RUN_NAME.match(name)) and storage.isfile(storage.join(folder, name, MARKER_FILE))
+    """True for a run folder this project created: named like one, with its marker inside.
+
+    Also a folder of today's exact name holding nothing but an interrupted marker write
+    (a run killed between making its folder and marking it): removing it loses nothing.
+    """
+    if not _RUN_NAME.match(name):
+        return False
+    path = storage.join(folder, name)
+    if storage.isfile(storage.join(path, MARKER_FILE)):
+        return True
+    return "." in name and storage.isdir(path) and all(
+        entry.startswith(f"{MARKER_FILE}.tmp-") for entry in storage.listdir(path))
 
 
 def _published_runs(manifest: dict | None) -> set[str]:
