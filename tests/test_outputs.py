@@ -576,3 +576,26 @@ def test_registry_and_output_runs_are_named_by_one_function_and_old_registry_nam
 
     assert re.fullmatch(pattern, new) and re.fullmatch("run-" + pattern, outputs.new_run_name())
     assert new.split("-")[0] <= outputs.run_id().split("-")[0]
+
+
+def test_a_trainer_finishes_on_its_shards_while_preprocessing_publishes_into_their_folder(rides, tmp_path, capsys):
+    from pipelines import train
+
+    output = tmp_path / "out"
+    args = ["--input", str(rides), "--output", str(output), "--num_shards", "3"]
+    assert preprocess.main(args) == 0
+    first = json.loads((output / "summary.json").read_text())
+    republished = []
+
+    def republish(stage, chunk, model):
+        if (stage, chunk) == ("end", 1):  # the next shards are still to be opened
+            assert preprocess.main(args) == 0
+            republished.append(outputs.read_manifest(str(output))["run"])
+
+    metrics = train.run(train.parse_args([
+        "--train", str(output / "train-*.csv"), "--val", str(output / "val-*.csv"),
+        "--registry", str(tmp_path / "registry"), "--chunk_size", "30", "--max_epochs_per_chunk", "1",
+        "--seed", "1"]), on_chunk=republish)
+    assert republished and republished[0] != first["output"]["run"]
+    assert metrics["rows"] == first["train_rows"]  # the whole first run, not a mix
+    assert f"kept {output / first['output']['run']}: a reader is still using it" in capsys.readouterr().err
