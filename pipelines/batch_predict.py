@@ -42,19 +42,18 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.parse import RawBlock, split_lines
-from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
+from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
 from pipelines.runners import pipeline_options
 from taxifare_core import contract, storage
 from taxifare_core.drift import drift_report
-from taxifare_core.parsing import MalformedRecord, clip_record
+from taxifare_core.parsing import clip_record
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
 from taxifare_core.stats_file import STATS_FILE, parse_stats
 from taxifare_core.storage import outputs
@@ -74,14 +73,6 @@ class EncodedBlock:
 
     keys: tuple[str, ...]
     features: np.ndarray
-
-
-def read_columns(path: str) -> tuple[str, ...]:
-    """A CSV file's header columns; UsageError when a needed column is absent."""
-    try:
-        return read_header(path, required=SERVING_COLUMNS)[0]
-    except MalformedRecord as error:
-        raise UsageError(error.reason) from None
 
 
 def _csv_line(*fields) -> str:
@@ -278,29 +269,16 @@ def _hide_resource_module_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Resource module is not available")
 
 
-def input_files(input_glob: str) -> list[str]:
-    """The CSV files the input names (a published output's files when it points into one); UsageError if none."""
-    try:
-        files = outputs.resolve(input_glob)
-    except outputs.IncompleteOutputError as error:
-        raise UsageError(str(error)) from None
-    if files is None:
-        files = [m.path for m in FileSystems.match([input_glob])[0].metadata_list]
-    if not files:
-        raise UsageError(outputs.unfinished_hint(input_glob) or f"no file matches {input_glob}")
-    return files
-
-
 def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_dir: str | None = None,
-        beam_args: list[str] | None = None, block_rows: int = PREDICT_BLOCK_ROWS) -> dict:
+        beam_args: list[str] | None = None, block_rows: int = PREDICT_BLOCK_ROWS, force: bool = False) -> dict:
     """Run the batch prediction and print a summary; returns counts and output globs.
 
-    Crash-safe as preprocessing (`taxifare_core.storage.outputs`): one run at a time per
-    output folder; the run writes OUTPUT/run-<id>/ and publishes it by writing
-    OUTPUT/summary.json last, so a failed or killed run leaves the previous
-    predictions as they were.
-    UsageError when no file matches, a header lacks a column, the output is a file
-    or another run writes there; registry.NoModelError when no model.
+    Crash-safe as preprocessing, through the same `taxifare_core.storage.outputs.publishing_run`:
+    one run at a time per output folder; the run writes OUTPUT/run-<id>/ and publishes it
+    by writing OUTPUT/summary.json last, so a failed or killed run leaves the previous
+    predictions as they were; only runs this job provably wrote are removed, after publishing.
+    UsageError when no file matches, a header lacks a column, the output is a file, someone
+    else's folder (unless `force`), unwritable, or another run writes there; registry.NoModelError when no model.
     """
     started = time.perf_counter()
     output_dir = output_dir.rstrip("/") or "/"
@@ -313,19 +291,13 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     # An empty or truncated model.keras is refused here, in one line, not as a worker's traceback.
     registry.check_run_model(model_run)
     model_uri = storage.join(model_run, registry.MODEL_FILE)
-    files = input_files(input_glob)
-    for path in files:
-        read_columns(path)
+    files = check_inputs(input_glob, SERVING_COLUMNS)
     try:
-        lock = outputs.claim(output_dir)
-    except (ValueError, outputs.OutputLockedError) as error:
+        with outputs.publishing_run(output_dir, KIND, force, lambda line: print(f"warning: {line}", flush=True)) \
+                as run_folder:
+            summary = predict_and_publish(files, run_folder, model_uri, options, block_rows, started)
+    except outputs.OutputUsageError as error:
         raise UsageError(str(error)) from None
-    try:
-        if lock.warning:
-            print(f"warning: {lock.warning}", flush=True)
-        summary = _run_locked(files, output_dir, model_uri, options, block_rows, started)
-    finally:
-        lock.release()
     print(f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
           f"{summary['dead_letter']:,} could not be priced -> {summary['dead_letter_files']}")
     skew = summary["skew"]
@@ -337,47 +309,28 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     return summary
 
 
-def _run_locked(files: list[str], output_dir: str, model_uri: str, options, block_rows: int,
-                started: float) -> dict:
-    """run()'s body once the output folder's lock is held: write a run folder, publish it, tidy up."""
-    try:
-        previous = outputs.read_manifest(output_dir)
-    except outputs.IncompleteOutputError:
-        previous = None
-    try:
-        outputs.check_kind(output_dir, previous, KIND)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    outputs.remove_litter(output_dir, previous)
-    run_folder = outputs.new_run_name()
-    run_dir = storage.join(output_dir, run_folder)
+def predict_and_publish(files: list[str], run_folder: outputs.RunFolder, model_uri: str, options, block_rows: int,
+                        started: float) -> dict:
+    """Price the rides into the run folder, then publish it."""
+    run_dir = run_folder.path
     print(f"predicting {len(files)} file(s) with {model_uri} -> {run_dir}", flush=True)
     # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
     # it is (Beam's import of it fails without torch), and that is harmless noise for users.
     logging.getLogger().addFilter(_hide_resource_module_warning)
-    published = False
-    try:
-        pipeline = beam.Pipeline(options=options)
-        build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows)
-        result = pipeline.run()
-        result.wait_until_finish()
-        summary = {
-            "predicted": _counter(result, PREDICTIONS),
-            "dead_letter": _counter(result, DEAD_LETTER),
-            "predictions": storage.join(run_dir, f"{PREDICTIONS}-*.csv"),
-            "dead_letter_files": storage.join(run_dir, f"{DEAD_LETTER}-*.csv"),
-            "model": model_uri,
-            "inputs": files,
-            "statistics": storage.join(run_dir, STATS_FILE),
-            "skew": publish_prediction_statistics(run_dir, model_uri),
-            "seconds": time.perf_counter() - started,
-        }
-        written = outputs.publish(output_dir, run_folder, summary, kind=KIND)
-        published = True
-    finally:
-        if not published:
-            storage.remove_tree(run_dir)
-    # Flat files of the layout before run folders, and older runs: the new output replaces them.
-    outputs.remove_litter(output_dir, written[outputs.MANIFEST_KEY],
-                          [f"{PREDICTIONS}-*-of-*.csv", f"{DEAD_LETTER}-*-of-*.csv"])
+    pipeline = beam.Pipeline(options=options)
+    build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = {
+        "predicted": _counter(result, PREDICTIONS),
+        "dead_letter": _counter(result, DEAD_LETTER),
+        "predictions": storage.join(run_dir, f"{PREDICTIONS}-*.csv"),
+        "dead_letter_files": storage.join(run_dir, f"{DEAD_LETTER}-*.csv"),
+        "model": model_uri,
+        "inputs": files,
+        "statistics": storage.join(run_dir, STATS_FILE),
+        "skew": publish_prediction_statistics(run_dir, model_uri),
+        "seconds": time.perf_counter() - started,
+    }
+    run_folder.publish(summary)
     return summary

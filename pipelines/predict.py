@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="raw ride CSVs with a header (local or gs://); `key` column optional")
     batch.add_argument("--output", default=None, metavar="DIR",
                        help="folder for predictions-*.csv (key,fare_pred) and dead_letter-*.csv")
+    batch.add_argument("--force", action="store_true",
+                       help="write into a non-empty --output that holds no output of this project: the run is "
+                            "written beside those files, which are never removed (default: refused, exit code 2)")
     parser.add_argument("--registry", default=str(contract.local_registry_path()),
                         help="model registry folder (local or gs://)")
     parser.add_argument("--run", default=None, help="run folder name to use (default: the latest)")
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.runners import check_beam_flags, pipeline_options
 
         check_beam_flags(pipeline_options(beam_args), vars(args))  # Beam would only log them and run anyway
-        batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
+        batch_predict.run(args.input, args.output, args.run, args.registry, beam_args, force=args.force)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:
         return report_usage_error(PROG, error)

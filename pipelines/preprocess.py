@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import bigquery_read_failure
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, parse_args, resolve_config
-from pipelines.preprocessing.pipeline import EmptyOutputError, build_dry_run_job, run
+from pipelines.preprocessing.pipeline import DriftGateError, EmptyOutputError, build_dry_run_job, run
 from pipelines.preprocessing.summary import SUMMARY_FILE, format_table
 from pipelines.preprocessing.tags import PROGRESS
 from pipelines.run_statistics import EXIT_DRIFT, REPORT_FILE, print_drift
@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(error.summary))
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 1
+    except DriftGateError as error:
+        print(format_table(error.summary))
+        print_drift(error.summary["drift"])
+        print(f"statistics: {error.run_dir}/{STATS_FILE}, report: {error.run_dir}/{REPORT_FILE}")
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return EXIT_DRIFT
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if drift is not None:
         run_dir = f"{config.output}/{summary[outputs.MANIFEST_KEY]['run']}"
         print(f"statistics: {run_dir}/{STATS_FILE}, report: {run_dir}/{REPORT_FILE}")
+    for warning in summary.get("warnings", []):
+        print(f"preprocess: WARNING: {warning}", file=sys.stderr)
     if not summary["balanced"]:
         return 1
     return EXIT_DRIFT if config.fail_on_drift and drift and drift["flagged"] else 0

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: train, print the summary; one-line errors, exit code 2 (input) or 1 (the run failed)."""
     args = parse_args(argv)
     try:
+        storage.check_writable(registry.check_root(args.registry))  # a read-only registry: before any work
         run(args)
     except (UsageError, reader.ShardError, storage.StorageError, registry.NoModelError) as error:
         return report_usage_error(PROG, error)

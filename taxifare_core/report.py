@@ -310,6 +310,15 @@ def _stages_section(summary: dict) -> str:
               "(reading, writing the shards, Beam's own work), meaningful for an in-process run.</p>")
 
 
+def _unpublished_note(summary: dict) -> str:
+    """A banner for a run kept unpublished (summary["not_published"] says why), else nothing."""
+    reason = summary.get("not_published")
+    if not reason:
+        return ""
+    return (f'<p class="flagged"><b>This run was NOT published</b>: {html.escape(reason)}. The output folder\'s '
+            "summary.json still names the previous run; this run's files are kept here for inspection.</p>")
+
+
 def render_report(summary: dict, stats_payload: dict, reference: dict | None = None) -> str:
     """The HTML page (a string) for a run's summary.json and stats.json, optionally against a reference's stats."""
     series = _series(stats_payload, reference)
@@ -324,7 +333,7 @@ def render_report(summary: dict, stats_payload: dict, reference: dict | None = N
                 f"({summary.get('train_rows', 0):,} train, {summary.get('val_rows', 0):,} val); drift flagged: "
                 f"<b>{html.escape(', '.join(drift.get('flagged', [])) or 'nothing')}</b>")
     body = [
-        '<h1>Preprocessing run report</h1>', f"<p>{headline}</p>",
+        '<h1>Preprocessing run report</h1>', _unpublished_note(summary), f"<p>{headline}</p>",
         '<h2 id="run">Run</h2>', _table(["setting", "value"], run_rows),
         '<h2 id="funnel">Row funnel</h2>', funnel_figure(summary),
         _table(["step", "rows"], [[label, f"{n:,}"] for label, n in funnel_rows(summary)]),

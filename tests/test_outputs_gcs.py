@@ -33,12 +33,17 @@ def test_publish_resolve_and_refuse_an_incomplete_set_on_gs(gs_root):
     run = outputs.new_run_name()
     storage.write_text(f"{folder}/{run}/train-00000-of-00002.csv", "1,2\n")
     storage.write_text(f"{folder}/{run}/train-00001-of-00002.csv", "3,4\n")
-    storage.write_text(f"{folder}/beam-temp-train-0a/x", "x")  # an earlier crash's leftovers
+    storage.write_text(f"{folder}/beam-temp-train-0a/x", "x")  # someone else's: never removed
     outputs.publish(folder, run, {"train_rows": 2})
     assert json.loads(storage.read_text(f"{folder}/summary.json"))["output"]["run"] == run
     assert reader.shard_paths(f"{folder}/train-*.csv") == [
         f"{folder}/{run}/train-00000-of-00002.csv", f"{folder}/{run}/train-00001-of-00002.csv"]
-    assert outputs.remove_litter(folder, outputs.read_manifest(folder)) == ["beam-temp-train-0a"]
+    stale = outputs.new_run_name()  # a killed run's folder: marked, so provably this project's
+    storage.write_text(f"{folder}/{stale}/{outputs.MARKER_FILE}", "{}")
+    storage.write_text(f"{folder}/{stale}/train-00000-of-00001.csv", "9\n")
+    assert outputs.foreign_entries(folder) == []
+    assert outputs.tidy(folder, outputs.read_manifest(folder), None) == ([stale], [])
+    assert storage.listdir(folder) == sorted([run, "beam-temp-train-0a", "summary.json"])  # not ours: kept
     storage.remove_file(f"{folder}/{run}/train-00001-of-00002.csv")
     with pytest.raises(reader.ShardError, match=f"incomplete output in {folder}: .*train-00001-of-00002.csv is missing"):
         reader.shard_paths(f"{folder}/train-*.csv")

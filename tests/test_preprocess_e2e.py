@@ -191,10 +191,12 @@ def test_no_flags_runs_on_the_embedded_sample(isolated_local_paths):
 def test_rerun_replaces_previous_shards(dirty, tmp_path):
     folder, paths, _ = dirty
     output = tmp_path / "out"
-    (output).mkdir()
-    (output / "train-00000-of-00003.csv").write_text("stale\n")
     assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output)]) == 0
-    assert not (output / "train-00000-of-00003.csv").exists()
+    first = json.loads((output / "summary.json").read_text())["output"]["run"]
+    assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output)]) == 0
+    second = json.loads((output / "summary.json").read_text())["output"]["run"]
+    assert second != first and not (output / first).exists()
+    assert {Path(p).parent.name for p in output.glob("*/train-*.csv")} == {second}
 
 
 def test_generated_raw_rides_match_taxifare_core(generated_rides_path, tmp_path):

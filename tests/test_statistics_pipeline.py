@@ -128,6 +128,12 @@ def published(folder: Path, name: str) -> Path:
     return Path(outputs.published_path(str(folder / name)))
 
 
+def kept(folder: Path) -> Path:
+    """The one run folder a run stopped by --fail_on_drift kept for inspection (it is not published)."""
+    [run] = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(outputs.RUN_PREFIX)]
+    return run
+
+
 def load(folder: Path, name: str = "stats.json") -> dict:
     return json.loads(published(folder, name).read_text())
 
@@ -162,12 +168,12 @@ def test_an_unchanged_copy_is_flagged_on_nothing(sample_runs):
 
 def test_fares_times_one_and_a_half_are_flagged_on_fare_amount_and_fail_the_run(sample_runs):
     folder, code = sample_runs["dearer"]
-    drift = load(folder)["drift"]
+    drift = json.loads((kept(folder) / "stats.json").read_text())["drift"]
     assert drift["flagged"] == ["fare_amount"], drift["scores"]
     assert drift["scores"]["fare_amount"] > 0.2
-    assert code == EXIT_DRIFT  # --fail_on_drift, after writing everything:
-    assert published(folder, "report.html").exists() and (folder / "summary.json").exists()
-    assert outputs.resolve(str(folder / "train-*.csv"))
+    assert code == EXIT_DRIFT  # --fail_on_drift: everything written, kept for inspection, not published
+    assert "This run was NOT published" in (kept(folder) / "report.html").read_text()
+    assert not (folder / "summary.json").exists() and (kept(folder) / "summary.json").exists()
 
 
 class _Collector(HTMLParser):
@@ -188,7 +194,7 @@ class _Collector(HTMLParser):
 
 def test_report_parses_holds_every_section_and_references_nothing_outside(sample_runs):
     folder, _ = sample_runs["dearer"]
-    text = published(folder, "report.html").read_text()
+    text = (kept(folder) / "report.html").read_text()
     parser = _Collector()
     parser.feed(text)
     parser.close()
@@ -204,7 +210,7 @@ def test_report_cli_regenerates_against_a_reference(sample_runs, tmp_path, capsy
     folder, _ = sample_runs["copy"]
     reference, _ = sample_runs["dearer"]
     out = tmp_path / "r.html"
-    assert report_cli.main([str(folder), "--compare_to", str(reference), "--out", str(out)]) == 0
+    assert report_cli.main([str(folder), "--compare_to", str(kept(reference) / "stats.json"), "--out", str(out)]) == 0
     text = out.read_text()
     assert '<tr class="flagged"><td class="name">fare_amount</td>' in text and ">reference<" in text  # the reference drawn beside train and val
     assert report_cli.main([str(tmp_path / "nowhere")]) == 2

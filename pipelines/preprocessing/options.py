@@ -118,8 +118,9 @@ def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
              "stats.json (local or gs://); default: val is scored against train")
     parser.add_argument(
         "--fail_on_drift", action="store_true", default=False,
-        help="exit with code 3 (after writing every output) when a feature drifts "
-             "(population stability index > 0.2)")
+        help="when a feature drifts (population stability index > 0.2): do not publish the run (its files "
+             "and report stay in OUTPUT/run-<id>/ for inspection, summary.json keeps naming the previous "
+             "run) and exit with code 3")
     parser.add_argument(
         "--no_statistics", action="store_true", default=False,
         help="skip the feature statistics, stats.json and report.html (for benchmarks)")
@@ -127,6 +128,10 @@ def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
         "--allow_empty", action="store_true", default=False,
         help="publish the output even when no train or val row is left (default: such a run "
              "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
+    parser.add_argument(
+        "--force", action="store_true", default=False,
+        help="write into a non-empty --output that holds no output of this project: the run is written "
+             "beside those files, which are never removed (default: such a folder is refused, exit code 2)")
     parser.add_argument(
         "--log_level", choices=LOG_LEVELS, default=None,
         help="Python logging level, Beam's included (default: Beam quiet on local runs); "
@@ -156,6 +161,7 @@ class PreprocessConfig:
     fail_on_drift: bool = False
     statistics: bool = True
     allow_empty: bool = False
+    force: bool = False
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -173,7 +179,7 @@ def flag_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
                     "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
                     "or killed run leaves the previous output as it was. Exit codes: 0 done, "
                     "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
-                    "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift.",
+                    "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift (not published).",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # No prefix matching: `--out` must not pass for --output, nor a Beam flag's prefix for one of ours.
@@ -298,4 +304,5 @@ def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_
         fail_on_drift=flags.fail_on_drift,
         statistics=not flags.no_statistics,
         allow_empty=bool(flags.allow_empty),
+        force=bool(flags.force),
     )

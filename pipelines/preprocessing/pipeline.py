@@ -8,12 +8,12 @@ PCollections, so tests can feed `beam.Create` rows in place of the source;
 from __future__ import annotations
 
 import fnmatch
+import json
 import sys
 import time
 
 import apache_beam as beam
 import pandas as pd
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.cloud import dataflow
@@ -23,7 +23,7 @@ from pipelines.preprocessing.encode import EncodeRides, FormatCsvLines, SplitTra
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, flag_parser, resolve_config
 from pipelines.preprocessing.parse import ParseCsvBlocks
 from pipelines.preprocessing.records import ParseRecordBatches
-from pipelines.preprocessing.sources import ReadCsvBlocks, read_header
+from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
     SUMMARY_FILE,
@@ -41,9 +41,8 @@ from pipelines.preprocessing.tags import (
     VAL,
     VAL_BATCHES,
 )
-from pipelines.run_statistics import REPORT_FILE, publish_statistics
+from pipelines.run_statistics import REPORT_FILE, publish_statistics, resolve_reference
 from taxifare_core import contract, storage
-from taxifare_core.parsing import MalformedRecord
 from taxifare_core.stats_file import STATS_FILE
 from taxifare_core.storage import outputs
 
@@ -159,12 +158,6 @@ class EmptyOutputError(RuntimeError):
             "pass --allow_empty to publish an empty output")
 
 
-def legacy_patterns(config: PreprocessConfig) -> list[str]:
-    """File names a run of the flat layout (shards directly in OUTPUT) left; never the raw cache a CSV run reads."""
-    names = [TRAIN, VAL, DEAD_LETTER] + ([RAW] if config.source == "bigquery" else [])
-    return [f"{OUTPUT_FILES[n][0]}-*-of-*{OUTPUT_FILES[n][1]}" for n in names] + [STATS_FILE, STATS_PARTS, REPORT_FILE]
-
-
 def carried_files(previous: dict | None, config: PreprocessConfig) -> dict[str, int]:
     """The previous output's raw cache, kept listed by a CSV run (which writes none)."""
     if config.source != "csv" or not previous:
@@ -174,86 +167,99 @@ def carried_files(previous: dict | None, config: PreprocessConfig) -> dict[str, 
             if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], f"{prefix}-*-of-*{suffix}")}
 
 
-def check_input(config: PreprocessConfig) -> list[str]:
-    """The CSV files the input matches, each with a usable header; UsageError otherwise."""
-    try:
-        matched = outputs.resolve(config.input)
-    except outputs.IncompleteOutputError as error:
-        raise UsageError(str(error)) from None
-    if matched is None:
-        matched = [m.path for m in FileSystems.match([config.input])[0].metadata_list]
-    if not matched:
-        raise UsageError(outputs.unfinished_hint(config.input) or f"no file matches --input {config.input}")
-    for path in matched:
-        try:
-            read_header(path)
-        except MalformedRecord as error:
-            raise UsageError(str(error)) from None
-    return matched
+class DriftGateError(RuntimeError):
+    """--fail_on_drift and drift flagged: the run is written, kept for inspection, not published (exit 3)."""
+
+    def __init__(self, summary: dict, run_dir: str):
+        self.summary, self.run_dir = summary, run_dir
+        flagged = ", ".join(summary["drift"]["flagged"])
+        super().__init__(f"drift flagged ({flagged}) with --fail_on_drift: this run is NOT published, the previous "
+                         f"output stays; its files and report are in {run_dir} for inspection")
+
+
+def empty_val_warning(summary: dict, config: PreprocessConfig) -> str | None:
+    """The warning for a run with train rows but an empty validation split (its drift, val vs train, means nothing)."""
+    if summary["val_rows"] or not summary["train_rows"]:
+        return None
+    line = f"the validation split is EMPTY: no kept ride from --val_start {config.val_start} on"
+    if config.compare_to:
+        return line
+    line += "; drift (val against train) could not be measured"
+    return line + (", so --fail_on_drift checked nothing" if config.fail_on_drift else "")
+
+
+def gate_reason(summary: dict, config: PreprocessConfig) -> str | None:
+    """Why this run must not be published, or None: no row left (unless --allow_empty), drift with --fail_on_drift."""
+    if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
+        return "no train or val row left (--allow_empty publishes such a run)"
+    drift = summary.get("drift")
+    if config.fail_on_drift and drift and drift["flagged"]:
+        return f"drift flagged ({', '.join(drift['flagged'])}) and --fail_on_drift was given"
+    return None
+
+
+def mark_report_unpublished(run_dir: str, summary: dict, config: PreprocessConfig) -> None:
+    """Rewrite the run's report.html so that it says the run was not published, and why (summary["not_published"])."""
+    from taxifare_core.report import render_report
+
+    payload = json.loads(storage.read_text(f"{run_dir}/{STATS_FILE}"))
+    reference = resolve_reference(config.compare_to)[1] if config.compare_to else None
+    storage.write_text(f"{run_dir}/{REPORT_FILE}", render_report(summary, payload, reference))
 
 
 def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     """Run the pipeline in a run folder of its own and publish it; returns the published summary.
 
-    One run at a time per output folder (UsageError for the second). The run
+    One run at a time per output folder (UsageError for the second, and for an
+    output that is not this project's to write: `outputs.publishing_run`). The run
     writes OUTPUT/run-<id>/ and publishes it by replacing OUTPUT/summary.json
     last; a failed or killed run leaves the previous output as it was.
-    EmptyOutputError (not published) when no row is left, unless config.allow_empty.
+    Not published, kept for inspection: EmptyOutputError when no row is left
+    (unless config.allow_empty), DriftGateError when drift is flagged with --fail_on_drift.
     """
     if config.source == "csv":
-        check_input(config)
-    try:
-        lock = outputs.claim(config.output)
-    except (ValueError, outputs.OutputLockedError) as error:
-        raise UsageError(str(error)) from None
+        check_inputs(config.input)
     source = config.input if config.source == "csv" else f"BigQuery {config.table}"
-    print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
-          file=sys.stderr)
     try:
-        if lock.warning:
-            print(f"preprocess: warning: {lock.warning}", file=sys.stderr)
-        return _run_locked(options, config)
-    finally:
-        lock.release()
-
-
-def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
-    """run()'s body, once the output folder's lock is held."""
-    try:
-        previous = outputs.read_manifest(config.output)
-    except outputs.IncompleteOutputError:
-        previous = None  # an unreadable summary.json publishes nothing worth keeping
-    try:
-        outputs.check_kind(config.output, previous, KIND)
-    except ValueError as error:
+        with outputs.publishing_run(config.output, KIND, config.force, _warn) as run_folder:
+            print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
+                  file=sys.stderr)
+            return write_and_publish(options, config, run_folder)
+    except outputs.OutputUsageError as error:
         raise UsageError(str(error)) from None
-    outputs.remove_litter(config.output, previous)
-    run_name = outputs.new_run_name()
-    run_dir = f"{config.output}/{run_name}"
-    keep_run_dir = False
-    try:
-        started = time.perf_counter()
-        pipeline = beam.Pipeline(options=options)
-        write_outputs(build_preprocess(pipeline, config), config, run_dir)
-        result = pipeline.run()
-        result.wait_until_finish()
-        summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
-                                stages_from_result(result))
-        if config.statistics:  # into the run folder: published with it, or kept for inspection
-            summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
-        if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
-            outputs.remove_beam_temp(run_dir)
-            write_summary(f"{run_dir}/{SUMMARY_FILE}", summary)
-            keep_run_dir = True
-            raise EmptyOutputError(summary, run_dir)
-        published = outputs.publish(config.output, run_name, summary, carried_files(previous, config), KIND)
-        keep_run_dir = True
-    finally:
-        if not keep_run_dir:
-            storage.remove_tree(run_dir)
-    # The new output is in place: what the previous one used can go.
-    outputs.remove_litter(config.output, published[outputs.MANIFEST_KEY], legacy_patterns(config))
-    return published
+
+
+def _warn(line: str) -> None:
+    print(f"preprocess: warning: {line}", file=sys.stderr)
+
+
+def write_and_publish(options: PipelineOptions, config: PreprocessConfig, run_folder: outputs.RunFolder) -> dict:
+    """Run the pipeline into the run folder, then publish it, or keep it unpublished and raise why."""
+    run_dir = run_folder.path
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    write_outputs(build_preprocess(pipeline, config), config, run_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
+                            stages_from_result(result))
+    if config.statistics:  # into the run folder: published with it, or kept for inspection
+        summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
+        warning = empty_val_warning(summary, config)
+        if warning:
+            summary["warnings"] = [warning]
+    reason = gate_reason(summary, config)
+    if reason is None:
+        return run_folder.publish(summary, carried_files(run_folder.previous, config))
+    outputs.remove_beam_temp(run_dir)
+    run_folder.keep_unpublished()
+    summary["not_published"] = reason
+    write_summary(f"{run_dir}/{SUMMARY_FILE}", summary)
+    if summary.get("drift") is not None:
+        mark_report_unpublished(run_dir, summary, config)
+    if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
+        raise EmptyOutputError(summary, run_dir)
+    raise DriftGateError(summary, run_dir)
 
 
 def build_dry_run_job(argv: list[str]):

@@ -18,10 +18,12 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.cli import UsageError
 from pipelines.preprocessing.coders import BatchCoder
 from pipelines.preprocessing.parse import RawBlock
 from taxifare_core import contract
 from taxifare_core.parsing import MalformedRecord, header_columns
+from taxifare_core.storage import outputs
 
 # The origin course's CHUNK_SIZE: also the size of the batches that `--dedupe batch` dedupes within.
 DEFAULT_BLOCK_ROWS = 100_000
@@ -155,6 +157,28 @@ def read_header(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> 
         check_decompresses(path)
     layout = sniff(path, required)
     return layout.columns, layout.offset
+
+
+def check_inputs(pattern: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> list[str]:
+    """The CSV files an --input names, each with a usable header holding `required`; UsageError (one line) otherwise.
+
+    A glob into a published output folder (its raw cache) names that output's files
+    (`taxifare_core.storage.outputs.resolve`); preprocessing and batch prediction both check their input here.
+    """
+    try:
+        matched = outputs.resolve(pattern)
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    if matched is None:
+        matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if not matched:
+        raise UsageError(outputs.unfinished_hint(pattern) or f"no file matches --input {pattern}")
+    for path in matched:
+        try:
+            read_header(path, required)
+        except MalformedRecord as error:
+            raise UsageError(error.reason) from None
+    return matched
 
 
 def _cuts(chunk: bytes, newline: bytes, lines_in_block: int, block_rows: int) -> tuple[np.ndarray, int]:

@@ -361,3 +361,31 @@ def remove_tree(path: str) -> None:
     # Arrow's delete_dir would then delete a `name/` marker this layer never
     # writes, and fail on its absence; emptying the prefix removes everything.
     fs.delete_dir_contents(inner, missing_dir_ok=True)
+
+
+class NotWritableError(StorageError):
+    """A folder the program cannot write into (read-only mount, immutable folder, no permission): one line."""
+
+
+def check_writable(folder: str) -> None:
+    """Create `folder` if needed, then create and remove a probe file in it; NotWritableError when that fails.
+
+    A real write, not a permission check: root passes any `os.access` test, yet a
+    read-only mount or an immutable folder (`chattr +i`) still refuses it.
+    """
+    probe = join(folder, f".write-probe-{os.getpid()}-{os.urandom(3).hex()}")
+    try:
+        makedirs(folder)
+        fs, inner = _resolve(probe)
+        with fs.open_output_stream(inner, compression=None):
+            pass
+        fs.delete_file(inner)
+    except OSError as error:
+        raise NotWritableError(f"{folder} cannot be written ({_reason(error)})") from None
+
+
+def _reason(error: OSError) -> str:
+    """An OSError's reason in a few words (Arrow's local errors carry the errno only in their text)."""
+    found = re.search(r"\[errno (\d+)\]", str(error))
+    code = error.errno or (int(found.group(1)) if found else None)
+    return os.strerror(code) if code else " ".join(str(error).split())[:200]

@@ -5,6 +5,7 @@ An output folder (preprocessing's or batch prediction's), local or gs://:
     OUTPUT/summary.json            the published run's summary; its "output" entry is the manifest:
                                    {"run": "run-...", "files": {"run-.../train-00000-of-00001.csv": BYTES, ...}}
     OUTPUT/run-<id>/...            the published run's files (shards, dead letter, its own summary.json)
+    OUTPUT/run-<id>/_RUN.json      the run folder's marker, written first: proof this project made the folder
     OUTPUT/run-<other id>/         while a run is writing (or after one failed): not published, never read
     OUTPUT/_LOCK.json              while a run is writing: pid, host, start time
 
@@ -19,7 +20,9 @@ manifest is in place. Readers keep using the documented globs:
 
 One run at a time per folder: `OutputLock` (local: flock on OUTPUT/_LOCK.json,
 released by the kernel when its process dies, so a killed run's lock is taken
-over; gs://: an object created with if-generation-match=0).
+over; gs://: an object created with if-generation-match=0). A local reader holds a
+`ReadLease` (a shared flock on the marker of the run it reads) and a publishing run
+keeps a leased old run folder until the next run finds it free.
 """
 from __future__ import annotations
 
@@ -30,31 +33,59 @@ import re
 import secrets
 import socket
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from taxifare_core import storage
 
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = "_LOCK.json"
+MARKER_FILE = "_RUN.json"
 RUN_PREFIX = "run-"
 MANIFEST_KEY = "output"
 BEAM_TEMP_PREFIX = "beam-temp-"
 _WILDCARDS = "*?["
-# Only folders this module named are ever removed as stale runs.
-_RUN_NAME = re.compile(r"^run-\d{8}T\d{6}Z-[0-9a-f]{6}$")
+# A run id: its UTC start to the microsecond (so names sort in start order), then random hex.
+RUN_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+# Run folder names of this module, today's and those before microseconds (still read and tidied).
+_RUN_NAME = re.compile(r"^run-\d{8}T\d{6}(\.\d{6})?Z-[0-9a-f]{6}$")
+# A manifest's file: RUN/NAME, one level, no way out of the output folder.
+_MANIFEST_FILE = re.compile(r"^[^/.][^/]*/[^/]+$")
 
 
 class IncompleteOutputError(ValueError):
     """An output folder's files do not match its manifest (or no run of it ever finished): one line."""
 
 
-class OutputLockedError(RuntimeError):
+class OutputUsageError(ValueError):
+    """An --output the job refuses before any work (a file, someone else's folder, unwritable, locked): one line."""
+
+
+class OutputLockedError(OutputUsageError):
     """Another live run holds the output folder's lock: one line."""
 
 
+def run_id() -> str:
+    """A fresh run's name, the one naming rule of the project: <UTC start, microseconds>Z-<6 random hex digits>.
+
+    Registry runs are named this way; an output folder's run folders are `run-` + it.
+    """
+    return f"{datetime.now(UTC).strftime(RUN_TIME_FORMAT)}-{secrets.token_hex(3)}"
+
+
+def is_finished(run_dir: str, closing_file: str) -> bool:
+    """The one rule for a finished run: the file it writes last, once all else is whole, is in its folder.
+
+    A registry run's closing file is its metrics.json; an output run's is its own
+    summary.json (written when its counts are in; published or kept for inspection).
+    """
+    return storage.exists(storage.join(run_dir, closing_file))
+
+
 def new_run_name() -> str:
-    """A fresh, unique run folder name: run-<UTC time>-<random hex>."""
-    return f"{RUN_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}Z-{secrets.token_hex(3)}"
+    """A fresh, unique run folder name in an output folder: run-<run_id()>."""
+    return RUN_PREFIX + run_id()
 
 
 def _split(pattern: str) -> tuple[str, str]:
@@ -83,8 +114,24 @@ def read_manifest(folder: str) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         raise IncompleteOutputError(f"{path} is not valid JSON: the output in {folder} is unusable; "
                                     "re-run the job that writes it") from None
+    if isinstance(summary, dict) and MANIFEST_KEY not in summary:
+        return None  # a summary.json of the layout before manifests: no run published
     manifest = summary.get(MANIFEST_KEY) if isinstance(summary, dict) else None
-    return manifest if isinstance(manifest, dict) and "files" in manifest else None
+    if not _is_manifest(manifest):
+        raise IncompleteOutputError(f"{path} is not a summary this project writes (no valid manifest): the output "
+                                    f"in {folder} is unusable; re-run the job that writes it")
+    return manifest
+
+
+def _is_manifest(manifest) -> bool:
+    """True for {"run": "run-...", "files": {"RUN/NAME": bytes, ...}} (and an optional "kind")."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("run"), str):
+        return False
+    files = manifest.get("files")
+    return isinstance(files, dict) and all(
+        isinstance(rel, str) and _MANIFEST_FILE.match(rel) and ".." not in rel
+        and isinstance(size, int) and not isinstance(size, bool) and size >= 0
+        for rel, size in files.items())
 
 
 def run_files(folder: str, run_name: str) -> dict[str, int]:
@@ -151,16 +198,19 @@ def unfinished_hint(pattern: str) -> str | None:
         return None
     runs = [name for name in storage.listdir(folder) if _RUN_NAME.match(name)]
     if runs and read_manifest(folder) is None:
+        kept = sum(is_finished(storage.join(folder, name), SUMMARY_FILE) for name in runs)
+        why = f"{kept} kept unpublished for inspection, the others failed or are still writing" if kept else \
+            "a run failed or is still writing"
         return (f"no complete output in {folder}: {len(runs)} run folder(s) but no published summary.json "
-                "(a run failed or is still writing); re-run the job that writes it")
+                f"({why}); re-run the job that writes it")
     return None
 
 
 def check_kind(folder: str, manifest: dict | None, kind: str) -> None:
-    """ValueError (one line) when the folder publishes another job's output (e.g. predictions into processed data)."""
+    """OutputUsageError (one line) when the folder publishes another job's output (e.g. predictions into processed data)."""
     found = (manifest or {}).get("kind")
     if found and found != kind:
-        raise ValueError(f"output {folder} holds a {found} output, not a {kind} one: pass another --output")
+        raise OutputUsageError(f"output {folder} holds a {found} output, not a {kind} one: pass another --output")
 
 
 def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] | None = None,
@@ -172,6 +222,7 @@ def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] |
     """
     files = {**(carried or {}), **run_files(folder, run_name)}
     files.pop(f"{run_name}/{SUMMARY_FILE}", None)
+    files.pop(f"{run_name}/{MARKER_FILE}", None)
     manifest = {"run": run_name, **({"kind": kind} if kind else {}), "files": dict(sorted(files.items()))}
     published = {**summary, MANIFEST_KEY: manifest}
     text = json.dumps(published, indent=2) + "\n"
@@ -180,26 +231,59 @@ def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] |
     return published
 
 
-def remove_litter(folder: str, keep_manifest: dict | None, extra_names: list[str] = ()) -> list[str]:
-    """Delete what no published manifest names: other run folders, beam-temp-* folders, `extra_names` globs.
+def is_marked_run(folder: str, name: str) -> bool:
+    """True for a run folder this project created: named like one, with its marker inside.
 
-    Call only while holding the folder's lock (no other run is writing there).
-    Returns the names removed.
+    Also a folder of today's exact name holding nothing but an interrupted marker write
+    (a run killed between making its folder and marking it): removing it loses nothing.
     """
-    keep = _referenced_runs(keep_manifest)
-    removed = []
-    for name in storage.listdir(folder):
-        stale_run = bool(_RUN_NAME.match(name)) and name not in keep
-        # *.tmp-PID: an atomic write (storage.write_bytes) killed before its rename.
-        litter = stale_run or name.startswith(BEAM_TEMP_PREFIX) or fnmatch.fnmatchcase(name, "*.tmp-*")
-        if litter or any(fnmatch.fnmatchcase(name, pattern) for pattern in extra_names):
-            path = storage.join(folder, name)
-            if storage.isfile(path):
-                storage.remove_file(path)
-            else:
-                storage.remove_tree(path)
+    if not _RUN_NAME.match(name):
+        return False
+    path = storage.join(folder, name)
+    if storage.isfile(storage.join(path, MARKER_FILE)):
+        return True
+    return "." in name and storage.isdir(path) and all(
+        entry.startswith(f"{MARKER_FILE}.tmp-") for entry in storage.listdir(path))
+
+
+def _published_runs(manifest: dict | None) -> set[str]:
+    """The run folders a manifest names (its own run and the ones its files live in)."""
+    return _referenced_runs(manifest) | ({manifest["run"]} if manifest else set())
+
+
+def tidy(folder: str, manifest: dict, previous: dict | None) -> tuple[list[str], list[str]]:
+    """After publishing `manifest`: remove the run folders this project provably wrote that it no longer names.
+
+    Those are the runs the `previous` manifest named and marked run folders (failed,
+    killed or kept-for-inspection runs). Nothing else is touched: files of other
+    programs, unmarked folders that merely look like runs. A run folder a reader
+    holds (`ReadLease`) stays for the next run to remove. Call while holding the
+    folder's lock. Returns (names removed, warning lines); a removal that fails is a
+    warning, not an error: the new run is published.
+    """
+    keep = _published_runs(manifest)
+    candidates = (_published_runs(previous) | {name for name in storage.listdir(folder)
+                                               if is_marked_run(folder, name)}) - keep
+    removed, warnings = [], []
+    for name in sorted(candidates):
+        path = storage.join(folder, name)
+        if not storage.isdir(path):
+            continue
+        lease = _exclusive(storage.join(path, MARKER_FILE))
+        if lease is False:
+            warnings.append(f"kept {path}: a reader is still using it (the next run removes it)")
+            continue
+        try:
+            storage.remove_tree(path)
             removed.append(name)
-    return removed
+        except OSError as error:
+            warnings.append(f"could not remove the old run folder {path} "
+                            f"({getattr(error, 'strerror', None) or error}); the new run is published: "
+                            "remove it by hand")
+        finally:
+            if lease is not None and lease is not False:
+                os.close(lease)
+    return removed, warnings
 
 
 def remove_beam_temp(folder: str) -> None:
@@ -210,15 +294,232 @@ def remove_beam_temp(folder: str) -> None:
                 storage.remove_tree(storage.join(folder, name))
 
 
-def claim(folder: str) -> OutputLock:
-    """Make `folder` ready for a run and take its lock; the caller releases it when the run is over.
+# --- refusing a folder that is not the job's to write -----------------------------------
 
-    ValueError (one line) when the path is a file or cannot be made a folder;
-    OutputLockedError when another live run holds the lock. The lock's `warning`
-    says when a dead run's lock was taken over.
+def _own_entry(folder: str, name: str) -> bool:
+    """True for what a job of this project leaves in an output folder."""
+    return (name in (LOCK_FILE, SUMMARY_FILE) or is_marked_run(folder, name)
+            or bool(re.fullmatch(r"summary\.json\.tmp-\d+", name)))
+
+
+def foreign_entries(folder: str) -> list[str]:
+    """What in `folder` shows it was never an output of this project (empty when it is one, or empty).
+
+    An output is a folder with a published manifest or a marked run folder; any
+    other non-empty folder is someone else's.
     """
+    if not storage.isdir(folder):
+        return []
+    names = storage.listdir(folder)
+    try:
+        published = read_manifest(folder) is not None
+    except IncompleteOutputError:
+        published = False
+    if published or any(is_marked_run(folder, name) for name in names):
+        return []
+    return [name for name in names if not _own_entry(folder, name)]
+
+
+def _special_folder(folder: str) -> str | None:
+    """'the root folder', 'a home folder' or 'the current folder' when a local `folder` is one."""
+    if storage.is_remote(folder):
+        return None
+    real = os.path.realpath(os.path.expanduser(folder))
+    named = {os.path.realpath(os.path.expanduser("~")): "a home folder", os.path.realpath(os.getcwd()):
+             "the current folder", os.path.realpath(os.sep): "the root folder"}
+    if os.environ.get("HOME"):
+        named.setdefault(os.path.realpath(os.environ["HOME"]), "a home folder")
+    return named.get(real)
+
+
+def check_target(folder: str, force: bool = False) -> None:
+    """OutputUsageError (one line) when `folder` is not a place to publish a run.
+
+    Refused: a file; the root, a home or the current folder (always); a non-empty
+    folder that never held an output of this project, unless `force` (then the run
+    is written beside those files, which are never touched).
+    """
+    if storage.isfile(folder):
+        raise OutputUsageError(f"output {folder} is a file, not a folder: pass another --output")
+    special = _special_folder(folder)
+    if special:
+        raise OutputUsageError(f"output {folder} is {special}: pass a folder of its own for the job's files "
+                               "(e.g. a new sub-folder)")
+    foreign = foreign_entries(folder)
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputUsageError(f"output {folder} holds files this project did not write ({shown}): pass a new or "
+                               "empty folder, or --force to write beside them (they are never removed)")
+
+
+def check_output_folder(folder: str) -> None:
+    """OutputUsageError (one line) when the output folder cannot be made or written (a probe file is created)."""
+    if storage.isfile(folder):
+        raise OutputUsageError(f"output {folder} is a file, not a folder: pass another --output")
+    try:
+        storage.check_writable(folder)
+    except storage.NotWritableError as error:
+        raise OutputUsageError(f"output {error}: pass another --output") from None
+
+
+# --- one way to publish -----------------------------------------------------------------
+
+class RunFolder:
+    """The run a `publishing_run` block writes: OUTPUT/run-<id>/ (`path`), marked as this project's.
+
+    `previous` is the manifest published before (None when none, or unreadable).
+    End the block with `publish(summary)`, or `keep_unpublished()` to leave the
+    run folder for inspection; a block that does neither, or raises, removes it.
+    """
+
+    def __init__(self, folder: str, kind: str, previous: dict | None):
+        self.folder, self.kind, self.previous = folder, kind, previous
+        self.name = new_run_name()
+        self.path = storage.join(folder, self.name)
+        self.published: dict | None = None
+        self.kept = False
+
+    def create(self) -> None:
+        """Make the run folder and write its marker first: from then on it is provably this project's."""
+        storage.makedirs(self.path)
+        marker = {"kind": self.kind, "run": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+        storage.write_text(storage.join(self.path, MARKER_FILE), json.dumps(marker) + "\n")
+
+    def publish(self, summary: dict, carried: dict[str, int] | None = None) -> dict:
+        """Publish the run (`publish`); returns the summary as written."""
+        self.published = publish(self.folder, self.name, summary, carried, self.kind)
+        return self.published
+
+    def keep_unpublished(self) -> None:
+        """Leave the run folder unpublished, for inspection (the next run into the folder removes it)."""
+        self.kept = True
+
+
+def _stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def previous_manifest(folder: str) -> dict | None:
+    """The published manifest, None when none or unreadable (an unreadable one publishes nothing worth keeping)."""
+    try:
+        return read_manifest(folder)
+    except IncompleteOutputError:
+        return None
+
+
+@contextmanager
+def publishing_run(folder: str, kind: str, force: bool = False,
+                   warn: Callable[[str], None] = _stderr) -> Iterator[RunFolder]:
+    """Write one run of a job into `folder` crash-safe, then publish it and tidy up.
+
+    Before the block (OutputUsageError, one line, nothing touched): the folder must
+    be a folder, not the root / a home / the current one, an output of this project
+    (or empty, or `force`), writable (a probe file), free (its lock) and not hold
+    another job's output. The block writes into `run.path` and calls `run.publish`;
+    only then are the runs this one replaces removed (`tidy`; failures are warnings).
+    On an exception the unfinished run folder is removed (unless kept) and the
+    previous output stays as it was. `warn` gets one line per warning.
+    """
+    check_target(folder, force)
     check_output_folder(folder)
-    return OutputLock(folder).acquire()
+    lock = OutputLock(folder).acquire()
+    try:
+        if lock.warning:
+            warn(lock.warning)
+        previous = previous_manifest(folder)
+        check_kind(folder, previous, kind)
+        run = RunFolder(folder, kind, previous)
+        try:
+            run.create()
+            yield run
+        except BaseException:
+            if not run.kept:
+                _remove_quietly(run.path)
+            raise
+        if run.published is None:
+            if not run.kept:
+                _remove_quietly(run.path)
+            return
+        _, warnings = tidy(folder, run.published[MANIFEST_KEY], previous)
+        for line in warnings:
+            warn(line)
+    finally:
+        lock.release()
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove an unfinished run folder on the way out of a failure, never hiding that failure."""
+    try:
+        storage.remove_tree(path)
+    except OSError:
+        pass
+
+
+# --- readers' leases ----------------------------------------------------------------------
+
+def _exclusive(marker: str) -> int | bool | None:
+    """An fd holding an exclusive flock on a local run marker; False when a reader holds it; None: no lease there."""
+    if storage.is_remote(marker):
+        return None
+    import fcntl
+
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return fd
+
+
+class ReadLease:
+    """A reader's claim on the run folders its files live in: a publishing run keeps them while it is held.
+
+        lease = ReadLease(paths)
+        if lease.acquire():      # False: a run folder went away meanwhile; resolve the glob again
+            ...read paths...
+            lease.release()
+
+    Local run folders with a marker only (a shared flock on the marker); other
+    paths are read without a lease.
+    """
+
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+        self._fds: list[int] = []
+
+    def acquire(self) -> bool:
+        """Take the shared locks, then check every file is still there; False (nothing held) when one is gone."""
+        import fcntl
+
+        folders = sorted({path.rsplit("/", 1)[0] for path in self.paths if not storage.is_remote(path)})
+        for run_dir in folders:
+            marker = storage.join(run_dir, MARKER_FILE)
+            try:
+                fd = os.open(marker, os.O_RDONLY)
+            except FileNotFoundError:
+                if _RUN_NAME.match(run_dir.rsplit("/", 1)[-1]) and not os.path.isdir(run_dir):
+                    self.release()
+                    return False
+                continue  # no marker: a hand-made folder or an older run, read without a lease
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._fds.append(fd)
+        if not all(storage.exists(path) for path in self.paths):
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        """Drop the shared locks."""
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def __del__(self):
+        self.release()
 
 
 def _pid_alive(pid: int) -> bool:

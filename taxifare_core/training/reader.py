@@ -71,10 +71,38 @@ def shard_paths(pattern: str) -> list[str]:
     return paths
 
 
+# How often a glob is resolved again when its run folder is replaced while a lease is being taken.
+_LEASE_ATTEMPTS = 3
+
+
+def leased_shard_paths(pattern: str) -> tuple[list[str], outputs.ReadLease]:
+    """shard_paths, with a lease that keeps their run folder from being removed by a newer run while held.
+
+    The caller releases the lease once done reading. ShardError when the glob's
+    run keeps being replaced while the lease is taken.
+    """
+    for _ in range(_LEASE_ATTEMPTS):
+        paths = shard_paths(pattern)
+        lease = outputs.ReadLease(paths)
+        if lease.acquire():
+            return paths, lease
+    raise ShardError(f"the shards of {pattern} keep being replaced by newer runs: try again once they are done")
+
+
+def _gone(path: str) -> ShardError:
+    """The one line for a shard removed while it was being read (a reader without a lease: gs://, no marker)."""
+    return ShardError(f"{path} is gone: the shards changed while they were read (a newer run published into "
+                      "their folder); start a new run")
+
+
 def _open_stream(path: str, column_types: dict):
     """pyarrow's streaming CSV reader over one shard (local or gs://, both read by Arrow; compression by extension)."""
+    try:
+        stream = storage.open_input_stream(path)
+    except FileNotFoundError:
+        raise _gone(path) from None
     return pacsv.open_csv(
-        storage.open_input_stream(path),
+        stream,
         read_options=pacsv.ReadOptions(column_names=_COLUMN_NAMES, block_size=BLOCK_BYTES, use_threads=PARSE_THREADS),
         convert_options=pacsv.ConvertOptions(column_types=column_types),
     )
@@ -197,6 +225,10 @@ def _prefetched(iterator: Iterator, depth: int) -> Iterator:
             items.put(done)
         except BaseException as error:  # handed to the consumer, raised there
             items.put(error)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close:
+                close()  # a generator's own clean-up (its read lease) runs now, not at garbage collection
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
@@ -224,11 +256,22 @@ def iter_chunks(
 
     `skip_rows` resumes after that many rows; `prefetch` chunks are read ahead
     in a thread while the caller trains (0: read in the caller's thread).
+    The shards' run folder is leased while the chunks are read (`leased_shard_paths`),
+    so a preprocessing run publishing into the same folder meanwhile keeps it.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    chunks = _chunks(shard_paths(pattern), chunk_size, skip_rows)
+    paths, lease = leased_shard_paths(pattern)
+    chunks = _leased(_chunks(paths, chunk_size, skip_rows), lease)
     return _prefetched(chunks, prefetch) if prefetch > 0 else chunks
+
+
+def _leased(items: Iterator, lease: outputs.ReadLease) -> Iterator:
+    """`items`, releasing `lease` when they end or the consumer stops."""
+    try:
+        yield from items
+    finally:
+        lease.release()
 
 
 def read_rows(pattern: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -238,12 +281,16 @@ def read_rows(pattern: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
     shards' size (`--max_val_rows 1000000000`) reads them all and allocates no more.
     """
     blocks, total = [], 0
-    for path, first_line, batch in _iter_row_blocks(shard_paths(pattern)):
-        rows = _rows_of(batch, path, first_line)[:max_rows - total]
-        blocks.append(rows)
-        total += len(rows)
-        if total >= max_rows:
-            break
+    paths, lease = leased_shard_paths(pattern)
+    try:
+        for path, first_line, batch in _iter_row_blocks(paths):
+            rows = _rows_of(batch, path, first_line)[:max_rows - total]
+            blocks.append(rows)
+            total += len(rows)
+            if total >= max_rows:
+                break
+    finally:
+        lease.release()
     if not blocks:
         return np.empty((0, N_FEATURES), dtype=np.float32), np.empty(0, dtype=np.float32)
     rows = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]

@@ -1,6 +1,6 @@
 """The model registry: one folder per training run, named by its UTC start time, local or gs://.
 
-    REGISTRY/20261126T091500.123456Z/
+    REGISTRY/20261126T091500.123456Z-1a2b3c/     (outputs.run_id(); runs named before it lack the hex, still read)
         model.keras          the trained network
         params.json          how it was trained (flags, data paths)
         metrics.json         val MAE / RMSE, baseline MAE, rows, chunks, seconds, data paths
@@ -27,9 +27,9 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
 from taxifare_core import contract, storage
+from taxifare_core.storage import outputs
 
 MODEL_FILE = "model.keras"
 PARAMS_FILE = "params.json"
@@ -37,9 +37,9 @@ METRICS_FILE = "metrics.json"
 CURVE_FILE = "training_curve.png"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_STATE_FILE = "state.json"
-RUN_NAME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-# A run folder's name: the timestamp, plus "-N" when two runs start in the same microsecond.
-_RUN_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z(-\d+)?$")
+RUN_NAME_FORMAT = outputs.RUN_TIME_FORMAT
+# A run folder's name (outputs.run_id): the timestamp and 6 hex digits; older runs: the timestamp, "-N" on a clash.
+_RUN_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z(-\d+|-[0-9a-f]{6})?$")
 
 
 # Members every Keras 3 `.keras` archive holds.
@@ -88,10 +88,8 @@ def new_run(registry: str | None = None) -> str:
         storage.makedirs(root)
     except OSError as error:
         raise BadRegistryError(f"cannot create the registry {root}: {error.strerror or error}") from None
-    stamp = datetime.now(timezone.utc).strftime(RUN_NAME_FORMAT)
-    for attempt in range(1000):
-        name = stamp if attempt == 0 else f"{stamp}-{attempt}"
-        path = storage.join(root, name)
+    for _ in range(1000):
+        path = storage.join(root, outputs.run_id())
         if storage.create_folder_exclusive(path):  # atomic: two trainers never share a folder
             return path
     raise RuntimeError(f"could not create a new run folder in {root}")
@@ -114,13 +112,13 @@ def run_names(registry: str | None = None, finished: bool = True) -> list[str]:
 
 def is_finished(run_dir: str) -> bool:
     """True when the run saved everything: metrics.json (written last) and model.keras."""
-    return storage.exists(storage.join(run_dir, METRICS_FILE)) and storage.exists(storage.join(run_dir, MODEL_FILE))
+    return outputs.is_finished(run_dir, METRICS_FILE) and storage.exists(storage.join(run_dir, MODEL_FILE))
 
 
-def _run_sort_key(name: str) -> tuple[str, int]:
-    """Chronological order: the timestamp, then the collision suffix as a number."""
+def _run_sort_key(name: str) -> tuple[str, int, str]:
+    """Chronological order: the timestamp, then an older run's clash number ("-2" before "-10")."""
     stamp, _, suffix = name.partition("-")
-    return stamp, int(suffix or 0)
+    return stamp, len(suffix), suffix
 
 
 def unfinished_runs(registry: str | None = None) -> list[str]:
