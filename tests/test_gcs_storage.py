@@ -169,3 +169,23 @@ def test_registry_counts_only_finished_runs_and_names_unreadable_models_on_gs(gs
     storage.write_text(f"{gs_root}/registry-file", "x")
     with pytest.raises(registry.BadRegistryError, match="is a file, not a folder"):
         registry.run_names(f"{gs_root}/registry-file")
+
+
+def test_promote_and_roll_back_on_gs(gs_root):
+    """production.json on gs:// (written by generation compare-and-swap); serve/predict's default follows it."""
+    from shard_helpers import saved_tiny_model
+
+    reg = f"{gs_root}/registry-production"
+    local = []
+    for seed in (1, 2):
+        _, run_dir = saved_tiny_model(registry_root=reg, n_rows=60, seed=seed, model_seed=seed, promote=False)
+        local.append(registry.run_name(run_dir))
+    with pytest.raises(registry.NoModelError, match="no run was ever promoted"):
+        registry.run_path(None, reg)
+    registry.promote(local[0], reg)
+    registry.promote(local[1], reg)
+    assert registry.run_path(None, reg) == f"{reg}/{local[1]}"
+    record = registry.rollback(reg)
+    assert record["run"] == local[0] and registry.production_run(reg) == local[0]
+    assert [entry["action"] for entry in registry.read_production(reg)["history"]] == ["promote", "promote", "rollback"]
+    assert registry.load_params(registry=reg)[registry.FEATURE_CONTRACT_KEY] == registry.feature_contract_hash()

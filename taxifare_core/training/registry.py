@@ -436,8 +436,10 @@ def read_production(registry: str | None = None) -> dict | None:
     root = check_root(registry)
     path = storage.join(root, PRODUCTION_FILE)
     try:
+        if not storage.isfile(path):
+            return None
         text = storage.read_text(path)
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed between the two calls
         return None
     return _parse_production(text, path)
 
