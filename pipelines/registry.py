@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "roll production back.")
     parser.add_argument("--registry", default=str(contract.local_registry_path()),
                         help="model registry folder (local or gs://)")
-    commands = parser.add_subparsers(dest="command", metavar="{list,show,promote,rollback}", parser_class=OneLineErrorParser)
+    commands = parser.add_subparsers(dest="command", metavar="{list,show,promote,rollback}",
+                                     parser_class=OneLineErrorParser)
     commands.required = True
     listing = commands.add_parser("list", help="every finished run; * marks the production run",
                                   description="Every finished run, oldest first: val MAE, baseline MAE, blessed, "
