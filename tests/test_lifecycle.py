@@ -416,3 +416,18 @@ def test_the_service_reloads_under_load_without_a_failed_request(tmp_path):
     assert still == names[2]
     failed = [line for line in stderr.splitlines() if "cannot load production run" in line]
     assert len(failed) == 1 and f"keeping run {names[2]}: cannot load production run {broken}" in failed[0], stderr
+
+
+def test_a_promotion_that_lost_a_race_changes_nothing(runs):
+    root, (first, second, _) = runs
+    registry.promote(first, root)
+    with pytest.raises(registry.ProductionChangedError, match=f"production run changed to {first}"):
+        registry.promote(second, root, expected=None)  # evaluated when there was no production run yet
+    assert registry.production_run(root) == first and len(registry.read_production(root)["history"]) == 1
+
+
+@pytest.mark.parametrize("flag", ["--bless_min_gain", "--bless_max_regression"])
+def test_a_threshold_outside_0_to_1_is_one_line_exit_2(flag, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train.main([flag, "1.5"])
+    assert stopped.value.code == 2 and "must be a fraction from 0 to 1" in _one_line(capsys)
