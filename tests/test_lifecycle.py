@@ -239,6 +239,7 @@ def _url(process: subprocess.Popen) -> str:
     return "http://" + line.split("http://", 1)[1].split()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_trained_on_generated_rides_blessed_promoted_then_shuffled_fares_not_blessed(generated, tmp_path, capsys):
     import requests
@@ -287,6 +288,7 @@ def _real_sample_shards(path: Path, folder: Path) -> None:
     write_shards(folder, rows[n_train:n_train + n_val], [n_val], prefix="val")
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_trained_on_the_real_sample_blessed_and_promoted(real_sample_path, tmp_path, capsys):
     _real_sample_shards(real_sample_path, tmp_path / "shards")
@@ -304,6 +306,7 @@ def test_trained_on_the_real_sample_blessed_and_promoted(real_sample_path, tmp_p
 
 # --- one trainer per run ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_resumes_of_one_run_never_train_into_the_same_folder(tmp_path, capsys):
     folder = tmp_path / "shards"
     rows = processed_rows(420, seed=11)
@@ -348,6 +351,7 @@ def _example_fare(model) -> float:
     return float(predict_module.predict(pd.DataFrame([contract.EXAMPLE_RIDE]), model)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_the_service_reloads_under_load_without_a_failed_request(tmp_path):
     import requests
