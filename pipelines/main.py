@@ -4,7 +4,8 @@
 
 1. generates the embedded sample of raw rides once (seeded, with real-world dirt),
 2. preprocesses it with the Beam pipeline (DirectRunner) into train/val shards,
-3. trains the Keras model on those shards, chunk by chunk, into the registry,
+3. trains the Keras model on those shards, chunk by chunk, into the registry; a run
+   that beats the baseline and the production model is blessed and promoted,
 4. predicts the contract's example ride with the new model,
 and ends with one summary: rows, model MAE vs the baseline, the predicted fare
 and where everything was written. Each step is also its own command
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
           f"(preprocessed in {summary['seconds']:.1f} s, dedupe {summary['dedupe']})")
     print(f"model val MAE        ${metrics['val_mae']:.2f}  vs  baseline ${metrics['baseline_mae']:.2f} "
           f"(linear fare ~ manhattan distance)")
+    if metrics["promoted"]:
+        print(f"model lifecycle      blessed and promoted: run {metrics['run']} is in production")
+    else:
+        verdict = "blessed but not promoted" if metrics["blessed"] else "not blessed"
+        stays = f"production stays run {metrics['production']}" if metrics["production"] else "no production run"
+        print(f"model lifecycle      {verdict} ({'; '.join(metrics['reasons'])}); {stays}")
     print(f"example ride fare    ${fare:.2f}")
     print(f"raw rides            {raw_glob}")
     print(f"processed shards     {processed}/")

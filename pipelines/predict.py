@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
     parser = OneLineErrorParser(
         prog=PROG,
-        description="Predict taxi fares with the latest (or a named) model of the registry.",
+        description="Predict taxi fares with the production (or a named) model of the registry.",
         formatter_class=DefaultsHelpFormatter,
         epilog="With no ride flags and no --input, predicts the contract's example ride. "
                "In batch mode, unknown flags are passed to Beam (e.g. --runner).",
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "written beside those files, which are never removed (default: refused, exit code 2)")
     parser.add_argument("--registry", default=str(contract.local_registry_path()),
                         help="model registry folder (local or gs://)")
-    parser.add_argument("--run", default=None, help="run folder name to use (default: the latest)")
+    parser.add_argument("--run", default=None, help="run folder name to use (default: the production run)")
     return parser
 
 

@@ -15,7 +15,16 @@ After each chunk the model and a JSON state are checkpointed in the run folder,
 so `--resume` continues from the last completed chunk; the state records the
 input shards' sizes and versions, and `--resume` refuses shards that changed.
 
-Exit codes: 0 finished and saved; 2 bad flag, path, registry or input data
+At the end the new model, the baseline and the production model are scored on
+the same validation rows: the run is blessed when its val MAE beats the
+baseline's by `--bless_min_gain` and is no worse than the production model's
+(within `--bless_max_regression`); a blessed run is promoted to production (served
+by default by `serve`, `predict` and batch prediction). The last lines say
+blessed or not and why; metrics.json records it. See docs/training.md
+("Model lifecycle").
+
+Exit codes: 0 finished and saved (blessed or not); 4 not blessed with
+`--fail_if_not_blessed` (for schedulers); 2 bad flag, path, registry or input data
 (non-finite values, changed shards, unreadable checkpoint), one line; 1 the run
 itself failed (the loss became NaN, out of memory), one line, nothing registered.
 See docs/training-safety.md.
@@ -36,6 +45,7 @@ from pipelines.cli import (
     positive_int,
     report_usage_error,
 )
+from pipelines.trainer.blessing import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_GAIN
 from pipelines.trainer.loop import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_LEARNING_RATE,
@@ -54,6 +64,7 @@ from taxifare_core.training import reader, registry
 from taxifare_core.training.model import LOSSES
 
 PROG = "python -m pipelines.train"
+EXIT_NOT_BLESSED = 4
 
 
 def default_processed_dir() -> str:
@@ -102,7 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
                         help="continue an interrupted run from its last completed chunk "
                              "(the latest one, or the named run folder); it keeps its own settings")
+    parser.add_argument("--bless_min_gain", type=_fraction, default=DEFAULT_MIN_GAIN,
+                        help="blessing: the model's val MAE must be at least this fraction below the "
+                             "baseline's (0.01 = 1%%)")
+    parser.add_argument("--bless_max_regression", type=_fraction, default=DEFAULT_MAX_REGRESSION,
+                        help="blessing: the model's val MAE may be at most this fraction above the production "
+                             "model's on the same rows (0 = no worse)")
+    parser.add_argument("--fail_if_not_blessed", action="store_true",
+                        help=f"exit {EXIT_NOT_BLESSED} when the run is not blessed (for schedulers; "
+                             "the run is saved either way)")
     return parser
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a fraction 0..1."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         storage.check_writable(registry.check_root(args.registry))  # a read-only registry: before any work
-        run(args)
-    except (UsageError, reader.ShardError, storage.StorageError, registry.NoModelError) as error:
+        metrics = run(args)
+    except (UsageError, reader.ShardError, storage.StorageError, registry.NoModelError,
+            registry.RunBusyError) as error:
         return report_usage_error(PROG, error)
     except RunFailed as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -133,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    if args.fail_if_not_blessed and not metrics["blessed"]:
+        return EXIT_NOT_BLESSED
     return 0
 
 

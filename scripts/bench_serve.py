@@ -82,7 +82,8 @@ def tiny_registry(folder: Path) -> str:
     rows = features.processed_rows(clean(typed[reasons.isna()]).kept)
     model = build_model(seed=1)
     model.fit(rows[:, :-1], rows[:, -1], batch_size=64, epochs=1, verbose=0)
-    registry.save_run(registry.new_run(str(folder)), model, {}, {"rows": len(rows)})
+    run_dir = registry.save_run(registry.new_run(str(folder)), model, {}, {"rows": len(rows)})
+    registry.promote(registry.run_name(run_dir), str(folder))  # the service serves the production run
     return str(folder)
 
 

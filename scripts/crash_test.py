@@ -105,7 +105,7 @@ def check_registry(registry_dir: Path, before: dict[str, dict[str, str]]) -> tup
     for name, files in before.items():
         if now.get(name) != files:
             return f"LOST (finished run {name} changed)", now
-    latest = Path(registry.run_path(None, str(registry_dir)))
+    latest = Path(registry.run_path(registry.latest_run(str(registry_dir)), str(registry_dir)))
     try:
         json.loads((latest / registry.METRICS_FILE).read_text())
         with zipfile.ZipFile(latest / registry.MODEL_FILE) as model:
@@ -207,7 +207,7 @@ def resume_training(crash: Crash, expected_rows: int) -> str:
     done, _ = crash.run(crash.command("train", resume=True), 900)
     if done.returncode:
         return f"RESUME FAILED ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
-    rows = registry.load_metrics(None, str(crash.registry))["rows"]
+    rows = registry.load_metrics(registry.latest_run(str(crash.registry)), str(crash.registry))["rows"]
     return "resumed, rows ok" if rows == expected_rows else f"RESUMED ROWS {rows} != {expected_rows}"
 
 

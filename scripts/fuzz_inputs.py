@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 from taxifare_core import contract  # noqa: E402
 from taxifare_core.serving import RULE_MESSAGES  # noqa: E402
 from taxifare_core.storage import outputs  # noqa: E402
+from taxifare_core.training import registry  # noqa: E402
 
 HEADER = ",".join(contract.RAW_COLUMNS_WITH_KEY)
 DEFAULT_SAMPLE = ROOT.parent / "shared" / "data" / "nyc_taxi_fare_sample_8k.csv"
@@ -305,7 +306,8 @@ class Runner:
 
     def predict(self, source: Path, output: Path) -> Run:
         return self.run("pipelines.predict", "--input", str(source), "--output", str(output),
-                        "--registry", str(self.workdir / "registry"))
+                        "--registry", str(self.workdir / "registry"),
+                        "--run", registry.latest_run(str(self.workdir / "registry")) or "none")
 
 
 @dataclass

@@ -113,6 +113,9 @@ FEATURE_NAMES = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 assert N_FEATURES == 65, N_FEATURES
+# Bump when `features.encode` changes what a column means without changing its name:
+# a model trained before is then refused (taxifare_core.training.registry.feature_contract_hash).
+FEATURE_ENCODING_VERSION = 1
 PROCESSED_COLUMNS = (*FEATURE_NAMES, LABEL_COLUMN)
 N_PROCESSED_COLUMNS = len(PROCESSED_COLUMNS)
 # Column slices of the feature matrix, for readers and tests.

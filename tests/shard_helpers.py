@@ -31,8 +31,12 @@ def write_shards(folder: Path, rows: np.ndarray, sizes: list[int], prefix: str =
 
 
 def saved_tiny_model(registry_root: Path, n_rows: int, seed: int, model_seed: int, epochs: int = 1,
-                     metrics: dict | None = None):
-    """A briefly trained contract model saved as one run of a registry: (model, run folder)."""
+                     metrics: dict | None = None, promote: bool = True):
+    """A briefly trained contract model saved as one run of a registry: (model, run folder).
+
+    `promote`: made the registry's production run, as a person would with
+    `python -m pipelines.registry promote RUN`, so commands without --run use it.
+    """
     from taxifare_core.training import registry
     from taxifare_core.training.model import build_model
 
@@ -40,4 +44,6 @@ def saved_tiny_model(registry_root: Path, n_rows: int, seed: int, model_seed: in
     model = build_model(learning_rate=0.01, seed=model_seed)
     model.fit(rows[:, :-1], rows[:, -1], batch_size=32, epochs=epochs, verbose=0)
     run_dir = registry.save_run(registry.new_run(str(registry_root)), model, {}, metrics or {})
+    if promote:
+        registry.promote(registry.run_name(run_dir), str(registry_root), by="tests")
     return model, run_dir

@@ -159,7 +159,8 @@ def test_a_model_answering_nan_prices_nothing_and_says_why(tmp_path):
     model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
     broken = registry.save_run(registry.new_run(str(tmp_path / "registry")), model, {}, {})
     (tmp_path / "rides.csv").write_text("\n".join([HEADER, *GOOD]) + "\n")
-    summary = batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry_dir=str(tmp_path / "registry"))
+    summary = batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry.run_name(broken),
+                                registry_dir=str(tmp_path / "registry"))
     assert broken.rstrip("/").endswith(summary["model"].rsplit("/", 2)[1])
     assert summary["predicted"] == 0 and summary["dead_letter"] == len(GOOD)
     [dead] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "dead_letter-*.csv"))]

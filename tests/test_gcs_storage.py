@@ -119,14 +119,14 @@ def test_train_resume_registry_and_predict_on_gs(gs_root, tmp_path, capsys):
     assert metrics["chunks"] == 3 and metrics["rows"] == 450
     assert [entry["chunk"] for entry in metrics["history"]] == [1, 2, 3]
     assert registry.run_names(reg) == [metrics["run"]] and registry.unfinished_runs(reg) == []
-    assert registry.load_metrics(registry=reg)["val_mae"] == pytest.approx(metrics["val_mae"])
+    assert registry.load_metrics(metrics["run"], registry=reg)["val_mae"] == pytest.approx(metrics["val_mae"])
     assert storage.exists(f"{reg}/{metrics['run']}/{registry.CURVE_FILE}")
     assert not storage.exists(f"{reg}/{metrics['run']}/{registry.CHECKPOINT_DIR}")
-    model = registry.load_model(registry=reg)
+    model = registry.load_model(metrics["run"], registry=reg)
     assert model.predict(rows[450:453, :-1], verbose=0).shape == (3, 1)
 
     capsys.readouterr()
-    assert predict.main(["--registry", reg]) == 0
+    assert predict.main(["--registry", reg, "--run", metrics["run"]]) == 0
     printed = capsys.readouterr().out
     fare = float(re.search(r"\$(-?\d+\.\d+)", printed).group(1))
     assert np.isclose(fare, predict.predict(pd.DataFrame([contract.EXAMPLE_RIDE]), model)[0], atol=0.006)
@@ -164,7 +164,27 @@ def test_registry_counts_only_finished_runs_and_names_unreadable_models_on_gs(gs
     assert registry.run_names(reg) == [name]
     with pytest.raises(registry.UnreadableModelError, match=f"model.keras of run {name} is unreadable "
                                                             r"\(not a .keras archive, 12 bytes"):
-        registry.load_model(registry=reg)
+        registry.load_model(name, registry=reg)
     storage.write_text(f"{gs_root}/registry-file", "x")
     with pytest.raises(registry.BadRegistryError, match="is a file, not a folder"):
         registry.run_names(f"{gs_root}/registry-file")
+
+
+def test_promote_and_roll_back_on_gs(gs_root):
+    """production.json on gs:// (written by generation compare-and-swap); serve/predict's default follows it."""
+    from shard_helpers import saved_tiny_model
+
+    reg = f"{gs_root}/registry-production"
+    local = []
+    for seed in (1, 2):
+        _, run_dir = saved_tiny_model(registry_root=reg, n_rows=60, seed=seed, model_seed=seed, promote=False)
+        local.append(registry.run_name(run_dir))
+    with pytest.raises(registry.NoModelError, match="no run was ever promoted"):
+        registry.run_path(None, reg)
+    registry.promote(local[0], reg)
+    registry.promote(local[1], reg)
+    assert registry.run_path(None, reg) == f"{reg}/{local[1]}"
+    record = registry.rollback(reg)
+    assert record["run"] == local[0] and registry.production_run(reg) == local[0]
+    assert [entry["action"] for entry in registry.read_production(reg)["history"]] == ["promote", "promote", "rollback"]
+    assert registry.load_params(registry=reg)[registry.FEATURE_CONTRACT_KEY] == registry.feature_contract_hash()

@@ -43,21 +43,26 @@ def test_run_folders_are_unique_and_chronological(tmp_path):
     assert all(name.endswith("Z") or "Z-" in name for name in names)
 
 
-def test_round_trip_latest_and_by_name(tmp_path, tiny_model):
+def test_round_trip_production_and_by_name(tmp_path, tiny_model):
     first = _save(tmp_path, tiny_model, 3.0)
     other = _fitted_model(4)
     second = _save(tmp_path, other, 2.5)
     names = registry.run_names(str(tmp_path))
     assert names == [first.rsplit("/", 1)[-1], second.rsplit("/", 1)[-1]]
+    assert registry.latest_run(str(tmp_path)) == names[1]
 
     x = np.random.default_rng(0).random((5, contract.N_FEATURES), dtype=np.float32)
-    latest = registry.load_model(registry=str(tmp_path))
-    np.testing.assert_allclose(latest.predict(x, verbose=0), other.predict(x, verbose=0), rtol=1e-5)
+    registry.promote(names[1], str(tmp_path))
+    production = registry.load_model(registry=str(tmp_path))
+    np.testing.assert_allclose(production.predict(x, verbose=0), other.predict(x, verbose=0), rtol=1e-5)
     named = registry.load_model(names[0], registry=str(tmp_path))
     np.testing.assert_allclose(named.predict(x, verbose=0), tiny_model.predict(x, verbose=0), rtol=1e-5)
     assert registry.load_metrics(registry=str(tmp_path)) == {"val_mae": 2.5}
     params = Path(registry.run_path(names[0], str(tmp_path))) / registry.PARAMS_FILE
-    assert json.loads(params.read_text()) == {"learning_rate": 0.001}
+    assert json.loads(params.read_text()) == {
+        "learning_rate": 0.001, registry.FEATURE_CONTRACT_KEY: registry.feature_contract_hash()}
+    registry.promote(names[0], str(tmp_path))  # production is what was promoted last, not the latest run
+    assert registry.load_metrics(registry=str(tmp_path)) == {"val_mae": 3.0}
 
 
 def test_metadata_is_plain_json(tmp_path, tiny_model):

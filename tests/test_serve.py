@@ -393,8 +393,9 @@ def test_missing_registry_is_one_line_and_a_non_zero_exit(tmp_path):
 def test_unreadable_model_is_one_line_and_a_non_zero_exit(tmp_path):
     run = Path(registry.new_run(str(tmp_path)))
     (run / registry.MODEL_FILE).write_bytes(b"not a keras file")
+    (run / registry.PARAMS_FILE).write_text(f'{{"{registry.FEATURE_CONTRACT_KEY}": "{registry.feature_contract_hash()}"}}')
     (run / registry.METRICS_FILE).write_text("{}")  # a finished run whose model is broken
-    line = _one_line_failure(_serve("--registry", str(tmp_path), "--port", "0"))
+    line = _one_line_failure(_serve("--registry", str(tmp_path), "--port", "0", "--run", run.name))
     assert line.startswith("python -m pipelines.serve: error:") and registry.MODEL_FILE in line
     assert "is unreadable" in line and "train a new one" in line
 

@@ -84,7 +84,7 @@ def test_run_is_saved_in_the_registry(data, tmp_path):
         kept = entry["best_epoch"] - 1
         assert entry["val_mae"] == entry["epoch_val_mae"][kept] and entry["train_mae"] == entry["epoch_train_mae"][kept]
 
-    model = registry.load_model(registry=str(tmp_path))
+    model = registry.load_model(metrics["run"], registry=str(tmp_path))
     val_x, val_y = data["val_rows"][:, :-1], data["val_rows"][:, -1]
     mae = float(np.mean(np.abs(model.predict(val_x, verbose=0).reshape(-1) - val_y)))
     assert mae == pytest.approx(saved["val_mae"], rel=1e-3)
@@ -189,5 +189,5 @@ def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_pat
     metrics = train.run(args, on_chunk=lambda stage, chunk, model: ends.update({chunk: _weights(model)})
                         if stage == "end" else None)
     assert metrics["chunks"] == 3 and metrics["best_chunk"] == 2
-    saved = registry.load_model(registry=str(tmp_path / "registry"))
+    saved = registry.load_model(metrics["run"], registry=str(tmp_path / "registry"))
     assert _same(_weights(saved), ends[2]) and not _same(ends[2], ends[3])

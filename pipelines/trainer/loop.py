@@ -5,7 +5,10 @@ as the origin course's `train()`): each chunk is fitted for up to `max_epochs_pe
 epochs, early-stopping on the validation loss and keeping the best epoch's weights.
 Memory depends on the chunk size and the bounded validation sample, never on the data.
 Beside the network, a linear regression of fare on manhattan distance is fitted on the
-same stream and scored on the same validation rows. The command line is `pipelines.train`:
+same stream and scored on the same validation rows. At the end the new model, the baseline
+and the registry's production model are scored on those rows; a blessed run
+(pipelines.trainer.blessing) is promoted to production. One trainer per run folder: the
+run holds its folder's lock while it trains. The command line is `pipelines.train`:
 
     metrics = run(pipelines.train.parse_args([...]))
 """
@@ -22,6 +25,7 @@ import numpy as np
 from pipelines.cli import (
     UsageError,
 )
+from pipelines.trainer import blessing
 from pipelines.trainer.checkpoint import (
     check_inputs,
     checkpoint_path,
@@ -110,8 +114,11 @@ def _fresh_state(args: argparse.Namespace) -> dict:
     }
 
 
-def _resume_run(args: argparse.Namespace) -> tuple[str, dict]:
-    """The interrupted run folder and its checkpoint state; UsageError when there is none."""
+def _resume_run(args: argparse.Namespace, locks: list) -> tuple[str, dict]:
+    """The interrupted run folder (its lock appended to `locks`) and its checkpoint state.
+
+    UsageError when there is none; registry.RunBusyError when another live trainer holds it.
+    """
     unfinished = registry.unfinished_runs(args.registry)
     if args.resume == "latest":
         if not unfinished:
@@ -123,6 +130,10 @@ def _resume_run(args: argparse.Namespace) -> tuple[str, dict]:
         raise UsageError(f"cannot resume {args.resume!r}: interrupted runs in {args.registry}: "
                          f"{', '.join(unfinished) or 'none'}")
     run_dir = storage.join(args.registry, name)
+    # Before its state is read: two `--resume` of one run would otherwise both train into it.
+    locks.append(registry.lock_run(run_dir))
+    if registry.is_finished(run_dir):  # the trainer that held it finished the run meanwhile
+        raise UsageError(f"run {name} finished while this trainer waited: nothing to resume")
     try:
         state = registry.read_json(checkpoint_path(run_dir, registry.CHECKPOINT_STATE_FILE))
     except ValueError as error:  # json's errors; the state is written whole, so only by hand or disk damage
@@ -248,11 +259,24 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
     Raises UsageError for bad paths, changed shards or nothing to resume,
     reader.ShardError for bad shards (non-finite values included),
     registry.NoModelError for a registry path that cannot hold runs, RunFailed
-    when the loss becomes NaN (the run is not registered; its last checkpoint stays).
+    when the loss becomes NaN (the run is not registered; its last checkpoint stays),
+    registry.RunBusyError when another trainer holds the run to resume.
+    The returned metrics add "promoted" (bool) and "production" (the production run after this one).
     """
+    locks: list = []
+    try:
+        return _run(args, on_chunk, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> dict:
+    """`run`, with the run folder's lock appended to `locks` once taken."""
     registry.check_root(args.registry)
+    registry.read_production(args.registry)  # an unreadable production.json stops the run now, not at its end
     if args.resume:
-        run_dir, state = _resume_run(args)
+        run_dir, state = _resume_run(args, locks)
         _log(f"resuming {run_dir} after chunk {state['chunks_done']} ({state['rows_seen']:,} rows)")
     else:
         state = _fresh_state(args)
@@ -314,7 +338,7 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         state["seconds"] += seconds
         state["wall_seconds"] = time.perf_counter() - started
         if run_dir is None:
-            run_dir = _first_checkpoint(args.registry, model, state, best_weights)
+            run_dir = _first_checkpoint(args.registry, model, state, best_weights, locks)
         else:
             write_checkpoint(run_dir, model, state, best_weights)
         _log(f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
@@ -327,14 +351,17 @@ def run(args: argparse.Namespace, on_chunk: ChunkHook | None = None) -> dict:
         raise UsageError(f"the train shards {settings['train']} hold no rows")
     # Shards rewritten under a running trainer: what it read is neither the old data nor the new.
     check_inputs(state["inputs"], input_fingerprint(train_paths, val_paths), f"while run {_name(run_dir)} trained")
-    return _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started)
+    metrics = _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started, args)
+    return _promote_if_blessed(metrics, args.registry)
 
 
-def _first_checkpoint(registry_dir: str, model, state: dict, best_weights) -> str:
-    """Create the run folder and write its first checkpoint; no folder is left if that fails."""
+def _first_checkpoint(registry_dir: str, model, state: dict, best_weights, locks: list) -> str:
+    """Create the run folder, lock it and write its first checkpoint; no folder is left if that fails."""
     run_dir = registry.new_run(registry_dir)
     _log(f"run {run_dir} (checkpointed after every chunk: `--resume {_name(run_dir)}` continues it)")
     try:
+        # The folder is new and ours (created exclusively); the lock keeps a `--resume` of it out.
+        locks.append(registry.lock_run(run_dir))
         write_checkpoint(run_dir, model, state, best_weights)
     except BaseException:
         storage.remove_tree(run_dir)
@@ -353,8 +380,24 @@ def _non_finite_loss_message(run_dir: str | None, state: dict, chunk: int, epoch
             "try a lower --learning_rate or check the shards")
 
 
-def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started) -> dict:
-    """Restore the best chunk's weights, score, save the run and drop its checkpoint."""
+def _score_production(registry_dir: str, val_features, val_fares) -> tuple[str | None, float | None, str | None]:
+    """(production run or None, its val MAE on these rows or None, why it could not be scored or None)."""
+    production = registry.production_run(registry_dir)
+    if production is None:
+        return None, None, None
+    try:
+        model = registry.load_run_model(registry.run_path(production, registry_dir))
+    except registry.NoModelError as error:  # unreadable, another feature contract, no longer finished
+        return production, None, str(error)
+    mae = _evaluate(model, val_features, val_fares)["mae"]
+    if not math.isfinite(mae):
+        return production, None, f"it answers non-finite fares (MAE {mae})"
+    return production, mae, None
+
+
+def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started, args) -> dict:
+    """Restore the best chunk's weights, score (model, baseline, production: blessing), save the run
+    and drop its checkpoint."""
     from taxifare_core.training.plots import training_curve_png
 
     settings = state["settings"]
@@ -390,6 +433,14 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
         "history": state["history"],
         "data_stats": stats_file.copy_stats_beside(settings["train"], run_dir),
     }
+    min_gain = getattr(args, "bless_min_gain", blessing.DEFAULT_MIN_GAIN)
+    max_regression = getattr(args, "bless_max_regression", blessing.DEFAULT_MAX_REGRESSION)
+    production, production_mae, problem = _score_production(args.registry, val_features, val_fares)
+    metrics.update(blessing.decide(
+        metrics["val_mae"], metrics["baseline_mae"], min_gain, production_mae=production_mae,
+        production_run=production, max_regression=max_regression, production_problem=problem,
+        rows=len(val_fares)))
+    metrics["bless_min_gain"], metrics["bless_max_regression"] = min_gain, max_regression
     params = {**settings, "incremental": True, "model": "contract section 5",
               "registry": registry.registry_root(run_dir.rstrip("/").rsplit("/", 1)[0])}
     png = training_curve_png(state["history"], metrics["baseline_mae"], title=f"run {name}")
@@ -403,3 +454,26 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
          f"{abs(gain):.1f}% {'better' if gain >= 0 else 'worse'} than the baseline")
     _log(f"saved {storage.join(run_dir, registry.MODEL_FILE)}")
     return metrics
+
+
+def _promote_if_blessed(metrics: dict, registry_dir: str) -> dict:
+    """Promote a blessed run (unless production changed since it was evaluated); the closing lines say why."""
+    name, reasons = metrics["run"], "; ".join(metrics["reasons"])
+    metrics = {**metrics, "promoted": False, "production": metrics["compared_to"]}
+    if not metrics["blessed"]:
+        stays = f"production stays run {metrics['compared_to']}" if metrics["compared_to"] \
+            else "there is still no production model"
+        _log(f"not blessed: {reasons}")
+        _log(f"{stays}; run {name} is kept (`python -m pipelines.registry promote {name} --force` serves it anyway)")
+        return metrics
+    _log(f"blessed: {reasons}")
+    try:
+        registry.promote(name, registry_dir, by=f"pipelines.train ({registry.who()})",
+                         expected=metrics["compared_to"])
+    except registry.ProductionChangedError as error:
+        metrics["production"] = registry.production_run(registry_dir)
+        _log(f"not promoted: {error}")
+        return metrics
+    replaced = f" (replacing run {metrics['compared_to']})" if metrics["compared_to"] else ""
+    _log(f"promoted run {name} to production{replaced}: served by default from now on")
+    return {**metrics, "promoted": True, "production": name}

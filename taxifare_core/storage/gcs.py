@@ -103,3 +103,18 @@ def delete_if_generation(uri: str, generation: int) -> bool:
     except (NotFound, PreconditionFailed):
         return False
     return True
+
+
+def replace_if_generation(uri: str, data: bytes, generation: int) -> bool:
+    """Write an object only if it is still that generation (0: only if absent); False when it changed.
+
+    The compare-and-swap of a small shared file (the registry's production.json);
+    emulators that ignore preconditions make it a plain write.
+    """
+    from google.api_core.exceptions import PreconditionFailed
+
+    try:
+        _blob(uri).upload_from_string(data, content_type="application/json", if_generation_match=generation)
+    except PreconditionFailed:
+        return False
+    return True
