@@ -13,7 +13,7 @@ from PyPI packages too, so it works offline).
     python scripts/bigquery_emulator.py start --gcs_bucket my-bucket   # plus a gs:// emulator
 
 The REST API listens on PORT and the Storage Read API (gRPC) on PORT + 10, the
-convention pipelines.cloud.bigquery_emulator follows. Set BQEMU_PYTHON to use another
+convention pipelines.local.bigquery_emulator follows. Set BQEMU_PYTHON to use another
 Python 3.13 interpreter. Bad flags end with one error line and exit code 2.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from google.api_core.exceptions import GoogleAPIError  # noqa: E402
 from pipelines.cli import OneLineErrorParser  # noqa: E402
-from pipelines.cloud.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port  # noqa: E402
+from pipelines.local.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port  # noqa: E402
 from taxifare_core import contract  # noqa: E402
 from emulators.bigquery import DEFAULT_DATA_DIR, is_ready, load_rides, start  # noqa: E402
 from emulators.gcs import start_storage  # noqa: E402

@@ -36,7 +36,7 @@ from emulators import bigquery as bq_server
 from emulators import gcs as gcs_server
 from emulators import processes as emulator_processes
 from emulators import python_env as emulator_python
-from pipelines.cloud import bigquery_emulator
+from pipelines.local import bigquery_clients, bigquery_emulator
 from pipelines.preprocessing.bigquery import bigquery_read_failure, build_query
 from taxifare_core import contract
 from taxifare_core.generate import generate_rides
@@ -112,10 +112,14 @@ def test_beam_still_has_the_redirected_names():
 
 
 @pytest.fixture
-def redirect_restored():
-    """Whatever a test redirects, Beam talks to Google Cloud again afterwards."""
-    yield
-    bigquery_emulator.stop_using_bigquery_emulator()
+def redirect_restored(monkeypatch):
+    """Whatever a test redirects, Beam's clients, its credential cache and the environment are put back
+    afterwards (monkeypatch records them first)."""
+    for owner, name in bigquery_emulator.REDIRECTED_NAMES:
+        monkeypatch.setattr(owner, name, owner.__dict__[name])
+    for name in bigquery_emulator.CREDENTIAL_FIELDS[1:]:
+        monkeypatch.setattr(bigquery_emulator.CREDENTIAL_CACHE, name, getattr(bigquery_emulator.CREDENTIAL_CACHE, name))
+    monkeypatch.delenv(bigquery_emulator.EMULATOR_HOST_ENV, raising=False)
 
 
 @pytest.mark.parametrize("bad", ["", "localhost", "localhost:", ":9050", "host:port", "host:0", "host:70000"])
@@ -142,12 +146,15 @@ def test_emulator_mode_refuses_runners_outside_this_process(argv, refused):
         bigquery_emulator.check_runs_in_process(options)
 
 
-def test_redirect_replaces_and_restores_beams_clients(redirect_restored):
-    """REST client on the emulator's URL, storage stand-in, no metadata-server call; all undone after."""
+def test_redirect_replaces_beams_clients(redirect_restored):
+    """REST client on the emulator's URL with few retries, storage stand-in with bounded calls, no
+    metadata-server call, anonymous credentials without a lookup."""
     originals = {name: owner.__dict__[name] for owner, name in bigquery_emulator.REDIRECTED_NAMES}
-    bigquery_emulator.use_bigquery_emulator("127.0.0.1:19050")
+    bigquery_emulator.use_bigquery_emulator("127.0.0.1:19050", timeout=7)
     client = bigquery_tools.BigQueryWrapper._bigquery_client(PipelineOptions())
     assert client.url == "http://127.0.0.1:19050/bigquery/v2/"
+    assert client.num_retries == bigquery_clients.REST_RETRIES
+    assert client.http.timeout == 7
     assert beam_bigquery.bq_storage is not originals["bq_storage"]
     assert beam_bigquery.bq_storage.types is originals["bq_storage"].types
     assert gce_metadata_util.fetch_dataflow_job_id() == ""
@@ -155,9 +162,28 @@ def test_redirect_replaces_and_restores_beams_clients(redirect_restored):
     assert beam_auth.get_service_credentials(PipelineOptions()) is None  # anonymous, no lookup
     assert time.monotonic() - started < 1
     assert os.environ[bigquery_emulator.EMULATOR_HOST_ENV] == "http://127.0.0.1:19050"
-    bigquery_emulator.stop_using_bigquery_emulator()
-    assert {name: owner.__dict__[name] for owner, name in bigquery_emulator.REDIRECTED_NAMES} == originals
-    assert bigquery_emulator.EMULATOR_HOST_ENV not in os.environ
+
+
+def test_the_emulator_redirect_stays_out_of_the_workers_package_and_the_pipeline_options():
+    """pipelines.local (the redirect, the client hooks) is not in the package Dataflow workers install,
+    no pipeline module imports it, and its flags never reach Beam's options."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    from pipelines.preprocessing.bigquery import take_local_run_flags
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=found["include"], exclude=found.get("exclude", ()))
+    assert "pipelines.preprocessing" in packages and "pipelines.local" not in packages
+    importers = [path for path in (ROOT / "pipelines").rglob("*.py") if path.parent.name != "local"
+                 and re.search(r"^\s*(from|import) pipelines\.local", path.read_text(), re.MULTILINE)]
+    assert [path.relative_to(ROOT).as_posix() for path in importers] == ["pipelines/preprocess.py"]
+    flags, rest = take_local_run_flags(["--source", "bigquery", "--bigquery_emulator=127.0.0.1:9050",
+                                        "--bigquery_timeout", "12", "--runner", "FnApiRunner"])
+    assert (flags.bigquery_emulator, flags.bigquery_timeout) == ("127.0.0.1:9050", 12.0)
+    assert rest == ["--source", "bigquery", "--runner", "FnApiRunner"]
+    assert "bigquery_emulator" not in PipelineOptions(rest).get_all_options()
 
 
 # --- the emulator ---------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_bigquery_config_needs_a_project_and_export_a_bucket(tmp_path):
 
 
 def test_emulator_flag_needs_no_billing_project():
-    config = resolve_config(PipelineOptions(["--source", "bigquery", "--bigquery_emulator", "127.0.0.1:9050"]))
+    config = resolve_config(PipelineOptions(["--source", "bigquery"]), bigquery_emulator="127.0.0.1:9050")
     assert config.bigquery_emulator == "127.0.0.1:9050"
     assert config.output.endswith("processed_2009-01-01_2015-01-01_1k")
 

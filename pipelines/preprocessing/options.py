@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import (
 from pipelines.cli import OneLineErrorParser, UsageError
 from pipelines.preprocessing.bigquery import (
     QueryError,
+    add_local_run_flags,
     build_query,
     parse_date,
     table_name,
@@ -113,9 +114,6 @@ class PreprocessOptions(PipelineOptions):
             "--read_method", choices=READ_METHODS, default="DIRECT_READ",
             help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)")
         parser.add_argument(
-            "--bigquery_emulator", default=None, metavar="HOST:PORT",
-            help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
-        parser.add_argument(
             "--compare_to", default=None, metavar="REF",
             help="score drift of this run's kept rows against an earlier run: its output folder or its "
                  "stats.json (local or gs://); default: val is scored against train")
@@ -181,6 +179,7 @@ def help_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     PreprocessOptions._add_argparse_args(parser)
+    add_local_run_flags(parser)
     return parser
 
 
@@ -235,10 +234,11 @@ def _csv_size_label(pattern: str) -> str:
     return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
-def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
+def resolve_config(options: PipelineOptions, default_input=None, bigquery_emulator: str | None = None) -> PreprocessConfig:
     """Validate the flags and fill defaults; UsageError (one line) when something is wrong.
 
-    `default_input` is called for the CSV input when --input is absent (it makes the embedded sample).
+    `default_input` is called for the CSV input when --input is absent (it makes the embedded sample);
+    `bigquery_emulator` is --bigquery_emulator's HOST:PORT, a command-line flag Beam never sees.
     """
     flags = options.view_as(PreprocessOptions)
     cloud = options.view_as(GoogleCloudOptions)
@@ -273,7 +273,7 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         except QueryError as error:
             raise UsageError(str(error)) from None
         table = table_name(data_size, flags.bq_project, flags.bq_dataset)
-        if not flags.bigquery_emulator:
+        if not bigquery_emulator:
             if not cloud.project:
                 raise UsageError(
                     "--source bigquery needs the GCP project to bill: pass --project YOUR_PROJECT "
@@ -311,7 +311,7 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
         num_shards=flags.num_shards,
         block_rows=flags.block_rows,
         read_method=flags.read_method,
-        bigquery_emulator=flags.bigquery_emulator,
+        bigquery_emulator=bigquery_emulator,
         runner=runner,
         compare_to=flags.compare_to,
         fail_on_drift=flags.fail_on_drift,
