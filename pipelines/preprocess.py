@@ -116,6 +116,10 @@ def set_log_level(options: PipelineOptions) -> str | None:
         # Local runs print their own progress, and a failure reaches main() as an exception anyway
         # (Beam would also log its traceback at ERROR); remote runners keep Beam's job logs.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        # Beam's BigQuery export also calls logging.warning(), which would set up the root logger
+        # and print "WARNING:root:Error exporting table ..." above the run's own one-line error.
+        if not logging.getLogger().handlers:
+            logging.getLogger().addHandler(logging.NullHandler())
     return level
 
 

@@ -466,3 +466,40 @@ def test_missing_table_ends_with_one_line_and_debug_shows_the_traceback(emulator
     debug = run_failing_preprocess(*args, "--log_level", "DEBUG")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert debug.stderr.splitlines()[-1].endswith("was not found in location US")
+
+
+# --- a BigQuery server that dies mid-read, or is not there: bounded, one line, lock released ----------
+
+DYING_TIMEOUT_S = 10
+# Interpreter exit and Beam's teardown on a busy machine, past the longest BigQuery give-up.
+DYING_MARGIN_S = 25
+
+
+def assert_lock_free(folder: Path) -> None:
+    """The run left no lock: the next run into `folder` takes it without a takeover."""
+    assert not (folder / outputs.LOCK_FILE).exists()
+    if folder.exists():
+        with outputs.OutputLock(str(folder)) as lock:
+            assert lock.warning is None
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("read_method, kill_after", [("DIRECT_READ", 2), ("EXPORT", 0), ("DIRECT_READ", None)],
+                         ids=["DIRECT_READ killed mid-read", "EXPORT killed at its query", "no emulator"])
+def test_a_run_ends_soon_after_bigquery_dies(tmp_path, read_method, kill_after):
+    """The emulator SIGKILLed while the run reads its streams, or as the export's jobs start (2 s later
+    the files are exported and the run needs no server), or never there: exit 1 within
+    --bigquery_timeout or Beam's REST retries (whichever is longer) plus a margin, one error line,
+    the output folder's lock released. Before the deadlines DIRECT_READ waited 24 h, EXPORT ~150 s."""
+    ensure_emulator_venv()
+    run = bq_server.run_with_dying_emulator(
+        tmp_path, ["--read_method", read_method, "--bigquery_timeout", str(DYING_TIMEOUT_S)],
+        kill_after=kill_after, rows=300_000, limit=180)
+    assert run.returncode == 1, run.stderr_lines[-5:]
+    assert run.seconds < max(DYING_TIMEOUT_S, bigquery_clients.BEAM_REST_RETRY_S) + DYING_MARGIN_S
+    *progress, error = run.stderr_lines
+    assert all(line.startswith("preprocess: BigQuery") for line in progress)
+    assert error.startswith(
+        f"preprocess: error: reading BigQuery table {contract.BQ_PROJECT}.{contract.BQ_DATASET}.raw_all "
+        f"({read_method}) failed: ")
+    assert_lock_free(run.output)
