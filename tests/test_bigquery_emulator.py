@@ -109,6 +109,15 @@ def test_beam_still_has_the_redirected_names():
     cache = bigquery_emulator.CREDENTIAL_CACHE
     assert all(hasattr(cache, name) for name in bigquery_emulator.CREDENTIAL_FIELDS)
     assert "cls._credentials_init" in inspect.getsource(cache.get_service_credentials)
+    # What the deadlines rely on: Beam's REST client factory takes the options and builds the client
+    # Beam would; the Storage Read client's read_rows keeps its `retry` for every reconnect; apitools
+    # clients expose their retry count; Beam's REST retries stay within BEAM_REST_RETRY_S.
+    assert "bigquery.BigqueryV2(" in inspect.getsource(wrapper._bigquery_client)
+    assert '{"retry": retry, "timeout": timeout' in inspect.getsource(storage.BigQueryReadClient.read_rows)
+    assert "retry" in inspect.signature(storage.BigQueryReadClient.read_rows).parameters
+    client = bigquery_clients._rest_client(3, "http://127.0.0.1:1/bigquery/v2/")
+    assert (client.num_retries, client.http.timeout) == (bigquery_clients.REST_RETRIES, 3)
+    assert bigquery_tools.MAX_RETRIES == 3
 
 
 @pytest.fixture
