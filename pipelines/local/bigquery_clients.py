@@ -92,8 +92,10 @@ def bounded_retry(timeout: float):
 def _storage_module(timeout: float, channel=None) -> types.ModuleType:
     """A stand-in for google.cloud.bigquery_storage_v1 whose read client bounds its calls by `timeout`
     (on a new `channel()`, an emulator's, when given)."""
-    bq_storage = _ORIGINAL_STORAGE
     from google.api_core.gapic_v1.method import DEFAULT
+
+    bq_storage = _ORIGINAL_STORAGE
+    limit = timeout  # the methods' own `timeout` argument shadows the name
 
     class BoundedReadClient(bq_storage.BigQueryReadClient):
         """BigQueryReadClient whose calls give up after `timeout` s of failures."""
@@ -106,8 +108,6 @@ def _storage_module(timeout: float, channel=None) -> types.ModuleType:
         def read_rows(self, *args, retry=DEFAULT, **kwargs):
             # No overall timeout: a long stream that keeps sending is fine; its reconnects are bounded.
             return super().read_rows(*args, retry=bounded_retry(limit) if retry is DEFAULT else retry, **kwargs)
-
-    limit = timeout
 
     def read_client(**kwargs):
         if channel is not None:
