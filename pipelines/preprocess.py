@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.cloud import dataflow
-from pipelines.preprocessing.bigquery import bigquery_read_failure
+from pipelines.preprocessing.bigquery import BigQueryError, bigquery_read_failure, check_credentials
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, parse_args, resolve_config
 from pipelines.preprocessing.pipeline import DriftGateError, EmptyOutputError, build_dry_run_job, run
 from pipelines.preprocessing.summary import SUMMARY_FILE, format_table
@@ -69,18 +69,24 @@ def check_remote_options(options: PipelineOptions) -> None:
         raise UsageError(str(error)) from None
 
 
-def prepare_emulator(options: PipelineOptions, config: PreprocessConfig) -> None:
-    """Point Beam's BigQuery clients at the emulator before anything touches Google Cloud."""
-    from pipelines.cloud.bigquery_emulator import (
-        check_runs_in_process,
-        use_bigquery_emulator,
-    )
+def prepare_bigquery(options: PipelineOptions, config: PreprocessConfig, flags) -> None:
+    """Before a BigQuery run in this process touches Google Cloud: the emulator redirect
+    (--bigquery_emulator), or the credentials checked (BigQueryError); either way every BigQuery
+    call bounded by --bigquery_timeout on an in-process runner (pipelines.local.bigquery_clients)."""
+    if config.bigquery_emulator:
+        from pipelines.local.bigquery_emulator import check_runs_in_process, use_bigquery_emulator
 
-    try:
-        check_runs_in_process(options)
-        use_bigquery_emulator(config.bigquery_emulator)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+        try:
+            check_runs_in_process(options)
+            use_bigquery_emulator(config.bigquery_emulator, timeout=flags.bigquery_timeout)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return
+    check_credentials()
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        from pipelines.local.bigquery_clients import bound_bigquery_calls
+
+        bound_bigquery_calls(flags.bigquery_timeout)
 
 
 def set_log_level(level: str | None, options: PipelineOptions) -> str | None:
@@ -93,6 +99,10 @@ def set_log_level(level: str | None, options: PipelineOptions) -> str | None:
         # Local runs print their own progress, and a failure reaches main() as an exception anyway
         # (Beam would also log its traceback at ERROR); remote runners keep Beam's job logs.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        # Beam's BigQuery export also calls logging.warning(), which would set up the root logger
+        # and print "WARNING:root:Error exporting table ..." above the run's own one-line error.
+        if not logging.getLogger().handlers:
+            logging.getLogger().addHandler(logging.NullHandler())
     return level
 
 
@@ -123,17 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         check_beam_flags(options, vars(flags))
         check_remote_options(options)
         config = resolve_config(flags, options, default_input=_default_input)
-        if config.bigquery_emulator:
-            prepare_emulator(options, config)
         if dataflow.is_dataflow(options) and options.view_as(TestOptions).dry_run:
             job = build_dry_run_job(argv)
             print(f"dry run: Dataflow job {job.proto.name!r} built, not submitted "
                   f"({len(job.proto_pipeline.components.transforms)} transforms)")
             return 0
+        if config.source == "bigquery":
+            prepare_bigquery(options, config, flags)
         summary, failure = run_reporting_bigquery_failures(options, config, debug)
         if failure:
             print(f"preprocess: error: {failure}", file=sys.stderr)
             return 1
+    except BigQueryError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
     except EmptyOutputError as error:
         print(format_table(error.summary))
         print(f"preprocess: error: {error}", file=sys.stderr)

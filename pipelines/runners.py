@@ -17,7 +17,7 @@ from pipelines.cli import UsageError
 # offline machine never waits for the Prism download the DirectRunner tries first.
 DEFAULT_RUNNER = "FnApiRunner"
 # Runners that execute in (or under) this process: they print their own progress, and the
-# emulator redirect (pipelines.cloud.bigquery_emulator) can only reach their BigQuery clients.
+# emulator redirect (pipelines.local.bigquery_emulator) can only reach their BigQuery clients.
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 

@@ -55,7 +55,7 @@ def count_rows(emulator: str, read_method: str, temp_location: str) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.cloud.bigquery_emulator import use_bigquery_emulator
+    from pipelines.local.bigquery_emulator import use_bigquery_emulator
     from pipelines.preprocessing.bigquery import build_query, read_from_bigquery
     from pipelines.runners import DEFAULT_RUNNER
 

@@ -11,9 +11,11 @@ from PyPI packages too, so it works offline).
     python -m pipelines.preprocess --source bigquery --bigquery_emulator 127.0.0.1:PORT
     python scripts/bigquery_emulator.py stop             # by the pid file's PID
     python scripts/bigquery_emulator.py start --gcs_bucket my-bucket   # plus a gs:// emulator
+    python scripts/bigquery_emulator.py dying_run --read_method DIRECT_READ --kill_after 2
+        # its own emulator, killed 2 s into a preprocess run's reading: how long the run takes to end
 
 The REST API listens on PORT and the Storage Read API (gRPC) on PORT + 10, the
-convention pipelines.cloud.bigquery_emulator follows. Set BQEMU_PYTHON to use another
+convention pipelines.local.bigquery_emulator follows. Set BQEMU_PYTHON to use another
 Python 3.13 interpreter. Bad flags end with one error line and exit code 2.
 """
 from __future__ import annotations
@@ -28,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from google.api_core.exceptions import GoogleAPIError  # noqa: E402
 from pipelines.cli import OneLineErrorParser  # noqa: E402
-from pipelines.cloud.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port  # noqa: E402
+from pipelines.local.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port  # noqa: E402
 from taxifare_core import contract  # noqa: E402
+from taxifare_core.storage.outputs import LOCK_FILE  # noqa: E402
 from emulators.bigquery import DEFAULT_DATA_DIR, is_ready, load_rides, start  # noqa: E402
 from emulators.gcs import start_storage  # noqa: E402
 from emulators.processes import EmulatorError, PID_FILE_NAME, alive, stop  # noqa: E402
@@ -67,6 +70,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     load_cmd.add_argument("--seed", type=int, default=42, help="generator seed (default %(default)s)")
     load_cmd.add_argument("--table", default=f"{contract.BQ_DATASET}.raw_1k",
                           help="DATASET.TABLE in project %s (default %%(default)s)" % contract.BQ_PROJECT)
+    dying_cmd = commands.add_parser(
+        "dying_run", help="start an emulator with --rows rides, start a preprocess run on it, SIGKILL the "
+        "emulator --kill_after s after the run's first job request; print how the run ended")
+    dying_cmd.add_argument("--read_method", choices=("DIRECT_READ", "EXPORT"), default="DIRECT_READ")
+    dying_cmd.add_argument("--kill_after", type=float, default=2.0,
+                           help="seconds after the run's first job request (default %(default)s); "
+                           "-1: no emulator at all (a port where nothing listens)")
+    dying_cmd.add_argument("--rows", type=int, default=300_000, help="rides in the table (default %(default)s)")
+    dying_cmd.add_argument("--limit", type=float, default=300.0,
+                           help="stop the run by its PID this many seconds after the kill (default %(default)s)")
+    dying_cmd.add_argument("--bigquery_timeout", type=float, default=None, help="passed to the run")
     for command in (start_cmd, stop_cmd, status_cmd):
         command.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
                              help="emulator's storage, log and pid file (default %(default)s)")
@@ -113,6 +127,22 @@ def main(argv=None) -> int:
             ok = bool(running) and is_ready(running["host_port"])
             print(f"running on {running['host_port']}" if ok else "not running")
             return 0 if ok else 1
+        elif args.command == "dying_run":
+            import tempfile
+
+            from emulators.bigquery import run_with_dying_emulator
+
+            extra = ["--read_method", args.read_method]
+            extra += ["--bigquery_timeout", str(args.bigquery_timeout)] if args.bigquery_timeout else []
+            with tempfile.TemporaryDirectory(prefix="dying_run_") as workdir:
+                run = run_with_dying_emulator(Path(workdir), extra, None if args.kill_after < 0 else args.kill_after,
+                                              args.rows, args.limit)
+                lock = (run.output / LOCK_FILE).exists()
+            ended = f"exit {run.returncode}" if run.returncode is not None else f"still running, stopped after {args.limit:g} s"
+            print(f"{args.read_method}, emulator {'never there' if args.kill_after < 0 else 'killed'}: "
+                  f"{ended} {run.seconds:.1f} s after the {'start' if args.kill_after < 0 else 'kill'}, "
+                  f"lock {'left' if lock else 'released'}")
+            print("\n".join(run.stderr_lines[-2:]))
         elif args.command == "load":
             from taxifare_core.generate import generate_rides
 

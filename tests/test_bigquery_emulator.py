@@ -36,7 +36,7 @@ from emulators import bigquery as bq_server
 from emulators import gcs as gcs_server
 from emulators import processes as emulator_processes
 from emulators import python_env as emulator_python
-from pipelines.cloud import bigquery_emulator
+from pipelines.local import bigquery_clients, bigquery_emulator
 from pipelines.preprocessing.bigquery import bigquery_read_failure, build_query
 from taxifare_core import contract
 from taxifare_core.generate import generate_rides
@@ -109,13 +109,26 @@ def test_beam_still_has_the_redirected_names():
     cache = bigquery_emulator.CREDENTIAL_CACHE
     assert all(hasattr(cache, name) for name in bigquery_emulator.CREDENTIAL_FIELDS)
     assert "cls._credentials_init" in inspect.getsource(cache.get_service_credentials)
+    # What the deadlines rely on: Beam's REST client factory takes the options and builds the client
+    # Beam would; the Storage Read client's read_rows keeps its `retry` for every reconnect; apitools
+    # clients expose their retry count; Beam's REST retries stay within BEAM_REST_RETRY_S.
+    assert "bigquery.BigqueryV2(" in inspect.getsource(wrapper._bigquery_client)
+    assert '{"retry": retry, "timeout": timeout' in inspect.getsource(storage.BigQueryReadClient.read_rows)
+    assert "retry" in inspect.signature(storage.BigQueryReadClient.read_rows).parameters
+    client = bigquery_clients._rest_client(3, "http://127.0.0.1:1/bigquery/v2/")
+    assert (client.num_retries, client.http.timeout) == (bigquery_clients.REST_RETRIES, 3)
+    assert bigquery_tools.MAX_RETRIES == 3
 
 
 @pytest.fixture
-def redirect_restored():
-    """Whatever a test redirects, Beam talks to Google Cloud again afterwards."""
-    yield
-    bigquery_emulator.stop_using_bigquery_emulator()
+def redirect_restored(monkeypatch):
+    """Whatever a test redirects, Beam's clients, its credential cache and the environment are put back
+    afterwards (monkeypatch records them first)."""
+    for owner, name in bigquery_emulator.REDIRECTED_NAMES:
+        monkeypatch.setattr(owner, name, owner.__dict__[name])
+    for name in bigquery_emulator.CREDENTIAL_FIELDS[1:]:
+        monkeypatch.setattr(bigquery_emulator.CREDENTIAL_CACHE, name, getattr(bigquery_emulator.CREDENTIAL_CACHE, name))
+    monkeypatch.delenv(bigquery_emulator.EMULATOR_HOST_ENV, raising=False)
 
 
 @pytest.mark.parametrize("bad", ["", "localhost", "localhost:", ":9050", "host:port", "host:0", "host:70000"])
@@ -142,12 +155,15 @@ def test_emulator_mode_refuses_runners_outside_this_process(argv, refused):
         bigquery_emulator.check_runs_in_process(options)
 
 
-def test_redirect_replaces_and_restores_beams_clients(redirect_restored):
-    """REST client on the emulator's URL, storage stand-in, no metadata-server call; all undone after."""
+def test_redirect_replaces_beams_clients(redirect_restored):
+    """REST client on the emulator's URL with few retries, storage stand-in with bounded calls, no
+    metadata-server call, anonymous credentials without a lookup."""
     originals = {name: owner.__dict__[name] for owner, name in bigquery_emulator.REDIRECTED_NAMES}
-    bigquery_emulator.use_bigquery_emulator("127.0.0.1:19050")
+    bigquery_emulator.use_bigquery_emulator("127.0.0.1:19050", timeout=7)
     client = bigquery_tools.BigQueryWrapper._bigquery_client(PipelineOptions())
     assert client.url == "http://127.0.0.1:19050/bigquery/v2/"
+    assert client.num_retries == bigquery_clients.REST_RETRIES
+    assert client.http.timeout == 7
     assert beam_bigquery.bq_storage is not originals["bq_storage"]
     assert beam_bigquery.bq_storage.types is originals["bq_storage"].types
     assert gce_metadata_util.fetch_dataflow_job_id() == ""
@@ -155,9 +171,28 @@ def test_redirect_replaces_and_restores_beams_clients(redirect_restored):
     assert beam_auth.get_service_credentials(PipelineOptions()) is None  # anonymous, no lookup
     assert time.monotonic() - started < 1
     assert os.environ[bigquery_emulator.EMULATOR_HOST_ENV] == "http://127.0.0.1:19050"
-    bigquery_emulator.stop_using_bigquery_emulator()
-    assert {name: owner.__dict__[name] for owner, name in bigquery_emulator.REDIRECTED_NAMES} == originals
-    assert bigquery_emulator.EMULATOR_HOST_ENV not in os.environ
+
+
+def test_the_emulator_redirect_stays_out_of_the_workers_package_and_the_pipeline_options():
+    """pipelines.local (the redirect, the client hooks) is not in the package Dataflow workers install,
+    no pipeline module imports it, and its flags never reach Beam's options."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    from pipelines.preprocessing.options import parse_args
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=found["include"], exclude=found.get("exclude", ()))
+    assert "pipelines.preprocessing" in packages and "pipelines.local" not in packages
+    importers = [path for path in (ROOT / "pipelines").rglob("*.py") if path.parent.name != "local"
+                 and re.search(r"^\s*(from|import) pipelines\.local", path.read_text(), re.MULTILINE)]
+    assert [path.relative_to(ROOT).as_posix() for path in importers] == ["pipelines/preprocess.py"]
+    flags, options = parse_args(["--source", "bigquery", "--bigquery_emulator=127.0.0.1:9050",
+                                 "--bigquery_timeout", "12", "--runner", "FnApiRunner"])
+    assert (flags.bigquery_emulator, flags.bigquery_timeout) == ("127.0.0.1:9050", 12.0)
+    assert "bigquery_emulator" not in options.get_all_options(retain_unknown_options=True)
+    assert "bigquery_timeout" not in options.get_all_options(retain_unknown_options=True)
 
 
 # --- the emulator ---------------------------------------------------------------
@@ -440,3 +475,40 @@ def test_missing_table_ends_with_one_line_and_debug_shows_the_traceback(emulator
     debug = run_failing_preprocess(*args, "--log_level", "DEBUG")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert debug.stderr.splitlines()[-1].endswith("was not found in location US")
+
+
+# --- a BigQuery server that dies mid-read, or is not there: bounded, one line, lock released ----------
+
+DYING_TIMEOUT_S = 10
+# Interpreter exit and Beam's teardown on a busy machine, past the longest BigQuery give-up.
+DYING_MARGIN_S = 25
+
+
+def assert_lock_free(folder: Path) -> None:
+    """The run left no lock: the next run into `folder` takes it without a takeover."""
+    assert not (folder / outputs.LOCK_FILE).exists()
+    if folder.exists():
+        with outputs.OutputLock(str(folder)) as lock:
+            assert lock.warning is None
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("read_method, kill_after", [("DIRECT_READ", 2), ("EXPORT", 0), ("DIRECT_READ", None)],
+                         ids=["DIRECT_READ killed mid-read", "EXPORT killed at its query", "no emulator"])
+def test_a_run_ends_soon_after_bigquery_dies(tmp_path, read_method, kill_after):
+    """The emulator SIGKILLed while the run reads its streams, or as the export's jobs start (2 s later
+    the files are exported and the run needs no server), or never there: exit 1 within
+    --bigquery_timeout or Beam's REST retries (whichever is longer) plus a margin, one error line,
+    the output folder's lock released. Before the deadlines DIRECT_READ waited 24 h, EXPORT ~150 s."""
+    ensure_emulator_venv()
+    run = bq_server.run_with_dying_emulator(
+        tmp_path, ["--read_method", read_method, "--bigquery_timeout", str(DYING_TIMEOUT_S)],
+        kill_after=kill_after, rows=300_000, limit=180)
+    assert run.returncode == 1, run.stderr_lines[-5:]
+    assert run.seconds < max(DYING_TIMEOUT_S, bigquery_clients.BEAM_REST_RETRY_S) + DYING_MARGIN_S
+    *progress, error = run.stderr_lines
+    assert all(line.startswith("preprocess: BigQuery") for line in progress)
+    assert error.startswith(
+        f"preprocess: error: reading BigQuery table {contract.BQ_PROJECT}.{contract.BQ_DATASET}.raw_all "
+        f"({read_method}) failed: ")
+    assert_lock_free(run.output)

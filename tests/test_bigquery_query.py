@@ -17,7 +17,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import preprocess
-from pipelines.preprocessing.bigquery import QueryError, build_query
+from pipelines.preprocessing.bigquery import DEFAULT_TIMEOUT_S, QueryError, build_query
 from pipelines.preprocessing.options import UsageError, parse_args, resolve_config
 from pipelines.preprocessing.pipeline import build_preprocess, write_outputs
 from pipelines.preprocessing.summary import counters_from_result
@@ -91,6 +91,20 @@ def test_emulator_flag_needs_no_billing_project():
     config = resolve_config(*parse_args(["--source", "bigquery", "--bigquery_emulator", "127.0.0.1:9050"]))
     assert config.bigquery_emulator == "127.0.0.1:9050"
     assert config.output.endswith("processed_2009-01-01_2015-01-01_1k")
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "soon", "inf", "nan"])
+def test_a_bigquery_timeout_that_is_not_a_positive_number_is_one_line(bad, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--source", "bigquery", "--bigquery_timeout", bad])
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "--bigquery_timeout" in line and "positive number of seconds" in line
+
+
+def test_the_bigquery_timeout_defaults_to_30_seconds():
+    flags, _ = parse_args(["--source", "bigquery"])
+    assert flags.bigquery_timeout == DEFAULT_TIMEOUT_S == 30
 
 
 def bigquery_rows(n: int = 1500) -> list[dict]:

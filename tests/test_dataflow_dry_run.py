@@ -116,7 +116,7 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
 
 def test_workers_dependencies_leave_tensorflow_out():
     """Importing the pipeline never imports TensorFlow, and the shipped requirements do not name it."""
-    code = ("import sys, pipelines.preprocess, pipelines.cloud.dataflow, pipelines.cloud.bigquery_emulator; "
+    code = ("import sys, pipelines.preprocess, pipelines.cloud.dataflow, pipelines.local.bigquery_emulator; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -251,7 +251,7 @@ def test_help_documents_every_flag():
     assert done.returncode == 0
     for flag in ("--source", "--input", "--output", "--data_size", "--min_date", "--max_date", "--val_start",
                  "--dedupe", "--num_shards", "--block_rows", "--bq_project", "--bq_dataset", "--read_method",
-                 "--bigquery_emulator", "--runner", "--direct_num_workers", "--project", "--temp_location"):
+                 "--bigquery_emulator", "--bigquery_timeout", "--runner", "--direct_num_workers", "--project", "--temp_location"):
         assert flag in done.stdout, flag
 
 

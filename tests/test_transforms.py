@@ -39,10 +39,10 @@ from pipelines.preprocessing.parse import (
     split_lines,
 )
 from pipelines.preprocessing.pipeline import PreprocessRides
-from pipelines.preprocessing.records import (
+from pipelines.preprocessing.bigquery_rows import (
     ParseRecordBatches,
     format_raw_csv,
-    parse_records,
+    parse_rows,
 )
 from pipelines.preprocessing.sources import plan_blocks, read_block
 from pipelines.preprocessing.summary import counters_from_result
@@ -322,11 +322,11 @@ BQ_GOOD = dict(zip(contract.RAW_COLUMNS, record(when=BQ_WHEN)))
 
 
 @pytest.mark.parametrize("when", [BQ_WHEN, "2013-07-06 17:18:00 UTC", "2013-07-06T17:18:00Z"])
-def test_parse_records_types_columns_like_the_csv_path(when):
+def test_parse_rows_types_columns_like_the_csv_path(when):
     """DIRECT_READ / Avro give datetimes, a JSON export gives text stamps: same typed rides either way."""
     rows = [{**BQ_GOOD, "pickup_datetime": when, "fare_amount": 5.0 + i} for i in range(5)]
     rows[2]["pickup_longitude"] = None  # missing: a ride (the missing-value rule drops it later)
-    typed, dead = parse_records(rows, "bq")
+    typed, dead, _ = parse_rows(rows, "bq")
     assert dead == []
     csv_typed, _, _ = parse_block(block([ride_line(fare=5.0 + i, plon="" if i == 2 else -73.950655)
                                            for i in range(5)]))
@@ -340,9 +340,9 @@ def test_parse_records_types_columns_like_the_csv_path(when):
     ({"pickup_datetime": "yesterday"}, "pickup_datetime: unreadable timestamp 'yesterday'"),
     ({"pickup_datetime": 12.5}, "pickup_datetime: expected a timestamp, got 12.5"),
 ])
-def test_parse_records_sends_a_wrong_type_value_to_the_dead_letter(change, reason):
+def test_parse_rows_sends_a_wrong_type_value_to_the_dead_letter(change, reason):
     rows = [BQ_GOOD, {**BQ_GOOD, **change}, BQ_GOOD]
-    typed, dead = parse_records(rows, "bq:raw_1k")
+    typed, dead, _ = parse_rows(rows, "bq:raw_1k")
     assert len(typed) == 2
     [line] = dead
     letter = json.loads(line)
@@ -351,10 +351,10 @@ def test_parse_records_sends_a_wrong_type_value_to_the_dead_letter(change, reaso
         next(iter(change))] or "inf" in letter["record"]
 
 
-def test_parse_records_sends_a_timestamp_outside_pandas_range_to_the_dead_letter():
+def test_parse_rows_sends_a_timestamp_outside_pandas_range_to_the_dead_letter():
     """A TIMESTAMP BigQuery holds but pandas cannot (year 2300): that row's reason, the batch goes on."""
     far = datetime(2300, 1, 6, 9, 50, 45, tzinfo=timezone.utc)
-    typed, dead = parse_records([BQ_GOOD, {**BQ_GOOD, "pickup_datetime": far}, BQ_GOOD], "bq:raw_1k")
+    typed, dead, _ = parse_rows([BQ_GOOD, {**BQ_GOOD, "pickup_datetime": far}, BQ_GOOD], "bq:raw_1k")
     assert len(typed) == 2
     [line] = dead
     assert json.loads(line)["reason"].startswith("pickup_datetime: out of range")

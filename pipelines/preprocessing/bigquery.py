@@ -1,10 +1,13 @@
-"""BigQuery as a source: the contract's query built from validated values, the read, and its failures in one line.
+"""BigQuery as a source: the contract's query built from validated values, the read, its
+credentials checked first, and its failures in one line.
 
     build_query("all", "2009-01-01", "2015-01-01")     # the contract's SQL
+    check_credentials()                                 # BigQueryError naming `gcloud auth ...` without them
     pipeline | READ_BIGQUERY_LABEL >> read_from_bigquery(query, "DIRECT_READ", project, temp_location)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from datetime import date
@@ -23,6 +26,56 @@ _DATASET_PATTERN = re.compile(r"[A-Za-z0-9_]{1,1024}")
 
 class QueryError(ValueError):
     """A query parameter that is not allowed (bad date, size, project or dataset)."""
+
+
+class BigQueryError(RuntimeError):
+    """BigQuery cannot be used from here (no credentials): one line, exit 1."""
+
+
+CREDENTIALS_HINT = (
+    "--source bigquery needs Google credentials: run `gcloud auth application-default login` "
+    "(or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file)"
+)
+
+
+def check_credentials() -> None:
+    """BigQueryError (one line naming `gcloud auth application-default login`) unless Google's
+    Application Default Credentials are found. Asked before the pipeline is built: without them,
+    Beam's REST client would fall back to an interactive browser login that waits forever."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        google.auth.default()
+    except DefaultCredentialsError:
+        raise BigQueryError(CREDENTIALS_HINT) from None
+
+
+# Flags of a BigQuery run in this process, read by the command line and never handed to Beam:
+# a Dataflow job never sees them (its workers keep Beam's own clients).
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _timeout(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def add_local_run_flags(parser: argparse.ArgumentParser) -> None:
+    """--bigquery_timeout and --bigquery_emulator, on `parser`."""
+    parser.add_argument(
+        "--bigquery_timeout", type=_timeout, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+        help="give up a BigQuery call (query or export job, read session, stream) after this many seconds "
+             f"of failures, then stop with one line and exit 1 (default {DEFAULT_TIMEOUT_S:g}; local runs)")
+    parser.add_argument(
+        "--bigquery_emulator", default=None, metavar="HOST:PORT",
+        help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing; in-process runners only)")
 
 
 def parse_date(text: str, flag: str = "date") -> date:
@@ -129,7 +182,8 @@ def bigquery_read_failure(error: BaseException, table: str, read_method: str) ->
 
 
 def read_from_bigquery(query: str, read_method: str, project: str | None, temp_location: str | None):
-    """Beam's BigQuery read of `query` (rows as dicts; TIMESTAMP as datetime)."""
+    """Beam's BigQuery read of `query` (rows as dicts; TIMESTAMP as datetime). Its calls are bounded
+    in time by pipelines.local.bigquery_clients, which the command line installs for local runs."""
     from apache_beam.io.gcp.bigquery import ReadFromBigQuery
 
     kwargs = {"gcs_location": temp_location} if read_method == "EXPORT" and temp_location else {}

@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import (
 from pipelines.cli import OneLineErrorParser, UsageError
 from pipelines.preprocessing.bigquery import (
     QueryError,
+    add_local_run_flags,
     build_query,
     parse_date,
     table_name,
@@ -109,9 +110,7 @@ def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--read_method", choices=READ_METHODS, default="DIRECT_READ",
         help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)")
-    parser.add_argument(
-        "--bigquery_emulator", default=None, metavar="HOST:PORT",
-        help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing)")
+    add_local_run_flags(parser)  # --bigquery_timeout, --bigquery_emulator: local runs only, never Beam's
     parser.add_argument(
         "--compare_to", default=None, metavar="REF",
         help="score drift of this run's kept rows against an earlier run: its output folder or its "

@@ -22,7 +22,7 @@ from pipelines.preprocessing.clean import CleanRides, FilterDateWindowFn
 from pipelines.preprocessing.encode import EncodeRides, FormatCsvLines, SplitTrainVal
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, flag_parser, resolve_config
 from pipelines.preprocessing.parse import ParseCsvBlocks
-from pipelines.preprocessing.records import ParseRecordBatches
+from pipelines.preprocessing.bigquery_rows import ParseRecordBatches
 from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
@@ -93,10 +93,6 @@ def read_source(pipeline: beam.Pipeline, config: PreprocessConfig) -> beam.PColl
         # A glob into a published output folder (e.g. its raw cache) reads that output's files.
         published = outputs.resolve(config.input)
         return pipeline | "ReadCsv" >> ReadCsvBlocks(published or config.input, config.block_rows)
-    if config.bigquery_emulator:
-        from pipelines.cloud.bigquery_emulator import use_bigquery_emulator
-
-        use_bigquery_emulator(config.bigquery_emulator)
     options = pipeline.options.view_as(GoogleCloudOptions)
     project = options.project or (contract.BQ_PROJECT if config.bigquery_emulator else None)
     read = read_from_bigquery(config.query, config.read_method, project, options.temp_location)

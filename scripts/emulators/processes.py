@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.cloud.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port
+from pipelines.local.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port
 
 DEFAULT_HOST = "127.0.0.1"
 

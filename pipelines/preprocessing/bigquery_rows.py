@@ -1,4 +1,4 @@
-"""BigQuery's dict rows -> typed rides and the raw cache, from one batch.
+"""BigQuery's rows (one dict each) -> batches -> typed rides, the dead letter and the raw cache, from one batch.
 
     dict rows | ParseRecordBatches(source, n) -> {"rides", "dead_letter", "raw"}
 
@@ -96,8 +96,15 @@ def _parse_one_by_one(records: list, source: str) -> tuple[pd.DataFrame, list[st
     return typed, dead, bad
 
 
-def parse_records_keeping_bad(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str], list[dict]]:
-    """parse_records, plus the rows that went to the dead letter (for the raw cache)."""
+def parse_rows(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str], list[dict]]:
+    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines, the dead
+    letter's rows, for the raw cache).
+
+    Columns are built in one pass each and typed in one call (TIMESTAMP datetimes, or
+    text stamps, converted at once); a row without one of the seven columns, or with a
+    value of the wrong type (text in a numeric column, an unreadable stamp), goes to the
+    dead letter with its content as JSON and the reason.
+    """
     dead, bad = [], []
     try:
         raw = _column_frame(records)
@@ -125,18 +132,6 @@ def parse_records_keeping_bad(records: list[dict], source: str) -> tuple[pd.Data
         dead.append(dead_letter_line(source, None, _record_json(records[position]), reasons.iloc[position]))
         bad.append(records[position])
     return typed[~failed][list(contract.RAW_COLUMNS)], dead, bad
-
-
-def parse_records(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str]]:
-    """A batch of dict rows (BigQuery's output shape) -> (typed rides, dead-letter JSON lines).
-
-    Columns are built in one pass each and typed in one call (TIMESTAMP datetimes, or
-    text stamps, converted at once); a row without one of the seven columns, or with a
-    value of the wrong type (text in a numeric column, an unreadable stamp), goes to the
-    dead letter with its content as JSON and the reason.
-    """
-    typed, dead, _ = parse_records_keeping_bad(records, source)
-    return typed, dead
 
 
 def _raw_text(value) -> str:
@@ -235,7 +230,7 @@ class ParseRecordBatchFn(beam.DoFn):
         records = batch.records
         self.rows_read.inc(len(records))
         started = time.perf_counter()
-        rides, dead, bad = parse_records_keeping_bad(records, self.source)
+        rides, dead, bad = parse_rows(records, self.source)
         record_since(self.timer, started)
         # The cache holds every row read, so a re-run from it finds the same bad input.
         raw = "\n".join(text for text in (format_raw_csv(rides), format_raw_records(bad)) if text)

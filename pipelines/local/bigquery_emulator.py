@@ -1,11 +1,12 @@
-"""Point Apache Beam's BigQuery IO at a local BigQuery emulator, in this process.
+"""Point Apache Beam's BigQuery IO at a local BigQuery emulator, in this process (local runs and tests only).
 
-Beam has no endpoint option for BigQuery, so this redirects the three private names
-its ReadFromBigQuery goes through (a Beam upgrade that moves them fails
+Beam has no endpoint option for BigQuery, so this redirects the private names its
+ReadFromBigQuery goes through (a Beam upgrade that moves them fails
 tests/test_bigquery_emulator.py::test_beam_still_has_the_redirected_names):
 
-- `BigQueryWrapper._bigquery_client` builds the REST client (jobs, tables, datasets);
-- `apache_beam.io.gcp.bigquery.bq_storage` gives the Storage Read API client (DIRECT_READ);
+- `BigQueryWrapper._bigquery_client` builds the REST client (jobs, tables, datasets) and
+  `apache_beam.io.gcp.bigquery.bq_storage` gives the Storage Read API client (DIRECT_READ):
+  both from pipelines.local.bigquery_clients, on the emulator, with its deadlines;
 - `gce_metadata_util.fetch_dataflow_job_id` would ask the GCE metadata server.
 
 Both clients go without credentials (plain HTTP, an insecure gRPC channel), and
@@ -16,12 +17,12 @@ connects anonymously, to the GCS emulator that STORAGE_EMULATOR_HOST names if an
 (e.g. gcp-storage-emulator, which scripts/bigquery_emulator.py also runs). The redirect
 lives in this process only: the pipeline must run in process (the DirectRunner or
 FnApiRunner, not multi_processing), which `check_runs_in_process(options)` checks.
-`python -m pipelines.preprocess --bigquery_emulator HOST:PORT` is its user.
+`python -m pipelines.preprocess --bigquery_emulator HOST:PORT` and the tests are its users;
+this package is not shipped to Dataflow workers and no pipeline module imports it.
 
-    from pipelines.cloud.bigquery_emulator import use_bigquery_emulator
+    from pipelines.local.bigquery_emulator import use_bigquery_emulator
     use_bigquery_emulator("127.0.0.1:9050")            # REST; Storage Read on port + 10
-    use_bigquery_emulator("127.0.0.1:9050", grpc_port=9070)
-    stop_using_bigquery_emulator()                     # back to Google Cloud
+    use_bigquery_emulator("127.0.0.1:9050", grpc_port=9070, timeout=60)
 
 scripts/bigquery_emulator.py starts such an emulator and loads rides into it.
 """
@@ -29,15 +30,12 @@ from __future__ import annotations
 
 import functools
 import os
-import types
 
 import grpc
 from apache_beam.internal.gcp import auth as beam_auth
-from apache_beam.internal.http_client import get_new_http
-from apache_beam.io.gcp import bigquery as beam_bigquery
-from apache_beam.io.gcp import bigquery_tools, gce_metadata_util
-from apache_beam.io.gcp.internal.clients import bigquery as bigquery_api
+from apache_beam.io.gcp import gce_metadata_util
 
+from pipelines.local.bigquery_clients import CLIENT_FACTORIES, DEFAULT_TIMEOUT_S, bound_bigquery_calls
 from pipelines.runners import LOCAL_RUNNERS
 
 # `local-bigquery serve` listens for gRPC (Storage Read) on its REST port + 10 by default.
@@ -49,19 +47,10 @@ REST_PATH = "/bigquery/v2/"
 GRPC_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
 # Names this module replaces, for the guard test: (owner, attribute).
-REDIRECTED_NAMES = (
-    (bigquery_tools.BigQueryWrapper, "_bigquery_client"),
-    (beam_bigquery, "bq_storage"),
-    (gce_metadata_util, "fetch_dataflow_job_id"),
-)
+REDIRECTED_NAMES = (*CLIENT_FACTORIES, (gce_metadata_util, "fetch_dataflow_job_id"))
 # Beam's process-wide credential cache, and its fields: looked up yet?, the credentials (None: anonymous).
 CREDENTIAL_CACHE = beam_auth._Credentials
 CREDENTIAL_FIELDS = ("_credentials_lock", "_credentials_init", "_credentials")
-# What they were before any redirect, for stop_using_bigquery_emulator.
-_ORIGINALS = {(owner, name): owner.__dict__.get(name) for owner, name in REDIRECTED_NAMES}
-
-
-# Runners that execute the pipeline in this process (where the redirect lives).
 
 
 def check_runs_in_process(options) -> None:
@@ -87,67 +76,29 @@ def parse_host_port(host_port: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _rest_client(base_url: str, pipeline_options=None):
-    """Beam's apitools BigQuery client, talking to the emulator."""
-    # No credentials at all: apitools then sends plain requests, as the emulator expects.
-    return bigquery_api.BigqueryV2(
-        url=base_url, http=get_new_http(), get_credentials=False, response_encoding="utf8"
-    )
-
-
-def _storage_module(grpc_target: str) -> types.ModuleType:
-    """A stand-in for google.cloud.bigquery_storage_v1 whose read client uses an insecure channel
-    with Google's message limits (GRPC_CHANNEL_OPTIONS)."""
-    import google.cloud.bigquery_storage_v1 as bq_storage
-    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
-        BigQueryReadGrpcTransport,
-    )
-
-    def read_client(**kwargs):
-        transport = BigQueryReadGrpcTransport(channel=grpc.insecure_channel(grpc_target, options=GRPC_CHANNEL_OPTIONS))
-        return bq_storage.BigQueryReadClient(transport=transport, **kwargs)
-
-    module = types.ModuleType(f"{bq_storage.__name__}_emulator")
-    module.__dict__.update(bq_storage.__dict__)
-    module.BigQueryReadClient = read_client
-    return module
-
-
 def _no_dataflow_job_id() -> str:
     """Not on a Dataflow worker: the emulator's jobs get no beam_job_id label."""
     return ""
 
 
-def _set_beam_credentials(looked_up: bool) -> None:
-    """Empty Beam's credential cache: anonymous from now on (looked_up) or looked up again on next use."""
+def _set_beam_credentials_anonymous() -> None:
+    """Beam's credential cache: looked up, none (anonymous) from now on."""
     with CREDENTIAL_CACHE._credentials_lock:
-        CREDENTIAL_CACHE._credentials_init = looked_up
+        CREDENTIAL_CACHE._credentials_init = True
         CREDENTIAL_CACHE._credentials = None
 
 
-def use_bigquery_emulator(host_port: str, grpc_port: int | None = None) -> None:
-    """Send this process's Beam BigQuery reads to the emulator at host_port (REST)."""
+def use_bigquery_emulator(host_port: str, grpc_port: int | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    """Send this process's Beam BigQuery reads to the emulator at host_port (REST), each call bounded by `timeout` s."""
     host, port = parse_host_port(host_port)
     grpc_port = grpc_port or port + DEFAULT_GRPC_PORT_OFFSET
-    moved = [name for (owner, name), original in _ORIGINALS.items() if original is None]
+    moved = [name for owner, name in REDIRECTED_NAMES if name not in owner.__dict__]
     moved += [name for name in CREDENTIAL_FIELDS if not hasattr(CREDENTIAL_CACHE, name)]
     if moved:
-        raise RuntimeError(f"apache_beam moved {', '.join(moved)}: pipelines/cloud/bigquery_emulator.py must follow it")
-    base_url = f"http://{host}:{port}{REST_PATH}"
-    bigquery_tools.BigQueryWrapper._bigquery_client = staticmethod(
-        functools.partial(_rest_client, base_url)
-    )
-    beam_bigquery.bq_storage = _storage_module(f"{host}:{grpc_port}")
+        raise RuntimeError(f"apache_beam moved {', '.join(moved)}: pipelines/local/bigquery_emulator.py must follow it")
+    bound_bigquery_calls(timeout, rest_url=f"http://{host}:{port}{REST_PATH}", storage_channel=functools.partial(
+        grpc.insecure_channel, f"{host}:{grpc_port}", options=GRPC_CHANNEL_OPTIONS))
     gce_metadata_util.fetch_dataflow_job_id = _no_dataflow_job_id
-    _set_beam_credentials(looked_up=True)
+    _set_beam_credentials_anonymous()
     # google-cloud-bigquery clients made elsewhere in this process follow too.
     os.environ[EMULATOR_HOST_ENV] = f"http://{host}:{port}"
-
-
-def stop_using_bigquery_emulator() -> None:
-    """Undo use_bigquery_emulator: Beam talks to Google Cloud again."""
-    for (owner, name), original in _ORIGINALS.items():
-        if original is not None:
-            setattr(owner, name, original)
-    _set_beam_credentials(looked_up=False)
-    os.environ.pop(EMULATOR_HOST_ENV, None)
