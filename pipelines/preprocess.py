@@ -40,7 +40,12 @@ from pipelines.preprocessing.options import (
     help_parser,
     resolve_config,
 )
-from pipelines.preprocessing.pipeline import DriftGateError, EmptyOutputError, build_dry_run_job, run
+from pipelines.preprocessing.pipeline import (
+    DriftGateError,
+    EmptyOutputError,
+    build_dry_run_job,
+    run,
+)
 from pipelines.preprocessing.statistics import (
     EXIT_DRIFT,
     REPORT_FILE,

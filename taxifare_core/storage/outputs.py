@@ -94,16 +94,6 @@ def _split(pattern: str) -> tuple[str, str]:
     return folder, name
 
 
-def check_output_folder(folder: str) -> None:
-    """ValueError (one line) when the output path is a file or cannot be made a folder."""
-    if storage.isfile(folder):
-        raise ValueError(f"output {folder} is a file, not a folder: pass another --output")
-    try:
-        storage.makedirs(folder)
-    except OSError as error:
-        raise ValueError(f"cannot create output folder {folder}: {error.strerror or error}") from None
-
-
 def read_manifest(folder: str) -> dict | None:
     """The published manifest ({"run", "files"}) of an output folder; None when none was published."""
     path = storage.join(folder, SUMMARY_FILE)
