@@ -23,8 +23,8 @@ Both jobs publish through one context manager:
 
 Readers keep using the documented globs:
 
-    >>> resolve("OUTPUT/train-*.csv")    # the published run's train shards, each checked against the manifest
-    ['OUTPUT/run-20261130T182400.123456Z-1a2b3c/train-00000-of-00001.csv']
+    resolve("OUTPUT/train-*.csv")   # the published run's train shards, each checked against the manifest:
+                                    # ['OUTPUT/run-20261130T182400.123456Z-1a2b3c/train-00000-of-00001.csv']
 
 One run at a time per folder: `OutputLock` (local: flock on OUTPUT/_LOCK.json,
 released by the kernel when its process dies, so a killed run's lock is taken
