@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from emulator_helpers import running_gcs_emulator
+
 from taxifare_core import storage
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader

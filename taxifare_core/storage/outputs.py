@@ -6,17 +6,25 @@ An output folder (preprocessing's or batch prediction's), local or gs://:
                                    {"run": "run-...", "files": {"run-.../train-00000-of-00001.csv": BYTES, ...}}
     OUTPUT/run-<id>/...            the published run's files (shards, dead letter, its own summary.json)
     OUTPUT/run-<id>/_RUN.json      the run folder's marker, written first: proof this project made the folder
-    OUTPUT/run-<other id>/         while a run is writing (or after one failed): not published, never read
+    OUTPUT/run-<other id>/         while a run is writing, after one failed, or kept unpublished: never read
     OUTPUT/_LOCK.json              while a run is writing: pid, host, start time
 
 `summary.json` is replaced in one step (local: temp file + rename; Cloud
 Storage: an object upload is atomic), so a reader sees either the previous
 complete set or the new complete set, never a mix; a killed run leaves the
-previous output untouched. Older run folders are removed only once the new
-manifest is in place. Readers keep using the documented globs:
+previous output untouched. A job removes only what it can prove it wrote (the run
+folders a manifest names or a marker marks), and only once the new manifest is in
+place; a folder that never held an output of this project is refused (`check_target`).
+Both jobs publish through one context manager:
 
-    resolve("OUTPUT/train-*.csv")    # the published run's train shards, each checked against the manifest
-    # -> ['OUTPUT/run-20261130T182400Z-1a2b3c/train-00000-of-00001.csv']
+    with publishing_run(folder, "preprocess", force=False, warn=print) as run:
+        ...                                 # write into run.path
+        run.publish(summary)                # or run.keep_unpublished(): kept for inspection
+
+Readers keep using the documented globs:
+
+    resolve("OUTPUT/train-*.csv")   # the published run's train shards, each checked against the manifest:
+                                    # ['OUTPUT/run-20261130T182400.123456Z-1a2b3c/train-00000-of-00001.csv']
 
 One run at a time per folder: `OutputLock` (local: flock on OUTPUT/_LOCK.json,
 released by the kernel when its process dies, so a killed run's lock is taken
@@ -92,16 +100,6 @@ def _split(pattern: str) -> tuple[str, str]:
     """A glob -> (its folder, its file-name pattern)."""
     folder, _, name = str(pattern).rstrip("/").rpartition("/")
     return folder, name
-
-
-def check_output_folder(folder: str) -> None:
-    """ValueError (one line) when the output path is a file or cannot be made a folder."""
-    if storage.isfile(folder):
-        raise ValueError(f"output {folder} is a file, not a folder: pass another --output")
-    try:
-        storage.makedirs(folder)
-    except OSError as error:
-        raise ValueError(f"cannot create output folder {folder}: {error.strerror or error}") from None
 
 
 def read_manifest(folder: str) -> dict | None:
