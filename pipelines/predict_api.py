@@ -1,7 +1,7 @@
 """Predict taxi fares from Python (notebooks, a web service) with the registry's model.
 
-    >>> from pipelines.predict_api import predict    # also `from pipelines.predict import predict`
-    >>> predict(pd.DataFrame([contract.EXAMPLE_RIDE]))      # -> array([fare])
+    from pipelines.predict_api import predict    # also `from pipelines.predict import predict`
+    predict(pd.DataFrame([contract.EXAMPLE_RIDE]))      # -> array([fare])
     >>> predict(rides, invalid="nan")                       # NaN for the rides the model cannot price
 
 No Beam and no command line here: `python -m pipelines.predict` is the CLI

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from taxifare_core.generate import write_ride_shards
+from taxifare_core.ride_shards import write_ride_shards
 
 GENERATED_ROWS, GENERATED_SEED = 8000, 8
 REAL_SAMPLE = Path(
