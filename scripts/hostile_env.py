@@ -381,7 +381,7 @@ def http_disconnect(url: str, log: Path) -> Row:
     new = log.read_text().splitlines()[before:]
     alive = requests.get(url + "/health", timeout=10).status_code
     return Row("http: client leaves mid-upload", "one log line, server serves on",
-               f"{len(new)} log line(s): {new[0][:90] if new else '-'}; /health {alive}",
+               f"{len(new)} log line(s): {new[0][:130] if new else '-'}; /health {alive}",
                len(new) == 1 and alive == 200, tracebacks=int(any("Traceback" in line for line in new)))
 
 
