@@ -547,10 +547,14 @@ def foreign_cases(work: Work, quick: bool) -> list[Row]:
 def bigquery_cases(work: Work, quick: bool) -> list[Row]:
     """The BigQuery emulator killed mid-read (its helper lives in scripts/emulators/bigquery.py)."""
     case, expected = "bigquery: emulator SIGKILLed mid-read", f"one line, exit 1 within {JOB_DEADLINE_S} s"
+    sys.path.insert(0, str(ROOT / "scripts"))  # the emulator helpers import each other as `emulators.*`
     try:
-        from scripts.emulators.bigquery import run_with_dying_emulator
-        from scripts.emulators.processes import EmulatorError
-    except ImportError:
+        from emulators import bigquery as emulator_bigquery
+        from emulators.processes import EmulatorError
+    except ImportError as error:
+        return [Row(case, expected, f"cannot import scripts/emulators/bigquery.py: {error}", False)]
+    run_with_dying_emulator = getattr(emulator_bigquery, "run_with_dying_emulator", None)
+    if run_with_dying_emulator is None:
         return [Row(case, expected, "needs h3: scripts/emulators/bigquery.py has no run_with_dying_emulator", None)]
     rows = []
     for method in ("DIRECT_READ",) if quick else ("DIRECT_READ", "EXPORT"):
