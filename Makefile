@@ -68,6 +68,11 @@ bench_bigquery: install
 fuzz: install
 	$(PY) scripts/fuzz_inputs.py $(ARGS)
 
+# Signals, a full disk, read-only and foreign folders, a dying BigQuery, a hostile HTTP client: one table (ARGS="--quick").
+.PHONY: hostile_env
+hostile_env: install
+	$(PY) scripts/hostile_env.py $(ARGS)
+
 # Model vs baseline on the real sample beside the project (../shared/data).
 quality: install
 	$(PY) scripts/quality_real_sample.py $(ARGS)

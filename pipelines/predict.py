@@ -36,12 +36,13 @@ from taxifare_core.serving import SERVING_COLUMNS
 from taxifare_core.training import registry
 
 PROG = "python -m pipelines.predict"
+# Text, read by the contract's parser as every other path reads it (float() would take "٤٠.٧").
 RIDE_FLAGS = {
     contract.TIME_COLUMN: (str, 'pickup time in UTC, e.g. "2013-07-06 17:18:00 UTC"'),
-    "pickup_longitude": (float, "pickup longitude (degrees)"),
-    "pickup_latitude": (float, "pickup latitude (degrees)"),
-    "dropoff_longitude": (float, "dropoff longitude (degrees)"),
-    "dropoff_latitude": (float, "dropoff latitude (degrees)"),
+    "pickup_longitude": (str, "pickup longitude (degrees)"),
+    "pickup_latitude": (str, "pickup latitude (degrees)"),
+    "dropoff_longitude": (str, "dropoff longitude (degrees)"),
+    "dropoff_latitude": (str, "dropoff latitude (degrees)"),
     contract.PASSENGER_COLUMN: (str, "number of passengers (1 to 7)"),
 }
 assert tuple(RIDE_FLAGS) == SERVING_COLUMNS

@@ -2,7 +2,7 @@
 
     from pipelines.predict_api import predict    # also `from pipelines.predict import predict`
     predict(pd.DataFrame([contract.EXAMPLE_RIDE]))      # -> array([fare])
-    >>> predict(rides, invalid="nan")                       # NaN for the rides the model cannot price
+    predict(rides, invalid="nan")                       # NaN for the rides the model cannot price
 
 No Beam and no command line here: `python -m pipelines.predict` is the CLI
 (pipelines/predict.py), Beam batch prediction `pipelines.batch_predict`.

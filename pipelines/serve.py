@@ -17,6 +17,13 @@ Endpoints (see docs/serving.md):
 Without --run the service follows the registry's production run: a newly
 promoted run is loaded in the background and swapped in (pipelines.serving_reload).
 
+Connections (pipelines.serve_connections): one that sends no request head for --keep_alive_s
+seconds is closed, at most --max_connections are open (a new one closes the longest idle),
+a POST body must arrive within --body_timeout_s. A POST body is checked for size (its
+Content-Length, then the bytes received) and ride count before it is parsed, and parsed and
+priced in a worker thread. Ctrl-C (or SIGTERM), at start-up or while serving: one line, exit
+130 (143).
+
 A `pickup_datetime` without zone is New York local time; one ending in " UTC"
 is UTC (taxifare_core.serving.service_rides). The model is loaded once at start-up and
 priced by a numpy forward pass (taxifare_core.serving.forward), checked against Keras
@@ -25,27 +32,43 @@ at start-up; no Keras call per request.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
+import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+
+def _exit_at_once(signum, frame) -> None:
+    """Signal handler while the modules load: nothing is open or written yet, so one line and out."""
+    print(f"python -m pipelines.serve: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
 
 # One BLAS thread (set before numpy loads, so only when run as the server): a POST's matrix
 # products are small, and on a busy machine OpenBLAS's spinning threads made 10,000 rides
 # 2-3x slower (measured: 68-82 ms against 27-37 ms on 2 shared cores).
 if __name__ == "__main__":
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Importing numpy, pandas and FastAPI takes seconds on a busy machine: Ctrl-C then is one line too.
+    signal.signal(signal.SIGINT, _exit_at_once)
+    signal.signal(signal.SIGTERM, _exit_at_once)
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
+from pipelines import serve_connections
 from pipelines.cli import (
     DefaultsHelpFormatter,
     OneLineErrorParser,
+    positive_float,
     positive_int,
     report_usage_error,
 )
@@ -61,6 +84,18 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 DEFAULT_MAX_RIDES = 10_000
 # A JSON ride takes about 200 bytes; a body beyond this per ride is refused before it is read.
 MAX_BYTES_PER_RIDE = 1_000
+# A ride of six fields is six commas in a list (five inside, one after it); room for a few more
+# fields. A body with more commas is refused before parsing: Python's JSON parser holds the GIL,
+# so parsing a body of 50,000 rides, even in a thread, stalled every other request by 100-500 ms.
+MAX_COMMAS_PER_RIDE = 12
+# Connections: seconds to send a request head, most open at once, seconds to send a POST body.
+DEFAULT_KEEP_ALIVE_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 1_000
+DEFAULT_BODY_TIMEOUT_S = 30.0
+# Seconds a stopping server waits for requests in flight before closing their connections.
+GRACEFUL_SHUTDOWN_S = 10
+EXIT_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: one line each, on stderr
 # The numpy pass must match Keras within this on the check rows (the issue's bound), relative to the fare.
 FORWARD_TOLERANCE = 1e-5
 QUERY_PARAMETERS = [
@@ -89,6 +124,22 @@ class ServedModel:
 
 class ModelLoadError(RuntimeError):
     """The model cannot be served (absent, unreadable, or its numpy pass disagrees with Keras)."""
+
+
+class Stopped(BaseException):  # like KeyboardInterrupt: no `except Exception` in a library swallows it
+    """SIGINT or SIGTERM arrived: the server stops with one line and exit code 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Refused(Exception):
+    """A POST body refused before pricing: the HTTP status and the reason."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 def _check_rows(n_random: int = 64, seed: int = 0) -> np.ndarray:
@@ -130,7 +181,9 @@ def load_served_model(run: str | None = None, registry_dir: str | None = None) -
     """
     path = registry.run_path(run, registry_dir)
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    keras_model = registry.load_run_model(path)  # UnreadableModelError names another run to use
+    # UnreadableModelError names another run to use, also for a model of another input width or
+    # a metrics.json that is not a JSON object (registry.check_usable_run).
+    keras_model = registry.load_run_model(path)
     try:
         net = forward.from_keras(keras_model)
     except ValueError as error:  # a layer the numpy pass cannot reproduce
@@ -146,6 +199,8 @@ def load_served_model(run: str | None = None, registry_dir: str | None = None) -
         metrics = registry.read_json(storage.join(path, registry.METRICS_FILE))
     except (OSError, ValueError, storage.StorageError):
         metrics = {}  # the model alone is enough to serve; /model then says what is unknown
+    if not isinstance(metrics, dict):  # a finished run's metrics.json is an object: load_run_model checked
+        metrics = {}
     info = {
         "run": name,
         "path": path,
@@ -167,7 +222,8 @@ def _refused(reason: str):
     return _json({"detail": f"cannot price this ride: {reason}", "reason": reason}, 422)
 
 
-def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES):
+def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
     """The FastAPI application serving one loaded model."""
     app = FastAPI(
         title="taxifare",
@@ -175,6 +231,7 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES):
         version="1.0",
     )
     max_bytes = max_rides * MAX_BYTES_PER_RIDE
+    max_commas = max_rides * MAX_COMMAS_PER_RIDE
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):
@@ -198,21 +255,47 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES):
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return _too_large(f"the body has {int(declared):,} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                return _too_large(f"the body exceeds {max_bytes:,} bytes")
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        return _too_large(f"the body exceeds {max_bytes:,} bytes")
+        except ClientDisconnect:
+            client = "%s:%s" % tuple(request.client) if request.client else "a client"
+            LOG.warning("%s left during its POST /predict upload (%s bytes received): nothing priced",
+                        client, f"{len(body):,}")
+            return Response(status_code=400)  # nobody reads it: uvicorn drops it
+        except TimeoutError:
+            return _json({"detail": f"the body did not arrive within {body_timeout_s:g} s "
+                                    f"({len(body):,} bytes received): send it faster or in smaller batches"}, 408)
+        try:
+            # Parsed and priced off the event loop (10,000 rides take tens of milliseconds).
+            return _json(await run_in_threadpool(_read_and_price, body))
+        except Refused as refused:
+            return _json({"detail": refused.detail}, refused.status)
+
+    def _read_and_price(body: bytearray) -> dict:
+        """A POST body's answer; Refused when it is too many rides, not JSON, nested too deeply or not a list."""
+        commas = body.count(b",")  # the work json.loads would do, bounded before it is done
+        if commas > max_commas:
+            raise Refused(413, _too_large_text(f"the body holds {commas:,} commas, more than {max_rides:,} rides "
+                                               f"of up to {MAX_COMMAS_PER_RIDE} fields"))
         try:
             rides = json.loads(body)
+        except RecursionError:
+            raise Refused(422, "the body is nested too deeply: expected a JSON list of ride objects") from None
         except (ValueError, UnicodeDecodeError) as error:
-            return _json({"detail": f"the body is not JSON: {error}"}, 422)
+            raise Refused(422, f"the body is not JSON: {error}") from None
         if not isinstance(rides, list):
-            return _json({"detail": "expected a JSON list of rides, each an object with the fields "
-                                    + ", ".join(SERVING_COLUMNS)}, 422)
+            raise Refused(422, "expected a JSON list of rides, each an object with the fields "
+                               + ", ".join(SERVING_COLUMNS))
         if len(rides) > max_rides:
-            return _too_large(f"{len(rides):,} rides in one request")
-        # Off the event loop: 10,000 rides take tens of milliseconds that GETs need not wait for.
-        return _json(await run_in_threadpool(_price_many, rides))
+            raise Refused(413, _too_large_text(f"{len(rides):,} rides in one request"))
+        try:
+            return _price_many(rides)
+        except RecursionError:  # a value nested just under the parser's limit, quoted in a reason
+            raise Refused(422, "a ride's value is nested too deeply: expected numbers and text") from None
 
     def _price_many(rides: list) -> dict:
         prepared = prepare_json_rides(rides)
@@ -223,9 +306,11 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES):
         errors = [{"index": i, "reason": why} for i, why in enumerate(prepared.reasons) if why is not None]
         return {"fares": fares, "errors": errors}
 
+    def _too_large_text(what: str) -> str:
+        return f"{what}; the limit is {max_rides:,} rides ({max_bytes:,} bytes) per request: split the batch"
+
     def _too_large(what: str):
-        return _json({"detail": f"{what}; the limit is {max_rides:,} rides ({max_bytes:,} bytes) "
-                                "per request: split the batch"}, 413)
+        return _json({"detail": _too_large_text(what)}, 413)
 
     @app.get("/health")
     async def health():
@@ -258,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TCP port; 0 picks a free one (the chosen port is printed)")
     parser.add_argument("--max_rides", type=positive_int, default=DEFAULT_MAX_RIDES,
                         help="most rides accepted in one POST /predict (more: 413)")
+    parser.add_argument("--keep_alive_s", type=positive_float, default=DEFAULT_KEEP_ALIVE_S,
+                        help="seconds a connection may stay open without sending a request (after connecting "
+                             "or after its previous answer); then the server closes it")
+    parser.add_argument("--max_connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="most open connections; a new one at the limit closes the connection idle the "
+                             "longest, a request that finds them all busy gets 503")
+    parser.add_argument("--body_timeout_s", type=positive_float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="seconds a POST /predict body may take to arrive (slower: 408)")
     parser.add_argument("--access_log", action="store_true",
                         help="log every request to stderr (off by default: a log line per request costs CPU)")
     return parser
@@ -285,10 +378,33 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _raise_stopped(signum, frame) -> None:
+    """Signal handler: SIGINT / SIGTERM become Stopped, reported by `main` as one line."""
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Load the model, then serve until interrupted; one-line errors with exit code 2."""
+    """Load the model, then serve until interrupted; one-line errors with exit code 2, 130 / 143 when stopped."""
     args = build_parser().parse_args(argv)
+    # From here on a signal is one line: during start-up (loading TensorFlow takes seconds) it
+    # interrupts the load; while serving, uvicorn shuts down gracefully, then re-raises the
+    # signal it caught into this handler.
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in EXIT_SIGNALS}
     try:
+        return _serve(args)
+    except (Stopped, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        print(f"{PROG}: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        return EXIT_SIGNALS[signum]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Load the model, listen, serve until a signal."""
+    try:
+        serve_connections.reserve_file_descriptors(args.max_connections)
         served = load_served_model(args.run, args.registry)
         sock = _listen(args.host, args.port)
     except (registry.NoModelError, ModelLoadError, storage.StorageError, OSError) as error:
@@ -302,10 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     live = LiveModel(served, lambda run: load_served_model(run, args.registry), args.registry,
                      args.reload_seconds, follows_production=args.run is None).start()
-    config = uvicorn.Config(create_app(live, args.max_rides), log_level="warning", access_log=args.access_log,
-                            lifespan="off")
+    config = uvicorn.Config(
+        create_app(live, args.max_rides, args.body_timeout_s), log_level="warning", access_log=args.access_log,
+        lifespan="off", http=serve_connections.GuardedHttp, timeout_keep_alive=args.keep_alive_s,
+        # uvicorn answers 503 from this many connections on; GuardedHttp keeps one below it when any is idle.
+        limit_concurrency=args.max_connections + 1,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
     print(f"serving run {served.run} on http://{host}:{port} (numpy forward pass; "
-          f"up to {args.max_rides:,} rides per POST; Ctrl-C stops)", flush=True)
+          f"up to {args.max_rides:,} rides per POST, {args.max_connections:,} connections; Ctrl-C stops)",
+          flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -39,8 +39,9 @@ MISSING_TEXT = frozenset({"", "null", "none", "nan", "na", "n/a"})
 _MISSING_ARROW = pa.array(sorted(MISSING_TEXT))
 # Decimal numbers only: no "inf", no "1_000", no hex, as a CSV reader expects. A passenger
 # count is a number whose value is whole ("2", "2.0", "2e0"), judged on the value as Arrow's
-# typed read does, so both parse paths agree.
-_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+# typed read does, so both parse paths agree. ASCII digits only: Python's \d and float() also
+# read "٣" or "３" as 3, Arrow's regex does not; every path (CLI, CSV, GET, POST) refuses them.
+_NUMBER = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 # Spellings of infinity that float() and Arrow read: unreadable numbers here, not missing ones.
 _INFINITE_TEXT = pa.array(sorted({f"{sign}{word}" for sign in ("", "+", "-") for word in ("inf", "infinity")}))
 # Pickup times a datetime64[ns] can hold (pandas' range), in whole epoch seconds.
@@ -169,6 +170,8 @@ def parse_timestamp(value) -> datetime | None:
     if not isinstance(value, str):
         raise MalformedRecord(f"{TIME_COLUMN}: expected a timestamp, got {shown(value)}")
     text = value.strip()
+    if not text.isascii():  # strptime reads "٢٠١٤" as 2014, Arrow does not: one rule, ASCII digits
+        raise MalformedRecord(f"{TIME_COLUMN}: unreadable timestamp {shown(value)}")
     for fmt in _TIME_FORMATS:
         try:
             parsed = datetime.strptime(text, fmt)

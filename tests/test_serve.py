@@ -6,11 +6,16 @@ stop it by its PID at the end, also when a test fails.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import resource
 import select
+import signal
+import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +27,7 @@ import requests
 
 from pipelines import batch_predict
 from pipelines import predict as predict_module
+from pipelines import serve as serve_module
 from pipelines.preprocessing.parse import RawBlock
 from shard_helpers import processed_rows, saved_tiny_model
 from taxifare_core import contract, serving
@@ -39,6 +45,12 @@ from taxifare_core.training import registry
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180
 MAX_RIDES = 50
+# The test server's connection limits: small, so that hostile clients reach them quickly.
+KEEP_ALIVE_S = 2
+MAX_CONNECTIONS = 100
+BODY_TIMEOUT_S = 3
+# The test server starts with this soft open-file limit: 300 idle sockets used to exhaust it.
+SERVER_SOFT_NOFILE = 128
 METRICS = {"val_mae": 2.5, "baseline_mae": 3.1, "rows": 300, "seconds": 4.0}
 RIDE_FIELDS = ("pickup_datetime", "pickup_longitude", "pickup_latitude",
                "dropoff_longitude", "dropoff_latitude", "passenger_count")
@@ -70,11 +82,23 @@ def saved(tmp_path_factory) -> dict:
     return {"root": str(root), "model": model, "run": run_dir.rsplit("/", 1)[-1]}
 
 
-def _serve(*flags: str) -> subprocess.Popen:
-    """`python -m pipelines.serve FLAGS` with this worktree's code first on the path."""
+def _serve(*flags: str, stderr=subprocess.PIPE, nofile: tuple[int, int] | None = None) -> subprocess.Popen:
+    """`python -m pipelines.serve FLAGS` with this worktree's code first on the path (and an open-file limit)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     return subprocess.Popen([sys.executable, "-m", "pipelines.serve", *flags], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            preexec_fn=limit_files if nofile else None)
+
+
+def _ready_url(process: subprocess.Popen) -> str:
+    """The base URL a starting server prints, or '' when it printed none in time."""
+    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
+    line = process.stdout.readline() if ready else ""
+    return "http://" + line.split("http://", 1)[1].split()[0] if "http://" in line else ""
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -89,20 +113,29 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(saved):
-    """The real server on a free loopback port; its base URL. Stopped by PID at the end, also on failure."""
-    process = _serve("--registry", saved["root"], "--port", "0", "--max_rides", str(MAX_RIDES))
+def served(saved, tmp_path_factory):
+    """The real server on a free loopback port: {"url", "log" (its stderr file)}. Stopped by PID at the end."""
+    log = tmp_path_factory.mktemp("server") / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = _serve("--registry", saved["root"], "--port", "0", "--max_rides", str(MAX_RIDES),
+                         "--keep_alive_s", str(KEEP_ALIVE_S), "--max_connections", str(MAX_CONNECTIONS),
+                         "--body_timeout_s", str(BODY_TIMEOUT_S), stderr=stderr,
+                         nofile=(SERVER_SOFT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     try:
-        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
-        line = process.stdout.readline() if ready else ""
-        if "http://" not in line:
+        url = _ready_url(process)
+        if not url:
             _stop(process)
-            pytest.fail(f"the server did not start: {line!r} {process.stderr.read()[-2000:]}")
-        url = "http://" + line.split("http://", 1)[1].split()[0]
-        yield url
+            pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
+        yield {"url": url, "log": log}
         assert process.poll() is None, "the server died during the tests"
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    """The running server's base URL."""
+    return served["url"]
 
 
 # --- the numpy forward pass ------------------------------------------------------------------
@@ -184,6 +217,11 @@ AGREEMENT_RIDES = [
     {**_utc(RIDES[1]), "pickup_longitude": ""},
     {**_utc(RIDES[1]), "pickup_longitude": "0", "pickup_latitude": "0", "dropoff_longitude": "0", "dropoff_latitude": "0"},
     {**_utc(RIDES[1]), "pickup_longitude": "abc", "pickup_datetime": "tomorrow"},
+    # Digits other than ASCII 0-9: Python's float() and strptime read them, Arrow does not; refused everywhere.
+    {**_utc(RIDES[1]), "passenger_count": "\u0663"},
+    {**_utc(RIDES[1]), "pickup_latitude": "\u0664\u0660.\u0667"},
+    {**_utc(RIDES[1]), "passenger_count": "\uff13"},
+    {**_utc(RIDES[1]), "pickup_datetime": "\u0662\u0660\u0661\u0664-07-06 19:18:00 UTC"},
 ]
 
 
@@ -410,3 +448,177 @@ def test_busy_port_is_one_line(server, saved):
 def test_bad_flag_is_one_line():
     line = _one_line_failure(_serve("--port", "70000"))
     assert "--port" in line and "65535" in line
+
+
+# --- hostile clients, bad runs, signals (docs/reliability.md, "HTTP service") -----------------
+
+
+def _idle_sockets(url: str, count: int) -> list[socket.socket]:
+    """`count` loopback connections to the server that send nothing."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return [socket.create_connection((host, int(port)), timeout=10) for _ in range(count)]
+
+
+def _closed_by_server(sock: socket.socket, wait_s: float) -> bool:
+    """True when the server closes (or resets) the connection within wait_s seconds."""
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.slow
+def test_idle_connections_are_capped_and_timed_out_and_health_answers(served):
+    """300 idle sockets once exhausted the server's 128 files: now the longest idle make room, all time out."""
+    sockets = _idle_sockets(served["url"], 3 * MAX_CONNECTIONS)
+    try:
+        started = time.monotonic()
+        assert requests.get(served["url"] + "/health", timeout=10).status_code == 200
+        assert time.monotonic() - started < KEEP_ALIVE_S, "/health waited for the idle sockets to time out"
+        assert all(_closed_by_server(sock, 5) for sock in sockets[:MAX_CONNECTIONS])  # made room for newer ones
+        assert all(_closed_by_server(sock, KEEP_ALIVE_S + 5) for sock in sockets[-10:])  # timed out
+    finally:
+        for sock in sockets:
+            sock.close()
+    [half_head] = _idle_sockets(served["url"], 1)  # a request head that never ends is idle too
+    with half_head:
+        half_head.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        assert _closed_by_server(half_head, KEEP_ALIVE_S + 5)
+    with requests.Session() as session:  # a keep-alive client survives the pause: it reconnects
+        assert session.get(served["url"] + "/health", timeout=10).status_code == 200
+        time.sleep(KEEP_ALIVE_S + 1)
+        assert session.get(served["url"] + "/health", timeout=10).status_code == 200
+    assert "Traceback" not in served["log"].read_text()
+
+
+@pytest.mark.slow
+def test_a_body_of_too_many_values_is_refused_before_parsing(server):
+    rides = [RIDES[0]] * (4 * MAX_RIDES)  # small in bytes, too many rides: counted, not parsed
+    response = requests.post(server + "/predict", data=json.dumps(rides), timeout=10)
+    assert response.status_code == 413
+    assert "commas" in response.json()["detail"] and "split the batch" in response.json()["detail"]
+    extra = [{**ride, "key": f"k{i}", "fare_amount": 5} for i, ride in enumerate(RIDES * 10)]  # 8 fields: fine
+    assert requests.post(server + "/predict", json=extra, timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_deeply_nested_json_is_422_without_a_traceback(served):
+    server = served["url"]
+    for depth in (2_000, 20_000):
+        response = requests.post(server + "/predict", data=b"[" * depth + b"]" * depth, timeout=10)
+        assert response.status_code == 422 and "nested too deeply" in response.json()["detail"], response.text
+    just_under = b"[" * 900 + b"]" * 900  # parses, then a ride's reason quotes it
+    ride = json.dumps(RIDES[0]).encode().replace(b'"-73.950655"', just_under)
+    response = requests.post(server + "/predict", data=b"[" + ride + b"]", timeout=10)
+    assert response.status_code in (200, 422), response.text
+    assert requests.get(server + "/health", timeout=10).status_code == 200
+    assert "Traceback" not in served["log"].read_text()
+
+
+def _wait_for_log(log: Path, words: str, timeout_s: float = 10) -> str:
+    """The server's log once it holds `words` (or as it is after timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    while words not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return log.read_text()
+
+
+@pytest.mark.slow
+def test_a_client_leaving_mid_upload_is_one_log_line(served):
+    [sock] = _idle_sockets(served["url"], 1)
+    with sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 40000\r\n\r\n[" + b" " * 1000)
+        time.sleep(0.3)
+    log = _wait_for_log(served["log"], "left during its POST /predict upload")
+    lines = [line for line in log.splitlines() if "left during its POST" in line]
+    assert len(lines) == 1 and "1,001 bytes received" in lines[0], log
+    assert "Traceback" not in log and "ClientDisconnect" not in log
+    assert requests.get(served["url"] + "/health", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_body_that_stops_arriving_gets_408(server):
+    [sock] = _idle_sockets(server, 1)
+    with sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n[" + b" " * 100)
+        sock.settimeout(BODY_TIMEOUT_S + 10)
+        answer = sock.recv(4096)
+        while b"\r\n\r\n" in answer and not answer.rstrip().endswith(b"}"):  # the body may come in a second read
+            more = sock.recv(4096)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"did not arrive within 3 s" in answer
+
+
+@pytest.mark.slow
+def test_non_ascii_digits_are_refused_by_get_post_and_the_cli(server, saved, capsys):
+    ride = {**RIDES[4], "passenger_count": "\u0663"}  # Arabic-Indic three
+    words = "passenger_count: expected a whole number, got '\u0663'"
+    get = requests.get(server + "/predict", params=ride, timeout=10)
+    assert get.status_code == 422 and get.json()["reason"] == words
+    post = requests.post(server + "/predict", json=[ride], timeout=10).json()
+    assert post["errors"] == [{"index": 0, "reason": words}]
+    assert _cli_error(saved, ride, capsys).endswith(words)
+    latitude = {**RIDES[4], "pickup_latitude": "\u0664\u0660.\u0667"}  # the CLI's float flag read it as 40.7
+    assert _cli_error(saved, latitude, capsys).endswith("pickup_latitude: expected a number, got '\u0664\u0660.\u0667'")
+
+
+def _unusable_runs(root: Path) -> dict[str, Path]:
+    """Two registries whose only run cannot price rides: a metrics.json list, a model of 10 inputs."""
+    from taxifare_core.training.model import keras_module
+
+    keras = keras_module()
+    narrow = keras.Sequential([keras.Input(shape=(10,)), keras.layers.Dense(1)])
+    registries = {"metrics": root / "metrics", "width": root / "width"}
+    registry.save_run(registry.new_run(str(registries["width"])), narrow, {}, {"rows": 1})
+    wide = keras.Sequential([keras.Input(shape=(contract.N_FEATURES,)), keras.layers.Dense(1)])
+    run = registry.save_run(registry.new_run(str(registries["metrics"])), wide, {}, {"rows": 1})
+    Path(run, registry.METRICS_FILE).write_text("[1, 2]\n")
+    return registries
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_price_rides_is_one_line_at_start_up(tmp_path, capsys):
+    registries = _unusable_runs(tmp_path)
+    expected = {"metrics": "metrics.json is a JSON list, not an object",
+                "width": "its model takes inputs of shape (10,); the contract's rides have 65 features"}
+    for kind, root in registries.items():
+        with pytest.raises(registry.UnreadableModelError, match=expected[kind].replace("(", r"\(").replace(")", r"\)")):
+            serve_module.load_served_model(None, str(root))
+        assert predict_module.main(["--registry", str(root)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot price rides" in err and expected[kind] in err, err
+    line = _one_line_failure(_serve("--registry", str(registries["metrics"]), "--port", "0"))
+    assert line.startswith("python -m pipelines.serve: error: run ") and expected["metrics"] in line
+
+
+def test_too_few_file_descriptors_for_max_connections_is_one_line():
+    line = _one_line_failure(_serve("--port", "0", "--max_connections", "5000", nofile=(256, 1024)))
+    assert "--max_connections 5,000 needs" in line and "ulimit -Hn" in line
+
+
+@pytest.mark.slow
+def test_signals_at_start_up_and_while_serving_are_one_line(saved):
+    starting = _serve("--registry", saved["root"], "--port", "0")
+    time.sleep(1.5)  # Python is up, TensorFlow is still loading
+    starting.send_signal(signal.SIGINT)
+    _, err = starting.communicate(timeout=60)
+    assert starting.returncode == 130, err
+    assert err.strip() == "python -m pipelines.serve: stopped by SIGINT", err
+
+    running = _serve("--registry", saved["root"], "--port", "0")
+    try:
+        url = _ready_url(running)
+        assert url and requests.get(url + "/health", timeout=10).status_code == 200
+        running.send_signal(signal.SIGTERM)
+        _, err = running.communicate(timeout=60)
+    finally:
+        _stop(running)
+    assert running.returncode == 143, err
+    assert err.strip() == "python -m pipelines.serve: stopped by SIGTERM", err

@@ -89,9 +89,9 @@ def pickup_to_utc(value):
         raise MalformedRecord(f"{contract.TIME_COLUMN}: expected a timestamp text, got {value!r}")
     text = value.strip()
     is_utc = text.lower().endswith(_UTC_SUFFIX)
-    stamp = _read_time(text[: -len(_UTC_SUFFIX)] if is_utc else text)
+    stamp = _read_time(text[: -len(_UTC_SUFFIX)] if is_utc else text) if text.isascii() else None
     if stamp is None or (is_utc and stamp.tzinfo is not None):
-        return value  # not a time, or two zones: the contract's parser words the refusal
+        return value  # not a time (non-ASCII digits included), or two zones: the contract's parser words the refusal
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=timezone.utc if is_utc else _NEW_YORK)
     try:

@@ -313,13 +313,39 @@ def check_run_model(run_dir: str) -> None:
 
 
 def load_run_model(run_dir: str):
-    """The Keras model of a run folder; UnreadableModelError naming another run when it cannot be read,
+    """The Keras model of a run folder; UnreadableModelError naming another run when it cannot be read or used,
     FeatureContractError when it was trained on another feature contract."""
     check_feature_contract(run_dir)
     try:
-        return load_keras_model(storage.join(run_dir, MODEL_FILE))
+        model = load_keras_model(storage.join(run_dir, MODEL_FILE))
     except UnreadableModelError as error:
         raise _unreadable(run_dir, error.problem) from None
+    check_usable_run(run_dir, model)
+    return model
+
+
+def check_usable_run(run_dir: str, model) -> None:
+    """UnreadableModelError, naming another run, when a loaded run cannot price the contract's rides.
+
+    Its metrics.json must be a JSON object and its model must map the contract's
+    N_FEATURES columns to one fare: a model of another width would fail on every ride.
+    """
+    try:
+        metrics = read_json(storage.join(run_dir, METRICS_FILE))
+        problem = None if isinstance(metrics, dict) else f"{METRICS_FILE} is a JSON {type(metrics).__name__}, not an object"
+    except (OSError, ValueError, storage.StorageError) as error:
+        problem = f"{METRICS_FILE} is unreadable: {_first_line(error)}"
+    if problem is None:
+        inputs, outputs = tuple(model.input_shape)[1:], tuple(model.output_shape)[1:]
+        if inputs != (contract.N_FEATURES,):
+            problem = f"its model takes inputs of shape {inputs}; the contract's rides have {contract.N_FEATURES} features"
+        elif outputs != (1,):
+            problem = f"its model gives outputs of shape {outputs}, not one fare"
+    if problem is not None:
+        root, name = run_dir.rstrip("/").rsplit("/", 1)
+        alternative = _unreadable(run_dir, problem).alternative
+        hint = f"use --run {alternative}" if alternative else f"no other finished run in {root}: train a new one"
+        raise UnreadableModelError(f"run {name} cannot price rides ({problem}): {hint}", problem, alternative)
 
 
 # --- the feature contract a run was trained on -------------------------------------------------
