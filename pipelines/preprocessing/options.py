@@ -235,6 +235,13 @@ def _csv_size_label(pattern: str) -> str:
     return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute: workers resolve a relative one against their own folder, not the submitter's."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessConfig:
     """Validate the flags and fill defaults; UsageError (one line) when something is wrong.
 
@@ -299,10 +306,10 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
     )
     return PreprocessConfig(
         source=flags.source,
-        input=pattern,
+        input=_absolute(pattern),
         query=query,
         table=table,
-        output=output.rstrip("/") or "/",
+        output=_absolute(output).rstrip("/") or "/",
         data_size=data_size,
         min_date=low.isoformat(),
         max_date=high.isoformat(),
