@@ -47,7 +47,7 @@ from pipelines.preprocessing.statistics import (
     STATS_FILE,
     print_drift,
 )
-from pipelines.preprocessing.summary import SUMMARY_FILE, format_table
+from pipelines.preprocessing.summary import SUMMARY_FILE, MetricsUnavailableError, format_table
 from pipelines.preprocessing.tags import PROGRESS
 from pipelines.runners import LOCAL_RUNNERS, pipeline_options
 from taxifare_core.storage import outputs
@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     except EmptyOutputError as error:
         print(format_table(error.summary))
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
+    except MetricsUnavailableError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 1
     except UsageError as error:

@@ -34,6 +34,7 @@ from pipelines.preprocessing.statistics import (
 )
 from pipelines.preprocessing.summary import (
     SUMMARY_FILE,
+    MetricsUnavailableError,
     build_summary,
     counters_from_result,
     stages_from_result,
@@ -242,8 +243,12 @@ def _run_locked(options: PipelineOptions, config: PreprocessConfig) -> dict:
         write_outputs(build_preprocess(pipeline, config), config, run_dir)
         result = pipeline.run()
         result.wait_until_finish()
-        summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
-                                stages_from_result(result))
+        try:
+            counters, stages = counters_from_result(result), stages_from_result(result)
+        except MetricsUnavailableError as error:
+            keep_run_dir = True  # finished files: kept for inspection, never published with made-up counts
+            raise MetricsUnavailableError(f"{error}: nothing published; this run's files are in {run_dir}") from None
+        summary = build_summary(counters, config.to_dict(), time.perf_counter() - started, stages)
         if config.statistics:  # into the run folder: published with it, or kept for inspection
             summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
         if summary["train_rows"] + summary["val_rows"] == 0 and not config.allow_empty:
