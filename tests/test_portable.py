@@ -51,6 +51,15 @@ def test_relative_input_and_output_are_resolved_on_the_submitting_machine(tmp_pa
     assert (remote.input, remote.output) == ("gs://b/rides/*.csv", "gs://b/out")
 
 
+def test_batch_prediction_resolves_relative_paths_before_the_workers_see_them(tmp_path, monkeypatch):
+    from pipelines import batch_predict
+    from taxifare_core.training import registry
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(registry.NoModelError, match=f"no model in {tmp_path / 'models'}"):
+        batch_predict.run("rides/*.csv", "predictions", registry_dir="models")
+
+
 class _ResultWithoutMetrics:
     """A finished run's result that, like Beam's Dask runner's, raises NotImplementedError for metrics."""
 

@@ -235,7 +235,7 @@ def _csv_size_label(pattern: str) -> str:
     return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
-def _absolute(path: str | None) -> str | None:
+def absolute_path(path: str | None) -> str | None:
     """A local path made absolute: workers resolve a relative one against their own folder, not the submitter's."""
     if path is None or "://" in path:
         return path
@@ -306,10 +306,10 @@ def resolve_config(options: PipelineOptions, default_input=None) -> PreprocessCo
     )
     return PreprocessConfig(
         source=flags.source,
-        input=_absolute(pattern),
+        input=absolute_path(pattern),
         query=query,
         table=table,
-        output=_absolute(output).rstrip("/") or "/",
+        output=absolute_path(output).rstrip("/") or "/",
         data_size=data_size,
         min_date=low.isoformat(),
         max_date=high.isoformat(),
