@@ -62,6 +62,7 @@ RUN_SECONDS = 30 * 60
 PREPROCESS_COUNTS = ("rows_read", "bad_input", "dropped", "dropped_total", "duplicates", "train_rows", "val_rows",
                      "balanced")
 PREDICT_COUNTS = ("predicted", "dead_letter")
+HEADED_FAMILIES = ("raw", "predictions", "dead_letter")  # shard families written with a header line
 
 
 class PortableError(RuntimeError):
@@ -286,7 +287,9 @@ def published_rows(folder: Path) -> dict[str, list[bytes]]:
         if not name.endswith((".csv", ".jsonl")):
             continue  # stats.json, report.html: computed from the rows compared here
         family = name.split("-", 1)[0]
-        families.setdefault(family, []).extend((folder / rel).read_bytes().splitlines())
+        lines = (folder / rel).read_bytes().splitlines()
+        # Each shard of these repeats the header; runners may cut a different number of shards.
+        families.setdefault(family, []).extend(lines[1:] if family in HEADED_FAMILIES else lines)
     return {family: sorted(lines) for family, lines in sorted(families.items())}
 
 

@@ -14,9 +14,11 @@ import importlib.util
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,37 @@ def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     assert located.startswith(f"{environment}/venv/") and "site-packages" in located, located
     assert tensorflow == "None"
     assert list((tmp_path / "out" / "services" / "workers").glob("*/staged/workflow.tar.gz"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_ctrl_c_stops_the_job_service_and_the_worker_pool(tmp_path):
+    """Interrupted while the services run, the script stops both by their pids and exits 130."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "portable_run.py"), "--dirty", "200", "--workers", "1",
+         "--output", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        pids = []
+        deadline = time.monotonic() + 1800  # the worker environment may be built first
+        for line in process.stderr:
+            if "worker pool" in line and "pids" in line:
+                pids = [int(p) for p in line.rsplit("(pids ", 1)[1].rstrip(")\n").split(", ")]
+                break
+            assert time.monotonic() < deadline
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+        assert "interrupted; services stopped" in process.stderr.read()
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        if process.poll() is None:
+            process.kill()
