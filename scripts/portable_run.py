@@ -54,6 +54,7 @@ JOBS = ("preprocess", "predict")
 PREDICT_REQUIREMENTS = ROOT / "requirements-predict.txt"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "taxifare" / "portable"
 COMPLETE = "complete.json"  # written last into a worker environment: it is whole
+KEEP_ENVIRONMENTS = 3  # besides the one being built: a preprocess and a predict one survive a code change
 SERVICE_START_SECONDS = 120
 STOP_SECONDS = 10
 PIP_SECONDS = {"preprocess": 20 * 60, "predict": 45 * 60}
@@ -127,8 +128,10 @@ def worker_environment(sdist: Path, requirements: str | None, cache: Path, log: 
     with open(cache / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs never build one environment at once
         if (folder / COMPLETE).is_file():
+            (folder / COMPLETE).touch()  # last used: what prune_cache keeps
             print(f"{PROG}: worker environment {folder} (cached)", file=sys.stderr)
             return folder
+        prune_cache(cache)
         shutil.rmtree(folder, ignore_errors=True)  # an interrupted build
         print(f"{PROG}: building the worker environment {folder} (Beam {apache_beam.__version__}, the sdist"
               f"{', requirements-predict.txt' if requirements else ''}; pip log: {log})", file=sys.stderr)
@@ -149,6 +152,16 @@ def worker_environment(sdist: Path, requirements: str | None, cache: Path, log: 
         (folder / COMPLETE).write_text(json.dumps({"seconds": round(time.monotonic() - started, 1)}))
         print(f"{PROG}: worker environment built in {time.monotonic() - started:.0f} s", file=sys.stderr)
         return folder
+
+
+def prune_cache(cache: Path, keep: int = KEEP_ENVIRONMENTS) -> None:
+    """Remove all but the `keep` most recently used worker environments (about 1 GB each, 3 with TensorFlow)."""
+    built = sorted((p for p in cache.glob("worker-*") if (p / COMPLETE).is_file()),
+                   key=lambda p: (p / COMPLETE).stat().st_mtime, reverse=True)
+    for old in built[keep:]:
+        (old / COMPLETE).unlink()  # first: a half-removed environment is never taken for whole
+        shutil.rmtree(old, ignore_errors=True)
+        print(f"{PROG}: removed the older worker environment {old}", file=sys.stderr)
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,7 +146,7 @@ def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     assert summary["bad_input"] > 0 and summary["balanced"]  # the dirty lines reached the dead letter
     assert summary["config"]["runner"] == "PortableRunner"
     # The workers ran the package from their environment, not from this checkout.
-    environment = next(line.split()[3] for line in done.stderr.splitlines() if "worker environment /" in line)
+    environment = re.search(r"worker environment (/\S+)", done.stderr).group(1)
     probe = subprocess.run(
         [f"{environment}/venv/bin/python", "-c",
          "import importlib.util as u, pipelines; print(pipelines.__file__); print(u.find_spec('tensorflow'))"],
