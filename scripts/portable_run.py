@@ -330,6 +330,11 @@ def compare(direct: Path, portable: Path, counts: tuple[str, ...]) -> list[str]:
     return problems
 
 
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute against this process's folder; gs:// and None as they are."""
+    return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def _interrupt(*_) -> None:
     """SIGTERM handler: unwind as Ctrl-C does."""
     raise KeyboardInterrupt
@@ -352,7 +357,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     services = None
     try:
-        input_glob = args.input or write_dirty_input(output / "input" / "dirty.csv", args.dirty)
+        # The runs start in OUTPUT: relative paths are the caller's.
+        input_glob = _absolute(args.input) if args.input else write_dirty_input(output / "input" / "dirty.csv",
+                                                                                   args.dirty)
         requirements = PREDICT_REQUIREMENTS.read_text() if args.job == "predict" else None
         with tempfile.TemporaryDirectory() as folder:
             sdist = build_sdist(Path(folder))
@@ -361,7 +368,7 @@ def main(argv=None) -> int:
         module = "pipelines.preprocess" if args.job == "preprocess" else "pipelines.predict"
         common = ["--input", input_glob]
         if args.job == "predict":
-            common += [flag for flag, value in (("--registry", args.registry), ("--run", args.run))
+            common += [flag for flag, value in (("--registry", _absolute(args.registry)), ("--run", args.run))
                        for flag in (flag, value) if value]
         started = time.monotonic()
         run_pipeline(module, [*common, "--output", str(output / "direct"), *extra], logs / "direct.log", output)
