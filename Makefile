@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUFF ?= $(PY) -m ruff
 
-.PHONY: install shell run test lint preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict bigquery_emulator reset_local_files clean
+.PHONY: install shell run test lint preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict portable portable_predict bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -87,6 +87,19 @@ dataflow: install
 # Batch prediction on Dataflow: ARGS="--input gs://BUCKET/rides/*.csv [--run RUN] [--dry_run]"
 dataflow_predict: install
 	$(PY) scripts/submit_dataflow.py --job predict $(ARGS)
+
+# Preprocessing through Beam's portable runner, workers built only from the shipped sdist (docs/dataflow.md),
+# on the real sample and on dirty input; each must equal the in-process run. ARGS="--workers 2 ..."
+PORTABLE_SAMPLE ?= ../shared/data/*.csv
+PORTABLE_OUT ?= build/portable
+portable: install
+	$(PY) scripts/portable_run.py --input '$(PORTABLE_SAMPLE)' --output $(PORTABLE_OUT)/sample $(ARGS)
+	$(PY) scripts/portable_run.py --dirty 5000 --output $(PORTABLE_OUT)/dirty $(ARGS)
+
+# Batch prediction the same way (workers get TensorFlow from requirements-predict.txt):
+# ARGS="--input 'rides/*.csv' --registry DIR [--run RUN]"
+portable_predict: install
+	$(PY) scripts/portable_run.py --job predict --output $(PORTABLE_OUT)/predict $(ARGS)
 
 # Empties the local data and training-output folders, keeping their structure.
 reset_local_files: install

@@ -47,6 +47,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
+from pipelines.preprocessing.options import absolute_path
 from pipelines.preprocessing.parse import RawBlock, split_lines
 from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
@@ -281,6 +282,9 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     else's folder (unless `force`), unwritable, or another run writes there; registry.NoModelError when no model.
     """
     started = time.perf_counter()
+    # Workers (Dataflow's, the portable runner's) resolve a relative path against their own folder.
+    input_glob, output_dir = absolute_path(input_glob), absolute_path(output_dir)
+    registry_dir = absolute_path(registry_dir)
     output_dir = output_dir.rstrip("/") or "/"
     options = pipeline_options(beam_args or [])
     try:

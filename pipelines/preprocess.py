@@ -34,7 +34,7 @@ from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import BigQueryError, bigquery_read_failure, check_credentials
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, parse_args, resolve_config
 from pipelines.preprocessing.pipeline import DriftGateError, EmptyOutputError, build_dry_run_job, run
-from pipelines.preprocessing.summary import SUMMARY_FILE, format_table
+from pipelines.preprocessing.summary import SUMMARY_FILE, MetricsUnavailableError, format_table
 from pipelines.preprocessing.tags import PROGRESS
 from pipelines.run_statistics import EXIT_DRIFT, REPORT_FILE, print_drift
 from pipelines.runners import LOCAL_RUNNERS, check_beam_flags
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statistics: {error.run_dir}/{STATS_FILE}, report: {error.run_dir}/{REPORT_FILE}")
         print(f"preprocess: error: {error}", file=sys.stderr)
         return EXIT_DRIFT
+    except MetricsUnavailableError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2

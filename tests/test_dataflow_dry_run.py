@@ -109,9 +109,9 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
                    "pipelines/preprocess.py", "pipelines/preprocessing/parse.py", "pipelines/preprocessing/sources.py",
                    "pipelines/preprocessing/statistics.py", "taxifare_core/stats.py"):
         assert needed in names, f"{needed} not in the sdist"
-    # What pip installs on a worker: the two packages only (setuptools adds tests/ to the sdist's files).
+    # What pip installs on a worker: the two packages only; MANIFEST.in keeps tests/ out of the sdist.
     assert sorted(top_level) == ["pipelines", "taxifare_core"]
-    assert not any(name.startswith((".venv", "scripts/")) for name in names)
+    assert not any(name.startswith((".venv", "scripts/", "tests/")) for name in names)
 
 
 def test_workers_dependencies_leave_tensorflow_out():

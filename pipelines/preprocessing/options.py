@@ -221,6 +221,13 @@ def _csv_size_label(pattern: str) -> str:
     return f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:6]}"
 
 
+def absolute_path(path: str | None) -> str | None:
+    """A local path made absolute: workers resolve a relative one against their own folder, not the submitter's."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_input=None) -> PreprocessConfig:
     """Validate this pipeline's flags (and the Beam options they depend on), fill defaults; UsageError (one line).
 
@@ -285,10 +292,10 @@ def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_
     )
     return PreprocessConfig(
         source=flags.source,
-        input=pattern,
+        input=absolute_path(pattern),
         query=query,
         table=table,
-        output=output.rstrip("/") or "/",
+        output=absolute_path(output).rstrip("/") or "/",
         data_size=data_size,
         min_date=low.isoformat(),
         max_date=high.isoformat(),

@@ -27,6 +27,7 @@ from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
     SUMMARY_FILE,
+    MetricsUnavailableError,
     build_summary,
     counters_from_result,
     stages_from_result,
@@ -237,8 +238,12 @@ def write_and_publish(options: PipelineOptions, config: PreprocessConfig, run_fo
     write_outputs(build_preprocess(pipeline, config), config, run_dir)
     result = pipeline.run()
     result.wait_until_finish()
-    summary = build_summary(counters_from_result(result), config.to_dict(), time.perf_counter() - started,
-                            stages_from_result(result))
+    try:
+        counters, stages = counters_from_result(result), stages_from_result(result)
+    except MetricsUnavailableError as error:
+        run_folder.keep_unpublished()  # finished files: kept for inspection, never published with made-up counts
+        raise MetricsUnavailableError(f"{error}: nothing published; this run's files are in {run_dir}") from None
+    summary = build_summary(counters, config.to_dict(), time.perf_counter() - started, stages)
     if config.statistics:  # into the run folder: published with it, or kept for inspection
         summary["drift"] = publish_statistics(run_dir, summary, config.compare_to)
         warning = empty_val_warning(summary, config)

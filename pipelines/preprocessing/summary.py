@@ -28,9 +28,27 @@ from taxifare_core.storage import outputs
 SUMMARY_FILE = outputs.SUMMARY_FILE
 
 
+class MetricsUnavailableError(RuntimeError):
+    """The runner reports no metrics, so the counts summary.json holds cannot be known (one-line message)."""
+
+
+def _query(result, namespace: str) -> dict:
+    """The result's metrics of one namespace; MetricsUnavailableError when the runner has none."""
+    try:
+        return result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except NotImplementedError:
+        # Beam's Dask runner, for one: its result raises instead of reporting zeros, and so do we.
+        raise MetricsUnavailableError(
+            f"the runner ({type(result).__name__}) reports no metrics, so the counts of summary.json "
+            "cannot be known") from None
+
+
 def counters_from_result(result) -> dict[str, int]:
-    """This pipeline's counters, summed over steps, from a finished PipelineResult."""
-    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    """This pipeline's counters, summed over steps, from a finished PipelineResult.
+
+    MetricsUnavailableError when the runner reports no metrics.
+    """
+    query = _query(result, COUNTER_NAMESPACE)
     totals: dict[str, int] = {}
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -40,7 +58,7 @@ def counters_from_result(result) -> dict[str, int]:
 
 def stages_from_result(result) -> dict[str, dict]:
     """Each timed stage's {"seconds", "batches"}, summed over workers, from the stage distributions."""
-    query = result.metrics().query(MetricsFilter().with_namespace(STAGE_NAMESPACE))
+    query = _query(result, STAGE_NAMESPACE)
     stages: dict[str, dict] = {}
     for distribution in query["distributions"]:
         name = distribution.key.metric.name
