@@ -45,6 +45,7 @@ import pandas as pd
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
@@ -57,7 +58,7 @@ from pipelines.preprocessing.statistics import (
     read_text,
     write_text,
 )
-from pipelines.runners import pipeline_options
+from pipelines.runners import LOCAL_RUNNERS, pipeline_options
 from taxifare_core import contract, stats, storage
 from taxifare_core.parsing import MalformedRecord, clip_record
 from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
@@ -359,6 +360,10 @@ def _run_locked(files: list[str], output_dir: str, model_uri: str, options, bloc
     # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
     # it is (Beam's import of it fails without torch), and that is harmless noise for users.
     logging.getLogger().addFilter(_hide_resource_module_warning)
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        # A failing bundle reaches the caller as an exception (pipelines.cli makes a full disk one
+        # line); Beam's own ERROR log of it would print the traceback first. Remote runs keep their logs.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     published = False
     try:
         pipeline = beam.Pipeline(options=options)

@@ -29,7 +29,10 @@ from pipelines.cli import (
     DefaultsHelpFormatter,
     OneLineErrorParser,
     UsageError,
+    entry_point,
+    on_interrupt,
     report_usage_error,
+    writes_to,
 )
 from taxifare_core import contract, storage
 from taxifare_core.parsing import MalformedRecord
@@ -170,8 +173,9 @@ def _broken_model_message(run_dir: str) -> str:
     return f"the model of run {name} answers NaN or infinity instead of a fare: {hint}"
 
 
+@entry_point(PROG)
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; one-line errors with exit code 2."""
+    """CLI entry point; one-line errors with exit code 2 (Ctrl-C, SIGTERM, a full disk: see pipelines.cli)."""
     args, beam_args = build_parser().parse_known_args(argv)
     try:
         if args.input is None and args.output is None:
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.preprocessing.options import check_flags
 
         check_flags(beam_args)  # Beam would only log unknown flags and run anyway
+        writes_to(args.output)
+        on_interrupt(lambda: f"{args.output} keeps its last published run")
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:

@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
+from pipelines.cli import entry_point, on_interrupt, writes_to
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import bigquery_read_failure
 from pipelines.preprocessing.options import (
@@ -125,8 +126,9 @@ def run_reporting_bigquery_failures(options: PipelineOptions, config: Preprocess
         return None, failure + hint
 
 
+@entry_point("preprocess")
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: validate flags, run, print the summary table."""
+    """CLI entry point: validate flags, run, print the summary table (Ctrl-C, SIGTERM, a full disk: one line)."""
     argv = sys.argv[1:] if argv is None else argv
     help_parser().parse_known_args(argv)  # --help, and one-line errors for this pipeline's flags
     options = pipeline_options(argv)
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         check_flags(argv)
         check_remote_options(options)
         config = resolve_config(options, default_input=_default_input)
+        writes_to(config.output)
+        on_interrupt(lambda: f"{config.output} keeps its last published run")
         if config.bigquery_emulator:
             prepare_emulator(options, config)
         if dataflow.is_dataflow(options) and options.view_as(TestOptions).dry_run:
