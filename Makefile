@@ -70,9 +70,10 @@ dataflow: install
 dataflow_predict: install
 	$(PY) scripts/submit_dataflow.py --job predict $(ARGS)
 
-# Empties the local data and training-output folders, keeping their structure.
+# Empties the local data and training-output folders, keeping their structure: lists them, then asks
+# (ARGS=--yes to skip the question; without a terminal it needs --yes).
 reset_local_files: install
-	$(PY) -m pipelines.reset_local_files
+	$(PY) -m pipelines.reset_local_files $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-bqemu build *.egg-info .pytest_cache

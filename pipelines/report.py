@@ -15,7 +15,7 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.cli import OneLineErrorParser, UsageError, report_usage_error
+from pipelines.cli import OneLineErrorParser, UsageError, entry_point, report_usage_error
 from pipelines.preprocessing.statistics import (
     REPORT_FILE,
     STATS_FILE,
@@ -45,6 +45,13 @@ def regenerate(output: str, compare_to: str | None = None, out: str | None = Non
     """Write the report of a finished run; returns its path. UsageError for a missing or foreign file."""
     output = output.rstrip("/")
     try:
+        kind = (outputs.read_manifest(output) or {}).get("kind")
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    if kind and kind != "preprocess":
+        raise UsageError(f"{output} holds a {kind} output, not a preprocessing one: the report reads "
+                         "preprocessing outputs (a batch prediction's statistics are its stats.json)")
+    try:
         stats_path = outputs.published_path(f"{output}/{STATS_FILE}")  # inside the published run folder
     except outputs.IncompleteOutputError as error:
         raise UsageError(str(error)) from None
@@ -68,6 +75,7 @@ def regenerate(output: str, compare_to: str | None = None, out: str | None = Non
     return path
 
 
+@entry_point(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
