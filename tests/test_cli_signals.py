@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,16 @@ def test_other_errors_propagate_unchanged():
 
     with pytest.raises(ZeroDivisionError):
         main()
+
+
+def test_every_command_honours_help_and_does_nothing_else(tmp_path):
+    """`--help` prints usage and exits 0 without touching a file (reset_local_files used to wipe everything)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "LOCAL_DATA_PATH": str(tmp_path / "data"), "LOCAL_REGISTRY_PATH": str(tmp_path / "registry")}
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    (tmp_path / "data" / "processed" / "keep.csv").write_text("1\n")
+    for module in ("main", "preprocess", "predict", "train", "serve", "report", "reset_local_files"):
+        done = subprocess.run([sys.executable, "-m", f"pipelines.{module}", "--help"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0 and done.stdout.startswith("usage:"), (module, done.stdout, done.stderr)
+        assert (tmp_path / "data" / "processed" / "keep.csv").exists(), module
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
