@@ -230,3 +230,22 @@ def test_trainer_offers_resume_only_when_a_checkpoint_exists(work):
     line = interrupt_after("chunk 1:")  # its checkpoint is written
     (started,) = set(registry.unfinished_runs(str(work / "registry"))) - before
     assert line.endswith(f"interrupted (SIGINT); continue with --resume {started}"), line
+
+
+def test_ctrl_c_while_predict_loads_the_model_is_one_line_130(work):
+    """Ctrl-C during start-up (TensorFlow loading, inside main()): one line, not TensorFlow's traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.predict", "--registry", str(work / "registry")],
+                            cwd=ROOT, env=_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        maps = Path(f"/proc/{proc.pid}/maps")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and "tensorflow" not in maps.read_text():
+            time.sleep(0.01)
+        assert proc.poll() is None, "predicted before TensorFlow was seen loading"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr == "python -m pipelines.predict: interrupted (SIGINT)\n", stderr[-3000:]
