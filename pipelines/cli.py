@@ -188,7 +188,7 @@ def _interrupted_line(command: _Command, signum: int) -> str:
     if command.interrupt_hint is not None:
         try:
             hint = command.interrupt_hint()
-        except Exception:  # the hint only adds to the line; the exit must not fail on it
+        except Exception:  # noqa: BLE001 - the hint only adds to the line; the exit must not fail on it
             hint = None
     return f"{command.prog}: {what} ({signal.Signals(signum).name})" + (f"; {hint}" if hint else "")
 

@@ -15,7 +15,12 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.cli import OneLineErrorParser, UsageError, entry_point, report_usage_error
+from pipelines.cli import (
+    OneLineErrorParser,
+    UsageError,
+    entry_point,
+    report_usage_error,
+)
 from pipelines.preprocessing.statistics import (
     REPORT_FILE,
     STATS_FILE,

@@ -133,7 +133,7 @@ def _unfinished(registry_dir: str) -> set[str]:
     """The registry's interrupted runs now (none when it cannot be listed: the run will say why)."""
     try:
         return set(registry.unfinished_runs(registry_dir))
-    except Exception:
+    except (OSError, ValueError, registry.NoModelError):
         return set()
 
 

@@ -20,7 +20,7 @@ def _fill():
 
 def _reset(*args):
     return subprocess.run([sys.executable, "-m", "pipelines.reset_local_files", *args], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=120)
+                          text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
 
 
 def test_reset_keeps_structure_and_removes_content():
@@ -48,7 +48,7 @@ def test_nothing_is_removed_unless_told_yes(args):
 
 
 def test_an_answer_other_than_yes_keeps_everything(monkeypatch, capsys):
-    data, registry = _fill()
+    _, registry = _fill()
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     assert reset_local_files.main([]) == 0

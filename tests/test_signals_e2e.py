@@ -69,7 +69,7 @@ def work(tmp_path_factory) -> Path:
                     _preprocess(work, work / "rides" / "small.csv", work / "out"),
                     _train(work, "--chunk_size", "2000", "--max_epochs_per_chunk", "1"),
                     _predict(work, work / "rides" / "small.csv", work / "pred")):
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
     return work
 
@@ -166,7 +166,7 @@ def test_file_size_limit_is_one_line_exit_1_previous_output_intact(work, job):
         maker = _preprocess if job == "preprocess" else _predict
         command = maker(work, work / "rides" / "big.csv", folder)
     done = subprocess.run(command, cwd=ROOT, env=_env(work), capture_output=True, text=True, timeout=600,
-                          preexec_fn=_file_size_limit(30_000))
+                          preexec_fn=_file_size_limit(30_000), check=False)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
@@ -192,11 +192,11 @@ def test_full_disk_is_one_line_exit_1_previous_output_intact(work, tmp_path):
         tiny = tmp_path / "tiny.csv"
         generate.generate_rides(300, seed=3).to_csv(tiny, index=False)
         first = subprocess.run(_preprocess(work, tiny, out), cwd=ROOT, env=_env(work), capture_output=True,
-                               text=True, timeout=600)
+                               text=True, timeout=600, check=False)
         assert first.returncode == 0, first.stderr[-3000:]
         before = _published(out)
         done = subprocess.run(_preprocess(work, work / "rides" / "big.csv", out), cwd=ROOT, env=_env(work),
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 1, done.stderr[-3000:]
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
         last = done.stderr.strip().splitlines()[-1]
