@@ -101,9 +101,10 @@ portable: install
 portable_predict: install
 	$(PY) scripts/portable_run.py --job predict --output $(PORTABLE_OUT)/predict $(ARGS)
 
-# Empties the local data and training-output folders, keeping their structure.
+# Empties the local data and training-output folders, keeping their structure: lists them, then asks
+# (ARGS=--yes to skip the question; without a terminal it needs --yes).
 reset_local_files: install
-	$(PY) -m pipelines.reset_local_files
+	$(PY) -m pipelines.reset_local_files $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-bqemu build *.egg-info .pytest_cache

@@ -25,7 +25,8 @@ model handler, and writes:
 (written crash-safe: see `taxifare_core.storage.outputs` and docs/reliability.md;
 `taxifare_core.storage.outputs.resolve("OUTPUT/predictions-*.csv")` lists the published files).
 
-With several input files, a ride without key is named `file.csv:LINE`.
+With several input files, a ride without key is named `PATH:LINE`, PATH the file's path
+relative to the input files' common folder (`2015/rides.csv:7`, `2016/rides.csv:7`).
 Importing this module never imports TensorFlow: the handler loads Keras on the worker.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 import pandas as pd
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
@@ -51,7 +53,7 @@ from pipelines.preprocessing.options import absolute_path
 from pipelines.preprocessing.parse import RawBlock, split_lines
 from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
-from pipelines.runners import pipeline_options
+from pipelines.runners import LOCAL_RUNNERS, pipeline_options
 from taxifare_core import contract, storage
 from taxifare_core.drift import drift_report
 from taxifare_core.parsing import clip_record
@@ -77,10 +79,30 @@ class EncodedBlock:
 
 
 def _csv_line(*fields) -> str:
-    """Fields as one CSV line (quoted where needed)."""
+    """Fields as one CSV row, quoted where needed: a \r or \n in a key stays inside its quotes."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(fields)
-    return buffer.getvalue()
+    # The csv module quotes a field holding a character of the line terminator: "\r\n" makes it
+    # quote both, so a key with a CR or a newline is one row for every CSV reader.
+    csv.writer(buffer, lineterminator="\r\n").writerow(fields)
+    return buffer.getvalue()[:-2]
+
+
+def common_folder(files: Sequence[str]) -> str:
+    """The deepest folder holding all the files ("" for the filesystem root), gs:// kept intact."""
+    folders = [path.split("/")[:-1] for path in files]
+    common = []
+    for level in zip(*folders):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return "/".join(common)
+
+
+def file_label(source: str, key_root: str | None) -> str:
+    """A file's name in the keys of its rides: its path under key_root, else its base name."""
+    if key_root is not None and source.startswith(key_root + "/"):
+        return source[len(key_root) + 1:]
+    return source.rsplit("/", 1)[-1]
 
 
 def _dead_line(key: str, reason: str, text: str) -> str:
@@ -89,9 +111,14 @@ def _dead_line(key: str, reason: str, text: str) -> str:
     return _csv_line(key, reason, text)
 
 
-def encode_block(block: RawBlock, name_by_file: bool) -> tuple[EncodedBlock, list[str]]:
-    """One block -> (the rides the model can price, dead-letter lines for the others)."""
-    label = (lambda n: f"{block.source.rsplit('/', 1)[-1]}:{n}") if name_by_file else str
+def encode_block(block: RawBlock, name_by_file: bool, key_root: str | None = None) -> tuple[EncodedBlock, list[str]]:
+    """One block -> (the rides the model can price, dead-letter lines for the others).
+
+    A ride without key is named by its line number, prefixed with its file (`file_label`) when
+    `name_by_file`: two files of the same name in different folders keep different keys.
+    """
+    name = file_label(block.source, key_root)
+    label = (lambda n: f"{name}:{n}") if name_by_file else str
     split = split_lines(block)
     frame, lines = split.fields, list(zip(split.line_numbers.tolist(), split.texts))
     dead = [_dead_line(label(number), reason, text) for number, text, reason in split.bad]
@@ -113,12 +140,12 @@ def encode_block(block: RawBlock, name_by_file: bool) -> tuple[EncodedBlock, lis
 class EncodeBlockFn(beam.DoFn):
     """RawBlock -> EncodedBlock; rides that cannot be priced to the "dead_letter" output."""
 
-    def __init__(self, name_by_file: bool):
-        self.name_by_file = name_by_file
+    def __init__(self, name_by_file: bool, key_root: str | None = None):
+        self.name_by_file, self.key_root = name_by_file, key_root
         self.dead = Metrics.counter(COUNTER_NAMESPACE, DEAD_LETTER)
 
     def process(self, block: RawBlock):
-        encoded, dead = encode_block(block, self.name_by_file)
+        encoded, dead = encode_block(block, self.name_by_file, self.key_root)
         if dead:
             self.dead.inc(len(dead))
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
@@ -188,16 +215,16 @@ class PredictRideFiles(beam.PTransform):
     """A file pattern of raw ride CSVs -> {"predictions": key,fare_pred text, "dead_letter": key,reason,input text}."""
 
     def __init__(self, pattern: str | list[str], model_uri: str, name_by_file: bool,
-                 block_rows: int = PREDICT_BLOCK_ROWS):
+                 block_rows: int = PREDICT_BLOCK_ROWS, key_root: str | None = None):
         super().__init__()
         self.pattern, self.model_uri = pattern, model_uri
-        self.name_by_file, self.block_rows = name_by_file, block_rows
+        self.name_by_file, self.block_rows, self.key_root = name_by_file, block_rows, key_root
 
     def expand(self, pbegin):
         encoded = (
             pbegin
             | "ReadCsv" >> ReadCsvBlocks(self.pattern, self.block_rows, required=SERVING_COLUMNS)
-            | "Prepare" >> beam.ParDo(EncodeBlockFn(self.name_by_file)).with_outputs(DEAD_LETTER, main="encoded")
+            | "Prepare" >> beam.ParDo(EncodeBlockFn(self.name_by_file, self.key_root)).with_outputs(DEAD_LETTER, main="encoded")
         )
         priced = (
             encoded["encoded"]
@@ -240,14 +267,14 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
 
 
 def build_predict(pipeline: beam.Pipeline, inputs, output_dir: str, model_uri: str, name_by_file: bool,
-                  block_rows: int = PREDICT_BLOCK_ROWS) -> None:
+                  block_rows: int = PREDICT_BLOCK_ROWS, key_root: str | None = None) -> None:
     """The batch prediction graph on `pipeline`: read, prepare, RunInference, write its outputs into output_dir.
 
     `inputs` is a glob or a list of files. Touches no file: `run` checks the input
     and model first and publishes the run folder; a Dataflow dry run
     (pipelines.cloud.predict_dry_run.build_predict_dry_run_job) builds it offline.
     """
-    pcolls = pipeline | "PredictRides" >> PredictRideFiles(inputs, model_uri, name_by_file, block_rows)
+    pcolls = pipeline | "PredictRides" >> PredictRideFiles(inputs, model_uri, name_by_file, block_rows, key_root)
     pcolls[PREDICTIONS] | "WritePredictions" >> beam.io.WriteToText(
         storage.join(output_dir, PREDICTIONS), file_name_suffix=".csv", header=PREDICTIONS_HEADER
     )
@@ -321,8 +348,12 @@ def predict_and_publish(files: list[str], run_folder: outputs.RunFolder, model_u
     # Beam's RunInference warns that `resource` (memory stats) is missing each time it loads the model:
     # it is (Beam's import of it fails without torch), and that is harmless noise for users.
     logging.getLogger().addFilter(_hide_resource_module_warning)
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        # A failing bundle reaches the caller as an exception (pipelines.cli makes a full disk one
+        # line); Beam's own ERROR log of it would print the traceback first. Remote runs keep their logs.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     pipeline = beam.Pipeline(options=options)
-    build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows)
+    build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows, key_root=common_folder(files))
     result = pipeline.run()
     result.wait_until_finish()
     summary = {

@@ -13,10 +13,11 @@ and where everything was written. Each step is also its own command
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from pipelines import predict, preprocess, train
-from pipelines.cli import UsageError
+from pipelines.cli import OneLineErrorParser, UsageError, entry_point
 from taxifare_core import contract
 from taxifare_core.default_sample import ensure_default_sample
 from taxifare_core.storage import outputs
@@ -28,12 +29,13 @@ def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+@entry_point("python -m pipelines.main")
 def main(argv: list[str] | None = None) -> int:
-    """Run the four stages and print the closing summary."""
-    if argv:
-        print("python -m pipelines.main takes no flags; run each stage's command for options "
-              "(python -m pipelines.preprocess --help, ...)", file=sys.stderr)
-        return 2
+    """Run the four stages and print the closing summary (--help says what they are; no other flag)."""
+    OneLineErrorParser(
+        prog="python -m pipelines.main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="It takes no flags; each stage's own command has them (python -m pipelines.preprocess --help, ...)",
+    ).parse_args(argv or [])
     _step("1/4 sample: the embedded default rides")
     raw_glob = ensure_default_sample()
     print(f"raw rides: {raw_glob}")

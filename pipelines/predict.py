@@ -27,7 +27,10 @@ from pipelines.cli import (
     DefaultsHelpFormatter,
     OneLineErrorParser,
     UsageError,
+    entry_point,
+    on_interrupt,
     report_usage_error,
+    writes_to,
 )
 from pipelines.predict_api import InvalidRideError, NonFiniteFareError, example_ride, predict
 from taxifare_core import contract, storage
@@ -113,8 +116,9 @@ def _broken_model_message(run_dir: str) -> str:
     return f"the model of run {name} answers NaN or infinity instead of a fare: {hint}"
 
 
+@entry_point(PROG)
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; one-line errors with exit code 2."""
+    """CLI entry point; one-line errors with exit code 2 (Ctrl-C, SIGTERM, a full disk: see pipelines.cli)."""
     args, beam_args = build_parser().parse_known_args(argv)
     try:
         if args.input is None and args.output is None:
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.runners import check_beam_flags, pipeline_options
 
         check_beam_flags(pipeline_options(beam_args), vars(args))  # Beam would only log them and run anyway
+        writes_to(args.output)
+        on_interrupt(lambda: f"{args.output} keeps its last published run")
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args, force=args.force)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:

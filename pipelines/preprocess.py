@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
+from pipelines.cli import entry_point, on_interrupt, writes_to
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import BigQueryError, bigquery_read_failure, check_credentials
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, parse_args, resolve_config
@@ -123,8 +124,9 @@ def run_reporting_bigquery_failures(options: PipelineOptions, config: Preprocess
         return None, failure + hint
 
 
+@entry_point("preprocess")
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: validate flags, run, print the summary table."""
+    """CLI entry point: validate flags, run, print the summary table (Ctrl-C, SIGTERM, a full disk: one line)."""
     argv = sys.argv[1:] if argv is None else argv
     flags, options = parse_args(argv)  # --help, and one-line errors for this pipeline's flags
     debug = set_log_level(flags.log_level, options) == "DEBUG"
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         check_beam_flags(options, vars(flags))
         check_remote_options(options)
         config = resolve_config(flags, options, default_input=_default_input)
+        writes_to(config.output)
+        on_interrupt(lambda: f"{config.output} keeps its last published run")
         if dataflow.is_dataflow(options) and options.view_as(TestOptions).dry_run:
             job = build_dry_run_job(argv)
             print(f"dry run: Dataflow job {job.proto.name!r} built, not submitted "

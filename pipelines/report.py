@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from pipelines.cli import OneLineErrorParser, UsageError, report_usage_error
+from pipelines.cli import OneLineErrorParser, UsageError, entry_point, report_usage_error
 from pipelines.preprocessing.summary import SUMMARY_FILE
 from pipelines.run_statistics import REPORT_FILE, resolve_reference, run_drift
 from taxifare_core import storage
@@ -36,6 +36,13 @@ def build_parser() -> OneLineErrorParser:
 def regenerate(output: str, compare_to: str | None = None, out: str | None = None) -> str:
     """Write the report of a finished run; returns its path. UsageError for a missing or foreign file."""
     output = output.rstrip("/")
+    try:
+        kind = (outputs.read_manifest(output) or {}).get("kind")
+    except outputs.IncompleteOutputError as error:
+        raise UsageError(str(error)) from None
+    if kind and kind != "preprocess":
+        raise UsageError(f"{output} holds a {kind} output, not a preprocessing one: the report reads "
+                         "preprocessing outputs (a batch prediction's statistics are its stats.json)")
     try:
         stats_path = outputs.published_path(f"{output}/{STATS_FILE}")  # inside the published run folder
     except outputs.IncompleteOutputError as error:
@@ -60,6 +67,7 @@ def regenerate(output: str, compare_to: str | None = None, out: str | None = Non
     return path
 
 
+@entry_point(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

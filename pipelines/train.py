@@ -40,10 +40,13 @@ from pipelines.cli import (
     DefaultsHelpFormatter,
     OneLineErrorParser,
     UsageError,
+    entry_point,
     non_negative_int,
+    on_interrupt,
     positive_float,
     positive_int,
     report_usage_error,
+    writes_to,
 )
 from pipelines.trainer.blessing import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_GAIN
 from pipelines.trainer.loop import (
@@ -143,9 +146,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def resume_hint(registry_dir: str, before: set[str], resuming: bool) -> str:
+    """What an interrupted run can do next: `--resume NAME` only when a checkpoint is there to resume."""
+    unfinished = registry.unfinished_runs(registry_dir)
+    started = [name for name in unfinished if name not in before]
+    if started:
+        return f"continue with --resume {started[-1]}"
+    if resuming and unfinished:
+        return "continue with --resume"
+    return "nothing was checkpointed yet (no chunk finished): start the run again"
+
+
+def _unfinished(registry_dir: str) -> set[str]:
+    """The registry's interrupted runs now (none when it cannot be listed: the run will say why)."""
+    try:
+        return set(registry.unfinished_runs(registry_dir))
+    except (OSError, ValueError, registry.NoModelError):
+        return set()
+
+
+@entry_point(PROG)
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: train, print the summary; one-line errors, exit code 2 (input) or 1 (the run failed)."""
+    """CLI entry point: train, print the summary; one-line errors, exit code 2 (input) or 1 (the run failed);
+    Ctrl-C 130 and SIGTERM 143 (pipelines.cli), saying whether `--resume` has something to continue."""
     args = parse_args(argv)
+    before = _unfinished(args.registry)
+    writes_to(args.registry)
+    on_interrupt(lambda: resume_hint(args.registry, before, bool(args.resume)))
     try:
         storage.check_writable(registry.check_root(args.registry))  # a read-only registry: before any work
         metrics = run(args)
@@ -159,9 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory: lower --chunk_size or --max_val_rows "
               "(memory grows with them, not with the data)", file=sys.stderr)
         return EXIT_RUN_FAILED
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume", file=sys.stderr)
-        return 130
     if args.fail_if_not_blessed and not metrics["blessed"]:
         return EXIT_NOT_BLESSED
     return 0

@@ -7,9 +7,13 @@
 Setup, in a temporary folder: generated rides; one good preprocessing output,
 one finished training run and one good batch-prediction output. Then, in turn
 for each job, a real run is started in its own process group and the whole
-group is killed with SIGKILL after a random delay (seeded, uniform over 90 % of
-the job's last uninterrupted duration: the setup run's, then that of the last run
-that ended before its kill, as the machine's load changes). After each kill:
+group is killed with SIGKILL inside its write/publish window: once its new run
+folder exists (training: its registry run folder), after a random delay (seeded,
+uniform over 110 % of the window's length: half the setup run at first, then the
+window of the last run that published, as the machine's load changes). A kill
+before any writing would only find the old output untouched, proving nothing; each
+kill records whether the new run folder was really there, and the test goes on
+until at least --min_in_window kills (20) did. After each kill:
 
 - preprocessing / batch prediction: the output folder's published set
   (summary.json and the files its manifest lists) is the previous one byte for
@@ -22,7 +26,8 @@ that ended before its kill, as the machine's load changes). After each kill:
   number of rows as the uninterrupted run. Every other training kill comes a
   random moment (under 1 s) after a checkpoint, so resumes are exercised.
 
-Prints one row per kill and a final summary; exit code 1 when any invariant broke.
+Prints one row per kill and a final summary (kills in the window, how many found a new
+published output); exit code 1 when any invariant broke or too few kills landed in a window.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +122,18 @@ def check_registry(registry_dir: Path, before: dict[str, dict[str, str]]) -> tup
     return ("old intact" if set(now) == set(before) else "new complete"), now
 
 
+@dataclass
+class Attempt:
+    """One start of a job: when it was killed (None: it ended first), how long it ran, when its write
+    window opened (its new run folder appeared; None if never), and whether the kill landed in it."""
+
+    killed_at: float | None
+    ran: float
+    opened: float | None
+    in_window: bool
+    opened_clock: float | None = None  # time.time() when the window opened, to compare with file times
+
+
 class Crash:
     """The jobs' command lines and folders under one work folder."""
 
@@ -148,32 +166,65 @@ class Crash:
                               check=False)
         return done, time.perf_counter() - started
 
-    def run_and_kill(self, job: str, delay: float, after_chunk: int | None = None) -> tuple[float | None, float]:
-        """Start the job in its own process group and SIGKILL the whole group.
+    def folder(self, job: str) -> Path:
+        """Where the job writes: its output folder, or the registry."""
+        return {"preprocess": self.processed, "predict": self.predictions, "train": self.registry}[job]
 
-        The kill comes `delay` s after the start, or, with `after_chunk`, `delay` s
-        after the trainer reports that chunk done (its checkpoint written), so
-        resumes are exercised. Returns (the kill's time since the start, None if the
-        job ended first; the seconds it ran).
+    def run_folders(self, job: str) -> set[str]:
+        """The run folders in the job's output folder (registry runs for training), finished or not."""
+        folder = self.folder(job)
+        if job == "train":
+            return set(registry.run_names(str(folder), finished=False))
+        if not folder.is_dir():
+            return set()
+        return {p.name for p in folder.iterdir() if p.name.startswith(outputs.RUN_PREFIX)}
+
+    def published_at(self, job: str) -> float | None:
+        """When the job last published (summary.json written; training: the newest metrics.json), as time.time()."""
+        if job == "train":
+            paths = list(self.registry.glob(f"*/{registry.METRICS_FILE}"))
+        else:
+            paths = [self.folder(job) / outputs.SUMMARY_FILE]
+        times = [p.stat().st_mtime for p in paths if p.exists()]
+        return max(times) if times else None
+
+    def run_and_kill(self, job: str, delay: float, after_chunk: int | None = None) -> Attempt:
+        """Start the job in its own process group and SIGKILL the whole group inside its write window.
+
+        The window opens when the job's new run folder exists (training: the trainer's
+        `run ...` line, printed once its registry folder is made); the kill comes `delay`
+        s later, or, with `after_chunk`, `delay` s after the trainer reports that chunk
+        done (its checkpoint written), so resumes are exercised. Whether a new run folder
+        was really there when the kill was sent is checked, not assumed.
         """
         started = time.perf_counter()
+        before = self.run_folders(job)
         proc = subprocess.Popen(self.command(job), cwd=ROOT, env=self.env, stderr=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE if after_chunk else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if job == "train" else subprocess.DEVNULL,
                                 text=True, start_new_session=True)
         try:
-            if after_chunk:
+            if job == "train":
+                marker = f"chunk {after_chunk}:" if after_chunk else "run "
                 for line in proc.stdout:
-                    if line.startswith(f"chunk {after_chunk}:"):
+                    if line.startswith(marker):
                         break
                 else:
                     proc.wait()
-                    return None, time.perf_counter() - started
+                    return Attempt(None, time.perf_counter() - started, None, False)
+            else:
+                while proc.poll() is None and not self.run_folders(job) - before:
+                    time.sleep(0.01)
+                if proc.poll() is not None:
+                    return Attempt(None, time.perf_counter() - started, None, False)
+            opened, opened_clock = time.perf_counter() - started, time.time()
             proc.wait(timeout=delay)
-            return None, time.perf_counter() - started
+            return Attempt(None, time.perf_counter() - started, opened, False, opened_clock)
         except subprocess.TimeoutExpired:
+            in_window = bool(self.run_folders(job) - before)
             os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = time.perf_counter() - started
             proc.wait()
-            return time.perf_counter() - started, time.perf_counter() - started
+            return Attempt(killed_at, time.perf_counter() - started, opened, in_window, opened_clock)
         finally:
             if proc.stdout:
                 proc.stdout.close()
@@ -225,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments and of the generated rides")
     parser.add_argument("--rows", type=int, default=4000, help="generated rides per run")
     parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated jobs to kill, of " + ", ".join(JOBS))
+    parser.add_argument("--min_in_window", type=int, default=20,
+                        help="go on killing until at least this many kills (or --kills, if fewer) landed in "
+                             "a write/publish window")
     parser.add_argument("--time_limit", type=float, default=2400, help="stop starting new kills after this many s")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -240,22 +294,36 @@ def main(argv: list[str] | None = None) -> int:
               + f"; training rows {expected_rows:,}", flush=True)
         state = {"preprocess": published_set(crash.processed), "predict": published_set(crash.predictions),
                  "train": finished_runs(crash.registry)}
-        tally = {job: {"kills": 0, "ended_first": 0, "survived": 0, "broken": 0} for job in jobs}
+        tally = {job: {"kills": 0, "ended_first": 0, "survived": 0, "broken": 0, "in_window": 0, "new": 0}
+                 for job in jobs}
         resumes = {"resumed": 0, "rows_ok": 0}
-        print(f"{'#':>3}  {'job':<10} {'kill at':>8}  {'outcome':<14} {'litter':>6}  note", flush=True)
+        # How long a job's write window lasts (its run folder there -> it publishes): at first half the
+        # run, then what the last run that published measured (the machine is shared).
+        windows = {job: 0.5 * durations[job] for job in jobs}
+        target = min(args.min_in_window, args.kills)
+        print(f"{'#':>3}  {'job':<10} {'kill at':>8}  {'window':>6}  {'outcome':<14} {'litter':>6}  note", flush=True)
         attempt = 0
-        while sum(t["kills"] for t in tally.values()) < args.kills and time.perf_counter() - started < args.time_limit:
+
+        def tallied(key: str) -> int:
+            return sum(t[key] for t in tally.values())
+
+        while ((tallied("kills") < args.kills or tallied("in_window") < target)
+               and time.perf_counter() - started < args.time_limit):
             job = jobs[attempt % len(jobs)]
             attempt += 1
             # Every other training kill comes just after a checkpoint, so `--resume` has work to do.
             after_chunk = rng.randint(1, 3) if job == "train" and tally[job]["kills"] % 2 else None
-            # Up to 90% of an uninterrupted run: later, a loaded machine lets most runs end first.
-            delay = rng.uniform(0.0, 1.0) if after_chunk else rng.uniform(0.0, 0.9 * durations[job])
-            killed_at, ran = crash.run_and_kill(job, delay, after_chunk)
+            # Anywhere in the write window, from the run folder's creation to publication, and a little
+            # after (the old run's removal, the exit).
+            delay = rng.uniform(0.0, 1.0) if after_chunk else rng.uniform(0.0, 1.1 * windows[job])
+            tried = crash.run_and_kill(job, delay, after_chunk)
+            killed_at = tried.killed_at
             killed = killed_at is not None
-            if not killed and not after_chunk:
-                durations[job] = ran  # the machine is shared: aim the next kills at its current speed
+            published = crash.published_at(job)
+            if not after_chunk and tried.opened_clock is not None and published and published > tried.opened_clock:
+                windows[job] = published - tried.opened_clock  # this run published: its window, measured
             tally[job]["kills" if killed else "ended_first"] += 1
+            tally[job]["in_window"] += tried.in_window
             if job == "train":
                 outcome, state["train"] = check_registry(crash.registry, state["train"])
                 note = resume_training(crash, expected_rows) if killed else ""
@@ -273,12 +341,14 @@ def main(argv: list[str] | None = None) -> int:
             ok = outcome.startswith(("old intact", "new complete")) and not note.startswith(("RESUME", "RESUMED"))
             if killed:
                 tally[job]["survived" if ok else "broken"] += 1
+                tally[job]["new"] += outcome.startswith("new")
             elif not ok:
                 tally[job]["broken"] += 1
             label = f"{killed_at:.2f} s" if killed else "(ended)"
             if after_chunk and killed:
                 note = f"after chunk {after_chunk}; {note}".rstrip("; ")
-            print(f"{attempt:>3}  {job:<10} {label:>8}  {outcome:<14} {spare:>6}  {note}", flush=True)
+            window = ("in" if tried.in_window else "before") if killed else "-"
+            print(f"{attempt:>3}  {job:<10} {label:>8}  {window:>6}  {outcome:<14} {spare:>6}  {note}", flush=True)
         # One more clean run of each output job: it must remove every earlier kill's litter.
         leftovers = {}
         for job in jobs:
@@ -290,14 +360,19 @@ def main(argv: list[str] | None = None) -> int:
     survived = sum(t["survived"] for t in tally.values())
     broken = sum(t["broken"] for t in tally.values())
     print()
-    print(f"{'job':<10} {'kills':>6} {'survived':>9} {'lost/mixed':>11} {'ended before kill':>18}")
+    in_window, new = tallied("in_window"), tallied("new")
+    print(f"{'job':<10} {'kills':>6} {'in window':>10} {'survived':>9} {'new output':>11} {'lost/mixed':>11} "
+          f"{'ended before kill':>18}")
     for job, t in tally.items():
-        print(f"{job:<10} {t['kills']:>6} {t['survived']:>9} {t['broken']:>11} {t['ended_first']:>18}")
+        print(f"{job:<10} {t['kills']:>6} {t['in_window']:>10} {t['survived']:>9} {t['new']:>11} {t['broken']:>11} "
+              f"{t['ended_first']:>18}")
     print(f"summary: {kills} kills, {survived} survived, {broken} outputs lost or mixed; "
+          f"{in_window} kills in the write/publish window (its new run folder there), {new} after publishing; "
           f"{resumes['resumed']} training runs resumed, {resumes['rows_ok']} with the uninterrupted run's rows; "
           f"litter left after a clean re-run: {sum(leftovers.values())}; seed {args.seed}, "
           f"{time.perf_counter() - started:.0f} s")
-    failed = broken or resumes["rows_ok"] != resumes["resumed"] or any(leftovers.values()) or kills < args.kills
+    failed = (broken or resumes["rows_ok"] != resumes["resumed"] or any(leftovers.values()) or kills < args.kills
+              or in_window < target)
     return 1 if failed else 0
 
 

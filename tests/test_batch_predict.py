@@ -170,3 +170,63 @@ def test_a_model_answering_nan_prices_nothing_and_says_why(tmp_path):
     assert all(row[1] == batch_predict.NON_FINITE_FARE for row in rows)
     predictions = "".join(Path(p).read_text() for p in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv")))
     assert "nan" not in predictions.lower()
+
+
+@pytest.mark.parametrize("key", ["a\rb", "c\nd", "e\r\nf", 'g,"h'])
+def test_a_key_with_a_carriage_return_or_newline_stays_one_row(key):
+    line = batch_predict._csv_line(key, "12.50")
+    assert list(csv.reader(io.StringIO(line, newline=""))) == [[key, "12.50"]]
+    # as any reader with universal newlines reads the file (pandas, Python's open() in text mode)
+    assert pd.read_csv(io.StringIO("key,fare_pred\n" + line + "\n"), dtype=str).values.tolist() == [[key, "12.50"]]
+
+
+def test_run_writes_one_row_per_ride_whatever_its_key(tmp_path, model_uri):
+    registry_root = model_uri.rsplit("/", 2)[0]
+    (tmp_path / "in").mkdir()
+    good = [GOOD[0].replace("a1,", '"k\r1",', 1), GOOD[1].replace("a2,", '"k,""2",', 1), GOOD[3]]
+    (tmp_path / "in" / "rides.csv").write_bytes(("\n".join([HEADER, *good]) + "\n").encode())
+    summary = batch_predict.run(str(tmp_path / "in" / "rides.csv"), str(tmp_path / "out"), registry_dir=registry_root)
+    assert summary["predicted"] == 3
+    [predictions] = outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))
+    with open(predictions, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert sorted(key for key, _ in rows[1:]) == sorted(["k\r1", 'k,"2', "a4"])
+
+
+def test_same_named_files_in_two_folders_get_different_keys(tmp_path, model_uri):
+    registry_root = model_uri.rsplit("/", 2)[0]
+    header = HEADER.split(",", 1)[1]
+    lines = [line.split(",", 1)[1] for line in GOOD]
+    for year in ("2015", "2016"):
+        (tmp_path / "in" / year).mkdir(parents=True)
+        (tmp_path / "in" / year / "rides.csv").write_text("\n".join([header, *lines[:2]]) + "\n")
+    summary = batch_predict.run(str(tmp_path / "in" / "*" / "rides.csv"), str(tmp_path / "out"),
+                                registry_dir=registry_root)
+    assert summary["predicted"] == 4
+    [predictions] = outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))
+    keys = [row[0] for row in csv.reader(Path(predictions).read_text().splitlines()[1:])]
+    assert sorted(keys) == ["2015/rides.csv:2", "2015/rides.csv:3", "2016/rides.csv:2", "2016/rides.csv:3"]
+
+
+@pytest.mark.parametrize("files, common", [
+    (["/d/in/2015/a.csv", "/d/in/2016/a.csv"], "/d/in"),
+    (["/a/x.csv", "/b/x.csv"], ""),
+    (["gs://b/in/x.csv", "gs://b/in/y/x.csv"], "gs://b/in"),
+])
+def test_common_folder_and_file_labels(files, common):
+    assert batch_predict.common_folder(files) == common
+    labels = [batch_predict.file_label(path, common) for path in files]
+    assert len(set(labels)) == len(labels)
+
+
+def test_report_refuses_a_batch_prediction_folder_in_one_line(tmp_path, model_uri, capsys):
+    from pipelines import report
+
+    registry_root = model_uri.rsplit("/", 2)[0]
+    (tmp_path / "rides.csv").write_text("\n".join([HEADER, *GOOD]) + "\n")
+    batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry_dir=registry_root)
+    capsys.readouterr()
+    assert report.main([str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a predict output, not a preprocessing one" in err
+    assert not (tmp_path / "out" / "report.html").exists()

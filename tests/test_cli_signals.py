@@ -1,0 +1,153 @@
+"""pipelines.cli.entry_point: Ctrl-C, SIGTERM and a full disk end a command in one line with its exit code.
+
+Real signals delivered to this process and real child processes; no stand-ins.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+
+
+def test_keyboard_interrupt_is_one_line_and_130(capsys):
+    cleaned = []
+
+    @cli.entry_point("job")
+    def main():
+        try:
+            raise KeyboardInterrupt
+        finally:
+            cleaned.append(True)
+
+    assert main() == cli.EXIT_INTERRUPTED == 130
+    assert cleaned == [True]
+    assert capsys.readouterr().err == "job: interrupted (SIGINT)\n"
+
+
+def test_sigint_wrapped_by_another_exception_still_means_interrupted(capsys):
+    """Beam re-raises a DoFn's KeyboardInterrupt as RuntimeError('KeyboardInterrupt [while running ...]')."""
+
+    @cli.entry_point("job")
+    def main():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RuntimeError("KeyboardInterrupt [while running 'ParseCsv']") from None
+        return 0
+
+    assert main() == 130
+    assert capsys.readouterr().err == "job: interrupted (SIGINT)\n"
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143(capsys):
+    cleaned = []
+
+    @cli.entry_point("job")
+    def main():
+        cli.on_interrupt(lambda: "OUT keeps its last published run")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            return 0
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main() == cli.EXIT_TERMINATED == 143
+    assert cleaned == [True]
+    assert capsys.readouterr().err == "job: terminated (SIGTERM); OUT keeps its last published run\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are the caller's again
+
+
+def test_sigterm_stops_the_processes_the_command_started_but_no_other():
+    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = []
+
+    @cli.entry_point("job")
+    def main():
+        # A child that ignores nothing and a grandchild behind a shell, as Beam's multi_processing workers.
+        started.append(subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(60)'; :"]))
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    try:
+        import psutil
+
+        assert main() == 143
+        worker = started[0]
+        assert worker.poll() is not None  # stopped and reaped before the command returned
+        assert not [p for p in psutil.Process().children(recursive=True) if p.pid != older.pid
+                    and p.status() != psutil.STATUS_ZOMBIE]
+        assert older.poll() is None  # running before the command: not its to stop
+    finally:
+        older.kill()
+        older.wait()
+
+
+def test_full_disk_is_one_line_naming_the_path_and_errno(capsys):
+    @cli.entry_point("job")
+    def main():
+        cli.writes_to("/data/out")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:  # as Beam does: the same text, another type, the original as context
+            raise RuntimeError(f"OSError: {error} [while running 'WriteTrain']") from None
+
+    assert main() == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("job: error: no space left on device writing /data/out ([Errno 28] ENOSPC)")
+
+
+@pytest.mark.parametrize("error, found", [
+    (OSError(errno.EFBIG, "File too large", "/x/train.csv"), (errno.EFBIG, "/x/train.csv")),
+    (RuntimeError("Pipeline failed:\nTraceback ...\nOSError: [Errno 28] No space left on device\n"),
+     (errno.ENOSPC, "/default")),
+    (OSError(errno.EACCES, "Permission denied", "/x"), None),
+    (RuntimeError("[Errno 2] No such file"), None),
+])
+def test_disk_full_error_searches_the_chain_and_the_text(error, found):
+    assert cli.disk_full_error(error, "/default") == found
+
+
+def test_disk_full_error_follows_cause_and_context():
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", "/q/f")
+        except OSError as inner:
+            raise ValueError("wrapped") from inner
+    except ValueError as outer:
+        assert cli.disk_full_error(outer) == (errno.EDQUOT, "/q/f")
+
+
+def test_other_errors_propagate_unchanged():
+    @cli.entry_point("job")
+    def main():
+        raise ZeroDivisionError("a bug keeps its traceback")
+
+    with pytest.raises(ZeroDivisionError):
+        main()
+
+
+def test_every_command_honours_help_and_does_nothing_else(tmp_path):
+    """`--help` prints usage and exits 0 without touching a file (reset_local_files used to wipe everything)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "LOCAL_DATA_PATH": str(tmp_path / "data"), "LOCAL_REGISTRY_PATH": str(tmp_path / "registry")}
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    (tmp_path / "data" / "processed" / "keep.csv").write_text("1\n")
+    for module in ("main", "preprocess", "predict", "train", "serve", "report", "reset_local_files"):
+        done = subprocess.run([sys.executable, "-m", f"pipelines.{module}", "--help"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0 and done.stdout.startswith("usage:"), (module, done.stdout, done.stderr)
+        assert (tmp_path / "data" / "processed" / "keep.csv").exists(), module
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
