@@ -11,7 +11,8 @@ out: requirements-predict.txt ships it (or a worker image with it, --sdk_contain
 
 Reads CSV files with a header (the raw table's columns; `fare_amount` and `key`
 optional) in blocks of lines, through the same block source as preprocessing
-(`pipelines.preprocessing.sources.ReadCsvBlocks`: byte ranges shared out to workers), prepares each block with the same parse, rules
+(`pipelines.preprocessing.sources.ReadCsvBlocks`: byte ranges shared out to workers), prepares each block
+with the same parse, rules
 and features as preprocessing (`taxifare_core.serving`, fare rule aside: the
 fare is what we predict), prices the blocks with `RunInference` and a Keras
 model handler, and writes:
@@ -29,6 +30,7 @@ With several input files, a ride without key is named `PATH:LINE`, PATH the file
 relative to the input files' common folder (`2015/rides.csv:7`, `2016/rides.csv:7`).
 Importing this module never imports TensorFlow: the handler loads Keras on the worker.
 """
+
 from __future__ import annotations
 
 import csv
@@ -101,7 +103,7 @@ def common_folder(files: Sequence[str]) -> str:
 def file_label(source: str, key_root: str | None) -> str:
     """A file's name in the keys of its rides: its path under key_root, else its base name."""
     if key_root is not None and source.startswith(key_root + "/"):
-        return source[len(key_root) + 1:]
+        return source[len(key_root) + 1 :]
     return source.rsplit("/", 1)[-1]
 
 
@@ -131,7 +133,8 @@ def encode_block(block: RawBlock, name_by_file: bool, key_root: str | None = Non
     prepared = prepare_rides(frame[list(SERVING_COLUMNS)])
     dead += [
         _dead_line(key, reason, text)
-        for key, reason, (_, text) in zip(keys, prepared.reasons, lines) if reason is not None
+        for key, reason, (_, text) in zip(keys, prepared.reasons, lines)
+        if reason is not None
     ]
     good_keys = tuple(key for key, ok in zip(keys, prepared.valid) if ok)
     return EncodedBlock(good_keys, prepared.features), dead
@@ -202,7 +205,9 @@ class KeepFiniteFaresFn(beam.DoFn):
             keys = result.example.keys
             lost = np.flatnonzero(~finite)
             self.dead.inc(len(lost))
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(_dead_line(keys[i], NON_FINITE_FARE, "") for i in lost))
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER, "\n".join(_dead_line(keys[i], NON_FINITE_FARE, "") for i in lost)
+            )
             kept = np.flatnonzero(finite)
             block = EncodedBlock(tuple(keys[i] for i in kept), result.example.features[kept])
             result = PredictionResult(block, fares[kept])
@@ -214,8 +219,14 @@ class KeepFiniteFaresFn(beam.DoFn):
 class PredictRideFiles(beam.PTransform):
     """A file pattern of raw ride CSVs -> {"predictions": key,fare_pred text, "dead_letter": key,reason,input text}."""
 
-    def __init__(self, pattern: str | list[str], model_uri: str, name_by_file: bool,
-                 block_rows: int = PREDICT_BLOCK_ROWS, key_root: str | None = None):
+    def __init__(
+        self,
+        pattern: str | list[str],
+        model_uri: str,
+        name_by_file: bool,
+        block_rows: int = PREDICT_BLOCK_ROWS,
+        key_root: str | None = None,
+    ):
         super().__init__()
         self.pattern, self.model_uri = pattern, model_uri
         self.name_by_file, self.block_rows, self.key_root = name_by_file, block_rows, key_root
@@ -224,7 +235,8 @@ class PredictRideFiles(beam.PTransform):
         encoded = (
             pbegin
             | "ReadCsv" >> ReadCsvBlocks(self.pattern, self.block_rows, required=SERVING_COLUMNS)
-            | "Prepare" >> beam.ParDo(EncodeBlockFn(self.name_by_file, self.key_root)).with_outputs(DEAD_LETTER, main="encoded")
+            | "Prepare"
+            >> beam.ParDo(EncodeBlockFn(self.name_by_file, self.key_root)).with_outputs(DEAD_LETTER, main="encoded")
         )
         priced = (
             encoded["encoded"]
@@ -257,8 +269,9 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
     reference_path = storage.join(model_uri.rsplit("/", 1)[0], STATS_FILE)
     if storage.exists(reference_path):
         reference = parse_stats(storage.read_text(reference_path), reference_path)
-        payload["drift"] = drift_report(payload["splits"]["predicted"], reference["splits"]["train"],
-                                        f"{reference_path} (train)", "predicted rides")
+        payload["drift"] = drift_report(
+            payload["splits"]["predicted"], reference["splits"]["train"], f"{reference_path} (train)", "predicted rides"
+        )
     else:
         payload["drift"] = None
     storage.write_text(storage.join(output_dir, STATS_FILE), json.dumps(payload, indent=1) + "\n")
@@ -266,8 +279,15 @@ def publish_prediction_statistics(output_dir: str, model_uri: str) -> dict | Non
     return payload["drift"]
 
 
-def build_predict(pipeline: beam.Pipeline, inputs, output_dir: str, model_uri: str, name_by_file: bool,
-                  block_rows: int = PREDICT_BLOCK_ROWS, key_root: str | None = None) -> None:
+def build_predict(
+    pipeline: beam.Pipeline,
+    inputs,
+    output_dir: str,
+    model_uri: str,
+    name_by_file: bool,
+    block_rows: int = PREDICT_BLOCK_ROWS,
+    key_root: str | None = None,
+) -> None:
     """The batch prediction graph on `pipeline`: read, prepare, RunInference, write its outputs into output_dir.
 
     `inputs` is a glob or a list of files. Touches no file: `run` checks the input
@@ -297,8 +317,15 @@ def _hide_resource_module_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Resource module is not available")
 
 
-def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_dir: str | None = None,
-        beam_args: list[str] | None = None, block_rows: int = PREDICT_BLOCK_ROWS, force: bool = False) -> dict:
+def run(
+    input_glob: str,
+    output_dir: str,
+    run_name: str | None = None,
+    registry_dir: str | None = None,
+    beam_args: list[str] | None = None,
+    block_rows: int = PREDICT_BLOCK_ROWS,
+    force: bool = False,
+) -> dict:
     """Run the batch prediction and print a summary; returns counts and output globs.
 
     Crash-safe as preprocessing, through the same `taxifare_core.storage.outputs.publishing_run`:
@@ -324,13 +351,16 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     model_uri = storage.join(model_run, registry.MODEL_FILE)
     files = check_inputs(input_glob, SERVING_COLUMNS)
     try:
-        with outputs.publishing_run(output_dir, KIND, force, lambda line: print(f"warning: {line}", flush=True)) \
-                as run_folder:
+        with outputs.publishing_run(
+            output_dir, KIND, force, lambda line: print(f"warning: {line}", flush=True)
+        ) as run_folder:
             summary = predict_and_publish(files, run_folder, model_uri, options, block_rows, started)
     except outputs.OutputUsageError as error:
         raise UsageError(str(error)) from None
-    print(f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
-          f"{summary['dead_letter']:,} could not be priced -> {summary['dead_letter_files']}")
+    print(
+        f"done in {summary['seconds']:.1f} s: {summary['predicted']:,} ride(s) priced -> {summary['predictions']}; "
+        f"{summary['dead_letter']:,} could not be priced -> {summary['dead_letter_files']}"
+    )
     skew = summary["skew"]
     if skew is None:
         print(f"statistics: {summary['statistics']} (no training statistics beside the model: no skew scored)")
@@ -340,8 +370,9 @@ def run(input_glob: str, output_dir: str, run_name: str | None = None, registry_
     return summary
 
 
-def predict_and_publish(files: list[str], run_folder: outputs.RunFolder, model_uri: str, options, block_rows: int,
-                        started: float) -> dict:
+def predict_and_publish(
+    files: list[str], run_folder: outputs.RunFolder, model_uri: str, options, block_rows: int, started: float
+) -> dict:
     """Price the rides into the run folder, then publish it."""
     run_dir = run_folder.path
     print(f"predicting {len(files)} file(s) with {model_uri} -> {run_dir}", flush=True)

@@ -8,6 +8,7 @@
 
 Exit codes: 0 done, 1 the run failed (full disk included), 2 usage error, 130 SIGINT, 143 SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -196,8 +197,10 @@ def _interrupted_line(command: _Command, signum: int) -> str:
 def _disk_full_line(command: _Command, found: tuple[int, str | None]) -> str:
     number, path = found
     where = f" writing {path}" if path else ""
-    return (f"{command.prog}: error: {DISK_FULL[number]}{where} "
-            f"([Errno {number}] {errno.errorcode[number]}); free some space or raise the limit, then re-run")
+    return (
+        f"{command.prog}: error: {DISK_FULL[number]}{where} "
+        f"([Errno {number}] {errno.errorcode[number]}); free some space or raise the limit, then re-run"
+    )
 
 
 def _one_line_exit(command: _Command, error: BaseException) -> int | None:

@@ -11,6 +11,7 @@ and ends with one summary: rows, model MAE vs the baseline, the predicted fare
 and where everything was written. Each step is also its own command
 (`make sample`, `make preprocess`, `make train`, `make predict`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ def _step(title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the four stages and print the closing summary (--help says what they are; no other flag)."""
     OneLineErrorParser(
-        prog="python -m pipelines.main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pipelines.main",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="It takes no flags; each stage's own command has them (python -m pipelines.preprocess --help, ...)",
     ).parse_args(argv or [])
     _step("1/4 sample: the embedded default rides")
@@ -58,16 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     _step("4/4 predict: the contract's example ride")
     fare = float(predict.predict(predict.example_ride(), run=metrics["run"])[0])
     ride = contract.EXAMPLE_RIDE
-    print(f"{ride['pickup_datetime']} from ({ride['pickup_latitude']}, {ride['pickup_longitude']}) "
-          f"to ({ride['dropoff_latitude']}, {ride['dropoff_longitude']}): ${fare:.2f}")
+    print(
+        f"{ride['pickup_datetime']} from ({ride['pickup_latitude']}, {ride['pickup_longitude']}) "
+        f"to ({ride['dropoff_latitude']}, {ride['dropoff_longitude']}): ${fare:.2f}"
+    )
 
     print("\n=== summary ===")
-    print(f"rides read           {summary['rows_read']:,} ({summary['bad_input']:,} bad input, "
-          f"{summary['dropped_total']:,} dropped by the date window and cleaning rules, {summary['duplicates']:,} duplicates)")
-    print(f"train / val rows     {summary['train_rows']:,} / {summary['val_rows']:,} "
-          f"(preprocessed in {summary['seconds']:.1f} s, dedupe {summary['dedupe']})")
-    print(f"model val MAE        ${metrics['val_mae']:.2f}  vs  baseline ${metrics['baseline_mae']:.2f} "
-          f"(linear fare ~ manhattan distance)")
+    print(
+        f"rides read           {summary['rows_read']:,} ({summary['bad_input']:,} bad input, "
+        f"{summary['dropped_total']:,} dropped by the date window and cleaning rules, "
+        f"{summary['duplicates']:,} duplicates)"
+    )
+    print(
+        f"train / val rows     {summary['train_rows']:,} / {summary['val_rows']:,} "
+        f"(preprocessed in {summary['seconds']:.1f} s, dedupe {summary['dedupe']})"
+    )
+    print(
+        f"model val MAE        ${metrics['val_mae']:.2f}  vs  baseline ${metrics['baseline_mae']:.2f} "
+        f"(linear fare ~ manhattan distance)"
+    )
     if metrics["promoted"]:
         print(f"model lifecycle      blessed and promoted: run {metrics['run']} is in production")
     else:

@@ -16,6 +16,7 @@ Python API, also importable here: `from pipelines.predict import predict`), batc
 prediction runs `pipelines.batch_predict`, and its Dataflow dry run is built by
 `pipelines.cloud.predict_dry_run`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,21 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict taxi fares with the production (or a named) model of the registry.",
         formatter_class=DefaultsHelpFormatter,
         epilog="With no ride flags and no --input, predicts the contract's example ride. "
-               "In batch mode, unknown flags are passed to Beam (e.g. --runner).",
+        "In batch mode, unknown flags are passed to Beam (e.g. --runner).",
     )
     ride = parser.add_argument_group("one ride (give all six)")
     for name, (kind, text) in RIDE_FLAGS.items():
         ride.add_argument(f"--{name}", type=kind, default=None, help=text)
     batch = parser.add_argument_group("batch prediction (Beam)")
-    batch.add_argument("--input", default=None, metavar="GLOB",
-                       help="raw ride CSVs with a header (local or gs://); `key` column optional")
-    batch.add_argument("--output", default=None, metavar="DIR",
-                       help="folder for predictions-*.csv (key,fare_pred) and dead_letter-*.csv")
-    batch.add_argument("--force", action="store_true",
-                       help="write into a non-empty --output that holds no output of this project: the run is "
-                            "written beside those files, which are never removed (default: refused, exit code 2)")
-    parser.add_argument("--registry", default=str(contract.local_registry_path()),
-                        help="model registry folder (local or gs://)")
+    batch.add_argument(
+        "--input",
+        default=None,
+        metavar="GLOB",
+        help="raw ride CSVs with a header (local or gs://); `key` column optional",
+    )
+    batch.add_argument(
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="folder for predictions-*.csv (key,fare_pred) and dead_letter-*.csv",
+    )
+    batch.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --output that holds no output of this project: the run is "
+        "written beside those files, which are never removed (default: refused, exit code 2)",
+    )
+    parser.add_argument(
+        "--registry", default=str(contract.local_registry_path()), help="model registry folder (local or gs://)"
+    )
     parser.add_argument("--run", default=None, help="run folder name to use (default: the production run)")
     return parser
 

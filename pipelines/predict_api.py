@@ -7,6 +7,7 @@
 No Beam and no command line here: `python -m pipelines.predict` is the CLI
 (pipelines/predict.py), Beam batch prediction `pipelines.batch_predict`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,9 @@ def load_model(run: str | None = None, registry_dir: str | None = None):
     return _model_at(registry.run_path(run, registry_dir))
 
 
-def predict(rides: pd.DataFrame, model=None, *, run: str | None = None, registry_dir: str | None = None,
-            invalid: str = "raise") -> np.ndarray:
+def predict(
+    rides: pd.DataFrame, model=None, *, run: str | None = None, registry_dir: str | None = None, invalid: str = "raise"
+) -> np.ndarray:
     """Fares (float64, one per ride, in order) for raw rides with the contract's columns (fare not needed).
 
     `model` defaults to the registry's latest run (or `run`). A ride the model
@@ -68,8 +70,10 @@ def predict(rides: pd.DataFrame, model=None, *, run: str | None = None, registry
         priced = model.predict(prepared.features, verbose=0).reshape(-1)
         if not np.isfinite(priced).all():
             broken = np.flatnonzero(prepared.valid)[~np.isfinite(priced)]
-            raise NonFiniteFareError(f"the model answers {priced[~np.isfinite(priced)][0]} for "
-                                     f"{len(broken)} ride(s) (first: ride {broken[0]}): it is broken")
+            raise NonFiniteFareError(
+                f"the model answers {priced[~np.isfinite(priced)][0]} for "
+                f"{len(broken)} ride(s) (first: ride {broken[0]}): it is broken"
+            )
         fares[prepared.valid] = priced
     return fares
 

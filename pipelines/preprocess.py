@@ -18,6 +18,7 @@ the previous output as it was; one run at a time per OUTPUT (docs/reliability.md
 `build_preprocess(pipeline_or_rows, config)` builds the graph and returns its
 PCollections, so tests can feed `beam.Create` rows in place of the source.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,6 @@ def show_progress() -> None:
         PROGRESS.addHandler(handler)
         PROGRESS.setLevel(logging.INFO)
         PROGRESS.propagate = False
-
-
 
 
 def check_remote_options(options: PipelineOptions) -> None:
@@ -139,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         on_interrupt(lambda: f"{config.output} keeps its last published run")
         if dataflow.is_dataflow(options) and options.view_as(TestOptions).dry_run:
             job = build_dry_run_job(argv)
-            print(f"dry run: Dataflow job {job.proto.name!r} built, not submitted "
-                  f"({len(job.proto_pipeline.components.transforms)} transforms)")
+            print(
+                f"dry run: Dataflow job {job.proto.name!r} built, not submitted "
+                f"({len(job.proto_pipeline.components.transforms)} transforms)"
+            )
             return 0
         if config.source == "bigquery":
             prepare_bigquery(options, config, flags)

@@ -10,6 +10,7 @@
 `--run`; a running service picks a new production run up within seconds.
 Errors are one line, exit 2. See docs/training.md ("Model lifecycle").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,12 +53,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in names:
         metrics = _metrics(root, name)
         rows = metrics.get("rows")
-        print(f"{'*' if name == production else '':2}{name:<32}{_money(metrics.get('val_mae')):>10}"
-              f"{_money(metrics.get('baseline_mae')):>10}  {_blessed_text(metrics):<7}  "
-              f"{f'{rows:,}' if isinstance(rows, int) else '-'}")
+        print(
+            f"{'*' if name == production else '':2}{name:<32}{_money(metrics.get('val_mae')):>10}"
+            f"{_money(metrics.get('baseline_mae')):>10}  {_blessed_text(metrics):<7}  "
+            f"{f'{rows:,}' if isinstance(rows, int) else '-'}"
+        )
     unfinished = registry.unfinished_runs(root)
-    print(f"production: {production or f'none (`{registry.PROMOTE_HINT}`)'}"
-          + (f"; interrupted runs (`make train ARGS=--resume`): {', '.join(unfinished)}" if unfinished else ""))
+    print(
+        f"production: {production or f'none (`{registry.PROMOTE_HINT}`)'}"
+        + (f"; interrupted runs (`make train ARGS=--resume`): {', '.join(unfinished)}" if unfinished else "")
+    )
     return 0
 
 
@@ -75,16 +80,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     params = params if isinstance(params, dict) else {}
     recorded = params.get(registry.FEATURE_CONTRACT_KEY)
     ours = registry.feature_contract_hash()
-    contract_text = ("none recorded (saved before hashes)" if recorded is None
-                     else f"{recorded} (matches this code)" if recorded == ours
-                     else f"{recorded} (this code's is {ours}: cannot be served)")
+    contract_text = (
+        "none recorded (saved before hashes)"
+        if recorded is None
+        else f"{recorded} (matches this code)"
+        if recorded == ours
+        else f"{recorded} (this code's is {ours}: cannot be served)"
+    )
     print(f"run          {name}{'  [production]' if record and record['run'] == name else ''}")
     print(f"folder       {run_dir}")
-    print(f"val MAE      {_money(metrics.get('val_mae'))}  (baseline {_money(metrics.get('baseline_mae'))}, "
-          f"{metrics.get('val_rows', '-')} val rows, {metrics.get('rows', '-')} train rows)")
-    print(f"blessed      {_blessed_text(metrics)}"
-          + (f"  (compared to {metrics['compared_to']}: {_money(metrics.get('production_mae_same_rows'))} "
-             "on the same rows)" if metrics.get("compared_to") else ""))
+    print(
+        f"val MAE      {_money(metrics.get('val_mae'))}  (baseline {_money(metrics.get('baseline_mae'))}, "
+        f"{metrics.get('val_rows', '-')} val rows, {metrics.get('rows', '-')} train rows)"
+    )
+    print(
+        f"blessed      {_blessed_text(metrics)}"
+        + (
+            f"  (compared to {metrics['compared_to']}: {_money(metrics.get('production_mae_same_rows'))} "
+            "on the same rows)"
+            if metrics.get("compared_to")
+            else ""
+        )
+    )
     for reason in metrics.get("reasons") or []:
         print(f"  - {reason}")
     print(f"features     {contract_text}")
@@ -93,8 +110,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"production history of {root} (oldest first):")
         for entry in record["history"]:
             replaced = f" replacing {entry['replaced']}" if entry.get("replaced") else ""
-            print(f"  {entry.get('at', '?')}  {entry.get('action', '?'):<8} {entry.get('run', '?')}{replaced}"
-                  f"  val MAE {_money(entry.get('val_mae'))}  by {entry.get('by', '?')}")
+            print(
+                f"  {entry.get('at', '?')}  {entry.get('action', '?'):<8} {entry.get('run', '?')}{replaced}"
+                f"  val MAE {_money(entry.get('val_mae'))}  by {entry.get('by', '?')}"
+            )
     return 0
 
 
@@ -114,43 +133,62 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Give production back to the run the current one replaced."""
     before = registry.production_run(args.registry)
     record = registry.rollback(args.registry)
-    print(f"rolled back: production is run {record['run']} again (was {before}; "
-          f"val MAE {_money(record.get('val_mae'))})")
+    print(
+        f"rolled back: production is run {record['run']} again (was {before}; val MAE {_money(record.get('val_mae'))})"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: one subcommand per action, each with its own --help."""
-    parser = OneLineErrorParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
-                                description="List the registry's runs, show one, promote a run to production, "
-                                            "roll production back.")
-    parser.add_argument("--registry", default=str(contract.local_registry_path()),
-                        help="model registry folder (local or gs://)")
-    commands = parser.add_subparsers(dest="command", metavar="{list,show,promote,rollback}",
-                                     parser_class=OneLineErrorParser)
+    parser = OneLineErrorParser(
+        prog=PROG,
+        formatter_class=DefaultsHelpFormatter,
+        description="List the registry's runs, show one, promote a run to production, roll production back.",
+    )
+    parser.add_argument(
+        "--registry", default=str(contract.local_registry_path()), help="model registry folder (local or gs://)"
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="{list,show,promote,rollback}", parser_class=OneLineErrorParser
+    )
     commands.required = True
-    listing = commands.add_parser("list", help="every finished run; * marks the production run",
-                                  description="Every finished run, oldest first: val MAE, baseline MAE, blessed, "
-                                              "rows; * marks the production run.")
+    listing = commands.add_parser(
+        "list",
+        help="every finished run; * marks the production run",
+        description="Every finished run, oldest first: val MAE, baseline MAE, blessed, "
+        "rows; * marks the production run.",
+    )
     listing.set_defaults(handler=cmd_list)
-    show = commands.add_parser("show", help="one run (default: production) and the production history",
-                               description="One run: metrics, why it was or was not blessed, its feature "
-                                           "contract, and the production history.")
+    show = commands.add_parser(
+        "show",
+        help="one run (default: production) and the production history",
+        description="One run: metrics, why it was or was not blessed, its feature "
+        "contract, and the production history.",
+    )
     show.add_argument("run", nargs="?", default=None, help="run name (default: the production run)")
     show.set_defaults(handler=cmd_show)
-    promote = commands.add_parser("promote", help="make RUN the production run",
-                                  description="Make RUN the production run: serve, predict and batch prediction "
-                                              "use it by default, a running service loads it within seconds.")
+    promote = commands.add_parser(
+        "promote",
+        help="make RUN the production run",
+        description="Make RUN the production run: serve, predict and batch prediction "
+        "use it by default, a running service loads it within seconds.",
+    )
     promote.add_argument("run", help="run name (see `list`)")
     promote.add_argument("--force", action="store_true", help="promote a run even though it was not blessed")
     promote.set_defaults(handler=cmd_promote)
-    rollback = commands.add_parser("rollback", help="production back to the run the current one replaced",
-                                   description="Give production back to the run the current production run "
-                                               "replaced (repeat to go further back).")
+    rollback = commands.add_parser(
+        "rollback",
+        help="production back to the run the current one replaced",
+        description="Give production back to the run the current production run replaced (repeat to go further back).",
+    )
     rollback.set_defaults(handler=cmd_rollback)
     for command in (listing, show, promote, rollback):  # also accepted after the subcommand
-        command.add_argument("--registry", default=argparse.SUPPRESS,
-                             help="model registry folder (local or gs://; default: as before the subcommand)")
+        command.add_argument(
+            "--registry",
+            default=argparse.SUPPRESS,
+            help="model registry folder (local or gs://; default: as before the subcommand)",
+        )
     return parser
 
 

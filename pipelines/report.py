@@ -8,6 +8,7 @@ With --compare_to the page's drift section and its plots show the reference; sta
 itself is left as the run wrote it. Local paths or gs://. Exit code 2 with one line for a
 missing or foreign folder or file.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ PROG = "python -m pipelines.report"
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="a preprocessing output folder holding summary.json and stats.json")
-    parser.add_argument("--compare_to", default=None, metavar="REF",
-                        help="score drift against another run: its output folder or its stats.json")
+    parser.add_argument(
+        "--compare_to",
+        default=None,
+        metavar="REF",
+        help="score drift against another run: its output folder or its stats.json",
+    )
     parser.add_argument("--out", default=None, help=f"where to write the page (default: OUTPUT/{REPORT_FILE})")
     return parser
 
@@ -41,8 +46,10 @@ def regenerate(output: str, compare_to: str | None = None, out: str | None = Non
     except outputs.IncompleteOutputError as error:
         raise UsageError(str(error)) from None
     if kind and kind != "preprocess":
-        raise UsageError(f"{output} holds a {kind} output, not a preprocessing one: the report reads "
-                         "preprocessing outputs (a batch prediction's statistics are its stats.json)")
+        raise UsageError(
+            f"{output} holds a {kind} output, not a preprocessing one: the report reads "
+            "preprocessing outputs (a batch prediction's statistics are its stats.json)"
+        )
     try:
         stats_path = outputs.published_path(f"{output}/{STATS_FILE}")  # inside the published run folder
     except outputs.IncompleteOutputError as error:

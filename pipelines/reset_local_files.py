@@ -10,6 +10,7 @@ $LOCAL_REGISTRY_PATH (default ~/.lewagon/mlops/...). Everything in them goes: th
 generated sample, every processed output and every trained model. Without --yes
 and without a terminal to ask on, it refuses in one line (exit 2) and removes nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,11 @@ def describe(root: Path, entries: list[Path]) -> list[str]:
 def refused_root(root: Path) -> str | None:
     """Why a folder must not be emptied whole (home, the filesystem root, the current folder), else None."""
     resolved = root.expanduser().resolve()
-    for name, forbidden in (("your home folder", Path.home()), ("the filesystem root", Path("/")),
-                            ("the current folder", Path.cwd())):
+    for name, forbidden in (
+        ("your home folder", Path.home()),
+        ("the filesystem root", Path("/")),
+        ("the current folder", Path.cwd()),
+    ):
         if resolved == forbidden.resolve():
             return f"{root} is {name}: set LOCAL_DATA_PATH / LOCAL_REGISTRY_PATH to the project's own folders"
     return None
@@ -123,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     for root, subfolders, entries in plan:
         if not entries:
             continue
-        print(f"{root}: {len(entries):,} entr{'y' if len(entries) == 1 else 'ies'} to remove "
-              f"(keeping the empty {', '.join(subfolders)} folders)")
+        print(
+            f"{root}: {len(entries):,} entr{'y' if len(entries) == 1 else 'ies'} to remove "
+            f"(keeping the empty {', '.join(subfolders)} folders)"
+        )
         print("\n".join(describe(root, entries)))
     answer = confirmed(args.yes)
     if answer is None:

@@ -10,6 +10,7 @@ them as one JSON line; this module reads that line back, scores drift
 (`taxifare_core.drift`: against the reference's kept rows, else val against train) and
 writes the files. `python -m pipelines.preprocess` and `python -m pipelines.report` use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def run_drift(splits: dict, reference: tuple[str, dict] | None) -> dict:
         current = stats.combine_splits([splits[name] for name in SPLITS if name in splits])
         baseline = stats.combine_splits(list(payload["splits"].values()))
         return drift_report(current, baseline, path, "this run (train + val)")
-    return drift_report(splits["val"], splits["train"], "train (this run)", "val (this run)",
-                        expected=EXPECTED_VAL_DRIFT)
+    return drift_report(
+        splits["val"], splits["train"], "train (this run)", "val (this run)", expected=EXPECTED_VAL_DRIFT
+    )
 
 
 def publish_statistics(output: str, summary: dict, compare_to: str | None = None) -> dict | None:
@@ -69,8 +71,9 @@ def publish_statistics(output: str, summary: dict, compare_to: str | None = None
     reference = resolve_reference(compare_to) if compare_to else None
     payload["drift"] = run_drift(payload["splits"], reference)
     storage.write_text(storage.join(output, STATS_FILE), json.dumps(payload, indent=1) + "\n")
-    storage.write_text(storage.join(output, REPORT_FILE),
-                       render_report(summary, payload, reference[1] if reference else None))
+    storage.write_text(
+        storage.join(output, REPORT_FILE), render_report(summary, payload, reference[1] if reference else None)
+    )
     if found:
         storage.remove_file(parts)
     return payload["drift"]
@@ -86,8 +89,11 @@ def drift_lines(drift: dict | None) -> list[str]:
         lines += [f"  FLAGGED {name}: PSI {scores[name]:.3f}" for name in drift["flagged"]]
     else:
         lines.append("  nothing flagged")
-    lines += [f"  expected (chronological split) {name}: PSI {scores[name]:.3f}" for name in drift["expected"]
-              if scores.get(name) is not None]
+    lines += [
+        f"  expected (chronological split) {name}: PSI {scores[name]:.3f}"
+        for name in drift["expected"]
+        if scores.get(name) is not None
+    ]
     return lines
 
 

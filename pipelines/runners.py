@@ -1,9 +1,10 @@
 """Which Beam runner runs a job: the local runners' names, the offline default, and options from argv.
 
-    options = pipeline_options(["--direct_num_workers", "2"])   # FnApiRunner unless --runner is given
-    options.view_as(StandardOptions).runner in LOCAL_RUNNERS  # True
-    check_beam_flags(options, ["--input", "--output"])          # UsageError for a flag nobody defines
+options = pipeline_options(["--direct_num_workers", "2"])   # FnApiRunner unless --runner is given
+options.view_as(StandardOptions).runner in LOCAL_RUNNERS  # True
+check_beam_flags(options, ["--input", "--output"])          # UsageError for a flag nobody defines
 """
+
 from __future__ import annotations
 
 import difflib

@@ -29,6 +29,7 @@ is UTC (taxifare_core.serving.service_rides). The model is loaded once at start-
 priced by a numpy forward pass (taxifare_core.serving.forward), checked against Keras
 at start-up; no Keras call per request.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def _exit_at_once(signum, frame) -> None:
@@ -148,8 +149,12 @@ def _check_rows(n_random: int = 64, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = np.zeros((n_random, contract.N_FEATURES), dtype=np.float32)
     rows[:, contract.COL_PASSENGERS] = rng.integers(0, 7, n_random) / contract.PASSENGER_SCALE
-    for group in (contract.COLS_WEEKDAY, contract.COLS_MONTH, contract.COLS_PICKUP_DISTRICT,
-                  contract.COLS_DROPOFF_DISTRICT):
+    for group in (
+        contract.COLS_WEEKDAY,
+        contract.COLS_MONTH,
+        contract.COLS_PICKUP_DISTRICT,
+        contract.COLS_DROPOFF_DISTRICT,
+    ):
         rows[np.arange(n_random), group.start + rng.integers(0, group.stop - group.start, n_random)] = 1.0
     rows[:, contract.COL_DAYS] = rng.uniform(0, 1, n_random)
     angle = 2 * np.pi * rng.integers(0, 24, n_random) / 24
@@ -165,7 +170,7 @@ def _trained_at(run: str) -> str | None:
         stamp = datetime.strptime(run.split("-", 1)[0], registry.RUN_NAME_FORMAT)
     except ValueError:
         return None
-    return stamp.replace(tzinfo=timezone.utc).isoformat()
+    return stamp.replace(tzinfo=UTC).isoformat()
 
 
 def _finite_or_none(value):
@@ -194,7 +199,9 @@ def load_served_model(run: str | None = None, registry_dir: str | None = None) -
     # fare are worth several 1e-6, so a trained model missed an absolute 1e-5 by summation order alone.
     gap = float(np.max(np.abs(net(rows) - expected) / np.maximum(1.0, np.abs(expected))))
     if gap > FORWARD_TOLERANCE:
-        raise ModelLoadError(f"the numpy forward pass of run {name} differs from Keras by {gap:.2e} (> {FORWARD_TOLERANCE})")
+        raise ModelLoadError(
+            f"the numpy forward pass of run {name} differs from Keras by {gap:.2e} (> {FORWARD_TOLERANCE})"
+        )
     try:
         metrics = registry.read_json(storage.join(path, registry.METRICS_FILE))
     except (OSError, ValueError, storage.StorageError):
@@ -222,8 +229,7 @@ def _refused(reason: str):
     return _json({"detail": f"cannot price this ride: {reason}", "reason": reason}, 422)
 
 
-def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES,
-               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
+def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
     """The FastAPI application serving one loaded model."""
     app = FastAPI(
         title="taxifare",
@@ -250,7 +256,10 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES,
 
     @app.post("/predict")
     async def predict_many(request: Request):
-        """A JSON list of rides -> {"fares": [...], "errors": [{"index": i, "reason": "..."}]} (null fare when refused)."""
+        """A JSON list of rides -> {"fares": [...], "errors": [{"index": i, "reason": "..."}]}.
+
+        A refused ride's fare is null.
+        """
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             return _too_large(f"the body has {int(declared):,} bytes")
@@ -262,13 +271,19 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES,
                     if len(body) > max_bytes:
                         return _too_large(f"the body exceeds {max_bytes:,} bytes")
         except ClientDisconnect:
-            client = "%s:%s" % tuple(request.client) if request.client else "a client"
-            LOG.warning("%s left during its POST /predict upload (%s bytes received): nothing priced",
-                        client, f"{len(body):,}")
+            client = f"{request.client[0]}:{request.client[1]}" if request.client else "a client"
+            LOG.warning(
+                "%s left during its POST /predict upload (%s bytes received): nothing priced", client, f"{len(body):,}"
+            )
             return Response(status_code=400)  # nobody reads it: uvicorn drops it
         except TimeoutError:
-            return _json({"detail": f"the body did not arrive within {body_timeout_s:g} s "
-                                    f"({len(body):,} bytes received): send it faster or in smaller batches"}, 408)
+            return _json(
+                {
+                    "detail": f"the body did not arrive within {body_timeout_s:g} s "
+                    f"({len(body):,} bytes received): send it faster or in smaller batches"
+                },
+                408,
+            )
         try:
             # Parsed and priced off the event loop (10,000 rides take tens of milliseconds).
             return _json(await run_in_threadpool(_read_and_price, body))
@@ -279,8 +294,13 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES,
         """A POST body's answer; Refused when it is too many rides, not JSON, nested too deeply or not a list."""
         commas = body.count(b",")  # the work json.loads would do, bounded before it is done
         if commas > max_commas:
-            raise Refused(413, _too_large_text(f"the body holds {commas:,} commas, more than {max_rides:,} rides "
-                                               f"of up to {MAX_COMMAS_PER_RIDE} fields"))
+            raise Refused(
+                413,
+                _too_large_text(
+                    f"the body holds {commas:,} commas, more than {max_rides:,} rides "
+                    f"of up to {MAX_COMMAS_PER_RIDE} fields"
+                ),
+            )
         try:
             rides = json.loads(body)
         except RecursionError:
@@ -288,8 +308,9 @@ def create_app(served: ServedModel, max_rides: int = DEFAULT_MAX_RIDES,
         except (ValueError, UnicodeDecodeError) as error:
             raise Refused(422, f"the body is not JSON: {error}") from None
         if not isinstance(rides, list):
-            raise Refused(422, "expected a JSON list of rides, each an object with the fields "
-                               + ", ".join(SERVING_COLUMNS))
+            raise Refused(
+                422, "expected a JSON list of rides, each an object with the fields " + ", ".join(SERVING_COLUMNS)
+            )
         if len(rides) > max_rides:
             raise Refused(413, _too_large_text(f"{len(rides):,} rides in one request"))
         try:
@@ -332,27 +353,53 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the registry's model over HTTP: GET/POST /predict, /health, /model.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--registry", default=str(contract.local_registry_path()),
-                        help="model registry folder (local or gs://)")
-    parser.add_argument("--run", default=None,
-                        help="run folder name to serve (default: the production run, followed as it changes)")
-    parser.add_argument("--reload_seconds", type=float, default=DEFAULT_RELOAD_SECONDS,
-                        help="how often to check for a newly promoted run (0: never; not with --run)")
+    parser.add_argument(
+        "--registry", default=str(contract.local_registry_path()), help="model registry folder (local or gs://)"
+    )
+    parser.add_argument(
+        "--run", default=None, help="run folder name to serve (default: the production run, followed as it changes)"
+    )
+    parser.add_argument(
+        "--reload_seconds",
+        type=float,
+        default=DEFAULT_RELOAD_SECONDS,
+        help="how often to check for a newly promoted run (0: never; not with --run)",
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                        help="TCP port; 0 picks a free one (the chosen port is printed)")
-    parser.add_argument("--max_rides", type=positive_int, default=DEFAULT_MAX_RIDES,
-                        help="most rides accepted in one POST /predict (more: 413)")
-    parser.add_argument("--keep_alive_s", type=positive_float, default=DEFAULT_KEEP_ALIVE_S,
-                        help="seconds a connection may stay open without sending a request (after connecting "
-                             "or after its previous answer); then the server closes it")
-    parser.add_argument("--max_connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
-                        help="most open connections; a new one at the limit closes the connection idle the "
-                             "longest, a request that finds them all busy gets 503")
-    parser.add_argument("--body_timeout_s", type=positive_float, default=DEFAULT_BODY_TIMEOUT_S,
-                        help="seconds a POST /predict body may take to arrive (slower: 408)")
-    parser.add_argument("--access_log", action="store_true",
-                        help="log every request to stderr (off by default: a log line per request costs CPU)")
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (the chosen port is printed)"
+    )
+    parser.add_argument(
+        "--max_rides",
+        type=positive_int,
+        default=DEFAULT_MAX_RIDES,
+        help="most rides accepted in one POST /predict (more: 413)",
+    )
+    parser.add_argument(
+        "--keep_alive_s",
+        type=positive_float,
+        default=DEFAULT_KEEP_ALIVE_S,
+        help="seconds a connection may stay open without sending a request (after connecting "
+        "or after its previous answer); then the server closes it",
+    )
+    parser.add_argument(
+        "--max_connections",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="most open connections; a new one at the limit closes the connection idle the "
+        "longest, a request that finds them all busy gets 503",
+    )
+    parser.add_argument(
+        "--body_timeout_s",
+        type=positive_float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help="seconds a POST /predict body may take to arrive (slower: 408)",
+    )
+    parser.add_argument(
+        "--access_log",
+        action="store_true",
+        help="log every request to stderr (off by default: a log line per request costs CPU)",
+    )
     return parser
 
 
@@ -416,18 +463,29 @@ def _serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     host, port = sock.getsockname()[:2]
-    live = LiveModel(served, lambda run: load_served_model(run, args.registry), args.registry,
-                     args.reload_seconds, follows_production=args.run is None).start()
+    live = LiveModel(
+        served,
+        lambda run: load_served_model(run, args.registry),
+        args.registry,
+        args.reload_seconds,
+        follows_production=args.run is None,
+    ).start()
     config = uvicorn.Config(
-        create_app(live, args.max_rides, args.body_timeout_s), log_level="warning", access_log=args.access_log,
-        lifespan="off", http=serve_connections.GuardedHttp, timeout_keep_alive=args.keep_alive_s,
+        create_app(live, args.max_rides, args.body_timeout_s),
+        log_level="warning",
+        access_log=args.access_log,
+        lifespan="off",
+        http=serve_connections.GuardedHttp,
+        timeout_keep_alive=args.keep_alive_s,
         # uvicorn answers 503 from this many connections on; GuardedHttp keeps one below it when any is idle.
         limit_concurrency=args.max_connections + 1,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    print(f"serving run {served.run} on http://{host}:{port} (numpy forward pass; "
-          f"up to {args.max_rides:,} rides per POST, {args.max_connections:,} connections; Ctrl-C stops)",
-          flush=True)
+    print(
+        f"serving run {served.run} on http://{host}:{port} (numpy forward pass; "
+        f"up to {args.max_rides:,} rides per POST, {args.max_connections:,} connections; Ctrl-C stops)",
+        flush=True,
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

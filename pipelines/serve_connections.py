@@ -12,6 +12,7 @@ longest (a request that finds every connection busy gets uvicorn's 503).
 
     config = uvicorn.Config(app, http=GuardedHttp, timeout_keep_alive=5, limit_concurrency=1000)
 """
+
 from __future__ import annotations
 
 import os
@@ -79,8 +80,9 @@ class GuardedHttp(HttpToolsProtocol):
 
     def _close_longest_idle(self) -> None:
         """Make room for a new connection: close the one waiting for a request the longest (not this one)."""
-        idle = [c for c in self.connections
-                if c is not self and c._idle_timer is not None and not c.transport.is_closing()]
+        idle = [
+            c for c in self.connections if c is not self and c._idle_timer is not None and not c.transport.is_closing()
+        ]
         if idle:
             oldest = min(idle, key=lambda c: c._idle_since)
             oldest._stop_waiting()
@@ -105,8 +107,10 @@ def reserve_file_descriptors(connections: int) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         if hard != resource.RLIM_INFINITY and hard < needed:
-            raise OSError(f"--max_connections {connections:,} needs {needed:,} open files, but this process may "
-                          f"open {hard:,} (ulimit -Hn): lower --max_connections or raise the limit")
+            raise OSError(
+                f"--max_connections {connections:,} needs {needed:,} open files, but this process may "
+                f"open {hard:,} (ulimit -Hn): lower --max_connections or raise the limit"
+            )
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
         soft = needed
     return soft

@@ -12,13 +12,14 @@ failed load keeps the old model and logs one line (once per production change).
     live = LiveModel(served, load=lambda run: load_served_model(run, registry_dir), registry_dir=registry_dir)
     live.start()        # polls until the process exits; interval 0: never
 """
+
 from __future__ import annotations
 
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from taxifare_core import storage
 from taxifare_core.training import registry
@@ -31,7 +32,7 @@ def _log(message: str) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,14 @@ class _Loaded:
 class LiveModel:
     """The model being served, replaced whole when the production run changes (see the module docstring)."""
 
-    def __init__(self, served, load: Callable[[str], object], registry_dir: str | None,
-                 interval: float = DEFAULT_RELOAD_SECONDS, follows_production: bool = True):
+    def __init__(
+        self,
+        served,
+        load: Callable[[str], object],
+        registry_dir: str | None,
+        interval: float = DEFAULT_RELOAD_SECONDS,
+        follows_production: bool = True,
+    ):
         self._current = _Loaded(served, _now())
         self._load = load
         self._registry = registry_dir

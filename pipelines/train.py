@@ -31,6 +31,7 @@ See docs/training-safety.md.
 
 From Python: `metrics = run(parse_args([...]))`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,9 @@ def default_processed_dir() -> str:
     from taxifare_core.ride_shards import DEFAULT_PREFIX
 
     # The embedded sample's glob, named without generating it: only the folder name is wanted.
-    config = resolve_config(*preprocess_args([]), default_input=lambda: str(default_sample_dir() / f"{DEFAULT_PREFIX}-*.csv"))
+    config = resolve_config(
+        *preprocess_args([]), default_input=lambda: str(default_sample_dir() / f"{DEFAULT_PREFIX}-*.csv")
+    )
     return config.output
 
 
@@ -89,42 +92,87 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the taxifare model on processed shards, chunk by chunk, into the model registry.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--train", default=None,
-                        help="glob of the processed train shards, local or gs:// "
-                             "(default: train-*.csv in the folder `make preprocess` writes by default)")
-    parser.add_argument("--val", default=None,
-                        help="glob of the processed validation shards, local or gs:// (default: val-*.csv beside it)")
-    parser.add_argument("--chunk_size", type=positive_int, default=DEFAULT_CHUNK_SIZE,
-                        help="rows per training chunk: memory grows with it, not with the data")
-    parser.add_argument("--batch_size", type=positive_int, default=contract.BATCH_SIZE,
-                        help="rows per gradient step")
-    parser.add_argument("--learning_rate", type=positive_float, default=DEFAULT_LEARNING_RATE,
-                        help=f"Adam's learning rate (the contract's: {contract.LEARNING_RATE})")
-    parser.add_argument("--loss", choices=LOSSES, default=DEFAULT_LOSS,
-                        help="training loss, the metric is always MAE (the contract's: mse)")
-    parser.add_argument("--patience", type=non_negative_int, default=DEFAULT_PATIENCE,
-                        help="epochs without a better validation loss before a chunk stops "
-                             f"(the contract's: {contract.PATIENCE})")
-    parser.add_argument("--max_epochs_per_chunk", type=positive_int, default=DEFAULT_MAX_EPOCHS_PER_CHUNK,
-                        help="epoch cap per chunk (early stopping usually ends sooner)")
-    parser.add_argument("--max_val_rows", type=positive_int, default=DEFAULT_MAX_VAL_ROWS,
-                        help="validation uses the first this-many rows of the val shards (bounded memory)")
-    parser.add_argument("--registry", default=str(contract.local_registry_path()),
-                        help="model registry folder (local or gs://)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed for weights and shuffling (default: unseeded)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
-                        help="continue an interrupted run from its last completed chunk "
-                             "(the latest one, or the named run folder); it keeps its own settings")
-    parser.add_argument("--bless_min_gain", type=_fraction, default=DEFAULT_MIN_GAIN,
-                        help="blessing: the model's val MAE must be at least this fraction below the "
-                             "baseline's (0.01 = 1%%)")
-    parser.add_argument("--bless_max_regression", type=_fraction, default=DEFAULT_MAX_REGRESSION,
-                        help="blessing: the model's val MAE may be at most this fraction above the production "
-                             "model's on the same rows (0 = no worse)")
-    parser.add_argument("--fail_if_not_blessed", action="store_true",
-                        help=f"exit {EXIT_NOT_BLESSED} when the run is not blessed (for schedulers; "
-                             "the run is saved either way)")
+    parser.add_argument(
+        "--train",
+        default=None,
+        help="glob of the processed train shards, local or gs:// "
+        "(default: train-*.csv in the folder `make preprocess` writes by default)",
+    )
+    parser.add_argument(
+        "--val",
+        default=None,
+        help="glob of the processed validation shards, local or gs:// (default: val-*.csv beside it)",
+    )
+    parser.add_argument(
+        "--chunk_size",
+        type=positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="rows per training chunk: memory grows with it, not with the data",
+    )
+    parser.add_argument("--batch_size", type=positive_int, default=contract.BATCH_SIZE, help="rows per gradient step")
+    parser.add_argument(
+        "--learning_rate",
+        type=positive_float,
+        default=DEFAULT_LEARNING_RATE,
+        help=f"Adam's learning rate (the contract's: {contract.LEARNING_RATE})",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default=DEFAULT_LOSS,
+        help="training loss, the metric is always MAE (the contract's: mse)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=non_negative_int,
+        default=DEFAULT_PATIENCE,
+        help=f"epochs without a better validation loss before a chunk stops (the contract's: {contract.PATIENCE})",
+    )
+    parser.add_argument(
+        "--max_epochs_per_chunk",
+        type=positive_int,
+        default=DEFAULT_MAX_EPOCHS_PER_CHUNK,
+        help="epoch cap per chunk (early stopping usually ends sooner)",
+    )
+    parser.add_argument(
+        "--max_val_rows",
+        type=positive_int,
+        default=DEFAULT_MAX_VAL_ROWS,
+        help="validation uses the first this-many rows of the val shards (bounded memory)",
+    )
+    parser.add_argument(
+        "--registry", default=str(contract.local_registry_path()), help="model registry folder (local or gs://)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed for weights and shuffling (default: unseeded)"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN",
+        help="continue an interrupted run from its last completed chunk "
+        "(the latest one, or the named run folder); it keeps its own settings",
+    )
+    parser.add_argument(
+        "--bless_min_gain",
+        type=_fraction,
+        default=DEFAULT_MIN_GAIN,
+        help="blessing: the model's val MAE must be at least this fraction below the baseline's (0.01 = 1%%)",
+    )
+    parser.add_argument(
+        "--bless_max_regression",
+        type=_fraction,
+        default=DEFAULT_MAX_REGRESSION,
+        help="blessing: the model's val MAE may be at most this fraction above the production "
+        "model's on the same rows (0 = no worse)",
+    )
+    parser.add_argument(
+        "--fail_if_not_blessed",
+        action="store_true",
+        help=f"exit {EXIT_NOT_BLESSED} when the run is not blessed (for schedulers; the run is saved either way)",
+    )
     return parser
 
 
@@ -176,15 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage.check_writable(registry.check_root(args.registry))  # a read-only registry: before any work
         metrics = run(args)
-    except (UsageError, reader.ShardError, storage.StorageError, registry.NoModelError,
-            registry.RunBusyError) as error:
+    except (UsageError, reader.ShardError, storage.StorageError, registry.NoModelError, registry.RunBusyError) as error:
         return report_usage_error(PROG, error)
     except RunFailed as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except MemoryError:
-        print(f"{PROG}: error: out of memory: lower --chunk_size or --max_val_rows "
-              "(memory grows with them, not with the data)", file=sys.stderr)
+        print(
+            f"{PROG}: error: out of memory: lower --chunk_size or --max_val_rows "
+            "(memory grows with them, not with the data)",
+            file=sys.stderr,
+        )
         return EXIT_RUN_FAILED
     if args.fail_if_not_blessed and not metrics["blessed"]:
         return EXIT_NOT_BLESSED

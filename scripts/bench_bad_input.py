@@ -12,6 +12,7 @@ that the dirty run counts every spoiled line as bad input, and prints the time r
 Before the shared Arrow line splitter, any bad line sent its whole 100k-row block
 line by line through Python's csv module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,13 @@ def spoil(clean_csv: Path, dirty_csv: Path, every: int) -> dict[str, int]:
 def run_pipeline(input_csv: Path, output_dir: Path) -> tuple[float, dict]:
     """Wall seconds of one preprocessing run, and its summary.json."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pipelines.preprocess", "--input", str(input_csv),
-                           "--output", str(output_dir)], cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", "--input", str(input_csv), "--output", str(output_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:])
@@ -60,8 +66,9 @@ def run_pipeline(input_csv: Path, output_dir: Path) -> tuple[float, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate, spoil, run both alternately, print the ratio and the checks."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_100_000, help="raw rows to generate")
     parser.add_argument("--bad_every", type=int, default=1000, help="spoil every this-many-th line")
     parser.add_argument("--repeats", type=int, default=2, help="alternated runs of clean / dirty")
@@ -89,13 +96,17 @@ def main(argv: list[str] | None = None) -> int:
             seconds[name].append(took)
     clean, dirty = statistics.median(seconds["clean"]), statistics.median(seconds["dirty"])
     bad_counted = summaries["dirty"]["bad_input"] - summaries["clean"]["bad_input"]
-    print(f"\n{args.rows:,} raw rows; {sum(spoiled.values()):,} spoiled in the dirty copy: "
-          + ", ".join(f"{count:,} {name}" for name, count in spoiled.items()))
+    print(
+        f"\n{args.rows:,} raw rows; {sum(spoiled.values()):,} spoiled in the dirty copy: "
+        + ", ".join(f"{count:,} {name}" for name, count in spoiled.items())
+    )
     print("\n| input | seconds (median) | runs |\n| --- | ---: | --- |")
     for name, median in (("clean", clean), ("dirty", dirty)):
         print(f"| {name} | {median:.1f} | {', '.join(f'{s:.1f}' for s in seconds[name])} |")
-    print(f"\ndirty / clean time: {dirty / clean:.2f}x; bad input counted: {bad_counted:,} of "
-          f"{sum(spoiled.values()):,} spoiled lines ({'all' if bad_counted == sum(spoiled.values()) else 'MISSING'})")
+    print(
+        f"\ndirty / clean time: {dirty / clean:.2f}x; bad input counted: {bad_counted:,} of "
+        f"{sum(spoiled.values()):,} spoiled lines ({'all' if bad_counted == sum(spoiled.values()) else 'MISSING'})"
+    )
     return 0 if bad_counted == sum(spoiled.values()) else 1
 
 

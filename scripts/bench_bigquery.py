@@ -19,6 +19,7 @@ sorted, compared by SHA-256), prints a markdown table with (b) - (a) against (c)
 the emulator by its PID. Exit code 1 when a step fails, the rows differ or the read-only
 step's count is not the rows preprocessing read from the same query; 2 on a bad flag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_preprocess  # noqa: E402
-from emulators import bigquery as bq_server, processes as emulator_processes  # noqa: E402
-
+from emulators import bigquery as bq_server  # noqa: E402
+from emulators import processes as emulator_processes
 from pipelines.cli import OneLineErrorParser, positive_int  # noqa: E402
-from taxifare_core.storage import outputs  # noqa: E402
 from taxifare_core import contract  # noqa: E402
+from taxifare_core.storage import outputs  # noqa: E402
 
 PROG = "bench_bigquery.py"
 READ_METHODS = ("DIRECT_READ", "EXPORT")
@@ -63,10 +64,12 @@ def count_rows(emulator: str, read_method: str, temp_location: str) -> int:
     query = build_query(DATA_SIZE, contract.DEFAULT_MIN_DATE, contract.DEFAULT_MAX_DATE)
     options = PipelineOptions(["--runner", DEFAULT_RUNNER, "--project", contract.BQ_PROJECT])
     with beam.Pipeline(options=options) as pipeline:
-        (pipeline
-         | "ReadBigQuery" >> read_from_bigquery(query, read_method, contract.BQ_PROJECT, temp_location)
-         | beam.combiners.Count.Globally()
-         | beam.Map(lambda n: print(f"rows read: {n}", flush=True)))
+        (
+            pipeline
+            | "ReadBigQuery" >> read_from_bigquery(query, read_method, contract.BQ_PROJECT, temp_location)
+            | beam.combiners.Count.Globally()
+            | beam.Map(lambda n: print(f"rows read: {n}", flush=True))
+        )
     return 0
 
 
@@ -100,24 +103,70 @@ def step_commands(args, host_port: str, csv_path: Path, workdir: Path) -> dict[s
     steps = {}
     for method in args.read_methods:
         temp = str(workdir / f"tmp_{method}")
-        steps[f"(a) read-only {method}"] = ([sys.executable, __file__, "--run_count", "--emulator", host_port,
-                                            "--read_method", method, "--temp_location", temp], None)
+        steps[f"(a) read-only {method}"] = (
+            [
+                sys.executable,
+                __file__,
+                "--run_count",
+                "--emulator",
+                host_port,
+                "--read_method",
+                method,
+                "--temp_location",
+                temp,
+            ],
+            None,
+        )
         out = workdir / f"out_bigquery_{method}"
-        steps[f"(b) bigquery {method}"] = ([
-            sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery", "--bigquery_emulator", host_port,
-            "--read_method", method, "--data_size", DATA_SIZE, "--temp_location", temp, "--output", str(out),
-            *extra], out)
+        steps[f"(b) bigquery {method}"] = (
+            [
+                sys.executable,
+                "-m",
+                "pipelines.preprocess",
+                "--source",
+                "bigquery",
+                "--bigquery_emulator",
+                host_port,
+                "--read_method",
+                method,
+                "--data_size",
+                DATA_SIZE,
+                "--temp_location",
+                temp,
+                "--output",
+                str(out),
+                *extra,
+            ],
+            out,
+        )
     out = workdir / "out_csv"
-    steps["(c) csv"] = ([sys.executable, "-m", "pipelines.preprocess", "--source", "csv", "--input", str(csv_path),
-                         "--output", str(out), *extra], out)
+    steps["(c) csv"] = (
+        [
+            sys.executable,
+            "-m",
+            "pipelines.preprocess",
+            "--source",
+            "csv",
+            "--input",
+            str(csv_path),
+            "--output",
+            str(out),
+            *extra,
+        ],
+        out,
+    )
     return steps
 
 
 def table_markdown(results: dict[str, tuple[float, int, float]], methods: tuple[str, ...], rows: int) -> str:
     """The timings as a markdown table, with (b) - (a) against (c) and the targets."""
     csv_seconds, _, csv_cpu = results["(c) csv"]
-    lines = [f"{rows:,} rides; times are whole processes (interpreter start-up included)", "",
-             "| step | time (s) | CPU (s) | peak RSS, process tree (MB) |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        f"{rows:,} rides; times are whole processes (interpreter start-up included)",
+        "",
+        "| step | time (s) | CPU (s) | peak RSS, process tree (MB) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for label, (seconds, peak, cpu) in results.items():
         lines.append(f"| {label} | {seconds:.1f} | {cpu:.1f} | {peak / 2**20:,.0f} |")
     lines.append("")
@@ -130,24 +179,35 @@ def table_markdown(results: dict[str, tuple[float, int, float]], methods: tuple[
             f"- {method}: (b) - (a) = {added:.1f} s = {ratio:.2f}x (c), in CPU {cpu_ratio:.2f}x "
             f"(target <= {TARGET_OVERHEAD_RATIO}x: {'met' if ratio <= TARGET_OVERHEAD_RATIO else 'NOT met'}); "
             f"peak of (b) {full[1] / 2**20:,.0f} MB (target < {TARGET_PEAK_BYTES / 2**20:,.0f} MB: "
-            f"{'met' if full[1] < TARGET_PEAK_BYTES else 'NOT met'})")
+            f"{'met' if full[1] < TARGET_PEAK_BYTES else 'NOT met'})"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line."""
     parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=positive_int, default=1_100_000,
-                        help="rides to generate and load (default 1,100,000, the size of raw_all)")
-    parser.add_argument("--read_methods", default=",".join(READ_METHODS),
-                        help="comma-separated BigQuery read methods to run (default: DIRECT_READ,EXPORT)")
-    parser.add_argument("--pipeline_args", default="",
-                        help="extra flags for both preprocess runs (b) and (c), e.g. '--dedupe global'")
-    parser.add_argument("--workdir", default=None,
-                        help="folder for the emulator, the CSV and the outputs (default: a new temp dir)")
+    parser.add_argument(
+        "--rows",
+        type=positive_int,
+        default=1_100_000,
+        help="rides to generate and load (default 1,100,000, the size of raw_all)",
+    )
+    parser.add_argument(
+        "--read_methods",
+        default=",".join(READ_METHODS),
+        help="comma-separated BigQuery read methods to run (default: DIRECT_READ,EXPORT)",
+    )
+    parser.add_argument(
+        "--pipeline_args", default="", help="extra flags for both preprocess runs (b) and (c), e.g. '--dedupe global'"
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="folder for the emulator, the CSV and the outputs (default: a new temp dir)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
-    parser.add_argument("--no-timing", dest="timing", action="store_false",
-                        help="print only the equality checks, not the timing table")
+    parser.add_argument(
+        "--no-timing", dest="timing", action="store_false", help="print only the equality checks, not the timing table"
+    )
     parser.add_argument("--run_count", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--emulator", help=argparse.SUPPRESS)
     parser.add_argument("--read_method", choices=READ_METHODS, help=argparse.SUPPRESS)
@@ -202,14 +262,18 @@ def main(argv=None) -> int:
     for method in args.read_methods:
         digest = digests[f"(b) bigquery {method}"]
         same &= digest == reference and reference[0] > 0  # no rows written compares equal but proves nothing
-        print(f"same processed rows, bigquery {method} vs csv: {'yes' if digest == reference else 'NO'} "
-              f"({digest[0]:,} vs {reference[0]:,} lines)")
+        print(
+            f"same processed rows, bigquery {method} vs csv: {'yes' if digest == reference else 'NO'} "
+            f"({digest[0]:,} vs {reference[0]:,} lines)"
+        )
         # The read-only step must have read what preprocessing read from the same query: not none, not fewer.
         counted = read_counts[f"(a) read-only {method}"]
         expected = rows_read_by_pipeline(workdir / f"out_bigquery_{method}")
         same &= counted == expected > 0
-        print(f"rows read, read-only {method} vs bigquery {method}: {'yes' if counted == expected > 0 else 'NO'} "
-              f"({'no count printed' if counted is None else f'{counted:,}'} vs {expected:,})")
+        print(
+            f"rows read, read-only {method} vs bigquery {method}: {'yes' if counted == expected > 0 else 'NO'} "
+            f"({'no count printed' if counted is None else f'{counted:,}'} vs {expected:,})"
+        )
     if args.timing:
         print()
         print(table_markdown(results, args.read_methods, args.rows))

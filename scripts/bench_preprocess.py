@@ -23,6 +23,7 @@ The pipeline's default run includes the feature statistics, stats.json and repor
 --statistics_pairs N also runs it N times with and N times without them (--no_statistics),
 alternated so a machine slowing down hits both, and prints the ratio of each pair and their median.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,16 @@ MIN_DATE, MAX_DATE = contract.DEFAULT_MIN_DATE, contract.DEFAULT_MAX_DATE
 def course_clean(df: pd.DataFrame) -> pd.DataFrame:
     """The course's clean_data: duplicates, missing values, then the contract's filters."""
     df = df.drop_duplicates().dropna(how="any", axis=0)
-    df = df[(df.dropoff_latitude != 0) | (df.dropoff_longitude != 0)
-            | (df.pickup_latitude != 0) | (df.pickup_longitude != 0)]
-    df = df[(df.passenger_count > contract.PASSENGER_MIN_EXCLUSIVE) & (df.passenger_count < contract.PASSENGER_MAX_EXCLUSIVE)]
+    df = df[
+        (df.dropoff_latitude != 0)
+        | (df.dropoff_longitude != 0)
+        | (df.pickup_latitude != 0)
+        | (df.pickup_longitude != 0)
+    ]
+    df = df[
+        (df.passenger_count > contract.PASSENGER_MIN_EXCLUSIVE)
+        & (df.passenger_count < contract.PASSENGER_MAX_EXCLUSIVE)
+    ]
     df = df[(df.fare_amount > contract.FARE_MIN_EXCLUSIVE) & (df.fare_amount < contract.FARE_MAX_EXCLUSIVE)]
     for column in ("pickup_latitude", "dropoff_latitude"):
         df = df[df[column].between(contract.LATITUDE_MIN, contract.LATITUDE_MAX)]
@@ -90,12 +98,17 @@ def course_features(df: pd.DataFrame) -> np.ndarray:
     dlat, dlon = lat2 - lat1, lon2 - lon1
     a = np.sin(dlat / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin(dlon / 2) ** 2
     out[:, contract.COL_HAVERSINE] = 2 * contract.EARTH_RADIUS_KM * np.arcsin(np.sqrt(a)) / contract.DISTANCE_SCALE_KM
-    out[:, contract.COL_MANHATTAN] = contract.EARTH_RADIUS_KM * (np.abs(dlat) + np.abs(dlon)) / contract.DISTANCE_SCALE_KM
+    out[:, contract.COL_MANHATTAN] = (
+        contract.EARTH_RADIUS_KM * (np.abs(dlat) + np.abs(dlon)) / contract.DISTANCE_SCALE_KM
+    )
     district = {d: i for i, d in enumerate(contract.DISTRICTS)}
-    for columns, lat, lon in ((contract.COLS_PICKUP_DISTRICT, "pickup_latitude", "pickup_longitude"),
-                              (contract.COLS_DROPOFF_DISTRICT, "dropoff_latitude", "dropoff_longitude")):
-        hashes = df.apply(lambda r, lat=lat, lon=lon: pygeohash.encode(r[lat], r[lon],
-                                                                      precision=contract.GEOHASH_PRECISION), axis=1)
+    for columns, lat, lon in (
+        (contract.COLS_PICKUP_DISTRICT, "pickup_latitude", "pickup_longitude"),
+        (contract.COLS_DROPOFF_DISTRICT, "dropoff_latitude", "dropoff_longitude"),
+    ):
+        hashes = df.apply(
+            lambda r, lat=lat, lon=lon: pygeohash.encode(r[lat], r[lon], precision=contract.GEOHASH_PRECISION), axis=1
+        )
         index = hashes.map(district).to_numpy(dtype=np.float64, na_value=np.nan) if n else np.empty(0)
         known = ~np.isnan(index)
         out[rows[known], columns.start + index[known].astype(int)] = 1
@@ -127,9 +140,12 @@ def run_vectorized(input_csv: str, output_dir: str) -> None:
 
     types = {column: pa.float64() for column in contract.NUMERIC_COLUMNS}
     types[contract.TIME_COLUMN] = pa.timestamp("ns")
-    table = pacsv.read_csv(input_csv, convert_options=pacsv.ConvertOptions(
-        column_types=types, include_columns=list(contract.RAW_COLUMNS),
-        timestamp_parsers=[contract.CSV_TIME_FORMAT]))
+    table = pacsv.read_csv(
+        input_csv,
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, include_columns=list(contract.RAW_COLUMNS), timestamp_parsers=[contract.CSV_TIME_FORMAT]
+        ),
+    )
     rides, reasons = parse_frame(table.to_pandas())
     rides = rides[reasons.isna().to_numpy()]
     stamps = rides[contract.TIME_COLUMN]
@@ -141,7 +157,7 @@ def run_vectorized(input_csv: str, output_dir: str) -> None:
         with open(Path(output_dir, f"{name}.csv"), "w") as out:
             # Slices that fit in the CPU caches encode and format faster than one huge array.
             for start in range(0, len(part), CHUNK_SIZE):
-                out.write(format_csv(processed_rows(part.iloc[start:start + CHUNK_SIZE])) + "\n")
+                out.write(format_csv(processed_rows(part.iloc[start : start + CHUNK_SIZE])) + "\n")
 
 
 def val_start() -> str:
@@ -195,16 +211,27 @@ def measure(command: list[str], log_path: Path) -> tuple[float, int, float, int]
 def approach_command(name: str, input_csv: str, output_dir: Path, pipeline_args: str) -> list[str]:
     """The command line that runs one approach."""
     if name == "pipeline":
-        return [sys.executable, "-m", "pipelines.preprocess", "--input", input_csv,
-                "--output", str(output_dir), *shlex.split(pipeline_args)]
+        return [
+            sys.executable,
+            "-m",
+            "pipelines.preprocess",
+            "--input",
+            input_csv,
+            "--output",
+            str(output_dir),
+            *shlex.split(pipeline_args),
+        ]
     return [sys.executable, __file__, "--run", name, "--input", input_csv, "--output", str(output_dir)]
 
 
 def output_files(name: str, output_dir: Path) -> list[str]:
     """The processed CSVs one approach wrote."""
     if name == "pipeline":  # the published run's shards, named by OUTPUT/summary.json (taxifare_core.storage.outputs)
-        return sorted(path for pattern in ("train-*.csv", "val-*.csv")
-                      for path in outputs.resolve(str(output_dir / pattern)) or [])
+        return sorted(
+            path
+            for pattern in ("train-*.csv", "val-*.csv")
+            for path in outputs.resolve(str(output_dir / pattern)) or []
+        )
     patterns = {"reference": ["processed.csv"], "vectorized": ["train.csv", "val.csv"]}[name]
     return sorted(path for pattern in patterns for path in glob.glob(str(output_dir / pattern)))
 
@@ -219,8 +246,13 @@ def load_sorted(paths: list[str]) -> np.ndarray:
         parts.append(np.column_stack([c.to_numpy().astype(np.float64) for c in table.columns]).astype(np.float32))
     rows = np.concatenate(parts) if parts else np.empty((0, contract.N_PROCESSED_COLUMNS), np.float32)
     # np.lexsort sorts by its last key first: fare, passengers and one-hots, then the continuous features.
-    continuous = [contract.COL_DAYS, contract.COL_HOUR_SIN, contract.COL_HOUR_COS, contract.COL_HAVERSINE,
-                  contract.COL_MANHATTAN]
+    continuous = [
+        contract.COL_DAYS,
+        contract.COL_HOUR_SIN,
+        contract.COL_HOUR_COS,
+        contract.COL_HAVERSINE,
+        contract.COL_MANHATTAN,
+    ]
     exact = [j for j in range(rows.shape[1]) if j not in continuous]
     keys = [rows[:, j] for j in reversed([contract.N_FEATURES, *exact[:-1], *continuous])]
     return rows[np.lexsort(keys)]
@@ -241,24 +273,29 @@ def same_rows(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
 
 def table_markdown(results: dict, rows: int) -> str:
     """The results as a markdown table."""
-    lines = ["| approach | time (s) | rows/s | speed vs reference | time vs vectorized | CPU (s) "
-             "| peak RSS, process tree (MB) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| approach | time (s) | rows/s | speed vs reference | time vs vectorized | CPU (s) "
+        "| peak RSS, process tree (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, (seconds, peak, cpu, _) in results.items():
         ref = results.get("reference", (None,))[0]
         vec = results.get("vectorized", (None,))[0]
         speed = f"{ref / seconds:.1f}x" if ref else "-"
         ratio = f"{seconds / vec:.2f}x" if vec else "-"
-        lines.append(f"| {name} | {seconds:.1f} | {rows / seconds:,.0f} | {speed} | {ratio} | {cpu:.1f} "
-                     f"| {peak / 2**20:,.0f} |")
+        lines.append(
+            f"| {name} | {seconds:.1f} | {rows / seconds:,.0f} | {speed} | {ratio} | {cpu:.1f} | {peak / 2**20:,.0f} |"
+        )
     return "\n".join(lines)
 
 
 def statistics_overhead(input_csv: str, workdir: Path, pairs: int, pipeline_args: str) -> str:
     """The pipeline with / without statistics, alternated `pairs` times: a markdown table and the median ratio."""
-    lines = ["| pair | with statistics (s) | without (s) | ratio | CPU with / without (s) | CPU ratio "
-             "| peak RSS with / without (MB) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| pair | with statistics (s) | without (s) | ratio | CPU with / without (s) | CPU ratio "
+        "| peak RSS with / without (MB) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     ratios, cpu_ratios = [], []
     for pair in range(1, pairs + 1):
         timings = {}
@@ -274,10 +311,14 @@ def statistics_overhead(input_csv: str, workdir: Path, pairs: int, pipeline_args
         (with_s, with_peak, with_cpu), (without_s, without_peak, without_cpu) = timings["with"], timings["without"]
         ratios.append(with_s / without_s)
         cpu_ratios.append(with_cpu / without_cpu)
-        lines.append(f"| {pair} | {with_s:.2f} | {without_s:.2f} | {ratios[-1]:.3f}x | {with_cpu:.1f} / "
-                     f"{without_cpu:.1f} | {cpu_ratios[-1]:.3f}x | {with_peak / 2**20:,.0f} / {without_peak / 2**20:,.0f} |")
-    lines.append(f"\nmedian ratio with / without statistics over {pairs} pair(s): time {float(np.median(ratios)):.3f}x, "
-                 f"CPU {float(np.median(cpu_ratios)):.3f}x")
+        lines.append(
+            f"| {pair} | {with_s:.2f} | {without_s:.2f} | {ratios[-1]:.3f}x | {with_cpu:.1f} / "
+            f"{without_cpu:.1f} | {cpu_ratios[-1]:.3f}x | {with_peak / 2**20:,.0f} / {without_peak / 2**20:,.0f} |"
+        )
+    lines.append(
+        f"\nmedian ratio with / without statistics over {pairs} pair(s): time {float(np.median(ratios)):.3f}x, "
+        f"CPU {float(np.median(cpu_ratios)):.3f}x"
+    )
     return "\n".join(lines)
 
 
@@ -285,17 +326,27 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_100_000, help="raw rows to generate (default 1,100,000)")
-    parser.add_argument("--only", default=",".join(APPROACHES),
-                        help=f"comma-separated approaches to run, of {', '.join(APPROACHES)} (default: all)")
-    parser.add_argument("--pipeline_args", default=DEFAULT_PIPELINE_ARGS,
-                        help=f"extra flags for the pipeline (default: {DEFAULT_PIPELINE_ARGS!r})")
+    parser.add_argument(
+        "--only",
+        default=",".join(APPROACHES),
+        help=f"comma-separated approaches to run, of {', '.join(APPROACHES)} (default: all)",
+    )
+    parser.add_argument(
+        "--pipeline_args",
+        default=DEFAULT_PIPELINE_ARGS,
+        help=f"extra flags for the pipeline (default: {DEFAULT_PIPELINE_ARGS!r})",
+    )
     parser.add_argument("--workdir", default=None, help="folder for the raw and processed files (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
-    parser.add_argument("--no-timing", dest="timing", action="store_false",
-                        help="print only the equality check, not the timing table")
-    parser.add_argument("--statistics_pairs", type=int, default=0,
-                        help="also time the pipeline with and without statistics, alternated, this many "
-                             "pairs (default 0: not)")
+    parser.add_argument(
+        "--no-timing", dest="timing", action="store_false", help="print only the equality check, not the timing table"
+    )
+    parser.add_argument(
+        "--statistics_pairs",
+        type=int,
+        default=0,
+        help="also time the pipeline with and without statistics, alternated, this many pairs (default 0: not)",
+    )
     parser.add_argument("--run", choices=("reference", "vectorized"), help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -324,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         for stale in output_files(name, output_dir):
             Path(stale).unlink()
         print(f"running {name} ...", file=sys.stderr)
-        seconds, peak, cpu, code = measure(approach_command(name, input_csv, output_dir, args.pipeline_args),
-                                           workdir / f"{name}.log")
+        seconds, peak, cpu, code = measure(
+            approach_command(name, input_csv, output_dir, args.pipeline_args), workdir / f"{name}.log"
+        )
         if code != 0:
             print(f"bench_preprocess: {name} failed (exit {code}), see {workdir / f'{name}.log'}", file=sys.stderr)
             return 1

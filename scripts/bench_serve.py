@@ -17,6 +17,7 @@ so it does not eat the cores it is measuring. Rides are generated (the
 contract's generator), with New York local times as the course's front-ends send them.
 Prints p50 / p95 / p99 and throughput per case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,9 @@ def ride_params(n: int, seed: int = 1) -> list[dict]:
     rides = []
     for when, (_, row) in zip(local, kept.iterrows()):
         ride = {column: f"{row[column]:.6f}" for column in contract.COORDINATE_COLUMNS}
-        rides.append({contract.TIME_COLUMN: when, **ride, contract.PASSENGER_COLUMN: str(int(row[contract.PASSENGER_COLUMN]))})
+        rides.append(
+            {contract.TIME_COLUMN: when, **ride, contract.PASSENGER_COLUMN: str(int(row[contract.PASSENGER_COLUMN]))}
+        )
     if len(rides) < n:
         rides = (rides * (n // max(len(rides), 1) + 1))[:n]
     return rides
@@ -68,9 +71,11 @@ def ride_params(n: int, seed: int = 1) -> list[dict]:
 
 def as_json_numbers(ride: dict) -> dict:
     """A ride as a JSON client sends it: coordinates and passenger count as numbers, the time as text."""
-    return {**{column: float(ride[column]) for column in contract.COORDINATE_COLUMNS},
-            contract.TIME_COLUMN: ride[contract.TIME_COLUMN],
-            contract.PASSENGER_COLUMN: int(ride[contract.PASSENGER_COLUMN])}
+    return {
+        **{column: float(ride[column]) for column in contract.COORDINATE_COLUMNS},
+        contract.TIME_COLUMN: ride[contract.TIME_COLUMN],
+        contract.PASSENGER_COLUMN: int(ride[contract.PASSENGER_COLUMN]),
+    }
 
 
 def tiny_registry(folder: Path) -> str:
@@ -91,7 +96,10 @@ def start_server(registry_dir: str) -> tuple[subprocess.Popen, str]:
     """`python -m pipelines.serve` on a free loopback port; (process, base URL) once it answers /health."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.serve", "--registry", registry_dir, "--port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
     line = process.stdout.readline() if ready else ""
@@ -174,14 +182,19 @@ async def batch(url: str, rides: list[dict], repeats: int) -> dict:
     async with aiohttp.ClientSession() as session:
         for _ in range(repeats):
             sent = time.perf_counter()
-            async with session.post(url + "/predict", data=body,
-                                    headers={"Content-Type": "application/json"}) as response:
+            async with session.post(
+                url + "/predict", data=body, headers={"Content-Type": "application/json"}
+            ) as response:
                 answer = json.loads(await response.read())
             latencies.append(time.perf_counter() - sent)
             if response.status != 200 or answer["errors"] or len(answer["fares"]) != len(rides):
                 raise SystemExit(f"bench_serve: error: the batch was not fully priced: {str(answer)[:300]}")
-    return {"requests": repeats, "seconds": sum(latencies), "rate": len(rides) * repeats / sum(latencies),
-            **percentiles(latencies)}
+    return {
+        "requests": repeats,
+        "seconds": sum(latencies),
+        "rate": len(rides) * repeats / sum(latencies),
+        **percentiles(latencies),
+    }
 
 
 async def run_cases(url: str, rides: list[dict], args: argparse.Namespace) -> dict:
@@ -189,7 +202,7 @@ async def run_cases(url: str, rides: list[dict], args: argparse.Namespace) -> di
     return {
         "sequential": await sequential(url, rides, args.requests, args.seconds),
         "concurrent": await concurrent(url, rides, args.clients, args.requests * 2, args.seconds),
-        "batch": await batch(url, [as_json_numbers(ride) for ride in rides[:args.batch_rides]], args.batch_repeats),
+        "batch": await batch(url, [as_json_numbers(ride) for ride in rides[: args.batch_rides]], args.batch_repeats),
     }
 
 
@@ -207,12 +220,11 @@ def verdict(case: str, result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="scripts/bench_serve.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=None, help="a running server's base URL (default: start one)")
-    parser.add_argument("--registry", default=None,
-                        help="registry of the model to serve (default: the local registry)")
-    parser.add_argument("--tiny_model", action="store_true",
-                        help="serve a tiny model trained for the benchmark in a temporary registry")
-    parser.add_argument("--requests", type=positive_int, default=3000,
-                        help="most requests per GET case")
+    parser.add_argument("--registry", default=None, help="registry of the model to serve (default: the local registry)")
+    parser.add_argument(
+        "--tiny_model", action="store_true", help="serve a tiny model trained for the benchmark in a temporary registry"
+    )
+    parser.add_argument("--requests", type=positive_int, default=3000, help="most requests per GET case")
     parser.add_argument("--seconds", type=positive_float, default=15.0, help="most seconds per GET case")
     parser.add_argument("--clients", type=positive_int, default=16, help="concurrent clients")
     parser.add_argument("--batch_rides", type=positive_int, default=10_000, help="rides per POST")
@@ -226,14 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         process = None
         url = args.url
         if url is None:
-            registry_dir = tiny_registry(Path(scratch) / "registry") if args.tiny_model else (
-                args.registry or str(contract.local_registry_path()))
+            registry_dir = (
+                tiny_registry(Path(scratch) / "registry")
+                if args.tiny_model
+                else (args.registry or str(contract.local_registry_path()))
+            )
             process, url = start_server(registry_dir)
         try:
             model = requests.get(url + "/model", timeout=10).json()
-            print(f"server {url}, run {model['run']}; {args.clients} clients, "
-                  f"at most {args.requests} requests / {args.seconds:g} s per GET case; "
-                  f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+            print(
+                f"server {url}, run {model['run']}; {args.clients} clients, "
+                f"at most {args.requests} requests / {args.seconds:g} s per GET case; "
+                f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
+                flush=True,
+            )
             # The load generator's own pauses must not count as the server's: its set-up objects
             # (pandas, and TensorFlow with --tiny_model) are frozen out of the collector's passes.
             gc.collect()
@@ -247,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for case, result in results.items():
         unit = "rides/s" if case == "batch" else "req/s"
-        print(f"| {case} | {result['requests']:,} | {result['p50']:.2f} | {result['p95']:.2f} | {result['p99']:.2f} "
-              f"| {result['rate']:,.0f} {unit} | {TARGETS[case]} | {verdict(case, result)} |")
+        print(
+            f"| {case} | {result['requests']:,} | {result['p50']:.2f} | {result['p95']:.2f} | {result['p99']:.2f} "
+            f"| {result['rate']:,.0f} {unit} | {TARGETS[case]} | {verdict(case, result)} |"
+        )
     return 0
 
 

@@ -28,6 +28,7 @@ whole run's rate, with its fixed start and finish (validation sample, final
 scoring, plot, save), is printed beside it. TensorFlow's import is excluded from
 all; its first-call tracing (~2 s) is in all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,14 +84,32 @@ def child_stream(train_glob: str, val_glob: str, args) -> dict:
     keras_module()  # imported before the clocks start, as in the in-memory case
     cpu = time.process_time()
     with tempfile.TemporaryDirectory() as registry_dir:
-        options = train.parse_args([
-            "--train", train_glob, "--val", val_glob, "--registry", registry_dir,
-            "--chunk_size", str(args.chunk_size), "--batch_size", str(args.batch_size),
-            "--max_epochs_per_chunk", "1", "--seed", "1",
-        ])
+        options = train.parse_args(
+            [
+                "--train",
+                train_glob,
+                "--val",
+                val_glob,
+                "--registry",
+                registry_dir,
+                "--chunk_size",
+                str(args.chunk_size),
+                "--batch_size",
+                str(args.batch_size),
+                "--max_epochs_per_chunk",
+                "1",
+                "--seed",
+                "1",
+            ]
+        )
         metrics = train.run(options)
-    return {"rows": metrics["rows"], "seconds": metrics["seconds"], "chunks": metrics["chunks"],
-            "loop_seconds": metrics["train_seconds"], "cpu_seconds": time.process_time() - cpu}
+    return {
+        "rows": metrics["rows"],
+        "seconds": metrics["seconds"],
+        "chunks": metrics["chunks"],
+        "loop_seconds": metrics["train_seconds"],
+        "cpu_seconds": time.process_time() - cpu,
+    }
 
 
 def child_in_memory(train_glob: str, val_glob: str, args, steps_per_execution: int | None = None) -> dict:
@@ -114,19 +133,44 @@ def child_in_memory(train_glob: str, val_glob: str, args, steps_per_execution: i
     model = build_model(DEFAULT_LEARNING_RATE, DEFAULT_LOSS, seed=1)
     keras = keras_module()
     if steps_per_execution is not None:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=DEFAULT_LEARNING_RATE),
-                      loss=loss_function(DEFAULT_LOSS), metrics=["mae"], steps_per_execution=steps_per_execution)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=DEFAULT_LEARNING_RATE),
+            loss=loss_function(DEFAULT_LOSS),
+            metrics=["mae"],
+            steps_per_execution=steps_per_execution,
+        )
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=contract.PATIENCE, restore_best_weights=True)
     started, cpu = time.perf_counter(), time.process_time()
-    model.fit(x, y, batch_size=args.batch_size, epochs=1, validation_data=validation,
-              validation_batch_size=VALIDATION_BATCH_SIZE, callbacks=[stopper], shuffle=True, verbose=0)
+    model.fit(
+        x,
+        y,
+        batch_size=args.batch_size,
+        epochs=1,
+        validation_data=validation,
+        validation_batch_size=VALIDATION_BATCH_SIZE,
+        callbacks=[stopper],
+        shuffle=True,
+        verbose=0,
+    )
     return {"rows": len(y), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
 
 
 def run_child(case: str, train_glob: str, val_glob: str, args) -> dict:
     """Run one case in a fresh process; its JSON result plus peak memory."""
-    command = [sys.executable, __file__, "--child", case, "--train_glob", train_glob, "--val_glob", val_glob,
-               "--chunk_size", str(args.chunk_size), "--batch_size", str(args.batch_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        case,
+        "--train_glob",
+        train_glob,
+        "--val_glob",
+        val_glob,
+        "--chunk_size",
+        str(args.chunk_size),
+        "--batch_size",
+        str(args.batch_size),
+    ]
     print(f"case {case} ...", flush=True)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -136,10 +180,16 @@ def run_child(case: str, train_glob: str, val_glob: str, args) -> dict:
     result["rows_per_second"] = result["rows"] / result["seconds"]
     if "loop_seconds" in result:
         result["loop_rows_per_second"] = result["rows"] / result["loop_seconds"]
-    loop = (f"; streaming loop {result['loop_seconds']:.1f} s = {result['loop_rows_per_second']:,.0f} rows/s"
-            if "loop_seconds" in result else "")
-    print(f"  {result['rows']:,} rows in {result['seconds']:.1f} s = {result['rows_per_second']:,.0f} rows/s "
-          f"({result['cpu_seconds']:.1f} CPU s), peak memory {result['peak_rss_mb']:,.0f} MB{loop}", flush=True)
+    loop = (
+        f"; streaming loop {result['loop_seconds']:.1f} s = {result['loop_rows_per_second']:,.0f} rows/s"
+        if "loop_seconds" in result
+        else ""
+    )
+    print(
+        f"  {result['rows']:,} rows in {result['seconds']:.1f} s = {result['rows_per_second']:,.0f} rows/s "
+        f"({result['cpu_seconds']:.1f} CPU s), peak memory {result['peak_rss_mb']:,.0f} MB{loop}",
+        flush=True,
+    )
     return result
 
 
@@ -172,8 +222,9 @@ def compare(stream: list[dict], in_memory: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, build shards, run the cases, print and check the targets."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the base case")
     parser.add_argument("--scale", type=int, default=4, help="the big case has scale x rows")
     parser.add_argument("--shards", type=int, default=4, help="train shards of the base case")
@@ -215,26 +266,37 @@ def main(argv: list[str] | None = None) -> int:
             if "notebook" in runs:
                 results["notebook_rows_per_second"] = [r["rows_per_second"] for r in runs["notebook"]]
     verdict = {True: "OK", False: "MISSED"}
-    print(f"\nmedian over {args.repeats} alternated pairs (each stream run / the in-memory run after it); "
-          "every pair in brackets")
+    print(
+        f"\nmedian over {args.repeats} alternated pairs (each stream run / the in-memory run after it); "
+        "every pair in brackets"
+    )
     for size in sizes:
         found = results[size]
         pairs = ", ".join(f"{ratio:.2f}" for ratio in found["pair_loop_ratios"])
-        print(f"{found['rows']:>11,} rows: streaming loop / in-memory fit rate {found['loop_ratio']:.2f} "
-              f"[{pairs}] (target >= {TARGET_RATE_RATIO}) {verdict[found['loop_ratio'] >= TARGET_RATE_RATIO]}; "
-              f"whole trainer run {found['run_ratio']:.2f}; ratio of the median rates {found['ratio_of_median_rates']:.2f}")
+        print(
+            f"{found['rows']:>11,} rows: streaming loop / in-memory fit rate {found['loop_ratio']:.2f} "
+            f"[{pairs}] (target >= {TARGET_RATE_RATIO}) {verdict[found['loop_ratio'] >= TARGET_RATE_RATIO]}; "
+            f"whole trainer run {found['run_ratio']:.2f}; "
+            f"ratio of the median rates {found['ratio_of_median_rates']:.2f}"
+        )
     base, big = results["base"], results["big"]
     growth = big["stream_peak_rss_mb"] / base["stream_peak_rss_mb"] - 1
     results["memory_growth"] = growth
-    print(f"trainer peak memory {base['rows']:,} -> {big['rows']:,} rows: {base['stream_peak_rss_mb']:,.0f} -> "
-          f"{big['stream_peak_rss_mb']:,.0f} MB ({growth:+.1%}, target < {TARGET_MEMORY_GROWTH:.0%}) "
-          f"{verdict[growth < TARGET_MEMORY_GROWTH]}")
-    print(f"in-memory fit peak memory: {base['in_memory_peak_rss_mb']:,.0f} MB for {base['rows']:,} rows, "
-          f"{big['in_memory_peak_rss_mb']:,.0f} MB for {big['rows']:,}")
+    print(
+        f"trainer peak memory {base['rows']:,} -> {big['rows']:,} rows: {base['stream_peak_rss_mb']:,.0f} -> "
+        f"{big['stream_peak_rss_mb']:,.0f} MB ({growth:+.1%}, target < {TARGET_MEMORY_GROWTH:.0%}) "
+        f"{verdict[growth < TARGET_MEMORY_GROWTH]}"
+    )
+    print(
+        f"in-memory fit peak memory: {base['in_memory_peak_rss_mb']:,.0f} MB for {base['rows']:,} rows, "
+        f"{big['in_memory_peak_rss_mb']:,.0f} MB for {big['rows']:,}"
+    )
     notebook_ratio = _median(base["stream_loop_rows_per_second"]) / _median(results["notebook_rows_per_second"])
     results["vs_notebook"] = notebook_ratio
-    print(f"the trainer, streaming, vs the notebook's in-memory fit (one step per call, median of {args.repeats}): "
-          f"{notebook_ratio:.2f}x the rate")
+    print(
+        f"the trainer, streaming, vs the notebook's in-memory fit (one step per call, median of {args.repeats}): "
+        f"{notebook_ratio:.2f}x the rate"
+    )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
     return 0

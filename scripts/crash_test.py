@@ -29,6 +29,7 @@ until at least --min_in_window kills (20) did. After each kill:
 Prints one row per kill and a final summary (kills in the window, how many found a new
 published output); exit code 1 when any invariant broke or too few kills landed in a window.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,8 +102,10 @@ def check_output(job: str, folder: Path, before: dict[str, str]) -> tuple[str, d
 
 def finished_runs(registry_dir: Path) -> dict[str, dict[str, str]]:
     """Each finished run's files and their hashes."""
-    return {name: hash_files(sorted(p for p in (registry_dir / name).rglob("*") if p.is_file()))
-            for name in registry.run_names(str(registry_dir))}
+    return {
+        name: hash_files(sorted(p for p in (registry_dir / name).rglob("*") if p.is_file()))
+        for name in registry.run_names(str(registry_dir))
+    }
 
 
 def check_registry(registry_dir: Path, before: dict[str, dict[str, str]]) -> tuple[str, dict]:
@@ -139,8 +142,13 @@ class Crash:
 
     def __init__(self, work: Path, args: argparse.Namespace):
         self.work, self.args = work, args
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "LOCAL_DATA_PATH": str(work / "data"),
-                    "LOCAL_REGISTRY_PATH": str(work / "registry"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "LOCAL_DATA_PATH": str(work / "data"),
+            "LOCAL_REGISTRY_PATH": str(work / "registry"),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         self.rides = work / "rides" / "rides.csv"
         self.processed, self.train_data = work / "processed", work / "train_data"
         self.registry, self.predictions = work / "registry", work / "predictions"
@@ -149,21 +157,53 @@ class Crash:
     def command(self, job: str, resume: bool = False, output: Path | None = None) -> list[str]:
         python = [sys.executable, "-m"]
         if job == "preprocess":
-            return [*python, "pipelines.preprocess", "--input", str(self.rides),
-                    "--output", str(output or self.processed), "--num_shards", "2"]
+            return [
+                *python,
+                "pipelines.preprocess",
+                "--input",
+                str(self.rides),
+                "--output",
+                str(output or self.processed),
+                "--num_shards",
+                "2",
+            ]
         if job == "train":
             if resume:
                 return [*python, "pipelines.train", "--resume", "--registry", str(self.registry)]
-            return [*python, "pipelines.train", "--train", str(self.train_data / "train-*.csv"),
-                    "--val", str(self.train_data / "val-*.csv"), "--registry", str(self.registry),
-                    "--chunk_size", str(self.args.rows // 4), "--max_epochs_per_chunk", "2", "--seed", "1"]
-        return [*python, "pipelines.predict", "--input", str(self.rides), "--output", str(self.predictions),
-                "--registry", str(self.registry), "--run", self.model_run]
+            return [
+                *python,
+                "pipelines.train",
+                "--train",
+                str(self.train_data / "train-*.csv"),
+                "--val",
+                str(self.train_data / "val-*.csv"),
+                "--registry",
+                str(self.registry),
+                "--chunk_size",
+                str(self.args.rows // 4),
+                "--max_epochs_per_chunk",
+                "2",
+                "--seed",
+                "1",
+            ]
+        return [
+            *python,
+            "pipelines.predict",
+            "--input",
+            str(self.rides),
+            "--output",
+            str(self.predictions),
+            "--registry",
+            str(self.registry),
+            "--run",
+            self.model_run,
+        ]
 
     def run(self, command: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        done = subprocess.run(
+            command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         return done, time.perf_counter() - started
 
     def folder(self, job: str) -> Path:
@@ -199,9 +239,15 @@ class Crash:
         """
         started = time.perf_counter()
         before = self.run_folders(job)
-        proc = subprocess.Popen(self.command(job), cwd=ROOT, env=self.env, stderr=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE if job == "train" else subprocess.DEVNULL,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            self.command(job),
+            cwd=ROOT,
+            env=self.env,
+            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if job == "train" else subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
         try:
             if job == "train":
                 marker = f"chunk {after_chunk}:" if after_chunk else "run "
@@ -265,20 +311,29 @@ def resume_training(crash: Crash, expected_rows: int) -> str:
 def litter(folder: Path) -> int:
     """Unpublished run folders and beam-temp folders in an output folder (the next run removes them)."""
     manifest = outputs.read_manifest(str(folder)) or {"run": None}
-    return sum(1 for p in folder.iterdir() if p.is_dir() and p.name != manifest["run"]
-               and (p.name.startswith(outputs.RUN_PREFIX) or p.name.startswith(outputs.BEAM_TEMP_PREFIX)))
+    return sum(
+        1
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p.name != manifest["run"]
+        and (p.name.startswith(outputs.RUN_PREFIX) or p.name.startswith(outputs.BEAM_TEMP_PREFIX))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--kills", type=int, default=60, help="SIGKILLs to deliver, shared out over the jobs in turn")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments and of the generated rides")
     parser.add_argument("--rows", type=int, default=4000, help="generated rides per run")
     parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated jobs to kill, of " + ", ".join(JOBS))
-    parser.add_argument("--min_in_window", type=int, default=20,
-                        help="go on killing until at least this many kills (or --kills, if fewer) landed in "
-                             "a write/publish window")
+    parser.add_argument(
+        "--min_in_window",
+        type=int,
+        default=20,
+        help="go on killing until at least this many kills (or --kills, if fewer) landed in a write/publish window",
+    )
     parser.add_argument("--time_limit", type=float, default=2400, help="stop starting new kills after this many s")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -290,12 +345,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="crash_test_") as scratch:
         crash = Crash(Path(args.work or scratch), args)
         durations, expected_rows = setup(crash)
-        print("uninterrupted: " + ", ".join(f"{job} {durations[job]:.1f} s" for job in jobs)
-              + f"; training rows {expected_rows:,}", flush=True)
-        state = {"preprocess": published_set(crash.processed), "predict": published_set(crash.predictions),
-                 "train": finished_runs(crash.registry)}
-        tally = {job: {"kills": 0, "ended_first": 0, "survived": 0, "broken": 0, "in_window": 0, "new": 0}
-                 for job in jobs}
+        print(
+            "uninterrupted: "
+            + ", ".join(f"{job} {durations[job]:.1f} s" for job in jobs)
+            + f"; training rows {expected_rows:,}",
+            flush=True,
+        )
+        state = {
+            "preprocess": published_set(crash.processed),
+            "predict": published_set(crash.predictions),
+            "train": finished_runs(crash.registry),
+        }
+        tally = {
+            job: {"kills": 0, "ended_first": 0, "survived": 0, "broken": 0, "in_window": 0, "new": 0} for job in jobs
+        }
         resumes = {"resumed": 0, "rows_ok": 0}
         # How long a job's write window lasts (its run folder there -> it publishes): at first half the
         # run, then what the last run that published measured (the machine is shared).
@@ -307,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         def tallied(key: str) -> int:
             return sum(t[key] for t in tally.values())
 
-        while ((tallied("kills") < args.kills or tallied("in_window") < target)
-               and time.perf_counter() - started < args.time_limit):
+        while (
+            tallied("kills") < args.kills or tallied("in_window") < target
+        ) and time.perf_counter() - started < args.time_limit:
             job = jobs[attempt % len(jobs)]
             attempt += 1
             # Every other training kill comes just after a checkpoint, so `--resume` has work to do.
@@ -361,18 +425,29 @@ def main(argv: list[str] | None = None) -> int:
     broken = sum(t["broken"] for t in tally.values())
     print()
     in_window, new = tallied("in_window"), tallied("new")
-    print(f"{'job':<10} {'kills':>6} {'in window':>10} {'survived':>9} {'new output':>11} {'lost/mixed':>11} "
-          f"{'ended before kill':>18}")
+    print(
+        f"{'job':<10} {'kills':>6} {'in window':>10} {'survived':>9} {'new output':>11} {'lost/mixed':>11} "
+        f"{'ended before kill':>18}"
+    )
     for job, t in tally.items():
-        print(f"{job:<10} {t['kills']:>6} {t['in_window']:>10} {t['survived']:>9} {t['new']:>11} {t['broken']:>11} "
-              f"{t['ended_first']:>18}")
-    print(f"summary: {kills} kills, {survived} survived, {broken} outputs lost or mixed; "
-          f"{in_window} kills in the write/publish window (its new run folder there), {new} after publishing; "
-          f"{resumes['resumed']} training runs resumed, {resumes['rows_ok']} with the uninterrupted run's rows; "
-          f"litter left after a clean re-run: {sum(leftovers.values())}; seed {args.seed}, "
-          f"{time.perf_counter() - started:.0f} s")
-    failed = (broken or resumes["rows_ok"] != resumes["resumed"] or any(leftovers.values()) or kills < args.kills
-              or in_window < target)
+        print(
+            f"{job:<10} {t['kills']:>6} {t['in_window']:>10} {t['survived']:>9} {t['new']:>11} {t['broken']:>11} "
+            f"{t['ended_first']:>18}"
+        )
+    print(
+        f"summary: {kills} kills, {survived} survived, {broken} outputs lost or mixed; "
+        f"{in_window} kills in the write/publish window (its new run folder there), {new} after publishing; "
+        f"{resumes['resumed']} training runs resumed, {resumes['rows_ok']} with the uninterrupted run's rows; "
+        f"litter left after a clean re-run: {sum(leftovers.values())}; seed {args.seed}, "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    failed = (
+        broken
+        or resumes["rows_ok"] != resumes["resumed"]
+        or any(leftovers.values())
+        or kills < args.kills
+        or in_window < target
+    )
     return 1 if failed else 0
 
 

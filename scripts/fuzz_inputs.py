@@ -32,6 +32,7 @@ exit code 1 when any check fails. Seeded (`--seed`): the same seed makes the sam
 `--time_limit` stops starting new runs after that many seconds (the kinds not run are
 reported as skipped, and the run fails).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,9 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -84,21 +85,21 @@ class LineKind:
 
 
 def _set(position: int, value: str):
-    return lambda rng, f: ",".join(f[:position] + [value] + f[position + 1:])
+    return lambda rng, f: ",".join(f[:position] + [value] + f[position + 1 :])
 
 
 def _edit(position: int, change: Callable[[str], str]):
-    return lambda rng, f: ",".join(f[:position] + [change(f[position])] + f[position + 1:])
+    return lambda rng, f: ",".join(f[:position] + [change(f[position])] + f[position + 1 :])
 
 
 def _delete_field(rng, f):
     position = rng.randint(1, 7)
-    return ",".join(f[:position] + f[position + 1:])
+    return ",".join(f[:position] + f[position + 1 :])
 
 
 def _duplicate_field(rng, f):
     position = rng.randint(1, 7)
-    return ",".join(f[:position + 1] + f[position:])
+    return ",".join(f[: position + 1] + f[position:])
 
 
 def _swap_fields(rng, f):
@@ -110,14 +111,14 @@ def _swap_fields(rng, f):
 
 def _truncate(rng, f):
     line = ",".join(f)
-    return line[:rng.randint(1, len(line) - 1)]
+    return line[: rng.randint(1, len(line) - 1)]
 
 
 def _stray_cr(rng, f):
     position = rng.randint(1, 6)  # not the last field: a \r ending the line is a CRLF line end, not stray
     value = f[position]
     cut = rng.randint(1, max(1, len(value) - 1))
-    return ",".join(f[:position] + [value[:cut] + "\r" + value[cut:]] + f[position + 1:])
+    return ",".join(f[:position] + [value[:cut] + "\r" + value[cut:]] + f[position + 1 :])
 
 
 def _bytes_in(position: int, extra: bytes):
@@ -125,6 +126,7 @@ def _bytes_in(position: int, extra: bytes):
         parts = [part.encode() for part in f]
         parts[position] = parts[position][:2] + extra + parts[position][2:]
         return b",".join(parts)
+
     return make
 
 
@@ -192,8 +194,18 @@ LINE_KINDS = [
     LineKind("key_50kb", _edit(0, lambda v: v + "k" * 50_000), ROW, ROW),
     LineKind("duplicate_row", lambda rng, f: ",".join(f), ROW, ROW),
 ]
-QUICK_LINE_KINDS = ("time_year_2300", "time_feb_30", "stray_cr", "huge_field_3mb", "fare_1e309", "field_deleted",
-                    "whitespace_line", "duplicate_row", "latin1_in_time", "unbalanced_quote")
+QUICK_LINE_KINDS = (
+    "time_year_2300",
+    "time_feb_30",
+    "stray_cr",
+    "huge_field_3mb",
+    "fare_1e309",
+    "field_deleted",
+    "whitespace_line",
+    "duplicate_row",
+    "latin1_in_time",
+    "unbalanced_quote",
+)
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -278,14 +290,21 @@ class Run:
 
 
 class Runner:
-    """Runs the CLIs in subprocesses with local paths in a temporary folder; stops starting new ones after a deadline."""
+    """Runs the CLIs in subprocesses with local paths in a temporary folder.
+
+    Stops starting new ones after a deadline.
+    """
 
     def __init__(self, workdir: Path, time_limit: float):
         self.workdir = workdir
         self.deadline = time.monotonic() + time_limit
         self.runs = 0
-        self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                    "LOCAL_DATA_PATH": str(workdir / "data"), "LOCAL_REGISTRY_PATH": str(workdir / "registry")}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "LOCAL_DATA_PATH": str(workdir / "data"),
+            "LOCAL_REGISTRY_PATH": str(workdir / "registry"),
+        }
 
     @property
     def out_of_time(self) -> bool:
@@ -295,8 +314,15 @@ class Runner:
         started = time.perf_counter()
         self.runs += 1
         try:
-            done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=self.env, capture_output=True,
-                                  text=True, errors="replace", timeout=RUN_TIMEOUT)
+            done = subprocess.run(
+                [sys.executable, "-m", module, *args],
+                cwd=ROOT,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=RUN_TIMEOUT,
+            )
             return Run(done.returncode, done.stderr, time.perf_counter() - started)
         except subprocess.TimeoutExpired as error:
             return Run(-9, f"timed out after {RUN_TIMEOUT} s\n{error.stderr or ''}", time.perf_counter() - started)
@@ -305,9 +331,17 @@ class Runner:
         return self.run("pipelines.preprocess", "--input", str(source), "--output", str(output))
 
     def predict(self, source: Path, output: Path) -> Run:
-        return self.run("pipelines.predict", "--input", str(source), "--output", str(output),
-                        "--registry", str(self.workdir / "registry"),
-                        "--run", registry.latest_run(str(self.workdir / "registry")) or "none")
+        return self.run(
+            "pipelines.predict",
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--registry",
+            str(self.workdir / "registry"),
+            "--run",
+            registry.latest_run(str(self.workdir / "registry")) or "none",
+        )
 
 
 @dataclass
@@ -327,28 +361,50 @@ def read_outputs(pre_dir: Path, predict_dir: Path) -> Outputs:
     summary_path = pre_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     dead = {}
-    for path in (outputs.resolve(str(pre_dir / "errors-*.jsonl")) or []):
+    for path in outputs.resolve(str(pre_dir / "errors-*.jsonl")) or []:
         for line in open(path, encoding="utf-8"):
             record = json.loads(line)
             dead[record["line"]] = record
-    lines = lambda pattern: sorted(line for p in (outputs.resolve(str(pattern)) or []) for line in open(p, encoding="utf-8"))  # noqa: E731
+
+    def lines(pattern):
+        return sorted(line for p in (outputs.resolve(str(pattern)) or []) for line in open(p, encoding="utf-8"))
+
     predict_dead = []
-    for path in (outputs.resolve(str(predict_dir / "dead_letter-*.csv")) or []):
+    for path in outputs.resolve(str(predict_dir / "dead_letter-*.csv")) or []:
         with open(path, newline="", encoding="utf-8") as handle:
             predict_dead += [tuple(row) for row in list(csv.reader(handle))[1:]]
-    predictions = [line for p in (outputs.resolve(str(predict_dir / "predictions-*.csv")) or [])
-                   for line in open(p, encoding="utf-8").readlines()[1:]]
-    return Outputs(summary, dead, lines(pre_dir / "train-*.csv"), lines(pre_dir / "val-*.csv"), sorted(predictions),
-                   sorted(predict_dead))
+    predictions = [
+        line
+        for p in (outputs.resolve(str(predict_dir / "predictions-*.csv")) or [])
+        for line in open(p, encoding="utf-8").readlines()[1:]
+    ]
+    return Outputs(
+        summary,
+        dead,
+        lines(pre_dir / "train-*.csv"),
+        lines(pre_dir / "val-*.csv"),
+        sorted(predictions),
+        sorted(predict_dead),
+    )
 
 
 def train_tiny_model(runner: Runner, processed: Path) -> Run:
     """One small model in the temporary registry, trained on the baseline's shards."""
     val = processed / "val-*.csv"
     has_val = any(Path(p).stat().st_size for p in (outputs.resolve(str(val)) or []))
-    return runner.run("pipelines.train", "--train", str(processed / "train-*.csv"),
-                      "--val", str(val if has_val else processed / "train-*.csv"), "--max_epochs_per_chunk", "1",
-                      "--registry", str(runner.workdir / "registry"), "--seed", "1")
+    return runner.run(
+        "pipelines.train",
+        "--train",
+        str(processed / "train-*.csv"),
+        "--val",
+        str(val if has_val else processed / "train-*.csv"),
+        "--max_epochs_per_chunk",
+        "1",
+        "--registry",
+        str(runner.workdir / "registry"),
+        "--seed",
+        "1",
+    )
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -370,8 +426,10 @@ def run_checks(run: Run, expected_codes: tuple[int, ...], what: str) -> list[str
     """Exit code and traceback checks of one run."""
     problems = []
     if run.code not in expected_codes:
-        problems.append(f"{what}: exit {run.code}, expected {'/'.join(map(str, expected_codes))}: "
-                        f"{run.stderr.strip().splitlines()[-1:] or ''}")
+        problems.append(
+            f"{what}: exit {run.code}, expected {'/'.join(map(str, expected_codes))}: "
+            f"{run.stderr.strip().splitlines()[-1:] or ''}"
+        )
     if run.traceback:
         problems.append(f"{what}: traceback on stderr")
     if run.code == 2 and len(run.stderr.strip().splitlines()) != 1:
@@ -407,8 +465,10 @@ def check_mixed(mixed: MixedFile, base: Outputs, got: Outputs, results: dict[str
             in_dead = number in got.dead
             result.preprocess["dead letter" if in_dead else ("blank" if blank else "row")] += 1
             if (pre_fate == BAD and not in_dead) or (pre_fate in (ROW, BLANK) and in_dead):
-                result.problems.append(f"preprocess: line {number} expected {pre_fate}, "
-                                       f"{'in' if in_dead else 'not in'} the dead letter: {text[:60]!r}")
+                result.problems.append(
+                    f"preprocess: line {number} expected {pre_fate}, "
+                    f"{'in' if in_dead else 'not in'} the dead letter: {text[:60]!r}"
+                )
                 unaccounted += 1
             reason = by_key.get(str(number)) or (by_key.get(item.key) if offset == 0 else None)
             if reason is None and by_text[text] > 0:
@@ -420,8 +480,10 @@ def check_mixed(mixed: MixedFile, base: Outputs, got: Outputs, results: dict[str
                 unaccounted += 1
     pre_rows = got.summary.get("rows_read", -1)
     if pre_rows - base.summary.get("rows_read", 0) != expected_rows - len(mixed.base_line_numbers):
-        problems.append(f"preprocess: rows read {pre_rows} vs {base.summary.get('rows_read')} + injected "
-                        f"{expected_rows - len(mixed.base_line_numbers)}")
+        problems.append(
+            f"preprocess: rows read {pre_rows} vs {base.summary.get('rows_read')} + injected "
+            f"{expected_rows - len(mixed.base_line_numbers)}"
+        )
         unaccounted += abs(pre_rows - base.summary.get("rows_read", 0) - expected_rows + len(mixed.base_line_numbers))
     served = len(got.predictions) + len(got.predict_dead)
     if served != expected_rows:
@@ -450,6 +512,7 @@ def _file(name: str, content: Callable[[bytes], bytes]):
         path = folder / name
         path.write_bytes(content(reference))
         return path
+
     return build
 
 
@@ -471,8 +534,10 @@ def _reordered(reference: bytes) -> bytes:
 
 def _binary_tail(reference: bytes) -> bytes:
     rng = random.Random(7)
-    junk = [b"\xff" + bytes(rng.choice([b for b in range(256) if b not in (10, 13)]) for _ in range(rng.randint(20, 80)))
-            for _ in range(20)]
+    junk = [
+        b"\xff" + bytes(rng.choice([b for b in range(256) if b not in (10, 13)]) for _ in range(rng.randint(20, 80)))
+        for _ in range(20)
+    ]
     return reference + b"\n".join(junk) + b"\n"
 
 
@@ -486,13 +551,25 @@ FILE_KINDS = [
     FileKind("binary_after_header", _file("rides_binary_tail.csv", _binary_tail)),
     FileKind("header_only", _file("header_only.csv", lambda r: r.split(b"\n")[0] + b"\n"), codes=(0, 1, 2)),
     FileKind("gzip_named_csv", _file("packed.csv", gzip.compress), codes=(2,), message="gzip-compressed"),
-    FileKind("gzip_cut_short", _file("cut.csv.gz", lambda r: gzip.compress(r)[:len(gzip.compress(r)) // 2]),
-             codes=(2,), message="cannot be decompressed"),
+    FileKind(
+        "gzip_cut_short",
+        _file("cut.csv.gz", lambda r: gzip.compress(r)[: len(gzip.compress(r)) // 2]),
+        codes=(2,),
+        message="cannot be decompressed",
+    ),
     FileKind("zip_archive", _zip, codes=(2,), message="zip archive"),
-    FileKind("png_image", _file("image.png", lambda r: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200)),
-             codes=(2,), message="looks binary"),
-    FileKind("random_bytes", _file("random.csv", lambda r: random.Random(3).randbytes(4096)), codes=(2,),
-             message="looks binary"),
+    FileKind(
+        "png_image",
+        _file("image.png", lambda r: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200)),
+        codes=(2,),
+        message="looks binary",
+    ),
+    FileKind(
+        "random_bytes",
+        _file("random.csv", lambda r: random.Random(3).randbytes(4096)),
+        codes=(2,),
+        message="looks binary",
+    ),
     FileKind("utf16_file", _file("utf16.csv", lambda r: r.decode().encode("utf-16")), codes=(2,), message="UTF-16"),
     FileKind("empty_file", _file("empty.csv", lambda r: b""), codes=(2,), message="empty file"),
     FileKind("folder", lambda folder, r: folder, codes=(2,), message="is a folder"),
@@ -510,7 +587,8 @@ def check_same(reference: Outputs, got: Outputs, reordered: bool) -> list[str]:
     if got.predictions != reference.predictions:
         problems.append("predict: predictions differ from the plain file's")
     if [(k, r) for k, r, _ in got.predict_dead] != [(k, r) for k, r, _ in reference.predict_dead] or (
-            not reordered and got.predict_dead != reference.predict_dead):
+        not reordered and got.predict_dead != reference.predict_dead
+    ):
         problems.append("predict: dead letter differs from the plain file's")
     return problems
 
@@ -519,20 +597,37 @@ def check_same(reference: Outputs, got: Outputs, reordered: bool) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (same seed, same files)")
     parser.add_argument("--rides", type=int, default=2000, help="real rides the malformed lines are mixed into")
     parser.add_argument("--copies", type=int, default=2, help="lines of each line kind in the mixed file")
-    parser.add_argument("--sample", type=Path, default=Path(os.environ.get("TAXIFARE_REAL_SAMPLE", DEFAULT_SAMPLE)),
-                        help="real rides CSV (key + raw columns); generated rides when it does not exist")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"only {len(QUICK_LINE_KINDS)} line kinds and {len(QUICK_FILE_KINDS)} file kinds")
-    parser.add_argument("--separate", action="store_true",
-                        help="also run each line kind in a file of its own (per-kind counts; two runs per kind)")
-    parser.add_argument("--time_limit", type=float, default=1800,
-                        help="seconds after which no new run starts (the rest is reported as skipped)")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the inputs and outputs here (default: a temp folder, removed)")
+    parser.add_argument(
+        "--sample",
+        type=Path,
+        default=Path(os.environ.get("TAXIFARE_REAL_SAMPLE", DEFAULT_SAMPLE)),
+        help="real rides CSV (key + raw columns); generated rides when it does not exist",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"only {len(QUICK_LINE_KINDS)} line kinds and {len(QUICK_FILE_KINDS)} file kinds",
+    )
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="also run each line kind in a file of its own (per-kind counts; two runs per kind)",
+    )
+    parser.add_argument(
+        "--time_limit",
+        type=float,
+        default=1800,
+        help="seconds after which no new run starts (the rest is reported as skipped)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the inputs and outputs here (default: a temp folder, removed)"
+    )
     return parser.parse_args(argv)
 
 
@@ -559,8 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     base = base_lines(args.sample, args.rides, args.seed)
     source = "real sample" if args.sample.exists() else "generated rides"
-    print(f"fuzz_inputs: seed {args.seed}, {len(base)} {source}, {len(line_kinds)} line kinds x {args.copies}, "
-          f"{len(file_kinds)} file kinds, in {workdir}", flush=True)
+    print(
+        f"fuzz_inputs: seed {args.seed}, {len(base)} {source}, {len(line_kinds)} line kinds x {args.copies}, "
+        f"{len(file_kinds)} file kinds, in {workdir}",
+        flush=True,
+    )
     crashes, unaccounted, general = 0, 0, []
     results = {k.name: KindResult(k.name) for k in line_kinds}
 
@@ -609,8 +707,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # File kinds, against a reference file: the real rides with a few kinds of bad lines that survive
     # any line-end conversion (no \r, no \n, no NUL inside a line).
-    reference_kinds = [k for k in LINE_KINDS if k.name in ("time_year_2300", "time_feb_30", "fare_1e309",
-                                                            "field_deleted", "extra_column", "time_words")]
+    reference_kinds = [
+        k
+        for k in LINE_KINDS
+        if k.name in ("time_year_2300", "time_feb_30", "fare_1e309", "field_deleted", "extra_column", "time_words")
+    ]
     reference = build_mixed(workdir / "reference.csv", base[:300], reference_kinds, 1, random.Random(args.seed))
     ref_pre = runner.preprocess(reference.path, workdir / "out_reference")
     ref_pred = runner.predict(reference.path, workdir / "pred_reference")
@@ -642,8 +743,10 @@ def main(argv: list[str] | None = None) -> int:
         if kind.name == "binary_after_header":
             garbage = len(_binary_tail(b"").strip(b"\n").split(b"\n"))
             if len(got.dead) != len(reference_out.dead) + garbage:
-                result.problems.append(f"preprocess: {len(got.dead)} dead-letter lines, expected "
-                                       f"{len(reference_out.dead)} + {garbage} garbage lines")
+                result.problems.append(
+                    f"preprocess: {len(got.dead)} dead-letter lines, expected "
+                    f"{len(reference_out.dead)} + {garbage} garbage lines"
+                )
                 unaccounted += abs(len(got.dead) - len(reference_out.dead) - garbage)
 
     all_results = [results[k.name] for k in line_kinds] + file_results
@@ -654,10 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     inputs = sum(r.lines for r in all_results if not r.skipped)
     skipped = sum(r.skipped for r in all_results)
     ok = not failed and not general and not unaccounted
-    print(f"fuzz: {len(all_results)} kinds ({len(line_kinds)} line kinds, {len(file_kinds)} file kinds), "
-          f"{inputs} inputs tried in {runner.runs} runs, crashes {crashes}, lines unaccounted {unaccounted}, "
-          f"kinds failed {len(failed) - skipped}, skipped {skipped}, {time.perf_counter() - started:.0f} s -> "
-          f"{'PASS' if ok else 'FAIL'}")
+    print(
+        f"fuzz: {len(all_results)} kinds ({len(line_kinds)} line kinds, {len(file_kinds)} file kinds), "
+        f"{inputs} inputs tried in {runner.runs} runs, crashes {crashes}, lines unaccounted {unaccounted}, "
+        f"kinds failed {len(failed) - skipped}, skipped {skipped}, {time.perf_counter() - started:.0f} s -> "
+        f"{'PASS' if ok else 'FAIL'}"
+    )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1

@@ -32,6 +32,7 @@ Prints one table (case, expected, observed, ok) and a totals line: files lost th
 the tool did not write, hangs past the deadline, tracebacks. Exit code 1 when any
 case fails.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,8 +109,13 @@ class Work:
     model_run: str = ""
 
     def __post_init__(self):
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "LOCAL_DATA_PATH": str(self.root / "data"),
-                    "LOCAL_REGISTRY_PATH": str(self.root / "registry"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "LOCAL_DATA_PATH": str(self.root / "data"),
+            "LOCAL_REGISTRY_PATH": str(self.root / "registry"),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         self.rides = self.root / "rides" / "rides.csv"
         self.train_data = self.root / "train_data"
         self.processed = self.root / "processed"
@@ -120,14 +126,45 @@ class Work:
         """The job's command line (its default output folder unless `output`)."""
         python = [sys.executable, "-m"]
         if job == "preprocess":
-            return [*python, "pipelines.preprocess", "--input", str(self.rides),
-                    "--output", str(output or self.processed), "--num_shards", "2"]
+            return [
+                *python,
+                "pipelines.preprocess",
+                "--input",
+                str(self.rides),
+                "--output",
+                str(output or self.processed),
+                "--num_shards",
+                "2",
+            ]
         if job == "train":
-            return [*python, "pipelines.train", "--train", str(self.train_data / "train-*.csv"),
-                    "--val", str(self.train_data / "val-*.csv"), "--registry", str(registry_dir or self.registry),
-                    "--chunk_size", str(max(self.rows // 4, 64)), "--max_epochs_per_chunk", "2", "--seed", "1"]
-        return [*python, "pipelines.predict", "--input", str(self.rides), "--output", str(output or self.predictions),
-                "--registry", str(self.registry), "--run", self.model_run]
+            return [
+                *python,
+                "pipelines.train",
+                "--train",
+                str(self.train_data / "train-*.csv"),
+                "--val",
+                str(self.train_data / "val-*.csv"),
+                "--registry",
+                str(registry_dir or self.registry),
+                "--chunk_size",
+                str(max(self.rows // 4, 64)),
+                "--max_epochs_per_chunk",
+                "2",
+                "--seed",
+                "1",
+            ]
+        return [
+            *python,
+            "pipelines.predict",
+            "--input",
+            str(self.rides),
+            "--output",
+            str(output or self.predictions),
+            "--registry",
+            str(self.registry),
+            "--run",
+            self.model_run,
+        ]
 
     def folder(self, job: str) -> Path:
         """Where the job writes: its output folder, or the registry for training."""
@@ -157,13 +194,28 @@ class Ended:
         return f"{code} after {self.seconds:.1f} s, {len(self.lines)} stderr line(s){extra}: {last}"
 
 
-def run_job(work: Work, command: list[str], *, deadline: float = JOB_DEADLINE_S, signal_at: float | None = None,
-            signum: int | None = None, preexec=None) -> Ended:
+def run_job(
+    work: Work,
+    command: list[str],
+    *,
+    deadline: float = JOB_DEADLINE_S,
+    signal_at: float | None = None,
+    signum: int | None = None,
+    preexec=None,
+) -> Ended:
     """Run a job in its own process group; optionally send it a signal; kill it at the deadline."""
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen(command, cwd=ROOT, env=work.env, stdout=subprocess.DEVNULL, stderr=stderr,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=work.env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
         try:
             if signal_at is not None:
                 try:
@@ -187,23 +239,30 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     """Every file under folder (relative path -> sha256); empty when absent."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def published(work: Work, job: str) -> dict[str, str]:
     """What readers see: the published set of an output folder, or the finished runs of the registry."""
     folder = work.folder(job)
     if job == "train":
-        return {f"{name}/{rel}": digest for name in registry.run_names(str(folder))
-                for rel, digest in tree_hashes(folder / name).items()}
+        return {
+            f"{name}/{rel}": digest
+            for name in registry.run_names(str(folder))
+            for rel, digest in tree_hashes(folder / name).items()
+        }
     try:
         manifest = outputs.read_manifest(str(folder)) or {"files": {}}
     except (OSError, ValueError) as error:  # a half-written summary: never what readers saw before
         return {"unreadable summary.json": str(error)}
     names = [outputs.SUMMARY_FILE, *manifest["files"]]
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names
-            if (folder / name).is_file()}
+    return {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names if (folder / name).is_file()
+    }
 
 
 def leftovers(work: Work, job: str) -> list[str]:
@@ -212,14 +271,22 @@ def leftovers(work: Work, job: str) -> list[str]:
     if job == "train":
         resumable = set(registry.unfinished_runs(str(folder)))
         finished = set(registry.run_names(str(folder)))
-        return [name for name in registry.run_names(str(folder), finished=False)
-                if name not in finished and name not in resumable]
+        return [
+            name
+            for name in registry.run_names(str(folder), finished=False)
+            if name not in finished and name not in resumable
+        ]
     try:
         manifest = outputs.read_manifest(str(folder)) or {"run": None}
     except (OSError, ValueError):
         manifest = {"run": None}
-    left = [p.name for p in folder.iterdir() if p.is_dir() and p.name != manifest["run"]
-            and (p.name.startswith(outputs.RUN_PREFIX) or p.name.startswith(outputs.BEAM_TEMP_PREFIX))]
+    left = [
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p.name != manifest["run"]
+        and (p.name.startswith(outputs.RUN_PREFIX) or p.name.startswith(outputs.BEAM_TEMP_PREFIX))
+    ]
     return left + ([outputs.LOCK_FILE] if (folder / outputs.LOCK_FILE).exists() else [])
 
 
@@ -260,9 +327,16 @@ def _start_server(work: Work, log: Path) -> tuple[subprocess.Popen, str]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
 
     with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.serve", "--registry", str(work.registry),
-                                 "--port", "0"], cwd=ROOT, env=work.env, stdout=subprocess.PIPE, stderr=stderr,
-                                text=True, preexec_fn=limit_files, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.serve", "--registry", str(work.registry), "--port", "0"],
+            cwd=ROOT,
+            env=work.env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            preexec_fn=limit_files,
+            start_new_session=True,
+        )
     ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_S)
     line = proc.stdout.readline() if ready else ""
     if "http://" not in line:
@@ -288,9 +362,14 @@ def _address(url: str) -> tuple[str, int]:
 
 
 def _ride() -> dict:
-    return {"pickup_datetime": "2014-07-06 19:18:00", "pickup_longitude": -73.950655,
-            "pickup_latitude": 40.783282, "dropoff_longitude": -73.984365, "dropoff_latitude": 40.769802,
-            "passenger_count": 1}
+    return {
+        "pickup_datetime": "2014-07-06 19:18:00",
+        "pickup_longitude": -73.950655,
+        "pickup_latitude": 40.783282,
+        "dropoff_longitude": -73.984365,
+        "dropoff_latitude": 40.769802,
+        "passenger_count": 1,
+    }
 
 
 def http_idle_sockets(url: str, count: int) -> Row:
@@ -298,7 +377,9 @@ def http_idle_sockets(url: str, count: int) -> Row:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = count + 256  # this process's own sockets must fit
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard)
+        )
     sockets = []
     try:
         for _ in range(count):
@@ -313,8 +394,9 @@ def http_idle_sockets(url: str, count: int) -> Row:
         for sock in sockets:
             sock.close()
     ok = status == 200 and seconds < 1
-    return Row(f"http: {count:,} idle sockets, then /health", "200 within 1 s",
-               f"{status} after {seconds * 1e3:.0f} ms", ok)
+    return Row(
+        f"http: {count:,} idle sockets, then /health", "200 within 1 s", f"{status} after {seconds * 1e3:.0f} ms", ok
+    )
 
 
 def http_big_bodies(url: str, bodies: int) -> Row:
@@ -328,8 +410,11 @@ def http_big_bodies(url: str, bodies: int) -> Row:
         with requests.Session() as session:
             for _ in range(bodies):
                 try:
-                    statuses.append(session.post(url + "/predict", data=body, timeout=60,
-                                                 headers={"Content-Type": "application/json"}).status_code)
+                    statuses.append(
+                        session.post(
+                            url + "/predict", data=body, timeout=60, headers={"Content-Type": "application/json"}
+                        ).status_code
+                    )
                 except requests.RequestException as error:
                     statuses.append(type(error).__name__)
         stop.set()
@@ -348,10 +433,13 @@ def http_big_bodies(url: str, bodies: int) -> Row:
         thread.join(timeout=120)
     p99 = _percentile_ms(latencies, 99)
     ok = statuses == [413] * bodies and p99 <= HTTP_P99_TARGET_MS
-    return Row(f"http: {bodies} bodies of {len(body) / 1e6:.1f} MB ({HTTP_BIG_BODY_RIDES:,} rides) beside GETs",
-               f"all 413; GET p99 <= {HTTP_P99_TARGET_MS} ms",
-               f"{sorted(set(map(str, statuses)))}; {len(latencies)} GETs, p50 {_percentile_ms(latencies, 50):.1f} ms, "
-               f"p99 {p99:.1f} ms, max {max(latencies) * 1e3:.0f} ms", ok)
+    return Row(
+        f"http: {bodies} bodies of {len(body) / 1e6:.1f} MB ({HTTP_BIG_BODY_RIDES:,} rides) beside GETs",
+        f"all 413; GET p99 <= {HTTP_P99_TARGET_MS} ms",
+        f"{sorted(set(map(str, statuses)))}; {len(latencies)} GETs, p50 {_percentile_ms(latencies, 50):.1f} ms, "
+        f"p99 {p99:.1f} ms, max {max(latencies) * 1e3:.0f} ms",
+        ok,
+    )
 
 
 def http_nested(url: str) -> Row:
@@ -362,16 +450,19 @@ def http_nested(url: str) -> Row:
             statuses.append(requests.post(url + "/predict", data=b"[" * depth + b"]" * depth, timeout=30).status_code)
         except requests.RequestException as error:
             statuses.append(type(error).__name__)
-    return Row("http: JSON nested 1,000 and 100,000 deep", "422, 422", ", ".join(map(str, statuses)),
-               statuses == [422, 422])
+    return Row(
+        "http: JSON nested 1,000 and 100,000 deep", "422, 422", ", ".join(map(str, statuses)), statuses == [422, 422]
+    )
 
 
 def http_disconnect(url: str, log: Path) -> Row:
     """A client that leaves half-way through its upload."""
     before = len(log.read_text().splitlines())
     with socket.create_connection(_address(url), timeout=10) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000000\r\n\r\n[" + b" " * 10_000)
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n[" + b" " * 10_000
+        )
         time.sleep(0.3)
     deadline = time.monotonic() + 10
     while len(log.read_text().splitlines()) == before and time.monotonic() < deadline:
@@ -379,9 +470,13 @@ def http_disconnect(url: str, log: Path) -> Row:
     time.sleep(0.5)
     new = log.read_text().splitlines()[before:]
     alive = requests.get(url + "/health", timeout=10).status_code
-    return Row("http: client leaves mid-upload", "one log line, server serves on",
-               f"{len(new)} log line(s): {new[0][:130] if new else '-'}; /health {alive}",
-               len(new) == 1 and alive == 200, tracebacks=int(any("Traceback" in line for line in new)))
+    return Row(
+        "http: client leaves mid-upload",
+        "one log line, server serves on",
+        f"{len(new)} log line(s): {new[0][:130] if new else '-'}; /health {alive}",
+        len(new) == 1 and alive == 200,
+        tracebacks=int(any("Traceback" in line for line in new)),
+    )
 
 
 def http_cases(work: Work, quick: bool) -> list[Row]:
@@ -400,22 +495,44 @@ def http_cases(work: Work, quick: bool) -> list[Row]:
         except subprocess.TimeoutExpired:
             code = None
         tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
-        rows.append(Row("http: Ctrl-C while serving", "one line, exit 130",
-                        f"exit {code}: {tail[0][:100] if tail else '-'}",
-                        code == 130 and bool(tail) and "stopped by SIGINT" in tail[0], hang=int(code is None)))
+        rows.append(
+            Row(
+                "http: Ctrl-C while serving",
+                "one line, exit 130",
+                f"exit {code}: {tail[0][:100] if tail else '-'}",
+                code == 130 and bool(tail) and "stopped by SIGINT" in tail[0],
+                hang=int(code is None),
+            )
+        )
     finally:
         stop_process(proc)
     tracebacks = log.read_text().count("Traceback (most recent call last)")
-    rows.append(Row("http: the server's log", "no traceback", f"{tracebacks} traceback(s)", tracebacks == 0,
-                    tracebacks=tracebacks))
+    rows.append(
+        Row(
+            "http: the server's log",
+            "no traceback",
+            f"{tracebacks} traceback(s)",
+            tracebacks == 0,
+            tracebacks=tracebacks,
+        )
+    )
     return rows
 
 
 # --- jobs: signals, a full disk, read-only and foreign folders ---------------------------
 
 
-def judge(case: str, expected: str, ended: Ended, job: str, before: dict, after: dict, left: list[str],
-          want_code: int, words: tuple[str, ...] = ()) -> Row:
+def judge(
+    case: str,
+    expected: str,
+    ended: Ended,
+    job: str,
+    before: dict,
+    after: dict,
+    left: list[str],
+    want_code: int,
+    words: tuple[str, ...] = (),
+) -> Row:
     """A row for a job run: exit code, one line (no traceback, last line holds `words`), output intact, no litter."""
     last = ended.lines[-1] if ended.lines else ""
     said = all(word.lower() in last.lower() for word in words)
@@ -438,13 +555,20 @@ def signal_cases(work: Work, rng: random.Random, runs: int, quick: bool) -> list
             ended = run_job(work, work.command(job), signal_at=at, signum=signum)
             name = signal.Signals(signum).name
             if ended.returncode == 0:  # it finished before the signal: nothing to judge but the output
-                rows.append(Row(f"signals: {job} {name} at {at:.1f} s", "(ended first)", ended.describe(),
-                                True))
+                rows.append(Row(f"signals: {job} {name} at {at:.1f} s", "(ended first)", ended.describe(), True))
                 continue
-            rows.append(judge(f"signals: {job} {name} at {at:.1f} s",
-                              f"one line, exit {EXIT_BY_SIGNAL[signum]}, output intact, lock free, no run left",
-                              ended, job, before, published(work, job), leftovers(work, job),
-                              EXIT_BY_SIGNAL[signum]))
+            rows.append(
+                judge(
+                    f"signals: {job} {name} at {at:.1f} s",
+                    f"one line, exit {EXIT_BY_SIGNAL[signum]}, output intact, lock free, no run left",
+                    ended,
+                    job,
+                    before,
+                    published(work, job),
+                    leftovers(work, job),
+                    EXIT_BY_SIGNAL[signum],
+                )
+            )
     return rows
 
 
@@ -465,9 +589,19 @@ def fsize_cases(work: Work) -> list[Row]:
         before = published(work, job)
         ended = run_job(work, work.command(job), preexec=small_files)
         last = ended.lines[-1] if ended.lines else ""
-        names_errno = "/" in last and any(word in last for word in ("File too large", "EFBIG", "errno 27", "[Errno 27]"))
-        row = judge(f"fsize: {job} with ulimit -f {limit // 1024} KiB", "one line with path and errno, exit 1, "
-                    "output intact", ended, job, before, published(work, job), [], 1)
+        names_errno = "/" in last and any(
+            word in last for word in ("File too large", "EFBIG", "errno 27", "[Errno 27]")
+        )
+        row = judge(
+            f"fsize: {job} with ulimit -f {limit // 1024} KiB",
+            "one line with path and errno, exit 1, output intact",
+            ended,
+            job,
+            before,
+            published(work, job),
+            [],
+            1,
+        )
         row.ok = row.ok and names_errno
         rows.append(row)
     return rows
@@ -504,8 +638,16 @@ def readonly_cases(work: Work) -> list[Row]:
             for path, mode in modes.items():
                 path.chmod(mode)
         quick = ended.seconds < 0.5 * work.durations[job] + 5
-        row = judge(f"readonly: {job} into a read-only {'registry' if job == 'train' else 'output'}",
-                    "one line, exit 2, before any work", ended, job, before, after, [], 2)
+        row = judge(
+            f"readonly: {job} into a read-only {'registry' if job == 'train' else 'output'}",
+            "one line, exit 2, before any work",
+            ended,
+            job,
+            before,
+            after,
+            [],
+            2,
+        )
         row.ok = row.ok and quick and after == before
         rows.append(row)
     return rows
@@ -518,8 +660,9 @@ def _foreign_folder(path: Path) -> None:
 
 
 def _foreign_lost(path: Path) -> list[str]:
-    return [name for name, text in FOREIGN_FILES.items()
-            if not (path / name).is_file() or (path / name).read_text() != text]
+    return [
+        name for name, text in FOREIGN_FILES.items() if not (path / name).is_file() or (path / name).read_text() != text
+    ]
 
 
 def foreign_cases(work: Work, quick: bool) -> list[Row]:
@@ -536,10 +679,17 @@ def foreign_cases(work: Work, quick: bool) -> list[Row]:
         want = 0 if force else 2
         one_line = force or len(ended.lines) == 1
         ok = ended.returncode == want and not ended.traceback and not lost and one_line
-        rows.append(Row(f"foreign: {job} --output <someone's folder>{' --force' if force else ''}",
-                        "runs, nothing deleted" if force else "one line, exit 2, nothing deleted",
-                        ended.describe() + (f"; LOST {lost}" if lost else ""), ok, lost=len(lost),
-                        hang=int(ended.returncode is None), tracebacks=int(ended.traceback)))
+        rows.append(
+            Row(
+                f"foreign: {job} --output <someone's folder>{' --force' if force else ''}",
+                "runs, nothing deleted" if force else "one line, exit 2, nothing deleted",
+                ended.describe() + (f"; LOST {lost}" if lost else ""),
+                ok,
+                lost=len(lost),
+                hang=int(ended.returncode is None),
+                tracebacks=int(ended.traceback),
+            )
+        )
     return rows
 
 
@@ -560,16 +710,29 @@ def bigquery_cases(work: Work, quick: bool) -> list[Row]:
         folder = work.root / f"bigquery-{method}"
         folder.mkdir()
         try:
-            run = run_with_dying_emulator(folder, ["--read_method", method], kill_after=1.0,
-                                          rows=20_000 if quick else 300_000, limit=JOB_DEADLINE_S)
+            run = run_with_dying_emulator(
+                folder,
+                ["--read_method", method],
+                kill_after=1.0,
+                rows=20_000 if quick else 300_000,
+                limit=JOB_DEADLINE_S,
+            )
         except EmulatorError as error:
             rows.append(Row(f"{case} ({method})", expected, f"emulator unavailable: {str(error)[:100]}", None))
             continue
         text = "\n".join(run.stderr_lines)
         ended = Ended(run.returncode, text, run.seconds)
         ok = run.returncode == 1 and not ended.traceback and run.seconds <= JOB_DEADLINE_S
-        rows.append(Row(f"{case} ({method})", expected, ended.describe(), ok, hang=int(run.returncode is None),
-                        tracebacks=int(ended.traceback)))
+        rows.append(
+            Row(
+                f"{case} ({method})",
+                expected,
+                ended.describe(),
+                ok,
+                hang=int(run.returncode is None),
+                tracebacks=int(ended.traceback),
+            )
+        )
     return rows
 
 
@@ -586,8 +749,11 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="scripts/hostile_env.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="the short version: fewer rides, one signal of each kind per job, smaller bodies")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the short version: fewer rides, one signal of each kind per job, smaller bodies",
+    )
     parser.add_argument("--cases", default=",".join(GROUPS), help="comma-separated groups of " + ", ".join(GROUPS))
     parser.add_argument("--runs", type=positive_int, default=3, help="runs per job and signal (--quick: 1)")
     parser.add_argument("--rows", type=positive_int, default=4_000, help="generated rides (--quick: 1,500)")
@@ -618,14 +784,18 @@ def main(argv: list[str] | None = None) -> int:
             if group in groups:
                 for row in cases[group]():
                     rows.append(row)
-                    print(f"{'ok ' if row.ok else ('-  ' if row.ok is None else 'NO ')} {row.case}: {row.observed}",
-                          flush=True)
+                    print(
+                        f"{'ok ' if row.ok else ('-  ' if row.ok is None else 'NO ')} {row.case}: {row.observed}",
+                        flush=True,
+                    )
     print_table(rows)
     failed = sum(row.ok is False for row in rows)
-    print(f"totals: {len(rows)} cases, {failed} failed, {sum(r.ok is None for r in rows)} not run; "
-          f"files lost that the tool did not write: {sum(r.lost for r in rows)}; "
-          f"hangs past the deadline: {sum(r.hang for r in rows)}; tracebacks: {sum(r.tracebacks for r in rows)}; "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"totals: {len(rows)} cases, {failed} failed, {sum(r.ok is None for r in rows)} not run; "
+        f"files lost that the tool did not write: {sum(r.lost for r in rows)}; "
+        f"hangs past the deadline: {sum(r.hang for r in rows)}; tracebacks: {sum(r.tracebacks for r in rows)}; "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return 1 if failed else 0
 
 

@@ -22,6 +22,7 @@ DirectRunner's engine) on the same input. Their published outputs are compared r
 or a run fails, 2 for a bad flag. Services are stopped by their process ids, also on failure
 or Ctrl-C (and stop by themselves if this script is killed). Logs: OUTPUT/logs/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,16 @@ STOP_SECONDS = 10
 PIP_SECONDS = {"preprocess": 20 * 60, "predict": 45 * 60}
 RUN_SECONDS = 30 * 60
 # The counts of summary.json both runs must agree on.
-PREPROCESS_COUNTS = ("rows_read", "bad_input", "dropped", "dropped_total", "duplicates", "train_rows", "val_rows",
-                     "balanced")
+PREPROCESS_COUNTS = (
+    "rows_read",
+    "bad_input",
+    "dropped",
+    "dropped_total",
+    "duplicates",
+    "train_rows",
+    "val_rows",
+    "balanced",
+)
 PREDICT_COUNTS = ("predicted", "dead_letter")
 HEADED_FAMILIES = ("raw", "predictions", "dead_letter")  # shard families written with a header line
 
@@ -73,23 +82,40 @@ class PortableError(RuntimeError):
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     """This script's flags; what follows `--` goes to both runs of the pipeline."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog="Flags after `--` pass to the pipeline in both runs, e.g. `-- --dedupe global`.")
-    parser.add_argument("--job", choices=JOBS, default="preprocess",
-                        help="preprocess (default) or predict (batch prediction; workers get TensorFlow)")
+    parser = OneLineErrorParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog="Flags after `--` pass to the pipeline in both runs, e.g. `-- --dedupe global`.",
+    )
+    parser.add_argument(
+        "--job",
+        choices=JOBS,
+        default="preprocess",
+        help="preprocess (default) or predict (batch prediction; workers get TensorFlow)",
+    )
     parser.add_argument("--input", default=None, metavar="GLOB", help="ride CSVs with a header")
-    parser.add_argument("--dirty", type=positive_int, default=None, metavar="ROWS",
-                        help="instead of --input: ROWS generated rides with every malformed-line kind of "
-                        "scripts/fuzz_inputs.py mixed in, written to OUTPUT/input/dirty.csv")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="a new or scratch folder: OUTPUT/direct, OUTPUT/portable, OUTPUT/logs")
+    parser.add_argument(
+        "--dirty",
+        type=positive_int,
+        default=None,
+        metavar="ROWS",
+        help="instead of --input: ROWS generated rides with every malformed-line kind of "
+        "scripts/fuzz_inputs.py mixed in, written to OUTPUT/input/dirty.csv",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="a new or scratch folder: OUTPUT/direct, OUTPUT/portable, OUTPUT/logs",
+    )
     parser.add_argument("--workers", type=positive_int, default=2, help="SDK worker processes (default 2)")
     parser.add_argument("--registry", default=None, help="--job predict: the model registry (default: the local one)")
     parser.add_argument("--run", default=None, help="--job predict: the registry run (default: the latest)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help="where worker environments are kept (default %(default)s)")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="where worker environments are kept (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     if (args.input is None) == (args.dirty is None):
         parser.error("give either --input GLOB or --dirty ROWS")
@@ -103,8 +129,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def build_sdist(folder: Path) -> Path:
     """This project's sdist, built as Beam's stager builds it for --setup_file pyproject.toml."""
-    done = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(folder),
-                           str(ROOT)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(folder), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     built = sorted(folder.glob("*.tar.gz"))
     if done.returncode or len(built) != 1:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -133,22 +163,36 @@ def worker_environment(sdist: Path, requirements: str | None, cache: Path, log: 
             return folder
         prune_cache(cache)
         shutil.rmtree(folder, ignore_errors=True)  # an interrupted build
-        print(f"{PROG}: building the worker environment {folder} (Beam {apache_beam.__version__}, the sdist"
-              f"{', requirements-predict.txt' if requirements else ''}; pip log: {log})", file=sys.stderr)
+        print(
+            f"{PROG}: building the worker environment {folder} (Beam {apache_beam.__version__}, the sdist"
+            f"{', requirements-predict.txt' if requirements else ''}; pip log: {log})",
+            file=sys.stderr,
+        )
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "venv", str(folder / "venv")], check=True, timeout=300)
-        command = [str(folder / "venv" / "bin" / "python"), "-m", "pip", "install", "--no-input",
-                   f"apache-beam[gcp]=={apache_beam.__version__}", str(sdist)]
+        command = [
+            str(folder / "venv" / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--no-input",
+            f"apache-beam[gcp]=={apache_beam.__version__}",
+            str(sdist),
+        ]
         if requirements is not None:
             (folder / "requirements.txt").write_text(requirements)
             command += ["-r", str(folder / "requirements.txt")]
         with open(log, "w") as handle:
-            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=PIP_SECONDS[job],
-                                  env=_clean_env())
+            done = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, timeout=PIP_SECONDS[job], env=_clean_env()
+            )
         if done.returncode:
             raise PortableError(f"pip could not build the worker environment (see {log})")
-        (folder / "expect.json").write_text(json.dumps(
-            {"sdist_digest": digest, "requirements": requirements, "beam": apache_beam.__version__}, indent=2))
+        (folder / "expect.json").write_text(
+            json.dumps(
+                {"sdist_digest": digest, "requirements": requirements, "beam": apache_beam.__version__}, indent=2
+            )
+        )
         (folder / COMPLETE).write_text(json.dumps({"seconds": round(time.monotonic() - started, 1)}))
         print(f"{PROG}: worker environment built in {time.monotonic() - started:.0f} s", file=sys.stderr)
         return folder
@@ -156,8 +200,11 @@ def worker_environment(sdist: Path, requirements: str | None, cache: Path, log: 
 
 def prune_cache(cache: Path, keep: int = KEEP_ENVIRONMENTS) -> None:
     """Remove all but the `keep` most recently used worker environments (about 1 GB each, 3 with TensorFlow)."""
-    built = sorted((p for p in cache.glob("worker-*") if (p / COMPLETE).is_file()),
-                   key=lambda p: (p / COMPLETE).stat().st_mtime, reverse=True)
+    built = sorted(
+        (p for p in cache.glob("worker-*") if (p / COMPLETE).is_file()),
+        key=lambda p: (p / COMPLETE).stat().st_mtime,
+        reverse=True,
+    )
     for old in built[keep:]:
         (old / COMPLETE).unlink()  # first: a half-removed environment is never taken for whole
         shutil.rmtree(old, ignore_errors=True)
@@ -185,14 +232,28 @@ class Services:
         with open(self.logs / f"{name}.log", "w") as log:
             # A session of its own: Ctrl-C reaches this script, which stops the service itself.
             self.processes[name] = process = subprocess.Popen(
-                [self.python, str(self.worker_script), name, "--port_file", str(port_file),
-                 "--parent", str(os.getpid()), *args],
-                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_clean_env())
+                [
+                    self.python,
+                    str(self.worker_script),
+                    name,
+                    "--port_file",
+                    str(port_file),
+                    "--parent",
+                    str(os.getpid()),
+                    *args,
+                ],
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=_clean_env(),
+            )
         deadline = time.monotonic() + SERVICE_START_SECONDS
         while not port_file.exists():
             if process.poll() is not None:
-                raise PortableError(f"the {name} service exited with code {process.returncode} "
-                                    f"(see {self.logs / f'{name}.log'})")
+                raise PortableError(
+                    f"the {name} service exited with code {process.returncode} (see {self.logs / f'{name}.log'})"
+                )
             if time.monotonic() > deadline:
                 raise PortableError(f"the {name} service did not start within {SERVICE_START_SECONDS} s")
             time.sleep(0.1)
@@ -207,8 +268,10 @@ class Services:
         self.worker_script = self.workdir / "portable_worker.py"
         shutil.copy2(SCRIPTS / "portable_worker.py", self.worker_script)
         boot = self.workdir / "boot"
-        boot.write_text(f'#!/bin/sh\nexec "{self.python}" "{self.worker_script}" boot --worker_root "{workers}" '
-                        f'--expect "{self.environment / "expect.json"}" "$@"\n')
+        boot.write_text(
+            f'#!/bin/sh\nexec "{self.python}" "{self.worker_script}" boot --worker_root "{workers}" '
+            f'--expect "{self.environment / "expect.json"}" "$@"\n'
+        )
         boot.chmod(0o755)
         jobs = self._start("jobs", "--staging_dir", str(self.workdir / "staging"))
         pool = self._start("pool", "--boot", str(boot))
@@ -245,8 +308,13 @@ def run_pipeline(module: str, argv: list[str], log: Path, cwd: Path, services: S
     with open(log, "w") as handle:
         handle.write(f"$ python -m {module} {' '.join(argv)}\n")
         handle.flush()
-        with subprocess.Popen([sys.executable, "-m", module, *argv], stdout=handle, stderr=subprocess.STDOUT,
-                              cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}) as process:
+        with subprocess.Popen(
+            [sys.executable, "-m", module, *argv],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        ) as process:
             deadline = time.monotonic() + RUN_SECONDS
             try:
                 while process.poll() is None:
@@ -259,18 +327,34 @@ def run_pipeline(module: str, argv: list[str], log: Path, cwd: Path, services: S
                     process.kill()
     if process.returncode:
         # The last line that says something: an error line or an exception's, not a traceback's frame.
-        lines = [line for line in log.read_text(errors="replace").splitlines()
-                 if line.strip() and not line[0].isspace() and not line.startswith((">", "Traceback"))]
-        raise PortableError(f"python -m {module} failed with code {process.returncode}: "
-                            f"{lines[-1] if lines else 'no output'} (log: {log})")
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if line.strip() and not line[0].isspace() and not line.startswith((">", "Traceback"))
+        ]
+        raise PortableError(
+            f"python -m {module} failed with code {process.returncode}: "
+            f"{lines[-1] if lines else 'no output'} (log: {log})"
+        )
 
 
 def portable_flags(jobs_port: int, pool_port: int, workers: int, job: str) -> list[str]:
     """The PortableRunner flags: the local job service, external workers, the package as Dataflow ships it."""
-    flags = ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{jobs_port}",
-             "--environment_type", "EXTERNAL", "--environment_config", f"127.0.0.1:{pool_port}",
-             "--setup_file", str(ROOT / "pyproject.toml"), "--no_save_main_session",
-             "--direct_num_workers", str(workers)]
+    flags = [
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint",
+        f"localhost:{jobs_port}",
+        "--environment_type",
+        "EXTERNAL",
+        "--environment_config",
+        f"127.0.0.1:{pool_port}",
+        "--setup_file",
+        str(ROOT / "pyproject.toml"),
+        "--no_save_main_session",
+        "--direct_num_workers",
+        str(workers),
+    ]
     if job == "predict":
         flags += ["--requirements_file", str(PREDICT_REQUIREMENTS), "--requirements_cache", "skip"]
     return flags
@@ -358,34 +442,54 @@ def main(argv=None) -> int:
     services = None
     try:
         # The runs start in OUTPUT: relative paths are the caller's.
-        input_glob = _absolute(args.input) if args.input else write_dirty_input(output / "input" / "dirty.csv",
-                                                                                   args.dirty)
+        input_glob = (
+            _absolute(args.input) if args.input else write_dirty_input(output / "input" / "dirty.csv", args.dirty)
+        )
         requirements = PREDICT_REQUIREMENTS.read_text() if args.job == "predict" else None
         with tempfile.TemporaryDirectory() as folder:
             sdist = build_sdist(Path(folder))
-            environment = worker_environment(sdist, requirements, args.cache.expanduser(), logs / "pip.log",
-                                             args.job)
+            environment = worker_environment(sdist, requirements, args.cache.expanduser(), logs / "pip.log", args.job)
         module = "pipelines.preprocess" if args.job == "preprocess" else "pipelines.predict"
         common = ["--input", input_glob]
         if args.job == "predict":
-            common += [flag for flag, value in (("--registry", _absolute(args.registry)), ("--run", args.run))
-                       for flag in (flag, value) if value]
+            common += [
+                flag
+                for flag, value in (("--registry", _absolute(args.registry)), ("--run", args.run))
+                for flag in (flag, value)
+                if value
+            ]
         started = time.monotonic()
         run_pipeline(module, [*common, "--output", str(output / "direct"), *extra], logs / "direct.log", output)
         direct_seconds = time.monotonic() - started
         services = Services(environment, work, logs)
         jobs_port, pool_port = services.start()
-        print(f"{PROG}: job service localhost:{jobs_port}, worker pool 127.0.0.1:{pool_port} "
-              f"(pids {', '.join(str(p.pid) for p in services.processes.values())})", file=sys.stderr)
+        print(
+            f"{PROG}: job service localhost:{jobs_port}, worker pool 127.0.0.1:{pool_port} "
+            f"(pids {', '.join(str(p.pid) for p in services.processes.values())})",
+            file=sys.stderr,
+        )
         started = time.monotonic()
-        run_pipeline(module, [*common, "--output", str(output / "portable"), *extra,
-                              *portable_flags(jobs_port, pool_port, args.workers, args.job)],
-                     logs / "portable.log", output, services)
+        run_pipeline(
+            module,
+            [
+                *common,
+                "--output",
+                str(output / "portable"),
+                *extra,
+                *portable_flags(jobs_port, pool_port, args.workers, args.job),
+            ],
+            logs / "portable.log",
+            output,
+            services,
+        )
         portable_seconds = time.monotonic() - started
-        print(f"{args.job} of {input_glob}: in process {direct_seconds:.1f} s, portable ({args.workers} "
-              f"worker(s)) {portable_seconds:.1f} s")
-        problems = compare(output / "direct", output / "portable",
-                           PREPROCESS_COUNTS if args.job == "preprocess" else PREDICT_COUNTS)
+        print(
+            f"{args.job} of {input_glob}: in process {direct_seconds:.1f} s, portable ({args.workers} "
+            f"worker(s)) {portable_seconds:.1f} s"
+        )
+        problems = compare(
+            output / "direct", output / "portable", PREPROCESS_COUNTS if args.job == "preprocess" else PREDICT_COUNTS
+        )
     except PortableError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ this environment was built from (EXPECT.json), and then becomes
 `python -m apache_beam.runners.worker.sdk_worker_main` with the options in
 PIPELINE_OPTIONS, in a folder of its own (not the submitter's), without PYTHONPATH.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,8 +129,8 @@ def _fetch_staged(channel, dependencies, folder: str, identity) -> dict[str, str
 
     service = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
     resolved = service.ResolveArtifacts(
-        beam_artifact_api_pb2.ResolveArtifactsRequest(artifacts=dependencies), timeout=RPC_SECONDS,
-        metadata=identity).replacements
+        beam_artifact_api_pb2.ResolveArtifactsRequest(artifacts=dependencies), timeout=RPC_SECONDS, metadata=identity
+    ).replacements
     os.makedirs(folder, exist_ok=True)
     paths = {}
     for artifact in resolved:
@@ -138,8 +139,9 @@ def _fetch_staged(channel, dependencies, folder: str, identity) -> dict[str, str
         name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
         path = os.path.join(folder, os.path.basename(name))
         with open(path, "wb") as handle:
-            for chunk in service.GetArtifact(beam_artifact_api_pb2.GetArtifactRequest(artifact=artifact),
-                                             timeout=RPC_SECONDS, metadata=identity):
+            for chunk in service.GetArtifact(
+                beam_artifact_api_pb2.GetArtifactRequest(artifact=artifact), timeout=RPC_SECONDS, metadata=identity
+            ):
                 handle.write(chunk.data)
         paths[name] = path
     return paths
@@ -152,15 +154,18 @@ def check_staged(staged: dict[str, str], expect: dict) -> None:
     with open(staged[SDIST_NAME], "rb") as handle:
         digest = sdist_digest(handle.read())
     if digest != expect["sdist_digest"]:
-        raise SystemExit("boot: the job's sdist differs from the one this worker environment was built from "
-                         f"({digest[:12]} != {expect['sdist_digest'][:12]}): rebuild it")
+        raise SystemExit(
+            "boot: the job's sdist differs from the one this worker environment was built from "
+            f"({digest[:12]} != {expect['sdist_digest'][:12]}): rebuild it"
+        )
     requirements = None
     if REQUIREMENTS_NAME in staged:
         with open(staged[REQUIREMENTS_NAME], encoding="utf-8") as handle:
             requirements = handle.read()
     if requirements != expect.get("requirements"):
-        raise SystemExit("boot: the job's requirements file differs from the one this worker environment "
-                         "was built with")
+        raise SystemExit(
+            "boot: the job's requirements file differs from the one this worker environment was built with"
+        )
 
 
 def boot(args) -> int:
@@ -177,8 +182,11 @@ def boot(args) -> int:
     os.dup2(2, 1)
     identity = (("worker_id", args.id),)  # the runner's services tell workers apart by this header
     with grpc.insecure_channel(args.provision_endpoint) as channel:
-        info = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel).GetProvisionInfo(
-            beam_provision_api_pb2.GetProvisionInfoRequest(), timeout=RPC_SECONDS, metadata=identity).info
+        info = (
+            beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
+            .GetProvisionInfo(beam_provision_api_pb2.GetProvisionInfoRequest(), timeout=RPC_SECONDS, metadata=identity)
+            .info
+        )
     folder = os.path.join(args.worker_root, args.id.replace("/", "_"))
     with grpc.insecure_channel(args.artifact_endpoint) as channel:
         staged = _fetch_staged(channel, info.dependencies, os.path.join(folder, "staged"), identity)
@@ -216,8 +224,15 @@ def main(argv=None) -> int:
         else:
             command.add_argument("--boot", required=True)
     command = commands.add_parser("boot")
-    for flag in ("--id", "--provision_endpoint", "--control_endpoint", "--logging_endpoint", "--artifact_endpoint",
-                 "--worker_root", "--expect"):
+    for flag in (
+        "--id",
+        "--provision_endpoint",
+        "--control_endpoint",
+        "--logging_endpoint",
+        "--artifact_endpoint",
+        "--worker_root",
+        "--expect",
+    ):
         command.add_argument(flag, required=True)
     args, _ = parser.parse_known_args(argv)  # a newer pool may pass more endpoints
     return {"jobs": serve_jobs, "pool": serve_pool, "boot": boot}[args.command](args)

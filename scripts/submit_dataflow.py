@@ -22,6 +22,7 @@ project's sdist (--setup_file). It waits for the job and prints its counts; Ctrl
 not the job. Flags after `--` pass through to the pipeline and Beam. A missing setting or bad
 flag ends with one error line and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,6 @@ PROG = "submit_dataflow.py"
 JOBS = ("preprocess", "predict")
 
 
-
 def _positive(text: str) -> int:
     """argparse type: an integer >= 1."""
     if not text.isdigit() or int(text) < 1:
@@ -63,7 +63,7 @@ def _positive(text: str) -> int:
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     """The command line: this script's flags, and what follows `--`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = OneLineErrorParser(
         prog=PROG,
@@ -76,40 +76,75 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         "with --job predict) and Beam unchanged, "
         "e.g. `-- --dedupe global --num_shards 8`.",
     )
-    parser.add_argument("--job", choices=JOBS, default="preprocess",
-                        help="preprocess: BigQuery -> processed shards (default); predict: batch prediction "
-                        "of gs:// ride CSVs with the registry's model")
-    parser.add_argument("--data_size", choices=contract.DATA_SIZES, default=contract.DEFAULT_DATA_SIZE,
-                        help="BigQuery table raw_SIZE to read (default %(default)s)")
-    parser.add_argument("--min_date", default=contract.DEFAULT_MIN_DATE,
-                        help="first pickup date, YYYY-MM-DD (default %(default)s)")
-    parser.add_argument("--max_date", default=contract.DEFAULT_MAX_DATE,
-                        help="last pickup date, YYYY-MM-DD (default %(default)s)")
-    parser.add_argument("--read_method", choices=READ_METHODS, default="DIRECT_READ",
-                        help="DIRECT_READ: BigQuery Storage Read API; EXPORT: export to Avro files "
-                        "under gs://BUCKET/tmp first (default %(default)s)")
-    parser.add_argument("--max_num_workers", type=_positive, default=None,
-                        help="upper bound of Dataflow's autoscaling (default: Dataflow's)")
-    parser.add_argument("--machine_type", default=None,
-                        help="worker machine type, e.g. n2-standard-4 (default: Dataflow's)")
-    parser.add_argument("--sdk_container_image", default=None,
-                        help="custom worker image with the dependencies pre-installed (default: Beam's)")
-    parser.add_argument("--job_name", default=None,
-                        help="Dataflow job name (default: taxifare-preprocess-YYYYMMDD-HHMMSS or "
-                        "taxifare-predict-..., UTC)")
+    parser.add_argument(
+        "--job",
+        choices=JOBS,
+        default="preprocess",
+        help="preprocess: BigQuery -> processed shards (default); predict: batch prediction "
+        "of gs:// ride CSVs with the registry's model",
+    )
+    parser.add_argument(
+        "--data_size",
+        choices=contract.DATA_SIZES,
+        default=contract.DEFAULT_DATA_SIZE,
+        help="BigQuery table raw_SIZE to read (default %(default)s)",
+    )
+    parser.add_argument(
+        "--min_date", default=contract.DEFAULT_MIN_DATE, help="first pickup date, YYYY-MM-DD (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max_date", default=contract.DEFAULT_MAX_DATE, help="last pickup date, YYYY-MM-DD (default %(default)s)"
+    )
+    parser.add_argument(
+        "--read_method",
+        choices=READ_METHODS,
+        default="DIRECT_READ",
+        help="DIRECT_READ: BigQuery Storage Read API; EXPORT: export to Avro files "
+        "under gs://BUCKET/tmp first (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max_num_workers",
+        type=_positive,
+        default=None,
+        help="upper bound of Dataflow's autoscaling (default: Dataflow's)",
+    )
+    parser.add_argument(
+        "--machine_type", default=None, help="worker machine type, e.g. n2-standard-4 (default: Dataflow's)"
+    )
+    parser.add_argument(
+        "--sdk_container_image",
+        default=None,
+        help="custom worker image with the dependencies pre-installed (default: Beam's)",
+    )
+    parser.add_argument(
+        "--job_name",
+        default=None,
+        help="Dataflow job name (default: taxifare-preprocess-YYYYMMDD-HHMMSS or taxifare-predict-..., UTC)",
+    )
     predict = parser.add_argument_group("--job predict")
-    predict.add_argument("--input", default=None, metavar="GLOB",
-                         help="ride CSVs with a header on gs:// (required with --job predict)")
-    predict.add_argument("--output", default=None, metavar="DIR",
-                         help="gs:// folder for predictions and dead letter "
-                         "(default: gs://BUCKET/predictions/JOB_NAME)")
-    predict.add_argument("--registry", default=None,
-                         help="gs:// model registry (default: gs://BUCKET/training_outputs)")
-    predict.add_argument("--run", default=None,
-                         help="registry run whose model prices the rides (default: the latest; "
-                         "required with --dry_run, which does not list the registry)")
-    parser.add_argument("--dry_run", action="store_true",
-                        help="build the full job (sdist included) offline and print it; submit nothing")
+    predict.add_argument(
+        "--input", default=None, metavar="GLOB", help="ride CSVs with a header on gs:// (required with --job predict)"
+    )
+    predict.add_argument(
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="gs:// folder for predictions and dead letter (default: gs://BUCKET/predictions/JOB_NAME)",
+    )
+    predict.add_argument(
+        "--registry", default=None, help="gs:// model registry (default: gs://BUCKET/training_outputs)"
+    )
+    predict.add_argument(
+        "--run",
+        default=None,
+        help="registry run whose model prices the rides (default: the latest; "
+        "required with --dry_run, which does not list the registry)",
+    )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="build the full job (sdist included) offline and print it; submit nothing",
+    )
     return parser.parse_args(argv), extra
 
 
@@ -117,11 +152,13 @@ def describe_job(job) -> str:
     """A few lines about a built job: name, transforms, staged files."""
     transforms = job.proto_pipeline.components.transforms.values()
     top = sorted(t.unique_name for t in transforms if t.unique_name.count("/") == 0 and t.subtransforms)
-    return "\n".join([
-        f"job {job.proto.name} (dry run: built, not submitted)",
-        f"  {len(transforms)} transforms; top level: {', '.join(top)}",
-        f"  staged for the workers: {', '.join(staged_files(job))}",
-    ])
+    return "\n".join(
+        [
+            f"job {job.proto.name} (dry run: built, not submitted)",
+            f"  {len(transforms)} transforms; top level: {', '.join(top)}",
+            f"  staged for the workers: {', '.join(staged_files(job))}",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -136,16 +173,32 @@ def main(argv=None) -> int:
             if not args.input:
                 raise DataflowError("--job predict needs --input gs://BUCKET/PATH/*.csv")
             pipeline_argv = predict_argv(
-                settings, name, args.input, args.output, args.run, args.registry,
-                args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),
+                settings,
+                name,
+                args.input,
+                args.output,
+                args.run,
+                args.registry,
+                args.max_num_workers,
+                args.machine_type,
+                args.sdk_container_image,
+                tuple(extra),
             )
         else:
             given = [f"--{name}" for name in ("input", "output", "registry", "run") if getattr(args, name)]
             if given:
                 raise DataflowError(f"{', '.join(given)} belong to --job predict")
             pipeline_argv = preprocess_argv(
-                settings, name, args.data_size, args.min_date, args.max_date, args.read_method,
-                args.max_num_workers, args.machine_type, args.sdk_container_image, tuple(extra),
+                settings,
+                name,
+                args.data_size,
+                args.min_date,
+                args.max_date,
+                args.read_method,
+                args.max_num_workers,
+                args.machine_type,
+                args.sdk_container_image,
+                tuple(extra),
             )
         from apache_beam.options.pipeline_options import PipelineOptions
 

@@ -1,8 +1,9 @@
 """The contract's cleaning rules (CONTRACT.md section 2), vectorized and per record.
 
-    kept, reasons = clean(typed_rides)          # reasons: dropped row -> rule
-    check_ride(parse_record(one_dict))          # None, or the first failed rule
+kept, reasons = clean(typed_rides)          # reasons: dropped row -> rule
+check_ride(parse_record(one_dict))          # None, or the first failed rule
 """
+
 from __future__ import annotations
 
 import math

@@ -8,10 +8,11 @@ here; every other module imports them instead of repeating a literal.
     >>> len(contract.FEATURE_NAMES), contract.PROCESSED_COLUMNS[-1]
     (65, 'fare_amount')
 """
+
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 # --- raw rides -------------------------------------------------------------
@@ -85,7 +86,7 @@ LONGITUDE_MIN, LONGITUDE_MAX = -74.3, -73.7  # inclusive
 # --- features (CONTRACT.md section 3) --------------------------------------
 
 LOCAL_TIMEZONE = "America/New_York"
-TIME_ORIGIN = datetime(2009, 1, 1, tzinfo=timezone.utc)
+TIME_ORIGIN = datetime(2009, 1, 1, tzinfo=UTC)
 DAYS_SCALE = 2090.0
 DISTANCE_SCALE_KM = 100.0
 EARTH_RADIUS_KM = 6371.0
@@ -162,9 +163,7 @@ def local_data_path() -> Path:
 
 def local_registry_path() -> Path:
     """Root of training outputs: $LOCAL_REGISTRY_PATH or ~/.lewagon/mlops/training_outputs."""
-    return Path(
-        os.environ.get("LOCAL_REGISTRY_PATH", "~/.lewagon/mlops/training_outputs")
-    ).expanduser()
+    return Path(os.environ.get("LOCAL_REGISTRY_PATH", "~/.lewagon/mlops/training_outputs")).expanduser()
 
 
 def processed_dir_name(min_date: str, max_date: str, data_size: str) -> str:

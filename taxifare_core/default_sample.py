@@ -6,13 +6,14 @@ Remade when an older generator made it (`taxifare_core.generate.GENERATOR_VERSIO
 recorded in the folder's sample.json); written beside its final name and renamed, so an
 interrupted run never leaves half a sample.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from taxifare_core import contract
 from taxifare_core.generate import DEFAULT_SEED, GENERATOR_VERSION

@@ -8,6 +8,7 @@ Pure numpy, over the finalized splits of `taxifare_core.stats` (as stats.json ho
 Numeric columns are scored over their fixed bins grouped into the reference's deciles,
 one-hot groups (weekday, month, districts) as one categorical feature each.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -92,8 +93,9 @@ def group_counts(split: dict, group: str) -> tuple[list[str], list[int]]:
 def drift_features(split: dict) -> list[str]:
     """Names scored for drift: each column that is not one-hot, then each one-hot group, as present."""
     names = [c["name"] for c in split["columns"]]
-    groups = [g for g, (positions, _) in GROUPS.items() if all(n in names for n in
-                                                              contract.PROCESSED_COLUMNS[positions])]
+    groups = [
+        g for g, (positions, _) in GROUPS.items() if all(n in names for n in contract.PROCESSED_COLUMNS[positions])
+    ]
     return [n for n in names if n not in ONE_HOT_COLUMNS] + groups
 
 
@@ -115,23 +117,32 @@ def drift_scores(current: dict, reference: dict) -> dict[str, float | None]:
             continue
         ref_hist, cur_hist = reference_columns[name]["histogram"], current_columns[name]["histogram"]
         if not np.allclose(ref_hist["edges"], cur_hist["edges"]):
-            raise StatsError(f"the histogram edges of {name} differ from the reference's: "
-                             "statistics of another version, not comparable")
+            raise StatsError(
+                f"the histogram edges of {name} differ from the reference's: "
+                "statistics of another version, not comparable"
+            )
         starts = reference_bins(ref_hist["counts"])
         scores[name] = psi(grouped_counts(ref_hist["counts"], starts), grouped_counts(cur_hist["counts"], starts))
     return {name: (None if score is None else round(score, 6)) for name, score in scores.items()}
 
 
-def drift_report(current: dict, reference: dict, reference_label: str, current_label: str = "this run",
-                 expected: tuple[str, ...] = ()) -> dict:
+def drift_report(
+    current: dict,
+    reference: dict,
+    reference_label: str,
+    current_label: str = "this run",
+    expected: tuple[str, ...] = (),
+) -> dict:
     """Scores, the features above PSI_THRESHOLD ("flagged") and those that drift by construction ("expected")."""
     scores = drift_scores(current, reference)
     above = [name for name, score in scores.items() if score is not None and score > PSI_THRESHOLD]
     return {
         "reference": reference_label,
         "current": current_label,
-        "method": (f"population stability index over the reference's bins (numeric columns: ~{PSI_BINS} "
-                   f"bins of equal reference share; share floor {PSI_FLOOR})"),
+        "method": (
+            f"population stability index over the reference's bins (numeric columns: ~{PSI_BINS} "
+            f"bins of equal reference share; share floor {PSI_FLOOR})"
+        ),
         "threshold": PSI_THRESHOLD,
         "scores": scores,
         "flagged": [name for name in above if name not in expected],

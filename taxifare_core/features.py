@@ -7,12 +7,13 @@ each checks the other.
     X = encode(clean(parse_frame(raw)[0]).kept)   # float32 (n, 65)
     x = encode_ride(parse_record(EXAMPLE_RIDE))   # float32 (65,)
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from functools import lru_cache
 from datetime import datetime
+from functools import cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -98,8 +99,10 @@ def encode(rides: pd.DataFrame | Mapping) -> np.ndarray:
     out[:, COL_HOUR_SIN] = np.sin(angle)
     out[:, COL_HOUR_COS] = np.cos(angle)
 
-    coords = [np.asarray(rides[c], dtype=np.float64) for c in
-              ("pickup_longitude", "pickup_latitude", "dropoff_longitude", "dropoff_latitude")]
+    coords = [
+        np.asarray(rides[c], dtype=np.float64)
+        for c in ("pickup_longitude", "pickup_latitude", "dropoff_longitude", "dropoff_latitude")
+    ]
     out[:, COL_HAVERSINE] = haversine_km(*coords) / DISTANCE_SCALE_KM
     out[:, COL_MANHATTAN] = manhattan_km(*coords) / DISTANCE_SCALE_KM
     out[:, COLS_PICKUP_DISTRICT] = district_one_hot(coords[1], coords[0])
@@ -142,7 +145,7 @@ def processed_rows(rides: pd.DataFrame) -> np.ndarray:
     return rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _one_hot_texts(width: int) -> pa.Array:
     """Texts of a one-hot group of `width` columns: hot column 0..width-1, then all zeros."""
     texts = [",".join("1" if j == hot else "0" for j in range(width)) for hot in range(width)]
@@ -167,7 +170,9 @@ def format_csv(rows: np.ndarray) -> str:
         return ""
     rows = np.asarray(rows, dtype=np.float32)
     pieces = [
-        _one_hot_text_column(rows[:, part]) if isinstance(part, slice) else pc.cast(pa.array(rows[:, part]), pa.string())
+        _one_hot_text_column(rows[:, part])
+        if isinstance(part, slice)
+        else pc.cast(pa.array(rows[:, part]), pa.string())
         for part in _CSV_LAYOUT
     ]
     return joined_lines(pc.binary_join_element_wise(*pieces, ","))
@@ -179,5 +184,5 @@ def joined_lines(lines: pa.Array) -> str:
         return ""
     lines = pc.binary_join_element_wise(lines, "", "\n")  # each line now ends with a newline
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-    text = lines.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+    text = lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
     return text[:-1].decode()

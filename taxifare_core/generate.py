@@ -29,10 +29,11 @@ is drawn from that profile as written, and the pipeline's UTC-to-New-York conver
 treats generated and real rows alike. In memory, coordinates and fares are float64
 (the CSV values exactly) and passenger_count is a nullable Int16.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -337,10 +338,7 @@ def _block_table(seed: int, block: int) -> pa.Table:
     )
     values = [rides["fare"], stamps, *rides["coords"], rides["passengers"]]
     types = [pa.float64(), pa.timestamp("s", tz="UTC"), *[pa.float64()] * 4, pa.int16()]
-    columns = [
-        pa.array(column, type=kind, mask=missing == i)
-        for i, (column, kind) in enumerate(zip(values, types))
-    ]
+    columns = [pa.array(column, type=kind, mask=missing == i) for i, (column, kind) in enumerate(zip(values, types))]
     return pa.table([key, *columns], names=list(contract.RAW_COLUMNS_WITH_KEY))
 
 
@@ -361,9 +359,7 @@ def _to_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int16(): pd.Int16Dtype()}.get)
 
 
-def iter_ride_blocks(
-    n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0
-) -> Iterator[pd.DataFrame]:
+def iter_ride_blocks(n_rows: int, seed: int = DEFAULT_SEED, start_row: int = 0) -> Iterator[pd.DataFrame]:
     """Rows [start_row, start_row + n_rows) as DataFrames of at most BLOCK_ROWS rows."""
     for table in iter_tables(start_row, start_row + n_rows, seed):
         yield _to_frame(table)

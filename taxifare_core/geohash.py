@@ -6,6 +6,7 @@ integer, so district look-ups compare integers.
     >>> geohash_strings(np.array([40.783282]), np.array([-73.950655]))
     array(['dr72j'], dtype='<U5')
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -12,13 +12,14 @@ dropped. docs/bad-input.md lists the reasons.
     ...     "4.5,2009-06-15 17:26:21 UTC,-73.84,40.72,-73.84,40.71,1"))))["passenger_count"]
     1.0
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -47,8 +48,10 @@ _INFINITE_TEXT = pa.array(sorted({f"{sign}{word}" for sign in ("", "+", "-") for
 # Pickup times a datetime64[ns] can hold (pandas' range), in whole epoch seconds.
 _MIN_SECONDS = -(-pd.Timestamp.min.value // 1_000_000_000)
 _MAX_SECONDS = pd.Timestamp.max.value // 1_000_000_000
-_RANGE_TEXT = (f"{pd.Timestamp(_MIN_SECONDS, unit='s'):%Y-%m-%d %H:%M:%S} to "
-               f"{pd.Timestamp(_MAX_SECONDS, unit='s'):%Y-%m-%d %H:%M:%S} UTC")
+_RANGE_TEXT = (
+    f"{pd.Timestamp(_MIN_SECONDS, unit='s'):%Y-%m-%d %H:%M:%S} to "
+    f"{pd.Timestamp(_MAX_SECONDS, unit='s'):%Y-%m-%d %H:%M:%S} UTC"
+)
 # The CSV form byte by byte, "2013-07-06 17:18:00 UTC": where its digits stand and what the other bytes are.
 _CSV_TIME_LENGTH = 23
 _DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
@@ -165,8 +168,8 @@ def parse_timestamp(value) -> datetime | None:
         value = value.to_pydatetime()
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            return _checked_range(value.replace(tzinfo=timezone.utc), value)
-        return _checked_range(value.astimezone(timezone.utc), value)
+            return _checked_range(value.replace(tzinfo=UTC), value)
+        return _checked_range(value.astimezone(UTC), value)
     if not isinstance(value, str):
         raise MalformedRecord(f"{TIME_COLUMN}: expected a timestamp, got {shown(value)}")
     text = value.strip()
@@ -177,16 +180,16 @@ def parse_timestamp(value) -> datetime | None:
             parsed = datetime.strptime(text, fmt)
         except ValueError:
             continue
-        return _checked_range(parsed.replace(tzinfo=timezone.utc), value)
+        return _checked_range(parsed.replace(tzinfo=UTC), value)
     try:
         parsed = datetime.fromisoformat(text.replace(" UTC", "+00:00").replace("Z", "+00:00"))
     except ValueError:
         reason = _impossible_reason(text) or f"{TIME_COLUMN}: unreadable timestamp {shown(value)}"
         raise MalformedRecord(reason) from None
     if parsed.tzinfo is None:
-        return _checked_range(parsed.replace(tzinfo=timezone.utc), value)
+        return _checked_range(parsed.replace(tzinfo=UTC), value)
     try:
-        return _checked_range(parsed.astimezone(timezone.utc), value)
+        return _checked_range(parsed.astimezone(UTC), value)
     except OverflowError:  # an offset that moves year 1 or 9999 past datetime's range
         raise MalformedRecord(out_of_range_message(value)) from None
 
@@ -318,7 +321,7 @@ def _csv_form_seconds(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if text.null_count:
         in_form &= text.is_valid().to_numpy(zero_copy_only=False)
     if in_form.all() and n:
-        chars = data[offsets[0]:offsets[-1]].reshape(n, _CSV_TIME_LENGTH)
+        chars = data[offsets[0] : offsets[-1]].reshape(n, _CSV_TIME_LENGTH)
     else:
         # A 23-byte window at every byte (a view, no copy), then the windows at the rows' starts.
         padded = np.concatenate([data, np.zeros(_CSV_TIME_LENGTH, dtype=np.uint8)])
@@ -329,8 +332,11 @@ def _csv_form_seconds(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     in_form &= ((digits >= 0) & (digits <= 9)).all(axis=1)
     year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
     month, day = digits[:, 4] * 10 + digits[:, 5], digits[:, 6] * 10 + digits[:, 7]
-    hour, minute, second = (digits[:, 8] * 10 + digits[:, 9], digits[:, 10] * 10 + digits[:, 11],
-                            digits[:, 12] * 10 + digits[:, 13])
+    hour, minute, second = (
+        digits[:, 8] * 10 + digits[:, 9],
+        digits[:, 10] * 10 + digits[:, 11],
+        digits[:, 12] * 10 + digits[:, 13],
+    )
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     month_days = _MONTH_DAYS[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
     in_form &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
@@ -399,4 +405,6 @@ def clip_record(record: str, reason: str) -> tuple[str, str]:
     """A bad record and its reason as the dead letter keeps them: the record cut to MAX_RECORD_CHARS."""
     if len(record) <= MAX_RECORD_CHARS:
         return record, reason
-    return record[:MAX_RECORD_CHARS], f"{reason} (record cut to its first {MAX_RECORD_CHARS:,} of {len(record):,} characters)"
+    return record[
+        :MAX_RECORD_CHARS
+    ], f"{reason} (record cut to its first {MAX_RECORD_CHARS:,} of {len(record):,} characters)"

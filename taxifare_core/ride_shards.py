@@ -5,10 +5,11 @@
 Shard k holds a contiguous range of rows (`taxifare_core.generate`: row i depends only
 on the seed and i), streamed block by block through Arrow's CSV writer.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc

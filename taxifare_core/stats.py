@@ -15,6 +15,7 @@ docs/statistics.md), so histograms from different runs and machines add up and
 compare bin by bin. A value below the first edge is counted in the first bin,
 one above the last edge in the last bin: every value is counted once.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,7 @@ from taxifare_core import contract
 
 # Columns with values 0 or 1: histogram bins [0, 0.5) and [0.5, 1], i.e. "0" and "1".
 ONE_HOT_COLUMNS = tuple(
-    name for name in contract.FEATURE_NAMES
-    if name.startswith(("weekday_", "month_", "pickup_", "dropoff_"))
+    name for name in contract.FEATURE_NAMES if name.startswith(("weekday_", "month_", "pickup_", "dropoff_"))
 )
 # The other columns, with their bins: (first edge, bin width, regular bins, overflow edge or None).
 # The overflow edge closes one last, wider bin above the regular ones.
@@ -132,8 +132,9 @@ class Accumulator:
 def new_accumulator(n_columns: int = contract.N_PROCESSED_COLUMNS) -> Accumulator:
     """An empty accumulator for the first `n_columns` processed columns (66, or 65 without the fare)."""
     if n_columns not in _LAYOUTS:
-        raise ValueError(f"statistics cover {contract.N_FEATURES} or {contract.N_PROCESSED_COLUMNS} columns, "
-                         f"got {n_columns}")
+        raise ValueError(
+            f"statistics cover {contract.N_FEATURES} or {contract.N_PROCESSED_COLUMNS} columns, got {n_columns}"
+        )
     return Accumulator(n_columns)
 
 
@@ -157,7 +158,9 @@ def numeric_histogram(values: np.ndarray, name: str) -> np.ndarray:
 _FIRST_MONTH = (1900 - 1970) * 12
 _LOCAL_MONTH_STARTS = (
     pd.date_range("1900-01-01", "2101-01-01", freq="MS", tz=contract.LOCAL_TIMEZONE)
-    .tz_convert("UTC").as_unit("ns").asi8
+    .tz_convert("UTC")
+    .as_unit("ns")
+    .asi8
 )
 
 
@@ -189,8 +192,9 @@ def _count_equal(rows: np.ndarray, value: float) -> np.ndarray:
     return np.add.reduce((rows == value).view(np.uint8), axis=0, dtype=np.int64)
 
 
-def _one_hot_run(acc: Accumulator, layout: _Layout, block: np.ndarray, run: slice, ones: np.ndarray,
-                 zeros: np.ndarray) -> None:
+def _one_hot_run(
+    acc: Accumulator, layout: _Layout, block: np.ndarray, run: slice, ones: np.ndarray, zeros: np.ndarray
+) -> None:
     """Fill a run of one-hot columns' moments, extremes and histograms into a fresh batch accumulator.
 
     When every value is exactly 0 or 1 (ones + zeros = rows, as the contract encodes them)
@@ -211,8 +215,8 @@ def _one_hot_run(acc: Accumulator, layout: _Layout, block: np.ndarray, run: slic
     acc.m2[run] = np.maximum(squares - total * mean, 0.0)
     acc.minimum[run], acc.maximum[run] = minimum, maximum
     first, width = layout.offsets[run.start], 2 * (run.stop - run.start)
-    acc.histogram[first:first + width:2] = n - ones
-    acc.histogram[first + 1:first + width:2] = ones
+    acc.histogram[first : first + width : 2] = n - ones
+    acc.histogram[first + 1 : first + width : 2] = ones
 
 
 def batch_accumulator(rows: np.ndarray, pickup_ns: np.ndarray | None = None) -> Accumulator:
@@ -233,7 +237,7 @@ def batch_accumulator(rows: np.ndarray, pickup_ns: np.ndarray | None = None) -> 
     acc.maximum[layout.numeric] = np.fmax.reduce(numeric, axis=0)
     for position, j in enumerate(layout.numeric):
         counts = numeric_histogram(numeric[:, position], layout.names[j])
-        acc.histogram[layout.offsets[j]:layout.offsets[j] + len(counts)] = counts
+        acc.histogram[layout.offsets[j] : layout.offsets[j] + len(counts)] = counts
     ones, zeros = _count_equal(rows, 1.0), _count_equal(rows, 0.0)
     for run in layout.one_hot_slices:
         _one_hot_run(acc, layout, rows[:, run], run, ones[run], zeros[run])
@@ -301,17 +305,19 @@ def finalize(acc: Accumulator) -> dict:
     columns = []
     for j, name in enumerate(layout.names):
         edges = COLUMN_EDGES[name]
-        counts = acc.histogram[layout.offsets[j]:layout.offsets[j] + len(edges) - 1]
+        counts = acc.histogram[layout.offsets[j] : layout.offsets[j] + len(edges) - 1]
         empty = acc.count == 0
-        columns.append({
-            "name": name,
-            "count": int(acc.count),
-            "mean": None if empty else float(acc.mean[j]),
-            "std": None if empty else float(math.sqrt(max(acc.m2[j], 0.0) / acc.count)),
-            "min": None if empty else _number(acc.minimum[j]),
-            "max": None if empty else _number(acc.maximum[j]),
-            "histogram": {"edges": [float(e) for e in edges], "counts": [int(k) for k in counts]},
-        })
+        columns.append(
+            {
+                "name": name,
+                "count": int(acc.count),
+                "mean": None if empty else float(acc.mean[j]),
+                "std": None if empty else float(math.sqrt(max(acc.m2[j], 0.0) / acc.count)),
+                "min": None if empty else _number(acc.minimum[j]),
+                "max": None if empty else _number(acc.maximum[j]),
+                "histogram": {"edges": [float(e) for e in edges], "counts": [int(k) for k in counts]},
+            }
+        )
     return {
         "rows": int(acc.count),
         "columns": columns,
@@ -335,12 +341,20 @@ def combine_splits(splits: list[dict]) -> dict:
     columns = []
     for j, column in enumerate(first["columns"]):
         counts = np.sum([s["columns"][j]["histogram"]["counts"] for s in splits], axis=0)
-        columns.append({"name": column["name"], "count": int(sum(s["columns"][j]["count"] for s in splits)),
-                        "histogram": {"edges": column["histogram"]["edges"], "counts": counts.tolist()}})
+        columns.append(
+            {
+                "name": column["name"],
+                "count": int(sum(s["columns"][j]["count"] for s in splits)),
+                "histogram": {"edges": column["histogram"]["edges"], "counts": counts.tolist()},
+            }
+        )
     months: dict[str, int] = {}
     for split in splits:
         for month, rides in split["rides_per_month"].items():
             months[month] = months.get(month, 0) + rides
-    return {"rows": sum(s["rows"] for s in splits), "columns": columns,
-            "rides_per_month": dict(sorted(months.items())),
-            "rides_per_hour": np.sum([s.get("rides_per_hour", [0] * HOURS) for s in splits], axis=0).tolist()}
+    return {
+        "rows": sum(s["rows"] for s in splits),
+        "columns": columns,
+        "rides_per_month": dict(sorted(months.items())),
+        "rides_per_hour": np.sum([s.get("rides_per_hour", [0] * HOURS) for s in splits], axis=0).tolist(),
+    }

@@ -5,6 +5,7 @@
 
 The statistics themselves are `taxifare_core.stats`; drift between two of them `taxifare_core.drift`.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def check_stats(payload, source: str) -> dict:
     """`payload` if it is a stats.json of this project, else StatsError naming `source`."""
     splits = payload.get("splits") if isinstance(payload, dict) else None
     if not isinstance(splits, dict) or not splits:
-        raise StatsError(f"{source} is not a statistics file (no \"splits\"); expected a run's stats.json")
+        raise StatsError(f'{source} is not a statistics file (no "splits"); expected a run\'s stats.json')
     for name, split in splits.items():
         if not isinstance(split, dict) or not isinstance(split.get("columns"), list) or "rows" not in split:
             raise StatsError(f"{source} is not a statistics file (split {name!r} has no rows and columns)")

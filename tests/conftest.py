@@ -4,6 +4,7 @@ Tests that check code run on `generated_rides_path` / `generated_rides_raw` (tax
 seeded), so they run in every clone. Only claims about real data (the generator's calibration)
 take `real_sample_path`, and skip when it is absent, saying so.
 """
+
 from __future__ import annotations
 
 import os

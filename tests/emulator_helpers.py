@@ -1,8 +1,9 @@
 """The emulator tooling (scripts/emulators/) for tests, and its venv or a skip saying why.
 
-    from emulator_helpers import ensure_emulator_venv
-    from emulators import bigquery as bigquery_emulator   # importable once this module is
+from emulator_helpers import ensure_emulator_venv
+from emulators import bigquery as bigquery_emulator   # importable once this module is
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Test data for the trainer, registry and prediction tests: processed shards and raw ride files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,15 +24,22 @@ def write_shards(folder: Path, rows: np.ndarray, sizes: list[int], prefix: str =
     paths, start = [], 0
     for index, size in enumerate(sizes):
         path = folder / f"{prefix}-{index:05d}-of-{len(sizes):05d}.csv"
-        text = features.format_csv(rows[start:start + size])
+        text = features.format_csv(rows[start : start + size])
         path.write_text(text + "\n" if text else "")
         paths.append(path)
         start += size
     return paths
 
 
-def saved_tiny_model(registry_root: Path, n_rows: int, seed: int, model_seed: int, epochs: int = 1,
-                     metrics: dict | None = None, promote: bool = True):
+def saved_tiny_model(
+    registry_root: Path,
+    n_rows: int,
+    seed: int,
+    model_seed: int,
+    epochs: int = 1,
+    metrics: dict | None = None,
+    promote: bool = True,
+):
     """A briefly trained contract model saved as one run of a registry: (model, run folder).
 
     `promote`: made the registry's production run, as a person would with

@@ -3,6 +3,7 @@
 Pure functions (the block source's sniffing, compressed and CR-only files, parse_block),
 a TestPipeline over a real file, and end-to-end runs of preprocessing and batch prediction.
 """
+
 from __future__ import annotations
 
 import csv
@@ -89,16 +90,19 @@ def dead_letter(folder: Path) -> dict[int, dict]:
 # --- the block source ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("random.csv", bytes(range(256)) * 8, "is not a UTF-8 CSV file (looks binary)"),
-    ("picture.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not a UTF-8 CSV file (looks binary)"),
-    ("utf16.csv", (HEADER + "\n" + GOOD + "\n").encode("utf-16"), "is UTF-16 text: save it as UTF-8"),
-    ("hidden.csv", gzip.compress((HEADER + "\n").encode()), "is gzip-compressed but not named .gz"),
-    ("latin1.csv", "kéy,".encode("latin-1") + HEADER.encode() + b"\n", "is not a UTF-8 CSV file"),
-    ("empty.csv", b"", "empty file"),
-    ("one_long_line.csv", b"x" * 100_000, "is not a CSV file (no line end"),
-    ("header_cr.csv", (HEADER.replace(",fare", ",fa\rre") + "\n").encode(), "stray carriage return"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("random.csv", bytes(range(256)) * 8, "is not a UTF-8 CSV file (looks binary)"),
+        ("picture.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not a UTF-8 CSV file (looks binary)"),
+        ("utf16.csv", (HEADER + "\n" + GOOD + "\n").encode("utf-16"), "is UTF-16 text: save it as UTF-8"),
+        ("hidden.csv", gzip.compress((HEADER + "\n").encode()), "is gzip-compressed but not named .gz"),
+        ("latin1.csv", "kéy,".encode("latin-1") + HEADER.encode() + b"\n", "is not a UTF-8 CSV file"),
+        ("empty.csv", b"", "empty file"),
+        ("one_long_line.csv", b"x" * 100_000, "is not a CSV file (no line end"),
+        ("header_cr.csv", (HEADER.replace(",fare", ",fa\rre") + "\n").encode(), "stray carriage return"),
+    ],
+)
 def test_files_that_are_not_utf8_csv_are_one_clear_error(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -192,8 +196,12 @@ def test_invalid_utf8_lines_with_another_field_count_leave_nothing_on_stderr(mon
     unraisable = []  # what Python would print as "Exception ignored in: ..." with a traceback
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     good = ride_lines(10)
-    block = RawBlock("mem.csv", 2, tuple(contract.RAW_COLUMNS_WITH_KEY),
-                     ("\n".join(good) + "\n").encode() + b"\xff\xfe,garbage\n" + (GOOD + "\n").encode())
+    block = RawBlock(
+        "mem.csv",
+        2,
+        tuple(contract.RAW_COLUMNS_WITH_KEY),
+        ("\n".join(good) + "\n").encode() + b"\xff\xfe,garbage\n" + (GOOD + "\n").encode(),
+    )
     rides, dead, read = parse_block(block)
     assert (len(rides), read) == (11, 12) and json.loads(dead[0])["line"] == 12
     assert not unraisable
@@ -214,9 +222,11 @@ def test_read_and_parse_a_dirty_file_under_testpipeline(tmp_path):
     with BeamTestPipeline(runner="FnApiRunner") as p:
         parsed = p | ReadCsvBlocks(str(path), block_rows=40) | ParseCsvBlocks()
         dead = parsed[DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
-        assert_that(dead | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0].split(" (")[0])),
-                    equal_to([(number, reason.split(":")[0].split(" (")[0]) for number, (_, _, reason) in injected.items()]),
-                    label="DeadLetter")
+        assert_that(
+            dead | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0].split(" (")[0])),
+            equal_to([(number, reason.split(":")[0].split(" (")[0]) for number, (_, _, reason) in injected.items()]),
+            label="DeadLetter",
+        )
         assert_that(parsed[RIDES] | beam.Map(len) | beam.CombineGlobally(sum), equal_to([300]), label="Rides")
 
 
@@ -242,8 +252,10 @@ def test_preprocessing_a_dirty_file_and_its_gzip_gives_the_same_shards(tmp_path)
     for n, (_, _, reason) in injected.items():
         assert a[n]["reason"].startswith(reason)
     for split in ("train", "val"):
-        rows = [sorted(line for f in (outputs.resolve(str(folders[name] / f"{split}-*.csv")) or []) for line in open(f))
-                for name in ("rides.csv", "rides.csv.gz")]
+        rows = [
+            sorted(line for f in (outputs.resolve(str(folders[name] / f"{split}-*.csv")) or []) for line in open(f))
+            for name in ("rides.csv", "rides.csv.gz")
+        ]
         assert rows[0] == rows[1]
         assert rows[0] or split == "val"
 
@@ -264,8 +276,11 @@ def test_binary_input_or_a_folder_is_one_line_exit_2(tmp_path, binary, module, m
     if binary:
         target.write_bytes(bytes(range(256)) * 4)
     registry_flags = ["--registry", model_run[0]] if module == "pipelines.predict" else []
-    done = subprocess.run([sys.executable, "-m", module, "--input", str(target), "--output", str(tmp_path / "out"),
-                           *registry_flags], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--input", str(target), "--output", str(tmp_path / "out"), *registry_flags],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2, done.stderr
     message = "is not a UTF-8 CSV file (looks binary)" if binary else "is a folder: give a glob"
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr and "Traceback" not in done.stderr
@@ -286,11 +301,15 @@ def test_batch_prediction_dead_letters_every_kind_and_reads_gzip(tmp_path, model
         output = tmp_path / f"pred_{name}"
         summary = batch_predict.run(str(source), str(output), run, root, block_rows=50)
         dead = {}
-        for path in (outputs.resolve(str(output / "dead_letter-*.csv")) or []):
+        for path in outputs.resolve(str(output / "dead_letter-*.csv")) or []:
             with open(path, newline="") as handle:
                 for row in list(csv.reader(handle))[1:]:
                     dead[row[0]] = row[1]
-        priced = [line for path in (outputs.resolve(str(output / "predictions-*.csv")) or []) for line in open(path).readlines()[1:]]
+        priced = [
+            line
+            for path in (outputs.resolve(str(output / "predictions-*.csv")) or [])
+            for line in open(path).readlines()[1:]
+        ]
         assert summary["predicted"] == len(priced) and summary["dead_letter"] == len(dead)
         results[name] = (dead, sorted(priced))
     assert results["plain"] == results["gzip"]
@@ -303,11 +322,14 @@ def test_batch_prediction_dead_letters_every_kind_and_reads_gzip(tmp_path, model
     assert len(dead) + len(results["plain"][1]) == len(lines)  # every line priced or in the dead letter
 
 
-@pytest.mark.parametrize("when, reason", [
-    ("2300-01-06 09:50:45 UTC", "pickup_datetime: out of range"),
-    ("0001-01-01 00:00:00 UTC", "pickup_datetime: out of range"),
-    ("2013-02-30 10:00:00 UTC", "pickup_datetime: invalid date"),
-])
+@pytest.mark.parametrize(
+    "when, reason",
+    [
+        ("2300-01-06 09:50:45 UTC", "pickup_datetime: out of range"),
+        ("0001-01-01 00:00:00 UTC", "pickup_datetime: out of range"),
+        ("2013-02-30 10:00:00 UTC", "pickup_datetime: invalid date"),
+    ],
+)
 def test_predict_api_gives_the_reason_for_impossible_times(model_run, when, reason):
     import pandas as pd
 
@@ -325,7 +347,7 @@ def test_a_compressed_file_cut_short_is_one_clear_error(tmp_path, suffix, pack):
     data = pack(("\n".join([HEADER, *ride_lines(2000)]) + "\n").encode())
     whole, cut = tmp_path / f"whole.csv{suffix}", tmp_path / f"cut.csv{suffix}"
     whole.write_bytes(data)
-    cut.write_bytes(data[:len(data) // 2])
+    cut.write_bytes(data[: len(data) // 2])
     assert read_header(str(whole))[0] == tuple(contract.RAW_COLUMNS_WITH_KEY)
     with pytest.raises(MalformedRecord, match="cannot be decompressed to its end"):
         read_header(str(cut))

@@ -1,4 +1,5 @@
 """Beam batch prediction on a tiny saved model: keys or line numbers, dead letter with reasons, files."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,9 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
 from pipelines import batch_predict
-from pipelines.preprocessing import parse as parse_module
 from pipelines import predict as predict_module
 from pipelines.cli import UsageError
+from pipelines.preprocessing import parse as parse_module
 from pipelines.preprocessing.parse import RawBlock, _split_with_arrow
 from shard_helpers import saved_tiny_model
 from taxifare_core import contract
@@ -23,7 +24,10 @@ from taxifare_core.training import registry
 
 pytestmark = [pytest.mark.slow]
 
-HEADER = "key,fare_amount,pickup_datetime,pickup_longitude,pickup_latitude,dropoff_longitude,dropoff_latitude,passenger_count"
+HEADER = (
+    "key,fare_amount,pickup_datetime,pickup_longitude,pickup_latitude,dropoff_longitude,dropoff_latitude,"
+    "passenger_count"
+)
 GOOD = [
     "a1,4.5,2009-06-15 17:26:21 UTC,-73.844311,40.721319,-73.84161,40.712278,1",
     "a2,16.9,2010-01-05 16:52:16 UTC,-74.016048,40.711303,-73.979268,40.782004,2",
@@ -61,6 +65,7 @@ def _matches(expected: dict[str, float]):
         for key, fare in expected.items():
             if abs(got[key] - fare) > 0.006:
                 raise BeamAssertException(f"{key}: {got[key]} != {fare:.2f}")
+
     return check
 
 
@@ -72,6 +77,7 @@ def _dead_reasons(expected: dict[str, str]):
         for key, word in expected.items():
             if word not in got[key]:
                 raise BeamAssertException(f"{key}: {got[key]!r} lacks {word!r}")
+
     return check
 
 
@@ -81,10 +87,16 @@ def test_pipeline_prices_good_rides_and_dead_letters_bad_ones(tmp_path, model_ur
     fares = _expected(model_uri, GOOD)
     with test_pipeline.TestPipeline() as pipeline:
         outputs = pipeline | batch_predict.PredictRideFiles(str(path), model_uri, name_by_file=False, block_rows=3)
-        assert_that(outputs["predictions"], _matches({"a1": fares[0], "a2": fares[1], "5": fares[2], "a4": fares[3]}),
-                    label="predictions")
-        assert_that(outputs["dead_letter"], _dead_reasons({"b1": "outside New York", "b2": "passenger_count",
-                                                           "6": "expected 8 fields"}), label="dead")
+        assert_that(
+            outputs["predictions"],
+            _matches({"a1": fares[0], "a2": fares[1], "5": fares[2], "a4": fares[3]}),
+            label="predictions",
+        )
+        assert_that(
+            outputs["dead_letter"],
+            _dead_reasons({"b1": "outside New York", "b2": "passenger_count", "6": "expected 8 fields"}),
+            label="dead",
+        )
 
 
 def test_without_key_column_rides_are_named_by_line_and_file(tmp_path, model_uri):
@@ -95,8 +107,10 @@ def test_without_key_column_rides_are_named_by_line_and_file(tmp_path, model_uri
     fares = _expected(model_uri, lines, header)
     with test_pipeline.TestPipeline() as pipeline:
         outputs = pipeline | batch_predict.PredictRideFiles(str(tmp_path / "*.csv"), model_uri, name_by_file=True)
-        assert_that(outputs["predictions"], _matches(
-            {"one.csv:2": fares[0], "one.csv:3": fares[1], "two.csv:2": fares[2], "two.csv:3": fares[3]}))
+        assert_that(
+            outputs["predictions"],
+            _matches({"one.csv:2": fares[0], "one.csv:3": fares[1], "two.csv:2": fares[2], "two.csv:3": fares[3]}),
+        )
 
 
 def test_run_writes_csv_files_and_counts(tmp_path, model_uri, monkeypatch):
@@ -108,8 +122,9 @@ def test_run_writes_csv_files_and_counts(tmp_path, model_uri, monkeypatch):
     [predictions] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))]
     lines = predictions.read_text().splitlines()
     assert lines[0] == "key,fare_pred" and len(lines) == 5
-    np.testing.assert_allclose(sorted(float(line.split(",")[1]) for line in lines[1:]),
-                               sorted(_expected(model_uri, GOOD)), atol=0.006)
+    np.testing.assert_allclose(
+        sorted(float(line.split(",")[1]) for line in lines[1:]), sorted(_expected(model_uri, GOOD)), atol=0.006
+    )
     [dead] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "dead_letter-*.csv"))]
     assert dead.read_text().splitlines()[0] == "key,reason,input" and len(dead.read_text().splitlines()) == 4
 
@@ -117,13 +132,20 @@ def test_run_writes_csv_files_and_counts(tmp_path, model_uri, monkeypatch):
 def test_header_without_a_needed_column_is_a_usage_error(tmp_path, model_uri):
     (tmp_path / "rides.csv").write_text("key,pickup_datetime\nx,2013-01-01 00:00:00 UTC\n")
     with pytest.raises(UsageError, match="header lacks column"):
-        batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"),
-                          registry_dir=model_uri.rsplit("/", 2)[0])
+        batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry_dir=model_uri.rsplit("/", 2)[0])
 
 
 def test_cli_no_input_file_is_one_line_exit_2(tmp_path, model_uri, capsys):
-    code = predict_module.main(["--input", str(tmp_path / "none-*.csv"), "--output", str(tmp_path / "out"),
-                                "--registry", model_uri.rsplit("/", 2)[0]])
+    code = predict_module.main(
+        [
+            "--input",
+            str(tmp_path / "none-*.csv"),
+            "--output",
+            str(tmp_path / "out"),
+            "--registry",
+            model_uri.rsplit("/", 2)[0],
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no file matches" in err
 
@@ -141,8 +163,10 @@ def test_arrow_and_line_by_line_splits_agree(monkeypatch):
     """The fast split (Arrow, bad field counts set aside) and the csv-module fallback price a block alike."""
     quoted = '"a5",5.0,2013-01-01 00:00:00 UTC,-73.98,40.70,-73.99,40.75,"1"'
     block = _raw_block([*GOOD[:2], BAD[2], quoted, BAD[0], "x,y,z,w,v,u,t,s,r", GOOD[2]])
-    assert _split_with_arrow(
-        [(n, t) for n, t in enumerate(block.data.decode().splitlines(), start=2)], block.columns) is not None
+    assert (
+        _split_with_arrow([(n, t) for n, t in enumerate(block.data.decode().splitlines(), start=2)], block.columns)
+        is not None
+    )
     fast = batch_predict.encode_block(block, name_by_file=False)
     monkeypatch.setattr(parse_module, "_split_with_arrow", lambda *_: None)
     slow = batch_predict.encode_block(block, name_by_file=False)
@@ -159,8 +183,12 @@ def test_a_model_answering_nan_prices_nothing_and_says_why(tmp_path):
     model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
     broken = registry.save_run(registry.new_run(str(tmp_path / "registry")), model, {}, {})
     (tmp_path / "rides.csv").write_text("\n".join([HEADER, *GOOD]) + "\n")
-    summary = batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry.run_name(broken),
-                                registry_dir=str(tmp_path / "registry"))
+    summary = batch_predict.run(
+        str(tmp_path / "rides.csv"),
+        str(tmp_path / "out"),
+        registry.run_name(broken),
+        registry_dir=str(tmp_path / "registry"),
+    )
     assert broken.rstrip("/").endswith(summary["model"].rsplit("/", 2)[1])
     assert summary["predicted"] == 0 and summary["dead_letter"] == len(GOOD)
     [dead] = [Path(p) for p in outputs.resolve(str(tmp_path / "out" / "dead_letter-*.csv"))]
@@ -200,19 +228,23 @@ def test_same_named_files_in_two_folders_get_different_keys(tmp_path, model_uri)
     for year in ("2015", "2016"):
         (tmp_path / "in" / year).mkdir(parents=True)
         (tmp_path / "in" / year / "rides.csv").write_text("\n".join([header, *lines[:2]]) + "\n")
-    summary = batch_predict.run(str(tmp_path / "in" / "*" / "rides.csv"), str(tmp_path / "out"),
-                                registry_dir=registry_root)
+    summary = batch_predict.run(
+        str(tmp_path / "in" / "*" / "rides.csv"), str(tmp_path / "out"), registry_dir=registry_root
+    )
     assert summary["predicted"] == 4
     [predictions] = outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))
     keys = [row[0] for row in csv.reader(Path(predictions).read_text().splitlines()[1:])]
     assert sorted(keys) == ["2015/rides.csv:2", "2015/rides.csv:3", "2016/rides.csv:2", "2016/rides.csv:3"]
 
 
-@pytest.mark.parametrize("files, common", [
-    (["/d/in/2015/a.csv", "/d/in/2016/a.csv"], "/d/in"),
-    (["/a/x.csv", "/b/x.csv"], ""),
-    (["gs://b/in/x.csv", "gs://b/in/y/x.csv"], "gs://b/in"),
-])
+@pytest.mark.parametrize(
+    "files, common",
+    [
+        (["/d/in/2015/a.csv", "/d/in/2016/a.csv"], "/d/in"),
+        (["/a/x.csv", "/b/x.csv"], ""),
+        (["gs://b/in/x.csv", "gs://b/in/y/x.csv"], "gs://b/in"),
+    ],
+)
 def test_common_folder_and_file_labels(files, common):
     assert batch_predict.common_folder(files) == common
     labels = [batch_predict.file_label(path, common) for path in files]

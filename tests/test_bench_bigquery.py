@@ -1,4 +1,5 @@
 """A tiny-N run of scripts/bench_bigquery.py on the emulator: BigQuery and CSV write the same processed lines."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,12 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_bigquery.py"
 @pytest.mark.slow
 def test_bigquery_and_csv_steps_write_the_same_rows(tmp_path):
     ensure_emulator_venv()
-    done = subprocess.run([sys.executable, str(SCRIPT), "--rows", "3000", "--read_methods", "DIRECT_READ",
-                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", "3000", "--read_methods", "DIRECT_READ", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     [line] = [line for line in done.stdout.splitlines() if line.startswith("same processed rows")]
     compared = re.search(r"yes \(([\d,]+) vs ([\d,]+) lines\)", line)
@@ -47,6 +52,7 @@ def test_the_read_only_count_is_read_from_its_log(tmp_path):
 
 
 def test_a_bad_read_method_is_one_line():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--read_methods", "FAST"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--read_methods", "FAST"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--read_methods" in done.stderr

@@ -1,4 +1,5 @@
 """A tiny-N smoke run of scripts/bench_preprocess.py: its equality check across the three approaches (no timing)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -26,7 +27,9 @@ def _bench_module():
 def test_three_approaches_write_the_same_processed_rows(tmp_path):
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--rows", "1500", "--no-timing", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     verdicts = [line for line in done.stdout.splitlines() if line.startswith("same processed rows")]

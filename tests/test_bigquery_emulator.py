@@ -9,6 +9,7 @@ skip, saying why; on CI (CI=true) they fail instead. A Cloud Storage emulator
 
     .venv/bin/python -m pytest tests/test_bigquery_emulator.py -q
 """
+
 from __future__ import annotations
 
 import inspect
@@ -81,8 +82,9 @@ def as_records(rides: pd.DataFrame) -> list[tuple]:
     """The seven query columns as tuples, None for missing, to compare with what Beam reads."""
     records = []
     for row in rides[list(contract.RAW_COLUMNS)].astype(object).itertuples(index=False):
-        records.append(tuple(None if pd.isna(v) else (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v)
-                             for v in row))
+        records.append(
+            tuple(None if pd.isna(v) else (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v) for v in row)
+        )
     return records
 
 
@@ -137,14 +139,17 @@ def test_bad_emulator_address_is_refused(bad):
         bigquery_emulator.use_bigquery_emulator(bad)
 
 
-@pytest.mark.parametrize("argv, refused", [
-    ([], False),
-    (["--runner", "FnApiRunner"], False),
-    (["--direct_running_mode", "multi_threading", "--direct_num_workers", "2"], False),
-    (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], True),
-    (["--runner", "DataflowRunner"], True),
-    (["--runner", "PrismRunner"], True),
-])
+@pytest.mark.parametrize(
+    "argv, refused",
+    [
+        ([], False),
+        (["--runner", "FnApiRunner"], False),
+        (["--direct_running_mode", "multi_threading", "--direct_num_workers", "2"], False),
+        (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], True),
+        (["--runner", "DataflowRunner"], True),
+        (["--runner", "PrismRunner"], True),
+    ],
+)
 def test_emulator_mode_refuses_runners_outside_this_process(argv, refused):
     """Worker processes would miss the redirect and wait for a Google login: refused in one line."""
     options = PipelineOptions(argv)
@@ -185,11 +190,24 @@ def test_the_emulator_redirect_stays_out_of_the_workers_package_and_the_pipeline
     found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     packages = find_packages(str(ROOT), include=found["include"], exclude=found.get("exclude", ()))
     assert "pipelines.preprocessing" in packages and "pipelines.local" not in packages
-    importers = [path for path in (ROOT / "pipelines").rglob("*.py") if path.parent.name != "local"
-                 and re.search(r"^\s*(from|import) pipelines\.local", path.read_text(), re.MULTILINE)]
+    importers = [
+        path
+        for path in (ROOT / "pipelines").rglob("*.py")
+        if path.parent.name != "local"
+        and re.search(r"^\s*(from|import) pipelines\.local", path.read_text(), re.MULTILINE)
+    ]
     assert [path.relative_to(ROOT).as_posix() for path in importers] == ["pipelines/preprocess.py"]
-    flags, options = parse_args(["--source", "bigquery", "--bigquery_emulator=127.0.0.1:9050",
-                                 "--bigquery_timeout", "12", "--runner", "FnApiRunner"])
+    flags, options = parse_args(
+        [
+            "--source",
+            "bigquery",
+            "--bigquery_emulator=127.0.0.1:9050",
+            "--bigquery_timeout",
+            "12",
+            "--runner",
+            "FnApiRunner",
+        ]
+    )
     assert (flags.bigquery_emulator, flags.bigquery_timeout) == ("127.0.0.1:9050", 12.0)
     assert "bigquery_emulator" not in options.get_all_options(retain_unknown_options=True)
     assert "bigquery_timeout" not in options.get_all_options(retain_unknown_options=True)
@@ -246,11 +264,13 @@ def test_read_from_bigquery_on_the_direct_runner(emulator, rides, method, tmp_pa
     query = build_query("1k", contract.DEFAULT_MIN_DATE, contract.DEFAULT_MAX_DATE)
     expected = as_records(in_window(rides))
     assert 0 < len(expected) < len(rides)
-    options = PipelineOptions(["--runner", "DirectRunner", "--direct_running_mode", "in_memory",
-                               "--project", contract.BQ_PROJECT])
+    options = PipelineOptions(
+        ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--project", contract.BQ_PROJECT]
+    )
     with beam.Pipeline(options=options) as pipeline:
         read = pipeline | beam.io.ReadFromBigQuery(
-            query=query, use_standard_sql=True, method=method, gcs_location=str(tmp_path / "export"))
+            query=query, use_standard_sql=True, method=method, gcs_location=str(tmp_path / "export")
+        )
         assert_that(read | beam.Map(beam_record), equal_to(expected))
 
 
@@ -259,8 +279,14 @@ def test_read_from_bigquery_on_the_direct_runner(emulator, rides, method, tmp_pa
 
 def run_preprocess(*args: str, env: dict[str, str] | None = None) -> dict | None:
     """Run the preprocess CLI in a subprocess; return its summary.json when the output is local."""
-    done = subprocess.run([sys.executable, "-m", "pipelines.preprocess", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT_S, env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     output = args[args.index("--output") + 1]
     return None if output.startswith("gs://") else json.loads(Path(output, "summary.json").read_text())
@@ -278,8 +304,16 @@ def shard_lines(folder: Path, prefix: str) -> list[str]:
 def csv_run(tmp_path_factory, rides) -> tuple[Path, dict]:
     """The CSV path on the same rows: the reference output folder and summary."""
     folder = tmp_path_factory.mktemp("csv_path")
-    summary = run_preprocess("--source", "csv", "--input", str(write_csv(rides, folder / "raw" / "rides.csv")),
-                             "--output", str(folder / "out"), "--dedupe", "global")
+    summary = run_preprocess(
+        "--source",
+        "csv",
+        "--input",
+        str(write_csv(rides, folder / "raw" / "rides.csv")),
+        "--output",
+        str(folder / "out"),
+        "--dedupe",
+        "global",
+    )
     return folder / "out", summary
 
 
@@ -300,9 +334,21 @@ def test_preprocess_from_bigquery_equals_the_csv_path(emulator, rides, csv_run, 
     csv_out, csv_summary = csv_run
     out = tmp_path / "out"
     summary = run_preprocess(
-        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", method,
-        "--data_size", "1k", "--output", str(out), "--temp_location", str(tmp_path / "bq_tmp"),
-        "--dedupe", "global")
+        "--source",
+        "bigquery",
+        "--bigquery_emulator",
+        emulator.host_port,
+        "--read_method",
+        method,
+        "--data_size",
+        "1k",
+        "--output",
+        str(out),
+        "--temp_location",
+        str(tmp_path / "bq_tmp"),
+        "--dedupe",
+        "global",
+    )
     train, val = shard_lines(out, "train"), shard_lines(out, "val")
     assert len(train) > 800 and len(val) > 0
     assert train == shard_lines(csv_out, "train")
@@ -318,8 +364,9 @@ def test_preprocess_from_bigquery_equals_the_csv_path(emulator, rides, csv_run, 
     cached = pd.concat([pd.read_csv(p) for p in cache])
     assert len(cached) == len(in_window(rides))
     again = tmp_path / "from_cache"
-    run_preprocess("--source", "csv", "--input", str(out / "raw-*-of-*.csv"), "--output", str(again),
-                   "--dedupe", "global")
+    run_preprocess(
+        "--source", "csv", "--input", str(out / "raw-*-of-*.csv"), "--output", str(again), "--dedupe", "global"
+    )
     assert shard_lines(again, "train") == train
     assert shard_lines(again, "val") == val
 
@@ -344,10 +391,15 @@ def gs_shard_lines(storage_host_port: str, prefix: str) -> list[str]:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
-    client = gcs.Client(project="local", credentials=AnonymousCredentials(),
-                        client_options={"api_endpoint": f"http://{storage_host_port}"})
+    client = gcs.Client(
+        project="local",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": f"http://{storage_host_port}"},
+    )
     lines = []
-    folder, name = prefix.rsplit("/", 1)  # shards live in the folder's published run-<id>/ (taxifare_core.storage.outputs)
+    folder, name = prefix.rsplit(
+        "/", 1
+    )  # shards live in the folder's published run-<id>/ (taxifare_core.storage.outputs)
     for blob in client.list_blobs(BUCKET, prefix=f"{folder}/run-"):
         if re.fullmatch(rf".*/{re.escape(name)}\d{{5}}-of-\d{{5}}\.\w+", blob.name):
             lines += blob.download_as_text().splitlines()
@@ -357,9 +409,19 @@ def gs_shard_lines(storage_host_port: str, prefix: str) -> list[str]:
 def test_bigquery_to_gs_shards_on_emulators(emulator, storage, csv_run):
     """The cloud path offline: BigQuery (emulator) -> Beam -> gs:// (emulator), same shards as the CSV path."""
     csv_out, _ = csv_run
-    run_preprocess("--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--data_size", "1k",
-                   "--output", f"gs://{BUCKET}/processed/run", "--dedupe", "global",
-                   env={"STORAGE_EMULATOR_HOST": f"http://{storage.host_port}"})
+    run_preprocess(
+        "--source",
+        "bigquery",
+        "--bigquery_emulator",
+        emulator.host_port,
+        "--data_size",
+        "1k",
+        "--output",
+        f"gs://{BUCKET}/processed/run",
+        "--dedupe",
+        "global",
+        env={"STORAGE_EMULATOR_HOST": f"http://{storage.host_port}"},
+    )
     assert gs_shard_lines(storage.host_port, "processed/run/train-") == shard_lines(csv_out, "train")
     assert gs_shard_lines(storage.host_port, "processed/run/val-") == shard_lines(csv_out, "val")
     assert len(gs_shard_lines(storage.host_port, "processed/run/raw-")) > 800
@@ -390,10 +452,29 @@ def test_direct_read_past_grpcs_message_limit_equals_the_csv_path(emulator, tmp_
     assert bq_server.load_rides(emulator.host_port, rides, f"{LARGE_DATASET}.raw_all") == LARGE_ROWS
     common = ("--dedupe", "none", "--num_shards", "1")
     bq = preprocess_in_process(
-        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", "DIRECT_READ",
-        "--data_size", "all", "--bq_dataset", LARGE_DATASET, "--output", str(tmp_path / "bq"), *common)
-    csv = preprocess_in_process("--source", "csv", "--input", str(write_csv(rides, tmp_path / "rides.csv")),
-                                "--output", str(tmp_path / "csv"), *common)
+        "--source",
+        "bigquery",
+        "--bigquery_emulator",
+        emulator.host_port,
+        "--read_method",
+        "DIRECT_READ",
+        "--data_size",
+        "all",
+        "--bq_dataset",
+        LARGE_DATASET,
+        "--output",
+        str(tmp_path / "bq"),
+        *common,
+    )
+    csv = preprocess_in_process(
+        "--source",
+        "csv",
+        "--input",
+        str(write_csv(rides, tmp_path / "rides.csv")),
+        "--output",
+        str(tmp_path / "csv"),
+        *common,
+    )
     assert 75_000 < bq["rows_read"] == len(in_window(rides)) <= 100_000  # one stream, one message > 4 MB
     assert bq["train_rows"] + bq["val_rows"] == csv["train_rows"] + csv["val_rows"] > 70_000
     for prefix in ("train", "val"):
@@ -408,15 +489,21 @@ def load_string_fare_table(host_port: str, rides: pd.DataFrame) -> None:
 
     client = bq_server.client(host_port)
     client.create_dataset(f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}", exists_ok=True)
-    schema = [bigquery.SchemaField(f.name, "STRING" if f.name == contract.LABEL_COLUMN else f.field_type)
-              for f in bq_server.raw_schema(with_key=False)]
+    schema = [
+        bigquery.SchemaField(f.name, "STRING" if f.name == contract.LABEL_COLUMN else f.field_type)
+        for f in bq_server.raw_schema(with_key=False)
+    ]
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(rides[list(contract.RAW_COLUMNS)], preserve_index=False), buffer)
     buffer.seek(0)
-    config = bigquery.LoadJobConfig(schema=schema, source_format=bigquery.SourceFormat.PARQUET,
-                                    write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE)
-    client.load_table_from_file(buffer, f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k",
-                                job_config=config).result()
+    config = bigquery.LoadJobConfig(
+        schema=schema,
+        source_format=bigquery.SourceFormat.PARQUET,
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+    )
+    client.load_table_from_file(
+        buffer, f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k", job_config=config
+    ).result()
 
 
 @pytest.mark.emulator
@@ -431,9 +518,21 @@ def test_a_string_fare_from_bigquery_reaches_the_dead_letter(emulator, tmp_path,
     load_string_fare_table(emulator.host_port, rides)
     out = tmp_path / "out"
     summary = preprocess_in_process(
-        "--source", "bigquery", "--bigquery_emulator", emulator.host_port, "--read_method", method,
-        "--data_size", "1k", "--bq_dataset", STRING_FARE_DATASET, "--output", str(out),
-        "--temp_location", str(tmp_path / "bq_tmp"))
+        "--source",
+        "bigquery",
+        "--bigquery_emulator",
+        emulator.host_port,
+        "--read_method",
+        method,
+        "--data_size",
+        "1k",
+        "--bq_dataset",
+        STRING_FARE_DATASET,
+        "--output",
+        str(out),
+        "--temp_location",
+        str(tmp_path / "bq_tmp"),
+    )
     [letter] = [json.loads(line) for line in shard_lines(out, "errors")]
     assert letter["reason"] == "fare_amount: expected a number, got 'abc'"
     assert letter["source"] == f"{contract.BQ_PROJECT}.{STRING_FARE_DATASET}.raw_1k"
@@ -449,17 +548,25 @@ def test_a_string_fare_from_bigquery_reaches_the_dead_letter(emulator, tmp_path,
 
 def test_read_failure_names_the_table_method_and_bigquerys_reason():
     body = '{"error":{"code":404,"message":"Not found: Table p:d.raw_1k was not found in location US"}}'
-    error = RuntimeError(f"apitools...HttpNotFoundError: HttpError accessing <http://h/jobs>: response: <{{}}>, "
-                         f"content <{body}> [while running 'ReadBigQuery/Read/SDFBoundedSourceReader']")
+    error = RuntimeError(
+        f"apitools...HttpNotFoundError: HttpError accessing <http://h/jobs>: response: <{{}}>, "
+        f"content <{body}> [while running 'ReadBigQuery/Read/SDFBoundedSourceReader']"
+    )
     assert bigquery_read_failure(error, "p.d.raw_1k", "DIRECT_READ") == (
         "reading BigQuery table p.d.raw_1k (DIRECT_READ) failed: Not found: Table p:d.raw_1k was not found "
-        "in location US")
+        "in location US"
+    )
     assert bigquery_read_failure(ValueError("a bug in a later step"), "p.d.raw_1k", "EXPORT") is None
 
 
 def run_failing_preprocess(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
 
 
 @pytest.mark.emulator
@@ -470,7 +577,8 @@ def test_missing_table_ends_with_one_line_and_debug_shows_the_traceback(emulator
     assert done.stderr.splitlines()[-1] == (
         "preprocess: error: reading BigQuery table wagon-public-datasets.taxifare.raw_200k (DIRECT_READ) failed: "
         "Not found: Table wagon-public-datasets:taxifare.raw_200k was not found in location US "
-        "(--log_level DEBUG shows the traceback)")
+        "(--log_level DEBUG shows the traceback)"
+    )
     assert "Traceback" not in done.stderr
     debug = run_failing_preprocess(*args, "--log_level", "DEBUG")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
@@ -493,8 +601,11 @@ def assert_lock_free(folder: Path) -> None:
 
 
 @pytest.mark.emulator
-@pytest.mark.parametrize("read_method, kill_after", [("DIRECT_READ", 2), ("EXPORT", 0), ("DIRECT_READ", None)],
-                         ids=["DIRECT_READ killed mid-read", "EXPORT killed at its query", "no emulator"])
+@pytest.mark.parametrize(
+    "read_method, kill_after",
+    [("DIRECT_READ", 2), ("EXPORT", 0), ("DIRECT_READ", None)],
+    ids=["DIRECT_READ killed mid-read", "EXPORT killed at its query", "no emulator"],
+)
 def test_a_run_ends_soon_after_bigquery_dies(tmp_path, read_method, kill_after):
     """The emulator SIGKILLed while the run reads its streams, or as the export's jobs start (2 s later
     the files are exported and the run needs no server), or never there: exit 1 within
@@ -502,13 +613,18 @@ def test_a_run_ends_soon_after_bigquery_dies(tmp_path, read_method, kill_after):
     the output folder's lock released. Before the deadlines DIRECT_READ waited 24 h, EXPORT ~150 s."""
     ensure_emulator_venv()
     run = bq_server.run_with_dying_emulator(
-        tmp_path, ["--read_method", read_method, "--bigquery_timeout", str(DYING_TIMEOUT_S)],
-        kill_after=kill_after, rows=300_000, limit=180)
+        tmp_path,
+        ["--read_method", read_method, "--bigquery_timeout", str(DYING_TIMEOUT_S)],
+        kill_after=kill_after,
+        rows=300_000,
+        limit=180,
+    )
     assert run.returncode == 1, run.stderr_lines[-5:]
     assert run.seconds < max(DYING_TIMEOUT_S, bigquery_clients.BEAM_REST_RETRY_S) + DYING_MARGIN_S
     *progress, error = run.stderr_lines
     assert all(line.startswith("preprocess: BigQuery") for line in progress)
     assert error.startswith(
         f"preprocess: error: reading BigQuery table {contract.BQ_PROJECT}.{contract.BQ_DATASET}.raw_all "
-        f"({read_method}) failed: ")
+        f"({read_method}) failed: "
+    )
     assert_lock_free(run.output)

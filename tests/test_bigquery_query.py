@@ -3,11 +3,12 @@
 The graph test swaps ReadFromBigQuery for `beam.Create` rows shaped like its output
 (dicts, TIMESTAMP as datetime), then re-reads the raw cache it wrote with --source csv.
 """
+
 from __future__ import annotations
 
 import glob
 import json
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import apache_beam as beam
@@ -28,8 +29,13 @@ from taxifare_core.storage.outputs import resolve as published_files
 def test_query_is_the_contracts_with_validated_bounds():
     query = build_query("200k", "2010-03-01", "2012-12-31")
     assert query == contract.QUERY_TEMPLATE.format(
-        columns=", ".join(contract.RAW_COLUMNS), project=contract.BQ_PROJECT, dataset=contract.BQ_DATASET,
-        data_size="200k", min_date="2010-03-01", max_date="2012-12-31")
+        columns=", ".join(contract.RAW_COLUMNS),
+        project=contract.BQ_PROJECT,
+        dataset=contract.BQ_DATASET,
+        data_size="200k",
+        min_date="2010-03-01",
+        max_date="2012-12-31",
+    )
     assert "FROM `wagon-public-datasets`.taxifare.raw_200k" in query
     assert "BETWEEN '2010-03-01' AND '2012-12-31'" in query
     assert query.splitlines()[-1] == "ORDER BY pickup_datetime"
@@ -49,22 +55,25 @@ def test_custom_project_and_dataset():
     assert "FROM `my-project-42`.taxi_copy.raw_1k" in query
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"data_size": "10k"},
-    {"data_size": "1k; DROP TABLE x"},
-    {"data_size": "ALL"},
-    {"min_date": "2015-13-01"},
-    {"min_date": "2015-02-30"},
-    {"min_date": "2015-1-1"},
-    {"min_date": "20150101"},
-    {"max_date": "2015-01-01' OR '1'='1"},
-    {"max_date": "2015-01-01 00:00:00"},
-    {"min_date": "2015-01-02", "max_date": "2015-01-01"},
-    {"project": "bad project"},
-    {"project": "x`; SELECT 1; --"},
-    {"dataset": "taxifare.raw_all"},
-    {"dataset": ""},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"data_size": "10k"},
+        {"data_size": "1k; DROP TABLE x"},
+        {"data_size": "ALL"},
+        {"min_date": "2015-13-01"},
+        {"min_date": "2015-02-30"},
+        {"min_date": "2015-1-1"},
+        {"min_date": "20150101"},
+        {"max_date": "2015-01-01' OR '1'='1"},
+        {"max_date": "2015-01-01 00:00:00"},
+        {"min_date": "2015-01-02", "max_date": "2015-01-01"},
+        {"project": "bad project"},
+        {"project": "x`; SELECT 1; --"},
+        {"dataset": "taxifare.raw_all"},
+        {"dataset": ""},
+    ],
+)
 def test_rejected_input_never_reaches_sql(kwargs):
     args = {"data_size": "1k", "min_date": "2009-01-01", "max_date": "2015-01-01", **kwargs}
     with pytest.raises(QueryError):
@@ -73,8 +82,19 @@ def test_rejected_input_never_reaches_sql(kwargs):
 
 def bigquery_config(tmp_path, *extra):
     """A validated --source bigquery config (billing project given, as a real run needs)."""
-    flags, options = parse_args(["--source", "bigquery", "--data_size", "200k", "--project", "billing-project-1",
-                                 "--output", str(tmp_path / "out"), *extra])
+    flags, options = parse_args(
+        [
+            "--source",
+            "bigquery",
+            "--data_size",
+            "200k",
+            "--project",
+            "billing-project-1",
+            "--output",
+            str(tmp_path / "out"),
+            *extra,
+        ]
+    )
     return options, resolve_config(flags, options)
 
 
@@ -114,7 +134,7 @@ def bigquery_rows(n: int = 1500) -> list[dict]:
     for record in rides[list(contract.RAW_COLUMNS)].to_dict("records"):
         row = {key: None if pd.isna(value) else value for key, value in record.items()}
         if row[contract.TIME_COLUMN] is not None:
-            row[contract.TIME_COLUMN] = row[contract.TIME_COLUMN].to_pydatetime().astimezone(timezone.utc)
+            row[contract.TIME_COLUMN] = row[contract.TIME_COLUMN].to_pydatetime().astimezone(UTC)
         if row[contract.PASSENGER_COLUMN] is not None:
             row[contract.PASSENGER_COLUMN] = int(row[contract.PASSENGER_COLUMN])
         rows.append(row)
@@ -146,8 +166,12 @@ def test_bigquery_branch_from_create_rows(tmp_path):
     rerun = tmp_path / "rerun"
     assert preprocess.main(["--input", str(out / "raw-*.csv"), "--output", str(rerun), "--block_rows", "400"]) == 0
     for split in ("train", "val"):
-        first = sorted(line for path in glob.glob(str(out / f"{split}-*.csv")) for line in Path(path).read_text().split())
-        second = sorted(line for path in published_files(str(rerun / f"{split}-*.csv")) for line in Path(path).read_text().split())
+        first = sorted(
+            line for path in glob.glob(str(out / f"{split}-*.csv")) for line in Path(path).read_text().split()
+        )
+        second = sorted(
+            line for path in published_files(str(rerun / f"{split}-*.csv")) for line in Path(path).read_text().split()
+        )
         assert first == second and first
     summary = json.loads((rerun / "summary.json").read_text())
     assert summary["rows_read"] == len(rows) and summary["bad_input"] == 1

@@ -3,6 +3,7 @@ exit 1, within seconds; no browser login (no listener, no ~/.apitools.token).
 
     .venv/bin/python -m pytest tests/test_bigquery_without_credentials.py -q
 """
+
 from __future__ import annotations
 
 import os
@@ -35,22 +36,46 @@ def closed_port() -> int:
 def no_credentials_env(home) -> dict[str, str]:
     """The environment of a machine without Google credentials: an empty HOME, no key file, and a
     metadata server on a closed loopback port (so google-auth cannot wait for one)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG") and not k.startswith("GCE_METADATA")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG") and not k.startswith("GCE_METADATA")
+    }
     metadata = f"127.0.0.1:{closed_port()}"
-    return {**env, "HOME": str(home), "GCE_METADATA_HOST": metadata, "GCE_METADATA_IP": metadata,
-            "LOCAL_DATA_PATH": str(home / "data"), "PYTHONPATH": str(ROOT)}
+    return {
+        **env,
+        "HOME": str(home),
+        "GCE_METADATA_HOST": metadata,
+        "GCE_METADATA_IP": metadata,
+        "LOCAL_DATA_PATH": str(home / "data"),
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 @pytest.mark.e2e
 def test_bigquery_without_credentials_stops_with_one_line(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    command = [sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery", "--project", "my-project-123",
-               "--output", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.preprocess",
+        "--source",
+        "bigquery",
+        "--project",
+        "my-project-123",
+        "--output",
+        str(tmp_path / "out"),
+    ]
     with open(tmp_path / "stderr", "w") as stderr:
-        process = psutil.Popen(command, cwd=ROOT, env=no_credentials_env(home), stdout=subprocess.DEVNULL,
-                               stderr=stderr, stdin=subprocess.DEVNULL)
+        process = psutil.Popen(
+            command,
+            cwd=ROOT,
+            env=no_credentials_env(home),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
     started, listened = time.monotonic(), []
     while process.poll() is None and time.monotonic() - started < LIMIT_S:
         try:

@@ -1,4 +1,5 @@
 """Every cleaning rule, alone and combined, with per-row reasons; vectorized == per record."""
+
 import math
 
 import numpy as np
@@ -36,8 +37,10 @@ CASES = [
     ({"pickup_datetime": ""}, RULE_MISSING),
     ({"passenger_count": "NaN"}, RULE_MISSING),
     ({"dropoff_latitude": "null"}, RULE_MISSING),
-    ({"pickup_longitude": "0", "pickup_latitude": "0", "dropoff_longitude": "0", "dropoff_latitude": "0"},
-     RULE_ZERO_COORDINATES),
+    (
+        {"pickup_longitude": "0", "pickup_latitude": "0", "dropoff_longitude": "0", "dropoff_latitude": "0"},
+        RULE_ZERO_COORDINATES,
+    ),
     ({"passenger_count": "0"}, RULE_PASSENGER_COUNT),
     ({"passenger_count": "8"}, RULE_PASSENGER_COUNT),
     ({"passenger_count": "-1"}, RULE_PASSENGER_COUNT),
@@ -60,8 +63,16 @@ CASES = [
     ({"passenger_count": "0", "fare_amount": "-1", "pickup_latitude": "10"}, RULE_PASSENGER_COUNT),
     ({"fare_amount": "500", "pickup_latitude": "10", "pickup_longitude": "10"}, RULE_FARE),
     ({"pickup_latitude": "41", "pickup_longitude": "-75"}, RULE_LATITUDE),
-    ({"pickup_longitude": "0", "pickup_latitude": "0", "dropoff_longitude": "0", "dropoff_latitude": "0",
-      "passenger_count": "0"}, RULE_ZERO_COORDINATES),
+    (
+        {
+            "pickup_longitude": "0",
+            "pickup_latitude": "0",
+            "dropoff_longitude": "0",
+            "dropoff_latitude": "0",
+            "passenger_count": "0",
+        },
+        RULE_ZERO_COORDINATES,
+    ),
 ]
 
 

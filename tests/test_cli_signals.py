@@ -2,6 +2,7 @@
 
 Real signals delivered to this process and real child processes; no stand-ins.
 """
+
 from __future__ import annotations
 
 import errno
@@ -87,8 +88,11 @@ def test_sigterm_stops_the_processes_the_command_started_but_no_other():
         assert main() == 143
         worker = started[0]
         assert worker.poll() is not None  # stopped and reaped before the command returned
-        assert not [p for p in psutil.Process().children(recursive=True) if p.pid != older.pid
-                    and p.status() != psutil.STATUS_ZOMBIE]
+        assert not [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid != older.pid and p.status() != psutil.STATUS_ZOMBIE
+        ]
         assert older.poll() is None  # running before the command: not its to stop
     finally:
         older.kill()
@@ -110,13 +114,18 @@ def test_full_disk_is_one_line_naming_the_path_and_errno(capsys):
     assert err.startswith("job: error: no space left on device writing /data/out ([Errno 28] ENOSPC)")
 
 
-@pytest.mark.parametrize("error, found", [
-    (OSError(errno.EFBIG, "File too large", "/x/train.csv"), (errno.EFBIG, "/x/train.csv")),
-    (RuntimeError("Pipeline failed:\nTraceback ...\nOSError: [Errno 28] No space left on device\n"),
-     (errno.ENOSPC, "/default")),
-    (OSError(errno.EACCES, "Permission denied", "/x"), None),
-    (RuntimeError("[Errno 2] No such file"), None),
-])
+@pytest.mark.parametrize(
+    "error, found",
+    [
+        (OSError(errno.EFBIG, "File too large", "/x/train.csv"), (errno.EFBIG, "/x/train.csv")),
+        (
+            RuntimeError("Pipeline failed:\nTraceback ...\nOSError: [Errno 28] No space left on device\n"),
+            (errno.ENOSPC, "/default"),
+        ),
+        (OSError(errno.EACCES, "Permission denied", "/x"), None),
+        (RuntimeError("[Errno 2] No such file"), None),
+    ],
+)
 def test_disk_full_error_searches_the_chain_and_the_text(error, found):
     assert cli.disk_full_error(error, "/default") == found
 
@@ -142,12 +151,24 @@ def test_other_errors_propagate_unchanged():
 
 def test_every_command_honours_help_and_does_nothing_else(tmp_path):
     """`--help` prints usage and exits 0 without touching a file (reset_local_files used to wipe everything)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "LOCAL_DATA_PATH": str(tmp_path / "data"), "LOCAL_REGISTRY_PATH": str(tmp_path / "registry")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "LOCAL_DATA_PATH": str(tmp_path / "data"),
+        "LOCAL_REGISTRY_PATH": str(tmp_path / "registry"),
+    }
     (tmp_path / "data" / "processed").mkdir(parents=True)
     (tmp_path / "data" / "processed" / "keep.csv").write_text("1\n")
     for module in ("main", "preprocess", "predict", "train", "serve", "report", "reset_local_files"):
-        done = subprocess.run([sys.executable, "-m", f"pipelines.{module}", "--help"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", f"pipelines.{module}", "--help"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0 and done.stdout.startswith("usage:"), (module, done.stdout, done.stderr)
         assert (tmp_path / "data" / "processed" / "keep.csv").exists(), module
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

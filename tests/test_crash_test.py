@@ -1,4 +1,5 @@
 """The crash test's quick version: real processes SIGKILLed at seeded random moments, nothing lost or mixed."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_crash_test_loses_and_mixes_nothing():
-    done = subprocess.run([sys.executable, "scripts/crash_test.py", "--kills", "6", "--rows", "1200", "--seed", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, "scripts/crash_test.py", "--kills", "6", "--rows", "1200", "--seed", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary.startswith("summary: 6 kills, 6 survived, 0 outputs lost or mixed"), summary
@@ -24,6 +31,12 @@ def test_quick_crash_test_loses_and_mixes_nothing():
 
 
 def test_help_names_the_invariant():
-    done = subprocess.run([sys.executable, "scripts/crash_test.py", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "scripts/crash_test.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and "--kills" in done.stdout and "--seed" in done.stdout

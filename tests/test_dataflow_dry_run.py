@@ -6,6 +6,7 @@ No network and no credentials: Beam returns once the job and its pipeline proto 
 built, before any call to Google Cloud. What only a real project can show (IAM,
 quotas, the workers installing the sdist) is listed in docs/dataflow.md.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import apache_beam as beam
@@ -30,23 +31,50 @@ from pipelines.preprocessing.pipeline import build_dry_run_job, build_preprocess
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = dataflow.DataflowSettings("taxifare-test-project", "europe-west1", "taxifare-test-bucket",
-                                     "runner@taxifare-test-project.iam.gserviceaccount.com")
+SETTINGS = dataflow.DataflowSettings(
+    "taxifare-test-project",
+    "europe-west1",
+    "taxifare-test-bucket",
+    "runner@taxifare-test-project.iam.gserviceaccount.com",
+)
 IMAGE = "europe-docker.pkg.dev/taxifare-test-project/images/taxifare-worker:1"
 # BigQuery -> parse -> clean -> encode -> split -> write, each feeding the next.
-GRAPH_PATH = ("ReadBigQuery", "ParseBigQueryRows", "Preprocess/FilterDateWindow", "Preprocess/Clean",
-              "Preprocess/Encode", "Preprocess/Split", "Preprocess/FormatTrain", "WriteTrain")
+GRAPH_PATH = (
+    "ReadBigQuery",
+    "ParseBigQueryRows",
+    "Preprocess/FilterDateWindow",
+    "Preprocess/Clean",
+    "Preprocess/Encode",
+    "Preprocess/Split",
+    "Preprocess/FormatTrain",
+    "WriteTrain",
+)
 WRITES = ("WriteTrain", "WriteVal", "WriteErrors", "WriteRaw", "WriteStats")
-BASE_ARGV = ["--source", "bigquery", "--runner", "DataflowRunner", "--project", "p-project",
-             "--region", "europe-west1", "--temp_location", "gs://b-bucket/tmp"]
+BASE_ARGV = [
+    "--source",
+    "bigquery",
+    "--runner",
+    "DataflowRunner",
+    "--project",
+    "p-project",
+    "--region",
+    "europe-west1",
+    "--temp_location",
+    "gs://b-bucket/tmp",
+]
 
 
 @pytest.fixture(scope="module")
 def argv() -> list[str]:
     """The flags `make dataflow` would pass, every optional setting given."""
     return dataflow.preprocess_argv(
-        SETTINGS, dataflow.job_name(datetime(2026, 7, 6, 17, 18, tzinfo=timezone.utc)), data_size="200k",
-        max_num_workers=7, machine_type="n2-standard-4", sdk_container_image=IMAGE)
+        SETTINGS,
+        dataflow.job_name(datetime(2026, 7, 6, 17, 18, tzinfo=UTC)),
+        data_size="200k",
+        max_num_workers=7,
+        machine_type="n2-standard-4",
+        sdk_container_image=IMAGE,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +133,17 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
     with tarfile.open(staged["workflow.tar.gz"]) as sdist:
         names = {Path(*Path(name).parts[1:]).as_posix(): name for name in sdist.getnames()}
         top_level = sdist.extractfile(names["taxifare.egg-info/top_level.txt"]).read().decode().split()
-    for needed in ("pyproject.toml", "PKG-INFO", "taxifare_core/contract.py", "taxifare_core/features.py",
-                   "pipelines/preprocess.py", "pipelines/preprocessing/parse.py", "pipelines/preprocessing/sources.py",
-                   "pipelines/preprocessing/statistics.py", "taxifare_core/stats.py"):
+    for needed in (
+        "pyproject.toml",
+        "PKG-INFO",
+        "taxifare_core/contract.py",
+        "taxifare_core/features.py",
+        "pipelines/preprocess.py",
+        "pipelines/preprocessing/parse.py",
+        "pipelines/preprocessing/sources.py",
+        "pipelines/preprocessing/statistics.py",
+        "taxifare_core/stats.py",
+    ):
         assert needed in names, f"{needed} not in the sdist"
     # What pip installs on a worker: the two packages only; MANIFEST.in keeps tests/ out of the sdist.
     assert sorted(top_level) == ["pipelines", "taxifare_core"]
@@ -116,8 +152,10 @@ def test_the_package_sdist_is_built_and_staged_for_the_workers(job):
 
 def test_workers_dependencies_leave_tensorflow_out():
     """Importing the pipeline never imports TensorFlow, and the shipped requirements do not name it."""
-    code = ("import sys, pipelines.preprocess, pipelines.cloud.dataflow, pipelines.local.bigquery_emulator; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    code = (
+        "import sys, pipelines.preprocess, pipelines.cloud.dataflow, pipelines.local.bigquery_emulator; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
@@ -152,20 +190,23 @@ def test_every_dofn_is_importable_from_the_package():
         assert getattr(module, function.__qualname__.split(".")[0], None) is not None, function
 
 
-@pytest.mark.parametrize("change, message", [
-    (("--project", None), "needs --project"),
-    (("--region", None), "needs --region"),
-    (("--temp_location", None), "needs --temp_location"),
-    (("--temp_location", "/tmp/beam"), "--temp_location must be a gs:// path"),
-    (("--staging_location", "staging/"), "--staging_location must be a gs:// path"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--project", None), "needs --project"),
+        (("--region", None), "needs --region"),
+        (("--temp_location", None), "needs --temp_location"),
+        (("--temp_location", "/tmp/beam"), "--temp_location must be a gs:// path"),
+        (("--staging_location", "staging/"), "--staging_location must be a gs:// path"),
+    ],
+)
 def test_bad_dataflow_settings_are_refused_before_beam_runs(change, message):
     """A missing project or a local temp location stop at once with one line (Beam would hang on them)."""
     flag, value = change
     argv = list(BASE_ARGV)
     if flag in argv:
         index = argv.index(flag)
-        del argv[index:index + 2]
+        del argv[index : index + 2]
     if value is not None:
         argv += [flag, value]
     started = time.monotonic()
@@ -176,8 +217,9 @@ def test_bad_dataflow_settings_are_refused_before_beam_runs(change, message):
 
 
 def test_settings_come_from_the_environment():
-    settings = dataflow.settings_from_env({"GCP_PROJECT": "p-project", "GCP_REGION": "us-central1",
-                                           "BUCKET": "gs://my-bucket/"})
+    settings = dataflow.settings_from_env(
+        {"GCP_PROJECT": "p-project", "GCP_REGION": "us-central1", "BUCKET": "gs://my-bucket/"}
+    )
     assert settings == dataflow.DataflowSettings("p-project", "us-central1", "my-bucket", None)
     with pytest.raises(dataflow.DataflowError, match="missing environment settings GCP_REGION, BUCKET"):
         dataflow.settings_from_env({"GCP_PROJECT": "p-project"})
@@ -194,13 +236,25 @@ def test_job_names_are_timestamped_and_valid():
 def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """scripts/submit_dataflow.py with only the given GCP settings in the environment."""
     clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), *args],
-                          capture_output=True, text=True, env={**clean, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=300,
+    )
 
 
 def test_submit_script_dry_run_builds_the_job():
-    done = run_script("--dry_run", "--data_size", "all", "--", "--dedupe", "global",
-                      env={"GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"})
+    done = run_script(
+        "--dry_run",
+        "--data_size",
+        "all",
+        "--",
+        "--dedupe",
+        "global",
+        env={"GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"job taxifare-preprocess-\d{8}-\d{6} \(dry run", done.stdout)
     assert "workflow.tar.gz" in done.stdout and "WriteTrain" in done.stdout

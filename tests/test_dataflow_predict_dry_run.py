@@ -7,6 +7,7 @@ What is built and checked here: the job graph (gs:// CSV blocks -> prepare -> Ru
 for the workers, the options. What only a real project shows (workers installing
 TensorFlow, reading the gs:// model, IAM) is listed in docs/dataflow-batch-predict.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,19 @@ pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dataflow.DataflowSettings("taxifare-test-project", "europe-west1", "taxifare-test-bucket")
-NAME = dataflow.job_name(datetime(2026, 7, 6, 17, 18, tzinfo=timezone.utc), prefix=dataflow.PREDICT_JOB_NAME_PREFIX)
+NAME = dataflow.job_name(datetime(2026, 7, 6, 17, 18, tzinfo=UTC), prefix=dataflow.PREDICT_JOB_NAME_PREFIX)
 INPUT = "gs://taxifare-test-bucket/rides/rides-*.csv"
 RUN = "20260706T171800.000000Z"
 IMAGE = "europe-docker.pkg.dev/taxifare-test-project/images/taxifare-predict:1"
 # Rides -> prepared blocks -> the model -> text -> the predictions sink.
-GRAPH_PATH = ("PredictRides/ReadCsv", "PredictRides/Prepare", "PredictRides/RunInference",
-              "PredictRides/KeepFiniteFares", "PredictRides/FormatPredictions", "WritePredictions")
+GRAPH_PATH = (
+    "PredictRides/ReadCsv",
+    "PredictRides/Prepare",
+    "PredictRides/RunInference",
+    "PredictRides/KeepFiniteFares",
+    "PredictRides/FormatPredictions",
+    "WritePredictions",
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,9 @@ def test_job_graph_reads_prepares_prices_and_writes_both_outputs(job):
     merged = set(transforms["PredictRides/AllDeadLetters"].inputs.values())
     assert set(transforms["PredictRides/Prepare"].outputs.values()) & merged
     assert set(transforms["PredictRides/KeepFiniteFares"].outputs.values()) & merged
-    assert set(transforms["PredictRides/AllDeadLetters"].outputs.values()) & set(transforms["WriteDeadLetter"].inputs.values())
+    assert set(transforms["PredictRides/AllDeadLetters"].outputs.values()) & set(
+        transforms["WriteDeadLetter"].inputs.values()
+    )
 
 
 def test_job_writes_to_the_bucket_with_the_registry_model(job, argv):
@@ -77,8 +86,11 @@ def test_job_writes_to_the_bucket_with_the_registry_model(job, argv):
 def test_workers_get_the_package_and_tensorflow(job):
     staged = dataflow.staged_files(job)
     assert "workflow.tar.gz" in staged and "requirements.txt" in staged, staged
-    shipped = [line for line in Path(staged["requirements.txt"]).read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    shipped = [
+        line
+        for line in Path(staged["requirements.txt"]).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
     pinned = [r for r in extra if re.match(r"tensorflow\b", r)]
     assert shipped == pinned, "requirements-predict.txt drifted from the train extra"
@@ -89,8 +101,10 @@ def test_a_worker_image_replaces_the_requirements_file():
     argv = dataflow.predict_argv(SETTINGS, NAME, INPUT, run=RUN, sdk_container_image=IMAGE)
     assert "--requirements_file" not in argv
     job = build_predict_dry_run_job(argv)
-    images = {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
-              for e in job.proto_pipeline.components.environments.values()}
+    images = {
+        beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
+        for e in job.proto_pipeline.components.environments.values()
+    }
     assert images == {IMAGE}
     assert "requirements.txt" not in dataflow.staged_files(job)
 
@@ -117,22 +131,46 @@ def test_predict_cli_refuses_an_incomplete_dataflow_setting_in_one_line(capsys):
 def test_submit_script_dry_run_builds_the_predict_job():
     clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
     env = {**clean, "GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"}
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--job", "predict",
-                           "--input", "gs://b-bucket/rides/*.csv", "--run", RUN, "--dry_run"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "submit_dataflow.py"),
+            "--job",
+            "predict",
+            "--input",
+            "gs://b-bucket/rides/*.csv",
+            "--run",
+            RUN,
+            "--dry_run",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"job taxifare-predict-\d{8}-\d{6} \(dry run", done.stdout)
     assert "WritePredictions" in done.stdout and "requirements.txt" in done.stdout
     assert "--requirements_file" in done.stderr
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--job", "predict",
-                              "--dry_run"], capture_output=True, text=True, env=env, timeout=300)
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--job", "predict", "--dry_run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert missing.returncode == 2 and "needs --input" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_predict_flags_are_refused_for_the_preprocess_job():
     clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
     env = {**clean, "GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"}
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--input", "gs://b/x.csv",
-                           "--dry_run"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--input", "gs://b/x.csv", "--dry_run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "--input belong to --job predict" in done.stderr

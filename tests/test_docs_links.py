@@ -19,6 +19,7 @@ Not paths, so not checked: a word holding a glob or a placeholder (`*`, `?`, `<`
 `OUTPUT/summary.json`, `pipelines/NAME.py`. Paths outside the repository (`/tmp/...`, `~/...`,
 `gs://...`) start with none of the top-level names and are not checked either.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,7 +37,9 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 INLINE = re.compile(r"(`+)(.+?)\1", re.S)
 PLACEHOLDER = re.compile(r"[*?<>{}$]|\.\.\.|(^|[/._-])[A-Z][A-Z_]+([/._-]|$)")
-PATH_START = re.compile(rf"^(?:{'|'.join(re.escape(f) for f in TOP_FOLDERS)})/|^(?:{'|'.join(map(re.escape, TOP_FILES))})$")
+PATH_START = re.compile(
+    rf"^(?:{'|'.join(re.escape(f) for f in TOP_FOLDERS)})/|^(?:{'|'.join(map(re.escape, TOP_FILES))})$"
+)
 
 
 def code_texts(text: str) -> list[str]:
@@ -101,12 +104,21 @@ def test_every_link_path_module_and_make_target_of_the_page_exists(page):
 
 
 def test_the_rules_tell_paths_from_placeholders():
-    code = ("see `scripts/x.py::test_y`, `pipelines/cli.py:`, run-<id>/stats.json, `docs/*.md` "
-            "OUTPUT/summary.json pipelines/NAME.py taxifare_core/storage/ Makefile /tmp/docs/x")
+    code = (
+        "see `scripts/x.py::test_y`, `pipelines/cli.py:`, run-<id>/stats.json, `docs/*.md` "
+        "OUTPUT/summary.json pipelines/NAME.py taxifare_core/storage/ Makefile /tmp/docs/x"
+    )
     assert project_paths(code) == {"scripts/x.py", "pipelines/cli.py", "taxifare_core/storage/", "Makefile"}
-    assert modules("python -m pipelines.preprocess --x; python -m pytest; -m pipelines.NAME") == {"pipelines.preprocess"}
-    assert make_targets("make bench ARGS=1; `make test`; make -C x; PYTHON=python3 make run") == {"bench", "test",
-                                                                                                 "run"}
+    assert modules("python -m pipelines.preprocess --x; python -m pytest; -m pipelines.NAME") == {
+        "pipelines.preprocess"
+    }
+    assert make_targets("make bench ARGS=1; `make test`; make -C x; PYTHON=python3 make run") == {
+        "bench",
+        "test",
+        "run",
+    }
     assert link_targets("[a](docs/x.md#y) [b](https://e.org) [c](#z) ![p](img/r.png) `[d](no.md)`") == {
-        "docs/x.md", "img/r.png"}
+        "docs/x.md",
+        "img/r.png",
+    }
     assert not module_exists("pipelines.nothing_here") and module_exists("pipelines.preprocessing")

@@ -1,5 +1,6 @@
 """The 65 features: time (DST, boundaries), distances, one-hots, vectorized == per record."""
-from datetime import datetime, timezone
+
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -147,7 +148,8 @@ def test_empty_batch():
 
 def test_encode_accepts_naive_datetimes_as_utc():
     aware = encode_both([ride_at("2013-07-06 17:18:00 UTC")])
-    naive = encode(pd.DataFrame([{**ride_at("2013-07-06 17:18:00 UTC"),
-                                  "pickup_datetime": datetime(2013, 7, 6, 17, 18)}]))
+    naive = encode(
+        pd.DataFrame([{**ride_at("2013-07-06 17:18:00 UTC"), "pickup_datetime": datetime(2013, 7, 6, 17, 18)}])
+    )
     np.testing.assert_array_equal(aware, naive)
-    assert datetime(2013, 7, 6, 17, 18, tzinfo=timezone.utc) == ride_at("2013-07-06 17:18:00 UTC")["pickup_datetime"]
+    assert datetime(2013, 7, 6, 17, 18, tzinfo=UTC) == ride_at("2013-07-06 17:18:00 UTC")["pickup_datetime"]

@@ -1,4 +1,5 @@
 """scripts/fuzz_inputs.py in real processes: the quick corpus here, every kind under `-m slow`."""
+
 from __future__ import annotations
 
 import subprocess

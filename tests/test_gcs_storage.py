@@ -7,6 +7,7 @@ would. Without the venv the tests skip, saying why; on CI (CI=true) they fail.
 
     .venv/bin/python -m pytest tests/test_gcs_storage.py -q
 """
+
 from __future__ import annotations
 
 import re
@@ -58,7 +59,9 @@ def test_sizes_moves_and_deletes(gs_root):
     base = f"{gs_root}/moves"
     storage.write_bytes(f"{base}/d/x.bin", b"\x00" * 5)
     storage.write_text(f"{base}/d/sub/y.txt", "y")
-    assert storage.size(f"{base}/d/x.bin") == 5 and storage.isfile(f"{base}/d/x.bin") and not storage.isfile(f"{base}/d")
+    assert (
+        storage.size(f"{base}/d/x.bin") == 5 and storage.isfile(f"{base}/d/x.bin") and not storage.isfile(f"{base}/d")
+    )
     storage.move(f"{base}/d/x.bin", f"{base}/d/x2.bin")
     storage.move(f"{base}/d", f"{base}/e")  # a folder: object by object, not atomic
     assert not storage.exists(f"{base}/d") and storage.listdir(f"{base}/e") == ["sub", "x2.bin"]
@@ -101,12 +104,27 @@ class _Interrupted(Exception):
 
 def test_train_resume_registry_and_predict_on_gs(gs_root, tmp_path, capsys):
     rows = processed_rows(560, seed=21)
-    for name, part in (("train-00000-of-00002", rows[:250]), ("train-00001-of-00002", rows[250:450]),
-                       ("val-00000-of-00001", rows[450:])):
+    for name, part in (
+        ("train-00000-of-00002", rows[:250]),
+        ("train-00001-of-00002", rows[250:450]),
+        ("val-00000-of-00001", rows[450:]),
+    ):
         storage.write_text(f"{gs_root}/processed/{name}.csv", features.format_csv(part) + "\n")
     reg = f"{gs_root}/training_outputs"
-    flags = ["--train", f"{gs_root}/processed/train-*.csv", "--val", f"{gs_root}/processed/val-*.csv",
-             "--registry", reg, "--chunk_size", "200", "--max_epochs_per_chunk", "1", "--seed", "1"]
+    flags = [
+        "--train",
+        f"{gs_root}/processed/train-*.csv",
+        "--val",
+        f"{gs_root}/processed/val-*.csv",
+        "--registry",
+        reg,
+        "--chunk_size",
+        "200",
+        "--max_epochs_per_chunk",
+        "1",
+        "--seed",
+        "1",
+    ]
 
     def crash_after_chunk_2(stage, chunk, model):
         if stage == "end" and chunk == 2:
@@ -162,8 +180,11 @@ def test_registry_counts_only_finished_runs_and_names_unreadable_models_on_gs(gs
     registry.write_json(storage.join(half, registry.METRICS_FILE), {"val_mae": 1.0})
     name = half.rsplit("/", 1)[-1]
     assert registry.run_names(reg) == [name]
-    with pytest.raises(registry.UnreadableModelError, match=f"model.keras of run {name} is unreadable "
-                                                            r"\(not a .keras archive, 12 bytes"):
+    with pytest.raises(
+        registry.UnreadableModelError,
+        match=f"model.keras of run {name} is unreadable "
+        r"\(not a .keras archive, 12 bytes",
+    ):
         registry.load_model(name, registry=reg)
     storage.write_text(f"{gs_root}/registry-file", "x")
     with pytest.raises(registry.BadRegistryError, match="is a file, not a folder"):

@@ -6,6 +6,7 @@ The generated-vs-real comparisons read the real 8k sample beside the project
 (../shared/data/nyc_taxi_fare_sample_8k.csv, or $TAXIFARE_REAL_SAMPLE); when it is
 absent they skip and say so - they never pass without it.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The vectorized geohash equals pygeohash.encode(lat, lon, precision=5)."""
+
 import numpy as np
 import pygeohash
 import pytest

@@ -5,6 +5,7 @@ The training tests run the real trainer on generated rides and on the real 8k sa
 (skipped, saying so, when it is not beside the project); the service tests start
 `python -m pipelines.serve` on a free loopback port and stop it by its PID.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ def _one_line(capsys) -> str:
 
 # --- blessing: the decision ----------------------------------------------------------------------
 
+
 def test_blessed_when_it_beats_the_baseline_by_the_margin_and_production_on_the_same_rows():
     verdict = blessing.decide(2.40, 2.60, 0.01, production_mae=2.45, production_run="P", rows=1000)
     assert verdict["blessed"] and verdict["compared_to"] == "P" and verdict["production_mae_same_rows"] == 2.45
@@ -52,15 +54,24 @@ def test_blessed_when_it_beats_the_baseline_by_the_margin_and_production_on_the_
     ]
 
 
-@pytest.mark.parametrize("val, production, min_gain, max_regression, why", [
-    (2.59, None, 0.01, 0.0, "is 0.4% better than the baseline's $2.600 (needs 1.0% better)"),
-    (2.70, None, 0.01, 0.0, "is 3.8% worse than the baseline's $2.600"),
-    (2.46, 2.45, 0.01, 0.0, "is worse than production run P's $2.450"),
-    (2.50, 2.45, 0.01, 0.01, "is worse than production run P's $2.450 on the same rows (allowed 1.0% worse)"),
-])
+@pytest.mark.parametrize(
+    "val, production, min_gain, max_regression, why",
+    [
+        (2.59, None, 0.01, 0.0, "is 0.4% better than the baseline's $2.600 (needs 1.0% better)"),
+        (2.70, None, 0.01, 0.0, "is 3.8% worse than the baseline's $2.600"),
+        (2.46, 2.45, 0.01, 0.0, "is worse than production run P's $2.450"),
+        (2.50, 2.45, 0.01, 0.01, "is worse than production run P's $2.450 on the same rows (allowed 1.0% worse)"),
+    ],
+)
 def test_not_blessed_says_why(val, production, min_gain, max_regression, why):
-    verdict = blessing.decide(val, 2.60, min_gain, production_mae=production,
-                              production_run="P" if production else None, max_regression=max_regression)
+    verdict = blessing.decide(
+        val,
+        2.60,
+        min_gain,
+        production_mae=production,
+        production_run="P" if production else None,
+        max_regression=max_regression,
+    )
     assert not verdict["blessed"] and any(why in reason for reason in verdict["reasons"]), verdict["reasons"]
 
 
@@ -72,14 +83,17 @@ def test_a_production_model_that_cannot_be_scored_leaves_the_baseline_to_decide(
 
 # --- the registry: production, promote, rollback, the feature contract --------------------------
 
+
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory):
     """A registry with three finished, unpromoted runs (the last one not blessed)."""
     root = tmp_path_factory.mktemp("three_runs")
     names = []
-    for seed, metrics in ((1, {"val_mae": 3.0, "blessed": True, "reasons": ["ok"]}),
-                          (2, {"val_mae": 2.5, "blessed": True, "reasons": ["ok"]}),
-                          (3, {"val_mae": 9.0, "blessed": False, "reasons": ["val MAE $9.000 is worse"]})):
+    for seed, metrics in (
+        (1, {"val_mae": 3.0, "blessed": True, "reasons": ["ok"]}),
+        (2, {"val_mae": 2.5, "blessed": True, "reasons": ["ok"]}),
+        (3, {"val_mae": 9.0, "blessed": False, "reasons": ["val MAE $9.000 is worse"]}),
+    ):
         _, run_dir = saved_tiny_model(root, 60, seed=seed, model_seed=seed, metrics=metrics, promote=False)
         names.append(registry.run_name(run_dir))
     return root, names
@@ -127,8 +141,11 @@ def test_promote_by_hand_and_roll_back(runs, capsys):
     assert registry_cli.main(["--registry", root, "promote", unblessed, "--force"]) == 0
     record = json.loads((Path(root) / registry.PRODUCTION_FILE).read_text())
     assert [(e["action"], e["run"], e["replaced"]) for e in record["history"]] == [
-        ("promote", first, None), ("promote", second, first), ("rollback", first, second),
-        ("promote", unblessed, first)]
+        ("promote", first, None),
+        ("promote", second, first),
+        ("rollback", first, second),
+        ("promote", unblessed, first),
+    ]
     assert all(e["by"] and e["at"] for e in record["history"]) and record["history"][1]["val_mae"] == 2.5
     capsys.readouterr()
     assert registry_cli.main(["--registry", root, "list"]) == 0
@@ -193,6 +210,7 @@ def test_the_hash_follows_names_order_and_encoding_version(monkeypatch):
 
 # --- training: bless, promote, keep production ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> dict:
     """Generated rides as shards, and the same train rides with their fares shuffled."""
@@ -208,15 +226,33 @@ def generated(tmp_path_factory) -> dict:
 
 
 def _train_flags(folder: Path, registry_dir: Path, *extra: str) -> list[str]:
-    return ["--train", str(folder / "train-*.csv"), "--val", str(folder / "val-*.csv"),
-            "--registry", str(registry_dir), "--chunk_size", str(GENERATED_TRAIN_ROWS),
-            "--max_epochs_per_chunk", "30", "--seed", "1", *extra]
+    return [
+        "--train",
+        str(folder / "train-*.csv"),
+        "--val",
+        str(folder / "val-*.csv"),
+        "--registry",
+        str(registry_dir),
+        "--chunk_size",
+        str(GENERATED_TRAIN_ROWS),
+        "--max_epochs_per_chunk",
+        "30",
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 def _serve(*flags: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.serve", *flags], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.serve", *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _stop(process: subprocess.Popen) -> str:
@@ -285,7 +321,7 @@ def _real_sample_shards(path: Path, folder: Path) -> None:
     rows = features.processed_rows(kept)
     n_train, n_val = int(len(rows) * 0.70), int(len(rows) * 0.15)
     write_shards(folder, rows[:n_train], [n_train], prefix="train")
-    write_shards(folder, rows[n_train:n_train + n_val], [n_val], prefix="val")
+    write_shards(folder, rows[n_train : n_train + n_val], [n_val], prefix="val")
 
 
 @pytest.mark.slow
@@ -293,9 +329,19 @@ def _real_sample_shards(path: Path, folder: Path) -> None:
 def test_trained_on_the_real_sample_blessed_and_promoted(real_sample_path, tmp_path, capsys):
     _real_sample_shards(real_sample_path, tmp_path / "shards")
     reg = tmp_path / "registry"
-    code = train.main(["--train", str(tmp_path / "shards" / "train-*.csv"), "--val",
-                       str(tmp_path / "shards" / "val-*.csv"), "--registry", str(reg), "--seed", "1",
-                       "--fail_if_not_blessed"])
+    code = train.main(
+        [
+            "--train",
+            str(tmp_path / "shards" / "train-*.csv"),
+            "--val",
+            str(tmp_path / "shards" / "val-*.csv"),
+            "--registry",
+            str(reg),
+            "--seed",
+            "1",
+            "--fail_if_not_blessed",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out[-2000:]
     run = registry.latest_run(str(reg))
@@ -306,6 +352,7 @@ def test_trained_on_the_real_sample_blessed_and_promoted(real_sample_path, tmp_p
 
 # --- one trainer per run ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_two_resumes_of_one_run_never_train_into_the_same_folder(tmp_path, capsys):
     folder = tmp_path / "shards"
@@ -313,8 +360,20 @@ def test_two_resumes_of_one_run_never_train_into_the_same_folder(tmp_path, capsy
     write_shards(folder, rows[:300], [300], prefix="train")
     write_shards(folder, rows[300:], [120], prefix="val")
     reg = tmp_path / "registry"
-    flags = ["--train", str(folder / "train-*.csv"), "--val", str(folder / "val-*.csv"), "--registry", str(reg),
-             "--chunk_size", "100", "--max_epochs_per_chunk", "1", "--seed", "3"]
+    flags = [
+        "--train",
+        str(folder / "train-*.csv"),
+        "--val",
+        str(folder / "val-*.csv"),
+        "--registry",
+        str(reg),
+        "--chunk_size",
+        "100",
+        "--max_epochs_per_chunk",
+        "1",
+        "--seed",
+        "3",
+    ]
 
     class Interrupted(Exception):
         pass
@@ -336,14 +395,16 @@ def test_two_resumes_of_one_run_never_train_into_the_same_folder(tmp_path, capsy
     metrics = train.run(train.parse_args([*flags, "--resume", name]), on_chunk=second_resume_meanwhile)
     assert codes == [2, 2] and metrics["run"] == name and metrics["chunks"] == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(f"run {name} is being trained by another process (pid {os.getpid()}" in line
-                                 for line in err), err
+    assert len(err) == 2 and all(
+        f"run {name} is being trained by another process (pid {os.getpid()}" in line for line in err
+    ), err
     assert not (reg / name / outputs.LOCK_FILE).exists()
     assert train.main([*flags, "--resume", name]) == 2  # finished now: nothing to resume
     assert "cannot resume" in _one_line(capsys)
 
 
 # --- the service follows production under load ---------------------------------------------------
+
 
 def _example_fare(model) -> float:
     from pipelines import predict as predict_module
@@ -368,8 +429,10 @@ def test_the_service_reloads_under_load_without_a_failed_request(tmp_path):
 
     server = _serve("--registry", str(reg), "--port", "0", "--reload_seconds", "0.2")
     results, stop = [], threading.Event()
-    query = {key: str(value) + (" UTC" if key == contract.TIME_COLUMN and not str(value).endswith("UTC") else "")
-             for key, value in contract.EXAMPLE_RIDE.items()}
+    query = {
+        key: str(value) + (" UTC" if key == contract.TIME_COLUMN and not str(value).endswith("UTC") else "")
+        for key, value in contract.EXAMPLE_RIDE.items()
+    }
 
     def client():
         with requests.Session() as session:

@@ -6,6 +6,7 @@ that its counts add up, and that every path it prints exists.
 
     .venv/bin/python -m pytest tests/test_main_e2e.py
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,8 +23,16 @@ import pytest
 from pipelines import main as main_job
 
 ROOT = Path(__file__).resolve().parents[1]
-SUMMARY_LABELS = ("rides read", "train / val rows", "model val MAE", "example ride fare", "raw rides",
-                  "processed shards", "data report", "model and its curve")
+SUMMARY_LABELS = (
+    "rides read",
+    "train / val rows",
+    "model val MAE",
+    "example ride fare",
+    "raw rides",
+    "processed shards",
+    "data report",
+    "model and its curve",
+)
 
 
 def _number(text: str) -> int:
@@ -34,8 +43,9 @@ def _number(text: str) -> int:
 @pytest.mark.slow
 def test_make_run_tells_the_whole_story_and_writes_what_it_says(isolated_local_paths):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # LOCAL_* already point at the test's folders
-    done = subprocess.run([sys.executable, "-m", "pipelines.main"], capture_output=True, text=True, timeout=1200,
-                          cwd=ROOT, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.main"], capture_output=True, text=True, timeout=1200, cwd=ROOT, env=env
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     for step in ("1/4 sample", "2/4 preprocess", "3/4 train", "4/4 predict"):
         assert f"=== {step}" in done.stdout
@@ -43,10 +53,13 @@ def test_make_run_tells_the_whole_story_and_writes_what_it_says(isolated_local_p
     lines = {}
     for label in SUMMARY_LABELS:
         [line] = [line for line in summary if line.startswith(label)]
-        lines[label] = line[len(label):].strip()
+        lines[label] = line[len(label) :].strip()
 
-    read = re.fullmatch(r"([\d,]+) \(([\d,]+) bad input, ([\d,]+) dropped by the date window and cleaning rules, "
-                        r"([\d,]+) duplicates\)", lines["rides read"])
+    read = re.fullmatch(
+        r"([\d,]+) \(([\d,]+) bad input, ([\d,]+) dropped by the date window and cleaning rules, "
+        r"([\d,]+) duplicates\)",
+        lines["rides read"],
+    )
     split = re.match(r"([\d,]+) / ([\d,]+) \(preprocessed in [\d.]+ s, dedupe batch\)", lines["train / val rows"])
     assert read and split, summary
     rows_read, bad, dropped, duplicates = map(_number, read.groups())
@@ -54,8 +67,9 @@ def test_make_run_tells_the_whole_story_and_writes_what_it_says(isolated_local_p
     assert rows_read == 100_000 and rows_read == bad + dropped + duplicates + train_rows + val_rows
     assert train_rows > 80_000 and val_rows > 0
 
-    mae = re.fullmatch(r"\$([\d.]+)  vs  baseline \$([\d.]+) \(linear fare ~ manhattan distance\)",
-                       lines["model val MAE"])
+    mae = re.fullmatch(
+        r"\$([\d.]+)  vs  baseline \$([\d.]+) \(linear fare ~ manhattan distance\)", lines["model val MAE"]
+    )
     fare = re.fullmatch(r"\$([\d.]+)", lines["example ride fare"])
     assert mae and fare, summary
     assert 0 < float(mae.group(1)) < 10 and 0 < float(mae.group(2)) < 10

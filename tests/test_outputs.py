@@ -1,4 +1,5 @@
 """Crash-safe output folders: publish by manifest, refuse incomplete sets, one run per folder, no litter."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tree_hashes(folder: Path) -> dict[str, str]:
     """Every file under a folder (the lock file aside) -> sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != outputs.LOCK_FILE}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != outputs.LOCK_FILE
+    }
 
 
 def write_rides(path: Path, n_rows: int = 400, seed: int = 3) -> Path:
@@ -40,8 +44,14 @@ def write_rides(path: Path, n_rows: int = 400, seed: int = 3) -> Path:
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m pipelines.preprocess ARGS` in its own process."""
-    return subprocess.run([sys.executable, "-m", "pipelines.preprocess", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +60,7 @@ def rides(tmp_path_factory) -> Path:
 
 
 # --- pure: manifest, resolve, litter --------------------------------------------------
+
 
 def _published_folder(tmp_path: Path) -> tuple[Path, str]:
     """A hand-made output folder with one published run of two train shards."""
@@ -66,18 +77,26 @@ def test_publish_lists_every_file_and_resolve_finds_them_by_the_documented_glob(
     folder, run = _published_folder(tmp_path)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["train_rows"] == 3 and summary["output"]["run"] == run and "kind" not in summary["output"]
-    assert summary["output"]["files"] == {f"{run}/train-00000-of-00002.csv": 4, f"{run}/train-00001-of-00002.csv": 8,
-                                          f"{run}/val-00000-of-00001.csv": 4}
+    assert summary["output"]["files"] == {
+        f"{run}/train-00000-of-00002.csv": 4,
+        f"{run}/train-00001-of-00002.csv": 8,
+        f"{run}/val-00000-of-00001.csv": 4,
+    }
     assert outputs.resolve(str(folder / "train-*.csv")) == [
-        str(folder / run / "train-00000-of-00002.csv"), str(folder / run / "train-00001-of-00002.csv")]
+        str(folder / run / "train-00000-of-00002.csv"),
+        str(folder / run / "train-00001-of-00002.csv"),
+    ]
     assert reader.shard_paths(str(folder / "val-*.csv")) == [str(folder / run / "val-00000-of-00001.csv")]
     assert outputs.resolve(str(tmp_path / "elsewhere" / "train-*.csv")) is None  # no manifest: a plain glob
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.unlink(), "is missing"),
-    (lambda p: p.write_text("3,4\n"), "has 4 bytes, summary.json says 8"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.unlink(), "is missing"),
+        (lambda p: p.write_text("3,4\n"), "has 4 bytes, summary.json says 8"),
+    ],
+)
 def test_reader_refuses_an_incomplete_shard_set_in_one_line_naming_the_folder(tmp_path, damage, message):
     folder, run = _published_folder(tmp_path)
     damage(folder / run / "train-00001-of-00002.csv")
@@ -116,7 +135,8 @@ def test_tidy_removes_only_marked_or_previously_published_runs(tmp_path):
     removed, warnings = outputs.tidy(str(folder), manifest, previous)
     assert sorted(removed) == sorted([run, stale.name]) and warnings == []
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [new, "run-20260101T000000Z-abcdef", "beam-temp-train-123", "thesis.tmp-2", "summary.json"])
+        [new, "run-20260101T000000Z-abcdef", "beam-temp-train-123", "thesis.tmp-2", "summary.json"]
+    )
 
 
 # --- the lock -------------------------------------------------------------------------
@@ -132,8 +152,13 @@ HOLD_LOCK = textwrap.dedent("""
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """A real process holding the folder's lock (as a running preprocessing would)."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(folder)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -162,10 +187,21 @@ def test_second_run_into_a_locked_folder_stops_at_once_and_a_dead_runs_lock_is_t
 
 def test_two_preprocessing_processes_into_one_folder_never_mix(rides, tmp_path):
     output = tmp_path / "out"
-    commands = [[sys.executable, "-m", "pipelines.preprocess", "--input", str(rides), "--output", str(output),
-                 "--num_shards", str(n)] for n in (1, 3)]
-    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in commands]
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "pipelines.preprocess",
+            "--input",
+            str(rides),
+            "--output",
+            str(output),
+            "--num_shards",
+            str(n),
+        ]
+        for n in (1, 3)
+    ]
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
     codes = [p.wait(timeout=300) for p in procs]
     assert 0 in codes and set(codes) <= {0, 2}
     for proc, code in zip(procs, codes):
@@ -178,6 +214,7 @@ def test_two_preprocessing_processes_into_one_folder_never_mix(rides, tmp_path):
 
 
 # --- preprocessing: publish, failures, empty runs, default folders --------------------
+
 
 def test_failed_run_leaves_the_previous_output_byte_for_byte_and_no_litter(rides, tmp_path, monkeypatch):
     output = tmp_path / "out"
@@ -196,7 +233,8 @@ def test_failed_run_leaves_the_previous_output_byte_for_byte_and_no_litter(rides
         preprocess.main(["--input", str(rides), "--output", str(output)])
     assert tree_hashes(output) == before
     assert sorted(p.name for p in output.iterdir()) == sorted(
-        {Path(k).parts[0] for k in before} | {"beam-temp-train-0123", "run-20260101T000000Z-abcdef"})
+        {Path(k).parts[0] for k in before} | {"beam-temp-train-0123", "run-20260101T000000Z-abcdef"}
+    )
     assert len(reader.shard_paths(str(output / "train-*.csv"))) == 1
 
 
@@ -217,7 +255,7 @@ def test_all_bad_input_fails_unpublished_unless_allow_empty(rides, tmp_path, cap
     # (only our own line: an earlier in-process test may have left a logging handler on a closed stream)
     [line] = [line for line in err.splitlines() if line.startswith("preprocess: error:")]
     assert "no rows to write (5 read, 5 bad input" in line and "--allow_empty" in line
-    kept = [p for p in output.iterdir() if p.is_dir() and not (p.name in {Path(k).parts[0] for k in before})]
+    kept = [p for p in output.iterdir() if p.is_dir() and p.name not in {Path(k).parts[0] for k in before}]
     assert len(kept) == 1 and (kept[0] / "summary.json").exists()  # kept for inspection, not published
     assert {k: v for k, v in tree_hashes(output).items() if not k.startswith(kept[0].name)} == before
     assert preprocess.main(["--input", str(bad), "--output", str(output), "--allow_empty"]) == 0
@@ -231,7 +269,8 @@ def test_output_that_is_a_file_is_one_line_exit_2(rides, tmp_path):
     done = run_cli("--input", str(rides), "--output", str(target))
     assert done.returncode == 2 and target.read_text() == "keep me"
     assert done.stderr.strip().splitlines()[-1] == (
-        f"preprocess: error: output {target} is a file, not a folder: pass another --output")
+        f"preprocess: error: output {target} is a file, not a folder: pass another --output"
+    )
 
 
 def test_inputs_in_folders_of_the_same_name_get_different_default_outputs(tmp_path):
@@ -259,6 +298,7 @@ def test_a_csv_run_reading_the_raw_cache_of_its_output_folder_keeps_it(rides, tm
 
 
 # --- batch prediction's output folder ---------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def model_registry(tmp_path_factory) -> str:
@@ -291,7 +331,8 @@ def test_batch_prediction_output_that_is_a_file_or_locked_is_one_line_exit_2(rid
     target.write_text("keep")
     assert predict.main(["--input", str(rides), "--output", str(target), "--registry", model_registry]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"python -m pipelines.predict: error: output {target} is a file, not a folder: pass another --output")
+        f"python -m pipelines.predict: error: output {target} is a file, not a folder: pass another --output"
+    )
     output = tmp_path / "busy"
     output.mkdir()
     holder = _hold_lock(output)
@@ -312,16 +353,26 @@ def test_batch_prediction_never_publishes_over_a_preprocessing_output(rides, tmp
     before = tree_hashes(output)
     capsys.readouterr()
     assert predict.main(["--input", str(rides), "--output", str(output), "--registry", model_registry]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        f"output {output} holds a preprocess output, not a predict one: pass another --output")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"output {output} holds a preprocess output, not a predict one: pass another --output")
+    )
     assert tree_hashes(output) == before
 
 
 # --- a job removes only what it can prove it wrote ----------------------------------------
 
 # What a person may keep in a folder they pass as --output (names that look like the jobs' own included).
-FOREIGN = ("notes.txt", "report.html", "stats.json", "thesis.tmp-2", "beam-temp-mine/keep.txt",
-           "run-20200101T000000Z-abcdef/results.csv", "train-1-of-2.csv")
+FOREIGN = (
+    "notes.txt",
+    "report.html",
+    "stats.json",
+    "thesis.tmp-2",
+    "beam-temp-mine/keep.txt",
+    "run-20200101T000000Z-abcdef/results.csv",
+    "train-1-of-2.csv",
+)
 
 
 def _foreign_folder(folder: Path) -> dict[str, str]:
@@ -350,7 +401,8 @@ def test_preprocess_refuses_a_folder_of_someone_elses_files_and_force_keeps_ever
 
 
 def test_batch_prediction_refuses_a_folder_of_someone_elses_files_and_force_keeps_every_one(
-        rides, tmp_path, model_registry, capsys):
+    rides, tmp_path, model_registry, capsys
+):
     from pipelines import predict
 
     output = tmp_path / "mine"
@@ -383,14 +435,18 @@ def test_the_current_folder_is_refused_by_the_cli_in_one_line(rides):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "preprocess: error: output . is the current folder: pass a folder of its own for the job's files "
-        "(e.g. a new sub-folder)")
+        "(e.g. a new sub-folder)"
+    )
 
 
 def test_publishing_run_removes_nothing_before_it_publishes_and_its_own_folder_on_failure(tmp_path):
     folder, run = _published_folder(tmp_path)
     stale = _marked_run(folder)
     before = tree_hashes(folder)
-    with pytest.raises(RuntimeError, match="pipeline failed"), outputs.publishing_run(str(folder), "preprocess") as attempt:
+    with (
+        pytest.raises(RuntimeError, match="pipeline failed"),
+        outputs.publishing_run(str(folder), "preprocess") as attempt,
+    ):
         assert tree_hashes(folder) == {**before, f"{attempt.name}/{outputs.MARKER_FILE}": ANY_HASH}
         raise RuntimeError("pipeline failed")
     assert tree_hashes(folder) == before and stale.exists()
@@ -412,6 +468,7 @@ ANY_HASH = _AnyHash()
 
 # --- read-only folders ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def immutable(tmp_path):
     """make(path): an immutable folder (chattr +i), which refuses even root; undone after the test."""
@@ -430,8 +487,9 @@ def immutable(tmp_path):
         subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
-def test_an_unwritable_output_or_registry_is_one_line_exit_2_before_any_work(rides, tmp_path, immutable,
-                                                                            model_registry, capsys):
+def test_an_unwritable_output_or_registry_is_one_line_exit_2_before_any_work(
+    rides, tmp_path, immutable, model_registry, capsys
+):
     from pipelines import predict, train
 
     output = tmp_path / "out"
@@ -442,25 +500,31 @@ def test_an_unwritable_output_or_registry_is_one_line_exit_2_before_any_work(rid
     assert preprocess.main(["--input", str(rides), "--output", str(output)]) == 2
     err = capsys.readouterr().err
     [line] = [line for line in err.splitlines() if "error" in line]
-    assert line == (f"preprocess: error: output {output} cannot be written (Operation not permitted): "
-                    "pass another --output")
+    assert line == (
+        f"preprocess: error: output {output} cannot be written (Operation not permitted): pass another --output"
+    )
     assert "->" not in err and tree_hashes(output) == before  # stopped before the pipeline started
 
     predictions = immutable(tmp_path / "predictions")
     assert predict.main(["--input", str(rides), "--output", str(predictions), "--registry", model_registry]) == 2
-    assert capsys.readouterr().err.strip() == (f"python -m pipelines.predict: error: output {predictions} cannot be "
-                                               "written (Operation not permitted): pass another --output")
+    assert capsys.readouterr().err.strip() == (
+        f"python -m pipelines.predict: error: output {predictions} cannot be "
+        "written (Operation not permitted): pass another --output"
+    )
 
     registry_dir = immutable(tmp_path / "registry")
-    code = train.main(["--train", str(output / "train-*.csv"), "--val", str(output / "val-*.csv"),
-                       "--registry", str(registry_dir)])
+    code = train.main(
+        ["--train", str(output / "train-*.csv"), "--val", str(output / "val-*.csv"), "--registry", str(registry_dir)]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == (
-        f"python -m pipelines.train: error: {registry_dir} cannot be written (Operation not permitted)")
+        f"python -m pipelines.train: error: {registry_dir} cannot be written (Operation not permitted)"
+    )
 
 
-def test_an_old_run_folder_that_cannot_be_removed_is_a_warning_and_the_new_run_is_published(rides, tmp_path, immutable,
-                                                                                           capsys):
+def test_an_old_run_folder_that_cannot_be_removed_is_a_warning_and_the_new_run_is_published(
+    rides, tmp_path, immutable, capsys
+):
     output = tmp_path / "out"
     assert preprocess.main(["--input", str(rides), "--output", str(output)]) == 0
     old = outputs.read_manifest(str(output))["run"]
@@ -477,8 +541,17 @@ def test_an_old_run_folder_that_cannot_be_removed_is_a_warning_and_the_new_run_i
 
 # --- readers, wrong shapes ----------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ['[1, 2]', '"x"', '{"output": "run-x"}', '{"output": {"run": "r", "files": ["a"]}}',
-                                  '{"output": {"run": "r", "files": {"../../etc/passwd": 1}}}'])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1, 2]",
+        '"x"',
+        '{"output": "run-x"}',
+        '{"output": {"run": "r", "files": ["a"]}}',
+        '{"output": {"run": "r", "files": {"../../etc/passwd": 1}}}',
+    ],
+)
 def test_a_wrong_shape_summary_is_an_unreadable_one(tmp_path, text):
     (tmp_path / "train-00000-of-00001.csv").write_text("stale\n")  # a glob would find it
     (tmp_path / "summary.json").write_text(text)
@@ -511,12 +584,14 @@ def test_a_shard_removed_under_a_reader_without_lease_is_one_line(tmp_path):
     chunks = reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=1, prefetch=0)
     next(chunks)
     (tmp_path / "train-00001-of-00002.csv").unlink()
-    with pytest.raises(reader.ShardError, match="train-00001-of-00002.csv is gone: the shards changed while they "
-                                                "were read"):
+    with pytest.raises(
+        reader.ShardError, match="train-00001-of-00002.csv is gone: the shards changed while they were read"
+    ):
         list(chunks)
 
 
 # --- the drift gate, an empty validation split ----------------------------------------------
+
 
 def test_fail_on_drift_keeps_the_drifted_run_unpublished_and_the_previous_one_published(rides, tmp_path):
     output = tmp_path / "out"
@@ -550,11 +625,13 @@ def test_an_empty_validation_split_publishes_with_a_loud_warning(rides, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         "preprocess: WARNING: the validation split is EMPTY: no kept ride from --val_start 2015-01-01 on; "
-        "drift (val against train) could not be measured, so --fail_on_drift checked nothing")
+        "drift (val against train) could not be measured, so --fail_on_drift checked nothing"
+    )
     assert json.loads((output / "summary.json").read_text())["val_rows"] == 0
 
 
 # --- one way to name a run -------------------------------------------------------------------
+
 
 def test_registry_and_output_runs_are_named_by_one_function_and_old_registry_names_still_read(tmp_path):
     from taxifare_core.training import registry
@@ -589,10 +666,25 @@ def test_a_trainer_finishes_on_its_shards_while_preprocessing_publishes_into_the
             assert preprocess.main(args) == 0
             republished.append(outputs.read_manifest(str(output))["run"])
 
-    metrics = train.run(train.parse_args([
-        "--train", str(output / "train-*.csv"), "--val", str(output / "val-*.csv"),
-        "--registry", str(tmp_path / "registry"), "--chunk_size", "30", "--max_epochs_per_chunk", "1",
-        "--seed", "1"]), on_chunk=republish)
+    metrics = train.run(
+        train.parse_args(
+            [
+                "--train",
+                str(output / "train-*.csv"),
+                "--val",
+                str(output / "val-*.csv"),
+                "--registry",
+                str(tmp_path / "registry"),
+                "--chunk_size",
+                "30",
+                "--max_epochs_per_chunk",
+                "1",
+                "--seed",
+                "1",
+            ]
+        ),
+        on_chunk=republish,
+    )
     assert republished and republished[0] != first["output"]["run"]
     assert metrics["rows"] == first["train_rows"]  # the whole first run, not a mix
     assert f"kept {output / first['output']['run']}: a reader is still using it" in capsys.readouterr().err

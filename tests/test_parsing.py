@@ -1,7 +1,8 @@
 """Parsing raw records: typed values, and a clear reason for every malformed one."""
+
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -21,7 +22,7 @@ from taxifare_core.parsing import (
 )
 
 LINE = "2013-07-06 17:18:00.000001,8.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1"
-UTC = timezone.utc
+UTC = UTC
 
 
 def parse_line(line: str) -> tuple[list[dict], list[str]]:
@@ -103,14 +104,16 @@ def test_header_columns():
 
 def test_parse_frame_matches_parse_record_and_reports_bad_rows():
     good = dict(zip(RAW_COLUMNS_WITH_KEY, next(iter([LINE.split(",")]))))
-    rows = pd.DataFrame([
-        good,
-        {**good, "fare_amount": "eight"},
-        {**good, "pickup_datetime": "yesterday"},
-        {**good, "pickup_datetime": "2013-07-06T17:18:00Z"},
-        {**good, "passenger_count": "2.5"},
-        {**good, "dropoff_latitude": ""},
-    ])
+    rows = pd.DataFrame(
+        [
+            good,
+            {**good, "fare_amount": "eight"},
+            {**good, "pickup_datetime": "yesterday"},
+            {**good, "pickup_datetime": "2013-07-06T17:18:00Z"},
+            {**good, "passenger_count": "2.5"},
+            {**good, "dropoff_latitude": ""},
+        ]
+    )
     typed, reasons = parse_frame(rows)
     assert reasons.tolist() == [
         None,
@@ -129,9 +132,19 @@ def test_parse_frame_matches_parse_record_and_reports_bad_rows():
 
 
 def test_parse_frame_of_typed_bigquery_rows():
-    rows = pd.DataFrame([{"fare_amount": 8.5, "pickup_datetime": datetime(2013, 7, 6, 17, 18, tzinfo=UTC),
-                          "pickup_longitude": -73.95, "pickup_latitude": 40.78, "dropoff_longitude": -73.98,
-                          "dropoff_latitude": 40.76, "passenger_count": 1}])
+    rows = pd.DataFrame(
+        [
+            {
+                "fare_amount": 8.5,
+                "pickup_datetime": datetime(2013, 7, 6, 17, 18, tzinfo=UTC),
+                "pickup_longitude": -73.95,
+                "pickup_latitude": 40.78,
+                "dropoff_longitude": -73.98,
+                "dropoff_latitude": 40.76,
+                "passenger_count": 1,
+            }
+        ]
+    )
     typed, reasons = parse_frame(rows)
     assert reasons.isna().all()
     assert typed["pickup_datetime"].iloc[0] == pd.Timestamp("2013-07-06 17:18", tz="UTC")
@@ -174,10 +187,14 @@ def test_a_leap_day_and_the_range_edges_are_read():
 
 
 def test_datetimes_out_of_range_in_typed_rows_are_bad_input():
-    typed, reasons = parse_frame(pd.DataFrame([
-        {**GOOD, "pickup_datetime": datetime(2300, 1, 6, 9, 50, tzinfo=UTC)},
-        {**GOOD, "pickup_datetime": datetime(2013, 7, 6, 17, 18, tzinfo=UTC)},
-    ]))
+    typed, reasons = parse_frame(
+        pd.DataFrame(
+            [
+                {**GOOD, "pickup_datetime": datetime(2300, 1, 6, 9, 50, tzinfo=UTC)},
+                {**GOOD, "pickup_datetime": datetime(2013, 7, 6, 17, 18, tzinfo=UTC)},
+            ]
+        )
+    )
     assert reasons.iloc[0].startswith("pickup_datetime: out of range") and reasons.iloc[1] is None
     assert typed["pickup_datetime"].iloc[1] == pd.Timestamp("2013-07-06 17:18", tz="UTC")
 
@@ -193,8 +210,16 @@ def test_non_finite_numbers_are_bad_input_whatever_their_spelling(text):
 
 
 def test_nan_is_missing_and_tiny_numbers_are_numbers():
-    typed, reasons = parse_frame(pd.DataFrame([{**GOOD, "fare_amount": "NaN"}, {**GOOD, "fare_amount": "1e-400"},
-                                               {**GOOD, "fare_amount": "-0"}, {**GOOD, "passenger_count": "2e0"}]))
+    typed, reasons = parse_frame(
+        pd.DataFrame(
+            [
+                {**GOOD, "fare_amount": "NaN"},
+                {**GOOD, "fare_amount": "1e-400"},
+                {**GOOD, "fare_amount": "-0"},
+                {**GOOD, "passenger_count": "2e0"},
+            ]
+        )
+    )
     assert reasons.isna().all()
     assert math.isnan(typed["fare_amount"].iloc[0]) and typed["fare_amount"].iloc[1:3].tolist() == [0.0, 0.0]
     assert typed["passenger_count"].iloc[3] == 2.0

@@ -1,13 +1,26 @@
 """The training curve: epochs laid end to end across chunks, the kept epoch of each chunk, a real PNG."""
+
 from __future__ import annotations
 
 from taxifare_core.training.plots import epoch_series, training_curve_png
 
 HISTORY = [
-    {"chunk": 1, "train_mae": 3.0, "val_mae": 2.5, "best_epoch": 2,
-     "epoch_train_mae": [5.0, 3.0, 2.8], "epoch_val_mae": [4.0, 2.5, 2.6]},
-    {"chunk": 2, "train_mae": 2.6, "val_mae": 2.45, "best_epoch": 2,  # lowest val loss, not lowest val MAE
-     "epoch_train_mae": [2.7, 2.6], "epoch_val_mae": [2.4, 2.45]},
+    {
+        "chunk": 1,
+        "train_mae": 3.0,
+        "val_mae": 2.5,
+        "best_epoch": 2,
+        "epoch_train_mae": [5.0, 3.0, 2.8],
+        "epoch_val_mae": [4.0, 2.5, 2.6],
+    },
+    {
+        "chunk": 2,
+        "train_mae": 2.6,
+        "val_mae": 2.45,
+        "best_epoch": 2,  # lowest val loss, not lowest val MAE
+        "epoch_train_mae": [2.7, 2.6],
+        "epoch_val_mae": [2.4, 2.45],
+    },
 ]
 
 
@@ -18,8 +31,9 @@ def test_epochs_run_across_chunks_and_each_chunk_marks_its_best():
 
 
 def test_a_history_without_epochs_is_one_epoch_per_chunk():
-    train, val, starts, kept = epoch_series([{"chunk": 1, "train_mae": 3.0, "val_mae": 2.5},
-                                             {"chunk": 2, "train_mae": 2.9, "val_mae": 2.4}])
+    train, val, starts, kept = epoch_series(
+        [{"chunk": 1, "train_mae": 3.0, "val_mae": 2.5}, {"chunk": 2, "train_mae": 2.9, "val_mae": 2.4}]
+    )
     assert train == [3.0, 2.9] and val == [2.5, 2.4] and starts == kept == [1, 2]
 
 

@@ -8,6 +8,7 @@ resolved by the workers against their own folder; a runner without metrics must 
 publish made-up counts nor delete the finished run; a worker must refuse an sdist other
 than the one its environment holds.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -90,8 +91,16 @@ class NoMetricsRunner(FnApiRunner):
 def test_a_runner_without_metrics_publishes_nothing_and_keeps_the_finished_files(tmp_path, capsys):
     write_ride_shards(tmp_path / "rides", 2_000, num_shards=1)
     output = tmp_path / "processed"
-    code = preprocess.main(["--input", str(tmp_path / "rides" / "*.csv"), "--output", str(output),
-                            "--runner", f"{__name__}.NoMetricsRunner"])
+    code = preprocess.main(
+        [
+            "--input",
+            str(tmp_path / "rides" / "*.csv"),
+            "--output",
+            str(output),
+            "--runner",
+            f"{__name__}.NoMetricsRunner",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("preprocess: error:")]
@@ -124,8 +133,9 @@ def test_a_worker_refuses_an_sdist_other_than_its_environments(tmp_path):
     staged.write_bytes(_sdist(files, 3))
     portable_worker.check_staged({"workflow.tar.gz": str(staged)}, {"sdist_digest": built, "requirements": None})
     with pytest.raises(SystemExit, match="requirements"):
-        portable_worker.check_staged({"workflow.tar.gz": str(staged)},
-                                     {"sdist_digest": built, "requirements": "tensorflow\n"})
+        portable_worker.check_staged(
+            {"workflow.tar.gz": str(staged)}, {"sdist_digest": built, "requirements": "tensorflow\n"}
+        )
     with pytest.raises(SystemExit, match="no workflow.tar.gz"):
         portable_worker.check_staged({}, {"sdist_digest": built})
 
@@ -135,9 +145,21 @@ def test_a_worker_refuses_an_sdist_other_than_its_environments(tmp_path):
 def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     """The whole path: worker venv from PyPI (cached), job service, worker pool, boot, two runs compared."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "portable_run.py"), "--dirty", "400", "--workers", "2",
-         "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=2400, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "portable_run.py"),
+            "--dirty",
+            "400",
+            "--workers",
+            "2",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "portable run = in-process run" in done.stdout
     for family in ("train", "val", "errors"):
@@ -148,9 +170,17 @@ def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     # The workers ran the package from their environment, not from this checkout.
     environment = re.search(r"worker environment (/\S+)", done.stderr).group(1)
     probe = subprocess.run(
-        [f"{environment}/venv/bin/python", "-c",
-         "import importlib.util as u, pipelines; print(pipelines.__file__); print(u.find_spec('tensorflow'))"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+        [
+            f"{environment}/venv/bin/python",
+            "-c",
+            "import importlib.util as u, pipelines; print(pipelines.__file__); print(u.find_spec('tensorflow'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+    )
     located, tensorflow = probe.stdout.split()
     assert located.startswith(f"{environment}/venv/") and "site-packages" in located, located
     assert tensorflow == "None"
@@ -170,9 +200,21 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_stops_the_job_service_and_the_worker_pool(tmp_path):
     """Interrupted while the services run, the script stops both by their pids and exits 130."""
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "portable_run.py"), "--dirty", "200", "--workers", "1",
-         "--output", str(tmp_path / "out")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "portable_run.py"),
+            "--dirty",
+            "200",
+            "--workers",
+            "1",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         pids = []
         deadline = time.monotonic() + 1800  # the worker environment may be built first

@@ -1,4 +1,5 @@
 """Prediction: the Python API `predict(rides)` and the CLI (example ride, flagged ride, clear errors)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,14 @@ from taxifare_core.parsing import parse_record
 
 pytestmark = [pytest.mark.slow]
 
-RIDE_FLAG_ORDER = ("pickup_datetime", "pickup_longitude", "pickup_latitude",
-                   "dropoff_longitude", "dropoff_latitude", "passenger_count")
+RIDE_FLAG_ORDER = (
+    "pickup_datetime",
+    "pickup_longitude",
+    "pickup_latitude",
+    "dropoff_longitude",
+    "dropoff_latitude",
+    "passenger_count",
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +86,21 @@ def test_cli_flagged_ride(saved, capsys):
     assert f"${_expected(saved['model'], [ride])[0]:.2f}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"pickup_latitude": 41.5}, "outside New York"),
-    ({"dropoff_longitude": -75.0}, "outside New York"),
-    ({"passenger_count": 0}, "passenger_count must be 1 to 7"),
-    ({"passenger_count": "two"}, "passenger_count: expected a"),
-    ({"pickup_datetime": "tomorrow"}, "unreadable timestamp"),
-    ({"pickup_datetime": "2300-01-06 09:50:45 UTC"}, "pickup_datetime: out of range"),
-    ({"pickup_datetime": "0001-01-01 00:00:00 UTC"}, "pickup_datetime: out of range"),
-    ({"pickup_datetime": "2013-02-30 10:00:00 UTC"}, "pickup_datetime: invalid date"),
-    ({"pickup_longitude": "inf"}, "pickup_longitude: not a finite number"),
-    ({"passenger_count": "1e309"}, "passenger_count: not a finite number"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"pickup_latitude": 41.5}, "outside New York"),
+        ({"dropoff_longitude": -75.0}, "outside New York"),
+        ({"passenger_count": 0}, "passenger_count must be 1 to 7"),
+        ({"passenger_count": "two"}, "passenger_count: expected a"),
+        ({"pickup_datetime": "tomorrow"}, "unreadable timestamp"),
+        ({"pickup_datetime": "2300-01-06 09:50:45 UTC"}, "pickup_datetime: out of range"),
+        ({"pickup_datetime": "0001-01-01 00:00:00 UTC"}, "pickup_datetime: out of range"),
+        ({"pickup_datetime": "2013-02-30 10:00:00 UTC"}, "pickup_datetime: invalid date"),
+        ({"pickup_longitude": "inf"}, "pickup_longitude: not a finite number"),
+        ({"passenger_count": "1e309"}, "passenger_count: not a finite number"),
+    ],
+)
 def test_cli_bad_ride_is_a_message_not_a_number(saved, capsys, change, message):
     ride = {**contract.EXAMPLE_RIDE, **change}
     flags = [item for name in RIDE_FLAG_ORDER for item in (f"--{name}", str(ride[name]))]

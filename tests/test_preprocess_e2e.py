@@ -1,4 +1,5 @@
 """End to end: `python -m pipelines.preprocess` on generated dirty CSVs, shards read back and checked row for row."""
+
 from __future__ import annotations
 
 import json
@@ -23,20 +24,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MIN_DATE, MAX_DATE, VAL_START = "2009-01-01", "2015-01-01", "2014-12-01"
 # Lines that cannot be parsed: each must reach the dead letter verbatim, with its line number.
 BAD_LINES = [
-    "k-bad-1,4.5,2013-07-06 17:18:00 UTC,-73.95,40.78",                         # too few fields
-    "k-bad-2,cheap,2013-07-06 17:18:00 UTC,-73.95,40.78,-73.98,40.77,1,x",      # text in a number
-    "k-bad-3,4.5,the sixth of July,-73.95,40.78,-73.98,40.77,1,x",              # unreadable timestamp
-    "k-bad-4,4.5,2013-07-06 17:18:00 UTC,-73.95,40.78,-73.98,40.77,2.5,x",      # fractional passengers
+    "k-bad-1,4.5,2013-07-06 17:18:00 UTC,-73.95,40.78",  # too few fields
+    "k-bad-2,cheap,2013-07-06 17:18:00 UTC,-73.95,40.78,-73.98,40.77,1,x",  # text in a number
+    "k-bad-3,4.5,the sixth of July,-73.95,40.78,-73.98,40.77,1,x",  # unreadable timestamp
+    "k-bad-4,4.5,2013-07-06 17:18:00 UTC,-73.95,40.78,-73.98,40.77,2.5,x",  # fractional passengers
 ]
 EDGE_ROWS = [  # inside / outside the date window exactly as BigQuery's BETWEEN of midnights
-    "k-edge-1,6.5,2015-01-01 00:00:00 UTC,-73.95,40.78,-73.98,40.77,1,x",       # kept (val)
-    "k-edge-2,6.5,2015-01-01 00:00:01 UTC,-73.95,40.78,-73.98,40.77,1,x",       # outside
-    "k-edge-3,6.5,2009-01-01 00:00:00 UTC,-73.95,40.78,-73.98,40.77,1,x",       # kept (train)
+    "k-edge-1,6.5,2015-01-01 00:00:00 UTC,-73.95,40.78,-73.98,40.77,1,x",  # kept (val)
+    "k-edge-2,6.5,2015-01-01 00:00:01 UTC,-73.95,40.78,-73.98,40.77,1,x",  # outside
+    "k-edge-3,6.5,2009-01-01 00:00:00 UTC,-73.95,40.78,-73.98,40.77,1,x",  # kept (train)
 ]
 
 
 def write_dirty_input(folder: Path, n_rows: int = 3000) -> tuple[list[Path], dict[int, str]]:
-    """Two CSV files of generated rides (with key and an extra column) plus bad lines, edges, a blank line and duplicates."""
+    """Two CSV files of generated rides (with key and an extra column).
+
+    Plus bad lines, edges, a blank line and duplicates.
+    """
     rides = generate.generate_rides(n_rows, seed=11)
     text = rides.astype(object).where(rides.notna(), "")
     text[contract.TIME_COLUMN] = rides[contract.TIME_COLUMN].dt.strftime(contract.CSV_TIME_FORMAT).fillna("")
@@ -120,8 +124,9 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
 def test_global_dedupe_matches_taxifare_core_row_for_row(dirty, tmp_path, capsys):
     folder, paths, (train, val) = dirty
     output = tmp_path / "out"
-    code = preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output),
-                            "--dedupe", "global", "--block_rows", "700"])
+    code = preprocess.main(
+        ["--input", str(folder / "rides-*.csv"), "--output", str(output), "--dedupe", "global", "--block_rows", "700"]
+    )
     assert code == 0
     assert_same_rows(read_shards(str(output / "train-*-of-*.csv")), train)
     assert_same_rows(read_shards(str(output / "val-*-of-*.csv")), val)
@@ -133,8 +138,13 @@ def test_global_dedupe_matches_taxifare_core_row_for_row(dirty, tmp_path, capsys
     assert summary["train_rows"] == len(train) and summary["val_rows"] == len(val)
     assert summary["dropped"]["outside_date_range"] >= 1
     assert summary["duplicates"] >= 2  # the two injected copies, plus the generator's own
-    assert summary["rows_read"] == (summary["bad_input"] + summary["dropped_total"] + summary["duplicates"]
-                                    + summary["train_rows"] + summary["val_rows"])
+    assert summary["rows_read"] == (
+        summary["bad_input"]
+        + summary["dropped_total"]
+        + summary["duplicates"]
+        + summary["train_rows"]
+        + summary["val_rows"]
+    )
     table = capsys.readouterr().out
     assert "rows read" in table and "duplicates (whole input)" in table
 
@@ -142,9 +152,14 @@ def test_global_dedupe_matches_taxifare_core_row_for_row(dirty, tmp_path, capsys
 def test_dead_letter_keeps_each_bad_line_with_file_and_line_number(dirty, tmp_path):
     folder, paths, _ = dirty
     output = tmp_path / "out"
-    assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--block_rows", "500"]) == 0
-    errors = [json.loads(line) for path in published(str(output / "errors-*.jsonl"))
-              for line in Path(path).read_text().splitlines()]
+    assert (
+        preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--block_rows", "500"]) == 0
+    )
+    errors = [
+        json.loads(line)
+        for path in published(str(output / "errors-*.jsonl"))
+        for line in Path(path).read_text().splitlines()
+    ]
     assert sorted(e["record"] for e in errors) == sorted(BAD_LINES)
     for error in errors:
         lines = Path(error["source"]).read_text().splitlines()
@@ -165,8 +180,22 @@ def test_batch_dedupe_counts_add_up_and_says_so(dirty, tmp_path):
 def test_multi_processing_runner_end_to_end(dirty, tmp_path):
     folder, paths, (train, val) = dirty
     output = tmp_path / "out"
-    done = run_cli(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--dedupe", "global",
-                    "--block_rows", "1000", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    done = run_cli(
+        [
+            "--input",
+            str(folder / "rides-*.csv"),
+            "--output",
+            str(output),
+            "--dedupe",
+            "global",
+            "--block_rows",
+            "1000",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_rows(read_shards(str(output / "train-*-of-*.csv")), train)
     assert_same_rows(read_shards(str(output / "val-*-of-*.csv")), val)
@@ -208,29 +237,73 @@ def test_generated_raw_rides_match_taxifare_core(generated_rides_path, tmp_path)
     assert json.loads((output / "summary.json").read_text())["rows_read"] == 8000
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--min_date", "2015-13-01"], "--min_date"),
-    (["--min_date", "2015-02-01", "--max_date", "2015-01-01"], "after"),
-    (["--input", "/nonexistent/rides-*.csv"], "no file matches"),
-    (["--dedupe", "sometimes"], "--dedupe"),
-    (["--source", "bigquery"], "--project"),
-    (["--source", "bigquery", "--data_size", "10k", "--project", "p-123456"], "data size"),
-    (["--source", "bigquery", "--project", "p-123456", "--read_method", "EXPORT"], "--temp_location"),
-    (["--num_shards", "-1"], "--num_shards"),
-    (["--val_start", "2016-01-01"], "--val_start"),
-    # Beam only logs unknown flags and runs anyway; a typo must stop the run.
-    (["--num_shard", "3"], "unknown flag --num_shard (did you mean --num_shards?)"),
-    (["--bogus"], "unknown flag --bogus"),
-    (["--runner", "DataflowRunner", "--bogus"], "unknown flag --bogus"),  # Beam's logs not let through either
-    (["--out", "/tmp/x"], "unknown flag --out (did you mean --output?)"),  # no prefix matching
-    # Beam would try to create a bucket (minutes offline) or reject the project late.
-    (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
-      "--temp_location", "/tmp/x"], "must be a gs:// path"),
-    (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
-      "--temp_location", "gs://b/tmp"], "valid bucket name"),
-    (["--source", "bigquery", "--runner", "DataflowRunner", "--project", "p", "--region", "europe-west1",
-      "--temp_location", "gs://my-bucket/tmp", "--dry_run", "True"], "Invalid Project ID"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min_date", "2015-13-01"], "--min_date"),
+        (["--min_date", "2015-02-01", "--max_date", "2015-01-01"], "after"),
+        (["--input", "/nonexistent/rides-*.csv"], "no file matches"),
+        (["--dedupe", "sometimes"], "--dedupe"),
+        (["--source", "bigquery"], "--project"),
+        (["--source", "bigquery", "--data_size", "10k", "--project", "p-123456"], "data size"),
+        (["--source", "bigquery", "--project", "p-123456", "--read_method", "EXPORT"], "--temp_location"),
+        (["--num_shards", "-1"], "--num_shards"),
+        (["--val_start", "2016-01-01"], "--val_start"),
+        # Beam only logs unknown flags and runs anyway; a typo must stop the run.
+        (["--num_shard", "3"], "unknown flag --num_shard (did you mean --num_shards?)"),
+        (["--bogus"], "unknown flag --bogus"),
+        (["--runner", "DataflowRunner", "--bogus"], "unknown flag --bogus"),  # Beam's logs not let through either
+        (["--out", "/tmp/x"], "unknown flag --out (did you mean --output?)"),  # no prefix matching
+        # Beam would try to create a bucket (minutes offline) or reject the project late.
+        (
+            [
+                "--source",
+                "bigquery",
+                "--runner",
+                "DataflowRunner",
+                "--project",
+                "my-project",
+                "--region",
+                "europe-west1",
+                "--temp_location",
+                "/tmp/x",
+            ],
+            "must be a gs:// path",
+        ),
+        (
+            [
+                "--source",
+                "bigquery",
+                "--runner",
+                "DataflowRunner",
+                "--project",
+                "my-project",
+                "--region",
+                "europe-west1",
+                "--temp_location",
+                "gs://b/tmp",
+            ],
+            "valid bucket name",
+        ),
+        (
+            [
+                "--source",
+                "bigquery",
+                "--runner",
+                "DataflowRunner",
+                "--project",
+                "p",
+                "--region",
+                "europe-west1",
+                "--temp_location",
+                "gs://my-bucket/tmp",
+                "--dry_run",
+                "True",
+            ],
+            "Invalid Project ID",
+        ),
+    ],
+)
 def test_bad_flags_stop_with_one_line_and_exit_2(args, message):
     done = run_cli(args)
     assert done.returncode == 2
@@ -249,9 +322,27 @@ def test_bad_header_stops_with_one_line(tmp_path):
 def test_help_documents_every_flag():
     done = run_cli(["--help"])
     assert done.returncode == 0
-    for flag in ("--source", "--input", "--output", "--data_size", "--min_date", "--max_date", "--val_start",
-                 "--dedupe", "--num_shards", "--block_rows", "--bq_project", "--bq_dataset", "--read_method",
-                 "--bigquery_emulator", "--bigquery_timeout", "--runner", "--direct_num_workers", "--project", "--temp_location"):
+    for flag in (
+        "--source",
+        "--input",
+        "--output",
+        "--data_size",
+        "--min_date",
+        "--max_date",
+        "--val_start",
+        "--dedupe",
+        "--num_shards",
+        "--block_rows",
+        "--bq_project",
+        "--bq_dataset",
+        "--read_method",
+        "--bigquery_emulator",
+        "--bigquery_timeout",
+        "--runner",
+        "--direct_num_workers",
+        "--project",
+        "--temp_location",
+    ):
         assert flag in done.stdout, flag
 
 
@@ -268,8 +359,12 @@ def test_explicit_direct_runner_works_offline(dirty, tmp_path):
 def test_fixed_shard_count_gives_balanced_shards(dirty, tmp_path):
     folder, paths, (train, val) = dirty
     output = tmp_path / "out"
-    assert preprocess.main(["--input", str(folder / "rides-*.csv"), "--output", str(output), "--num_shards", "3",
-                            "--dedupe", "global"]) == 0
+    assert (
+        preprocess.main(
+            ["--input", str(folder / "rides-*.csv"), "--output", str(output), "--num_shards", "3", "--dedupe", "global"]
+        )
+        == 0
+    )
     shards = [Path(p) for p in published(str(output / "train-*-of-00003.csv"))]
     assert len(shards) == 3
     sizes = [len(path.read_text().splitlines()) for path in shards]

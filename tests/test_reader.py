@@ -1,4 +1,5 @@
 """The streaming shard reader: fixed-size chunks across shards, resume offsets, clear errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -82,8 +83,9 @@ def test_text_in_a_shard_is_a_clear_error(tmp_path, rows):
 def _spell_one_hots_as_floats(path, from_line: int) -> None:
     """Rewrite a shard's lines from `from_line` on with every value as a float ("1.0", "0.0")."""
     lines = path.read_text().splitlines()
-    lines[from_line:] = [",".join(f"{float(v):.1f}" if "." not in v else v for v in line.split(","))
-                         for line in lines[from_line:]]
+    lines[from_line:] = [
+        ",".join(f"{float(v):.1f}" if "." not in v else v for v in line.split(",")) for line in lines[from_line:]
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -111,8 +113,15 @@ def test_empty_value_in_a_one_hot_column_is_a_clear_error(tmp_path, rows):
         list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=4))
 
 
-@pytest.mark.parametrize("value, found", [("inf", "non-finite value inf"), ("-inf", "non-finite value -inf"),
-                                          ("1e39", "non-finite value inf"), ("nan", "empty or NaN value")])
+@pytest.mark.parametrize(
+    "value, found",
+    [
+        ("inf", "non-finite value inf"),
+        ("-inf", "non-finite value -inf"),
+        ("1e39", "non-finite value inf"),
+        ("nan", "empty or NaN value"),
+    ],
+)
 def test_non_finite_value_names_the_shard_and_line(tmp_path, monkeypatch, value, found):
     """Past the first blocks of the second shard, so the line number counts rows of earlier blocks."""
     monkeypatch.setattr(reader, "BLOCK_BYTES", 4096)
@@ -123,8 +132,10 @@ def test_non_finite_value_names_the_shard_and_line(tmp_path, monkeypatch, value,
     values[contract.COL_MANHATTAN] = value
     lines[149] = ",".join(values)
     second.write_text("\n".join(lines) + "\n")
-    for read in (lambda: list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=64)),
-                 lambda: reader.read_rows(str(tmp_path / "train-*.csv"), max_rows=1000)):
+    for read in (
+        lambda: list(reader.iter_chunks(str(tmp_path / "train-*.csv"), chunk_size=64)),
+        lambda: reader.read_rows(str(tmp_path / "train-*.csv"), max_rows=1000),
+    ):
         with pytest.raises(reader.ShardError) as refused:
             read()
         assert str(refused.value).startswith(f"{second}: line 150: {found}")

@@ -1,4 +1,5 @@
 """The model registry: collision-safe run folders, JSON files, load latest / by name, clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ def _fitted_model(seed: int):
     """A contract model after one step on random rows: its optimizer state exists, as in every saved run."""
     model = build_model(seed=seed)
     rng = np.random.default_rng(seed)
-    model.fit(rng.random((32, contract.N_FEATURES), dtype=np.float32), rng.random(32, dtype=np.float32) * 20,
-              batch_size=32, epochs=1, verbose=0)
+    model.fit(
+        rng.random((32, contract.N_FEATURES), dtype=np.float32),
+        rng.random(32, dtype=np.float32) * 20,
+        batch_size=32,
+        epochs=1,
+        verbose=0,
+    )
     return model
 
 
@@ -60,7 +66,9 @@ def test_round_trip_production_and_by_name(tmp_path, tiny_model):
     assert registry.load_metrics(registry=str(tmp_path)) == {"val_mae": 2.5}
     params = Path(registry.run_path(names[0], str(tmp_path))) / registry.PARAMS_FILE
     assert json.loads(params.read_text()) == {
-        "learning_rate": 0.001, registry.FEATURE_CONTRACT_KEY: registry.feature_contract_hash()}
+        "learning_rate": 0.001,
+        registry.FEATURE_CONTRACT_KEY: registry.feature_contract_hash(),
+    }
     registry.promote(names[0], str(tmp_path))  # production is what was promoted last, not the latest run
     assert registry.load_metrics(registry=str(tmp_path)) == {"val_mae": 3.0}
 

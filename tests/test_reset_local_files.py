@@ -1,5 +1,6 @@
 """`make reset_local_files` empties the local folders and keeps their structure, but only when asked to:
 it lists what goes, needs --yes (or a yes on a terminal), and --help removes nothing."""
+
 import subprocess
 import sys
 
@@ -19,8 +20,14 @@ def _fill():
 
 
 def _reset(*args):
-    return subprocess.run([sys.executable, "-m", "pipelines.reset_local_files", *args], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.reset_local_files", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_reset_keeps_structure_and_removes_content():

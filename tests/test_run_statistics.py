@@ -1,4 +1,5 @@
 """pipelines.run_statistics: the reference a person names with --compare_to, and the verdict lines."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,17 @@ def test_compare_to_a_missing_file_names_where_it_looked(tmp_path):
 
 
 def test_drift_lines_say_flagged_and_expected_features():
-    drift = {"current": "val", "reference": "train", "threshold": 0.2, "flagged": ["fare_amount"],
-             "expected": ["month"], "scores": {"fare_amount": 0.5, "month": 1.25}}
-    assert drift_lines(drift) == ["drift (val vs train, PSI > 0.2 flagged):", "  FLAGGED fare_amount: PSI 0.500",
-                                  "  expected (chronological split) month: PSI 1.250"]
+    drift = {
+        "current": "val",
+        "reference": "train",
+        "threshold": 0.2,
+        "flagged": ["fare_amount"],
+        "expected": ["month"],
+        "scores": {"fare_amount": 0.5, "month": 1.25},
+    }
+    assert drift_lines(drift) == [
+        "drift (val vs train, PSI > 0.2 flagged):",
+        "  FLAGGED fare_amount: PSI 0.500",
+        "  expected (chronological split) month: PSI 1.250",
+    ]
     assert drift_lines(None) == []

@@ -4,6 +4,7 @@ The server tests start `python -m pipelines.serve` on a free loopback port (port
 server prints the one it got), call it with `requests` as the course's front-ends do and
 stop it by its PID at the end, also when a test fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,20 +53,56 @@ BODY_TIMEOUT_S = 3
 # The test server starts with this soft open-file limit: 300 idle sockets used to exhaust it.
 SERVER_SOFT_NOFILE = 128
 METRICS = {"val_mae": 2.5, "baseline_mae": 3.1, "rows": 300, "seconds": 4.0}
-RIDE_FIELDS = ("pickup_datetime", "pickup_longitude", "pickup_latitude",
-               "dropoff_longitude", "dropoff_latitude", "passenger_count")
+RIDE_FIELDS = (
+    "pickup_datetime",
+    "pickup_longitude",
+    "pickup_latitude",
+    "dropoff_longitude",
+    "dropoff_latitude",
+    "passenger_count",
+)
 # New York local times, as the course's front-ends send them (no zone).
 RIDES = [
-    {"pickup_datetime": "2014-07-06 19:18:00", "pickup_longitude": "-73.950655", "pickup_latitude": "40.783282",
-     "dropoff_longitude": "-73.984365", "dropoff_latitude": "40.769802", "passenger_count": "1"},
-    {"pickup_datetime": "2012-01-15 08:05:00", "pickup_longitude": "-74.005", "pickup_latitude": "40.71",
-     "dropoff_longitude": "-73.80", "dropoff_latitude": "40.64", "passenger_count": "3"},
-    {"pickup_datetime": "2014-03-09 02:30:00", "pickup_longitude": "-73.99", "pickup_latitude": "40.75",
-     "dropoff_longitude": "-73.95", "dropoff_latitude": "40.80", "passenger_count": "7"},
-    {"pickup_datetime": "2014-11-02 01:30:00", "pickup_longitude": "-73.98", "pickup_latitude": "40.76",
-     "dropoff_longitude": "-73.97", "dropoff_latitude": "40.78", "passenger_count": "2"},
-    {"pickup_datetime": "2013-07-06 17:18:00 UTC", "pickup_longitude": "-73.950655", "pickup_latitude": "40.783282",
-     "dropoff_longitude": "-73.984365", "dropoff_latitude": "40.769802", "passenger_count": "1"},
+    {
+        "pickup_datetime": "2014-07-06 19:18:00",
+        "pickup_longitude": "-73.950655",
+        "pickup_latitude": "40.783282",
+        "dropoff_longitude": "-73.984365",
+        "dropoff_latitude": "40.769802",
+        "passenger_count": "1",
+    },
+    {
+        "pickup_datetime": "2012-01-15 08:05:00",
+        "pickup_longitude": "-74.005",
+        "pickup_latitude": "40.71",
+        "dropoff_longitude": "-73.80",
+        "dropoff_latitude": "40.64",
+        "passenger_count": "3",
+    },
+    {
+        "pickup_datetime": "2014-03-09 02:30:00",
+        "pickup_longitude": "-73.99",
+        "pickup_latitude": "40.75",
+        "dropoff_longitude": "-73.95",
+        "dropoff_latitude": "40.80",
+        "passenger_count": "7",
+    },
+    {
+        "pickup_datetime": "2014-11-02 01:30:00",
+        "pickup_longitude": "-73.98",
+        "pickup_latitude": "40.76",
+        "dropoff_longitude": "-73.97",
+        "dropoff_latitude": "40.78",
+        "passenger_count": "2",
+    },
+    {
+        "pickup_datetime": "2013-07-06 17:18:00 UTC",
+        "pickup_longitude": "-73.950655",
+        "pickup_latitude": "40.783282",
+        "dropoff_longitude": "-73.984365",
+        "dropoff_latitude": "40.769802",
+        "passenger_count": "1",
+    },
 ]
 
 
@@ -89,9 +126,15 @@ def _serve(*flags: str, stderr=subprocess.PIPE, nofile: tuple[int, int] | None =
     def limit_files():
         resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
-    return subprocess.Popen([sys.executable, "-m", "pipelines.serve", *flags], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            preexec_fn=limit_files if nofile else None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.serve", *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        preexec_fn=limit_files if nofile else None,
+    )
 
 
 def _ready_url(process: subprocess.Popen) -> str:
@@ -117,10 +160,22 @@ def served(saved, tmp_path_factory):
     """The real server on a free loopback port: {"url", "log" (its stderr file)}. Stopped by PID at the end."""
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     with open(log, "w") as stderr:
-        process = _serve("--registry", saved["root"], "--port", "0", "--max_rides", str(MAX_RIDES),
-                         "--keep_alive_s", str(KEEP_ALIVE_S), "--max_connections", str(MAX_CONNECTIONS),
-                         "--body_timeout_s", str(BODY_TIMEOUT_S), stderr=stderr,
-                         nofile=(SERVER_SOFT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        process = _serve(
+            "--registry",
+            saved["root"],
+            "--port",
+            "0",
+            "--max_rides",
+            str(MAX_RIDES),
+            "--keep_alive_s",
+            str(KEEP_ALIVE_S),
+            "--max_connections",
+            str(MAX_CONNECTIONS),
+            "--body_timeout_s",
+            str(BODY_TIMEOUT_S),
+            stderr=stderr,
+            nofile=(SERVER_SOFT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
+        )
     try:
         url = _ready_url(process)
         if not url:
@@ -168,17 +223,20 @@ def test_forward_pass_refuses_what_it_cannot_reproduce():
 # --- request rides: New York times, the one-ride path, the JSON-list path -------------------
 
 
-@pytest.mark.parametrize("text, utc", [
-    ("2014-07-06 19:18:00", "2014-07-06 23:18:00 UTC"),  # summer: EDT, UTC-4
-    ("2014-01-06 19:18:00", "2014-01-07 00:18:00 UTC"),  # winter: EST, UTC-5
-    ("2014-07-06T19:18:00", "2014-07-06 23:18:00 UTC"),
-    ("2013-07-06 17:18:00 UTC", "2013-07-06 17:18:00 UTC"),  # the raw data's form
-    ("2014-07-06T19:18:00Z", "2014-07-06 19:18:00 UTC"),
-    ("2014-07-06T19:18:00+02:00", "2014-07-06 17:18:00 UTC"),
-    ("2014-03-09 02:30:00", "2014-03-09 07:30:00 UTC"),  # spring-forward gap: EST still (= 03:30 EDT)
-    ("2014-11-02 01:30:00", "2014-11-02 05:30:00 UTC"),  # fall-back hour: its first (EDT) occurrence
-    ("2014-11-02 02:30:00", "2014-11-02 07:30:00 UTC"),
-])
+@pytest.mark.parametrize(
+    "text, utc",
+    [
+        ("2014-07-06 19:18:00", "2014-07-06 23:18:00 UTC"),  # summer: EDT, UTC-4
+        ("2014-01-06 19:18:00", "2014-01-07 00:18:00 UTC"),  # winter: EST, UTC-5
+        ("2014-07-06T19:18:00", "2014-07-06 23:18:00 UTC"),
+        ("2013-07-06 17:18:00 UTC", "2013-07-06 17:18:00 UTC"),  # the raw data's form
+        ("2014-07-06T19:18:00Z", "2014-07-06 19:18:00 UTC"),
+        ("2014-07-06T19:18:00+02:00", "2014-07-06 17:18:00 UTC"),
+        ("2014-03-09 02:30:00", "2014-03-09 07:30:00 UTC"),  # spring-forward gap: EST still (= 03:30 EDT)
+        ("2014-11-02 01:30:00", "2014-11-02 05:30:00 UTC"),  # fall-back hour: its first (EDT) occurrence
+        ("2014-11-02 02:30:00", "2014-11-02 07:30:00 UTC"),
+    ],
+)
 def test_pickup_without_zone_is_new_york_time(text, utc):
     assert pickup_to_utc(text) == utc
 
@@ -215,7 +273,13 @@ AGREEMENT_RIDES = [
     {**_utc(RIDES[1]), "passenger_count": "two"},
     {**_utc(RIDES[1]), "pickup_datetime": "tomorrow"},
     {**_utc(RIDES[1]), "pickup_longitude": ""},
-    {**_utc(RIDES[1]), "pickup_longitude": "0", "pickup_latitude": "0", "dropoff_longitude": "0", "dropoff_latitude": "0"},
+    {
+        **_utc(RIDES[1]),
+        "pickup_longitude": "0",
+        "pickup_latitude": "0",
+        "dropoff_longitude": "0",
+        "dropoff_latitude": "0",
+    },
     {**_utc(RIDES[1]), "pickup_longitude": "abc", "pickup_datetime": "tomorrow"},
     # Digits other than ASCII 0-9: Python's float() and strptime read them, Arrow does not; refused everywhere.
     {**_utc(RIDES[1]), "passenger_count": "\u0663"},
@@ -236,9 +300,14 @@ def test_one_ride_path_agrees_with_prepare_rides():
 
 
 def test_json_list_path_agrees_with_the_one_ride_path():
-    rides = [*RIDES, *AGREEMENT_RIDES,
-             {**RIDES[0], "pickup_datetime": "2014-7-6 19:18:00"}, {**RIDES[0], "pickup_datetime": " 2014-07-06 19:18:00 "},
-             {**RIDES[0], "pickup_datetime": "2014-07-06 19:18:60"}, {**RIDES[0], "pickup_datetime": "1500-01-01 00:00:00"}]
+    rides = [
+        *RIDES,
+        *AGREEMENT_RIDES,
+        {**RIDES[0], "pickup_datetime": "2014-7-6 19:18:00"},
+        {**RIDES[0], "pickup_datetime": " 2014-07-06 19:18:00 "},
+        {**RIDES[0], "pickup_datetime": "2014-07-06 19:18:60"},
+        {**RIDES[0], "pickup_datetime": "1500-01-01 00:00:00"},
+    ]
     numbers = [{k: (v if k == "pickup_datetime" else float(v)) for k, v in RIDES[1].items()}]  # JSON numbers
     prepared = prepare_json_rides(rides + numbers)
     good = iter(prepared.features)
@@ -250,10 +319,16 @@ def test_json_list_path_agrees_with_the_one_ride_path():
 
 
 def test_json_list_refusals_name_each_ride():
-    rides = [RIDES[0], 5, {k: v for k, v in RIDES[0].items() if k != "passenger_count"},
-             {**RIDES[0], "passenger_count": True}, {**RIDES[0], "pickup_latitude": [40.7]},
-             {**RIDES[0], "pickup_datetime": 20140706}, {**RIDES[0], "pickup_datetime": "1500-01-01 00:00:00"},
-             {**RIDES[0], "pickup_datetime": "1500-01-01 00:00:00", "pickup_latitude": "x"}]
+    rides = [
+        RIDES[0],
+        5,
+        {k: v for k, v in RIDES[0].items() if k != "passenger_count"},
+        {**RIDES[0], "passenger_count": True},
+        {**RIDES[0], "pickup_latitude": [40.7]},
+        {**RIDES[0], "pickup_datetime": 20140706},
+        {**RIDES[0], "pickup_datetime": "1500-01-01 00:00:00"},
+        {**RIDES[0], "pickup_datetime": "1500-01-01 00:00:00", "pickup_latitude": "x"},
+    ]
     reasons = prepare_json_rides(rides).reasons
     assert reasons[0] is None
     assert reasons[1].startswith("expected a JSON object")
@@ -285,7 +360,9 @@ def test_course_front_end_gets_the_fares_of_predict(server, saved):
     # The course's Streamlit front-end passes Python numbers, which requests writes as text.
     params = {name: (float(value) if "itude" in name else value) for name, value in RIDES[0].items()}
     params["passenger_count"] = int(params["passenger_count"])
-    assert requests.get(server + "/predict", params=params, timeout=10).json()["fare"] == pytest.approx(expected[0], abs=1e-4)
+    assert requests.get(server + "/predict", params=params, timeout=10).json()["fare"] == pytest.approx(
+        expected[0], abs=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -303,8 +380,11 @@ def test_batch_prediction_gives_the_same_fares(server, saved, tmp_path):
 
     (tmp_path / "rides.csv").write_text("\n".join([header, *lines]) + "\n")
     batch_predict.run(str(tmp_path / "rides.csv"), str(tmp_path / "out"), registry_dir=saved["root"])
-    written = dict(line.split(",") for path in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))
-                   for line in Path(path).read_text().splitlines()[1:])
+    written = dict(
+        line.split(",")
+        for path in outputs.resolve(str(tmp_path / "out" / "predictions-*.csv"))
+        for line in Path(path).read_text().splitlines()[1:]
+    )
     np.testing.assert_allclose([float(written[f"r{i}"]) for i in range(len(RIDES))], answer["fares"], atol=0.0051)
 
 
@@ -316,15 +396,18 @@ def _cli_error(saved, ride: dict, capsys) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change, words", [
-    ({"pickup_latitude": "41.5"}, "outside New York: the model knows latitudes 40.5 to 40.9"),
-    ({"dropoff_longitude": "-75.0"}, "outside New York: the model knows longitudes -74.3 to -73.7"),
-    ({"passenger_count": "0"}, "passenger_count must be 1 to 7"),
-    ({"passenger_count": "8"}, "passenger_count must be 1 to 7"),
-    ({"passenger_count": "two"}, "passenger_count: expected a whole number, got 'two'"),
-    ({"pickup_datetime": "tomorrow"}, "pickup_datetime: unreadable timestamp 'tomorrow'"),
-    ({"pickup_longitude": ""}, "a value is missing"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"pickup_latitude": "41.5"}, "outside New York: the model knows latitudes 40.5 to 40.9"),
+        ({"dropoff_longitude": "-75.0"}, "outside New York: the model knows longitudes -74.3 to -73.7"),
+        ({"passenger_count": "0"}, "passenger_count must be 1 to 7"),
+        ({"passenger_count": "8"}, "passenger_count must be 1 to 7"),
+        ({"passenger_count": "two"}, "passenger_count: expected a whole number, got 'two'"),
+        ({"pickup_datetime": "tomorrow"}, "pickup_datetime: unreadable timestamp 'tomorrow'"),
+        ({"pickup_longitude": ""}, "a value is missing"),
+    ],
+)
 def test_refusals_are_422_in_the_cli_words(server, saved, capsys, change, words):
     ride = {**RIDES[4], **change}
     response = requests.get(server + "/predict", params=ride, timeout=10)
@@ -346,12 +429,20 @@ def test_missing_field_is_422(server):
 
 @pytest.mark.slow
 def test_post_prices_a_list_and_names_refused_rides_by_index(server):
-    rides = [RIDES[0], {**RIDES[1], "passenger_count": 9}, 7, RIDES[2],
-             {k: v for k, v in RIDES[3].items() if k != "dropoff_latitude"}, {**RIDES[3], "pickup_datetime": "soon"}]
+    rides = [
+        RIDES[0],
+        {**RIDES[1], "passenger_count": 9},
+        7,
+        RIDES[2],
+        {k: v for k, v in RIDES[3].items() if k != "dropoff_latitude"},
+        {**RIDES[3], "pickup_datetime": "soon"},
+    ]
     response = requests.post(server + "/predict", json=rides, timeout=30)
     assert response.status_code == 200, response.text
     answer = response.json()
-    singles = [requests.get(server + "/predict", params=ride, timeout=10).json()["fare"] for ride in (RIDES[0], RIDES[2])]
+    singles = [
+        requests.get(server + "/predict", params=ride, timeout=10).json()["fare"] for ride in (RIDES[0], RIDES[2])
+    ]
     assert answer["fares"][0] == pytest.approx(singles[0], abs=1e-9)
     assert answer["fares"][3] == pytest.approx(singles[1], abs=1e-9)
     assert [fare is None for fare in answer["fares"]] == [False, True, True, False, True, True]
@@ -431,7 +522,9 @@ def test_missing_registry_is_one_line_and_a_non_zero_exit(tmp_path):
 def test_unreadable_model_is_one_line_and_a_non_zero_exit(tmp_path):
     run = Path(registry.new_run(str(tmp_path)))
     (run / registry.MODEL_FILE).write_bytes(b"not a keras file")
-    (run / registry.PARAMS_FILE).write_text(f'{{"{registry.FEATURE_CONTRACT_KEY}": "{registry.feature_contract_hash()}"}}')
+    (run / registry.PARAMS_FILE).write_text(
+        f'{{"{registry.FEATURE_CONTRACT_KEY}": "{registry.feature_contract_hash()}"}}'
+    )
     (run / registry.METRICS_FILE).write_text("{}")  # a finished run whose model is broken
     line = _one_line_failure(_serve("--registry", str(tmp_path), "--port", "0", "--run", run.name))
     assert line.startswith("python -m pipelines.serve: error:") and registry.MODEL_FILE in line
@@ -530,8 +623,10 @@ def _wait_for_log(log: Path, words: str, timeout_s: float = 10) -> str:
 def test_a_client_leaving_mid_upload_is_one_log_line(served):
     [sock] = _idle_sockets(served["url"], 1)
     with sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 40000\r\n\r\n[" + b" " * 1000)
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 40000\r\n\r\n[" + b" " * 1000
+        )
         time.sleep(0.3)
     log = _wait_for_log(served["log"], "left during its POST /predict upload")
     lines = [line for line in log.splitlines() if "left during its POST" in line]
@@ -586,8 +681,10 @@ def _unusable_runs(root: Path) -> dict[str, Path]:
 @pytest.mark.slow
 def test_a_run_that_cannot_price_rides_is_one_line_at_start_up(tmp_path, capsys):
     registries = _unusable_runs(tmp_path)
-    expected = {"metrics": "metrics.json is a JSON list, not an object",
-                "width": "its model takes inputs of shape (10,); the contract's rides have 65 features"}
+    expected = {
+        "metrics": "metrics.json is a JSON list, not an object",
+        "width": "its model takes inputs of shape (10,); the contract's rides have 65 features",
+    }
     for kind, root in registries.items():
         with pytest.raises(registry.UnreadableModelError, match=expected[kind].replace("(", r"\(").replace(")", r"\)")):
             serve_module.load_served_model(None, str(root))

@@ -1,5 +1,6 @@
 """Real runs stopped by Ctrl-C, SIGTERM, the file-size limit or a full disk: one line, the documented exit code,
 the previous output intact, no unfinished run folder, the lock free, no worker process left (docs/reliability.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,13 @@ BIG_RIDES = 150_000  # long enough to be stopped while it writes
 
 
 def _env(work: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "LOCAL_DATA_PATH": str(work / "data"),
-            "LOCAL_REGISTRY_PATH": str(work / "registry"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LOCAL_DATA_PATH": str(work / "data"),
+        "LOCAL_REGISTRY_PATH": str(work / "registry"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
 
 
 def _preprocess(work: Path, rides: Path, output: Path, *extra: str) -> list[str]:
@@ -34,14 +40,36 @@ def _preprocess(work: Path, rides: Path, output: Path, *extra: str) -> list[str]
 
 
 def _predict(work: Path, rides: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.predict", "--input", str(rides), "--output", str(output),
-            "--registry", str(work / "registry"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.predict",
+        "--input",
+        str(rides),
+        "--output",
+        str(output),
+        "--registry",
+        str(work / "registry"),
+        *extra,
+    ]
 
 
 def _train(work: Path, *extra: str) -> list[str]:
     processed = work / "small_out"
-    return [sys.executable, "-m", "pipelines.train", "--train", str(processed / "train-*.csv"),
-            "--val", str(processed / "val-*.csv"), "--registry", str(work / "registry"), "--seed", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.train",
+        "--train",
+        str(processed / "train-*.csv"),
+        "--val",
+        str(processed / "val-*.csv"),
+        "--registry",
+        str(work / "registry"),
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 def _published(folder: Path) -> dict[str, str]:
@@ -65,10 +93,12 @@ def work(tmp_path_factory) -> Path:
     generate.generate_rides(3000, seed=1).to_csv(work / "rides" / "small.csv", index=False)
     generate.generate_rides(BIG_RIDES, seed=2).to_csv(work / "rides" / "big.csv", index=False)
     env = _env(work)
-    for command in (_preprocess(work, work / "rides" / "small.csv", work / "small_out"),
-                    _preprocess(work, work / "rides" / "small.csv", work / "out"),
-                    _train(work, "--chunk_size", "2000", "--max_epochs_per_chunk", "1"),
-                    _predict(work, work / "rides" / "small.csv", work / "pred")):
+    for command in (
+        _preprocess(work, work / "rides" / "small.csv", work / "small_out"),
+        _preprocess(work, work / "rides" / "small.csv", work / "out"),
+        _train(work, "--chunk_size", "2000", "--max_epochs_per_chunk", "1"),
+        _predict(work, work / "rides" / "small.csv", work / "pred"),
+    ):
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
     return work
@@ -88,8 +118,7 @@ def _wait_for_new_run_folder(folder: Path, proc: subprocess.Popen, timeout: floa
 def _stop_while_writing(command: list[str], folder: Path, env: dict, signum: int):
     """Start a run, send `signum` once its run folder exists; (exit code, stderr, the descendants it had)."""
     before = _published(folder)
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for_new_run_folder(folder, proc), "the run ended before it wrote anything: use more rides"
         time.sleep(0.3)
@@ -117,8 +146,9 @@ def _assert_nothing_left(folder: Path, descendants: list) -> None:
 
 def test_ctrl_c_on_preprocess_is_one_line_130_output_intact_lock_free(work):
     out = work / "out"
-    code, stderr, descendants = _stop_while_writing(_preprocess(work, work / "rides" / "big.csv", out),
-                                                    out, _env(work), signal.SIGINT)
+    code, stderr, descendants = _stop_while_writing(
+        _preprocess(work, work / "rides" / "big.csv", out), out, _env(work), signal.SIGINT
+    )
     assert code == 130, stderr[-3000:]
     _assert_one_line_ending(stderr, "interrupted (SIGINT); " + f"{out} keeps its last published run")
     _assert_nothing_left(out, descendants)
@@ -127,8 +157,9 @@ def test_ctrl_c_on_preprocess_is_one_line_130_output_intact_lock_free(work):
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_multi_processing_workers_are_stopped_before_exit(work, signum, code):
     out = work / "out"
-    command = _preprocess(work, work / "rides" / "big.csv", out, "--direct_num_workers", "2",
-                          "--direct_running_mode", "multi_processing")
+    command = _preprocess(
+        work, work / "rides" / "big.csv", out, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"
+    )
     # To the launcher alone: without the wrapper the workers would write on into the run folder.
     got, stderr, descendants = _stop_while_writing(command, out, _env(work), signum)
     assert got == code, stderr[-3000:]
@@ -140,8 +171,9 @@ def test_multi_processing_workers_are_stopped_before_exit(work, signum, code):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_batch_prediction_stopped_is_one_line_output_intact(work, signum, code):
     pred = work / "pred"
-    got, stderr, descendants = _stop_while_writing(_predict(work, work / "rides" / "big.csv", pred), pred,
-                                                   _env(work), signum)
+    got, stderr, descendants = _stop_while_writing(
+        _predict(work, work / "rides" / "big.csv", pred), pred, _env(work), signum
+    )
     assert got == code, stderr[-3000:]
     _assert_one_line_ending(stderr, f"({signal.Signals(signum).name}); {pred} keeps its last published run")
     _assert_nothing_left(pred, descendants)
@@ -159,21 +191,32 @@ def _file_size_limit(limit: int):
 def test_file_size_limit_is_one_line_exit_1_previous_output_intact(work, job):
     folder = {"preprocess": work / "out", "predict": work / "pred", "train": work / "registry"}[job]
     if job == "train":
-        before = {name: (folder / name / registry.METRICS_FILE).read_bytes() for name in registry.run_names(str(folder))}
+        before = {
+            name: (folder / name / registry.METRICS_FILE).read_bytes() for name in registry.run_names(str(folder))
+        }
         command = _train(work, "--chunk_size", "2000", "--max_epochs_per_chunk", "1")
     else:
         before = _published(folder)
         maker = _preprocess if job == "preprocess" else _predict
         command = maker(work, work / "rides" / "big.csv", folder)
-    done = subprocess.run(command, cwd=ROOT, env=_env(work), capture_output=True, text=True, timeout=600,
-                          preexec_fn=_file_size_limit(30_000), check=False)
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=_env(work),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_file_size_limit(30_000),
+        check=False,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert "file too large" in last and "[Errno 27] EFBIG" in last and str(folder) in last, last
     if job == "train":
-        assert {name: (folder / name / registry.METRICS_FILE).read_bytes()
-                for name in registry.run_names(str(folder))} == before
+        assert {
+            name: (folder / name / registry.METRICS_FILE).read_bytes() for name in registry.run_names(str(folder))
+        } == before
         assert registry.unfinished_runs(str(folder)) == []  # the first checkpoint failed: no run folder left
     else:
         assert _published(folder) == before
@@ -183,20 +226,35 @@ def test_file_size_limit_is_one_line_exit_1_previous_output_intact(work, job):
 def test_full_disk_is_one_line_exit_1_previous_output_intact(work, tmp_path):
     disk = tmp_path / "tiny_disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                             capture_output=True, text=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True, check=False
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a 1 MB tmpfs here ({mounted.stderr.strip() or mounted.returncode})")
     try:
         out = disk / "out"
         tiny = tmp_path / "tiny.csv"
         generate.generate_rides(300, seed=3).to_csv(tiny, index=False)
-        first = subprocess.run(_preprocess(work, tiny, out), cwd=ROOT, env=_env(work), capture_output=True,
-                               text=True, timeout=600, check=False)
+        first = subprocess.run(
+            _preprocess(work, tiny, out),
+            cwd=ROOT,
+            env=_env(work),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert first.returncode == 0, first.stderr[-3000:]
         before = _published(out)
-        done = subprocess.run(_preprocess(work, work / "rides" / "big.csv", out), cwd=ROOT, env=_env(work),
-                              capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(
+            _preprocess(work, work / "rides" / "big.csv", out),
+            cwd=ROOT,
+            env=_env(work),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert done.returncode == 1, done.stderr[-3000:]
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
         last = done.stderr.strip().splitlines()[-1]
@@ -209,8 +267,14 @@ def test_full_disk_is_one_line_exit_1_previous_output_intact(work, tmp_path):
 
 def test_trainer_offers_resume_only_when_a_checkpoint_exists(work):
     def interrupt_after(line_start: str) -> str:
-        proc = subprocess.Popen(_train(work, "--chunk_size", "500", "--max_epochs_per_chunk", "5"), cwd=ROOT,
-                                env=_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            _train(work, "--chunk_size", "500", "--max_epochs_per_chunk", "5"),
+            cwd=ROOT,
+            env=_env(work),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             for line in proc.stdout:
                 if line.startswith(line_start):
@@ -234,8 +298,14 @@ def test_trainer_offers_resume_only_when_a_checkpoint_exists(work):
 
 def test_ctrl_c_while_predict_loads_the_model_is_one_line_130(work):
     """Ctrl-C during start-up (TensorFlow loading, inside main()): one line, not TensorFlow's traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.predict", "--registry", str(work / "registry")],
-                            cwd=ROOT, env=_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.predict", "--registry", str(work / "registry")],
+        cwd=ROOT,
+        env=_env(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         maps = Path(f"/proc/{proc.pid}/maps")
         deadline = time.monotonic() + 120

@@ -1,7 +1,8 @@
 """The statistics in the Beam pass: ComputeStatistics on TestPipeline, runs of the pipeline with drift, the report.
 
-    .venv/bin/python -m pytest tests/test_statistics_pipeline.py
+.venv/bin/python -m pytest tests/test_statistics_pipeline.py
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ from pipelines import preprocess
 from pipelines import report as report_cli
 from pipelines.preprocessing.encode import ProcessedBatch, encode_rides
 from pipelines.preprocessing.statistics import ComputeStatistics, FeatureStatisticsFn
-from pipelines.run_statistics import EXIT_DRIFT
 from pipelines.preprocessing.threads import MIN_ROWS_PER_THREAD
+from pipelines.run_statistics import EXIT_DRIFT
 from taxifare_core import contract, stats
 from taxifare_core.cleaning import clean
 from taxifare_core.generate import generate_rides
@@ -42,8 +43,11 @@ def processed_batches(n_rows: int, seed: int, pieces: int) -> list[ProcessedBatc
 def test_compute_statistics_on_test_pipeline_matches_one_pass():
     train, val = processed_batches(3000, 1, 5), processed_batches(400, 2, 2)
     expected = {
-        name: stats.finalize(stats.batch_accumulator(np.concatenate([b.rows for b in batches]),
-                                                     np.concatenate([b.pickup_ns for b in batches])))
+        name: stats.finalize(
+            stats.batch_accumulator(
+                np.concatenate([b.rows for b in batches]), np.concatenate([b.pickup_ns for b in batches])
+            )
+        )
         for name, batches in (("train", train), ("val", val))
     }
 
@@ -56,8 +60,11 @@ def test_compute_statistics_on_test_pipeline_matches_one_pass():
             if got["rows"] != want["rows"] or got["rides_per_month"] != want["rides_per_month"]:
                 raise BeamAssertException(f"{name}: rows or months differ")
             for a, b in zip(got["columns"], want["columns"]):
-                if a["histogram"] != b["histogram"] or not np.isclose(a["mean"], b["mean"], rtol=1e-12) \
-                        or not np.isclose(a["std"], b["std"], rtol=1e-9):
+                if (
+                    a["histogram"] != b["histogram"]
+                    or not np.isclose(a["mean"], b["mean"], rtol=1e-12)
+                    or not np.isclose(a["std"], b["std"], rtol=1e-9)
+                ):
                     raise BeamAssertException(f"{name} {a['name']} differs")
 
     with test_pipeline.TestPipeline() as pipeline:
@@ -115,11 +122,20 @@ def sample_runs(generated_rides_raw, tmp_path_factory):
     dearer_csv.parent.mkdir()
     dearer.to_csv(dearer_csv, index=False)
     runs = {"reference": (root / "out_reference", run_preprocess(original, root / "out_reference"))}
-    runs["copy"] = (root / "out_copy", run_preprocess(copy, root / "out_copy", "--compare_to",
-                                                      str(root / "out_reference"), "--fail_on_drift"))
-    runs["dearer"] = (root / "out_dearer", run_preprocess(dearer_csv, root / "out_dearer", "--compare_to",
-                                                          str(root / "out_reference" / "stats.json"),
-                                                          "--fail_on_drift"))
+    runs["copy"] = (
+        root / "out_copy",
+        run_preprocess(copy, root / "out_copy", "--compare_to", str(root / "out_reference"), "--fail_on_drift"),
+    )
+    runs["dearer"] = (
+        root / "out_dearer",
+        run_preprocess(
+            dearer_csv,
+            root / "out_dearer",
+            "--compare_to",
+            str(root / "out_reference" / "stats.json"),
+            "--fail_on_drift",
+        ),
+    )
     return runs
 
 
@@ -212,15 +228,20 @@ def test_report_cli_regenerates_against_a_reference(sample_runs, tmp_path, capsy
     out = tmp_path / "r.html"
     assert report_cli.main([str(folder), "--compare_to", str(kept(reference) / "stats.json"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert '<tr class="flagged"><td class="name">fare_amount</td>' in text and ">reference<" in text  # the reference drawn beside train and val
+    assert (
+        '<tr class="flagged"><td class="name">fare_amount</td>' in text and ">reference<" in text
+    )  # the reference drawn beside train and val
     assert report_cli.main([str(tmp_path / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("make_reference, message", [
-    (lambda root: root / "missing", "no statistics file found"),
-    (lambda root: root / "summary.json", "is not a statistics file"),
-])
+@pytest.mark.parametrize(
+    "make_reference, message",
+    [
+        (lambda root: root / "missing", "no statistics file found"),
+        (lambda root: root / "summary.json", "is not a statistics file"),
+    ],
+)
 def test_a_bad_compare_to_stops_with_one_line_before_the_pipeline_runs(tmp_path, capsys, make_reference, message):
     (tmp_path / "summary.json").write_text('{"rows_read": 1}')
     (tmp_path / "in.csv").write_text(",".join(contract.RAW_COLUMNS) + "\n")

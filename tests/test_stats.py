@@ -1,4 +1,5 @@
 """Pure tests of taxifare_core.stats: the accumulator against numpy, exact merges, PSI by hand, the JSON shape."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ def test_merge_in_any_order_equals_one_pass(processed_rides):
         # pairwise, as a runner combining partial results in a tree would
         level = [stats.merge([stats.new_accumulator(), p]) for p in parts]
         while len(level) > 1:
-            level = [stats.merge(level[i:i + 2]) for i in range(0, len(level), 2)]
+            level = [stats.merge(level[i : i + 2]) for i in range(0, len(level), 2)]
         merged = stats.finalize(level[0])
         assert merged["rows"] == whole["rows"]
         assert merged["rides_per_month"] == whole["rides_per_month"]
@@ -77,7 +78,7 @@ def test_chan_merge_stays_accurate_far_from_zero():
     rows[:, contract.COLS_MONTH.start] = 1
     rows[:, contract.COLS_WEEKDAY.start] = 1
     rows[:, -1] = (300 + rng.normal(0, 0.01, len(rows))).astype(np.float32)
-    parts = [stats.batch_accumulator(rows[i:i + 1000]) for i in range(0, len(rows), 1000)]
+    parts = [stats.batch_accumulator(rows[i : i + 1000]) for i in range(0, len(rows), 1000)]
     merged = stats.finalize(stats.merge(parts))
     fare = merged["columns"][-1]
     assert fare["std"] == pytest.approx(rows[:, -1].astype(np.float64).std(), rel=1e-6)
@@ -116,18 +117,26 @@ def test_non_binary_one_hot_values_take_the_general_path():
 def test_local_month_at_new_year_and_without_pickup_times():
     """2013-01-01 02:00 UTC is 2012-12-31 21:00 in New York: December 2012, like its month one-hot."""
     stamps = pd.Series(pd.to_datetime(["2013-01-01 02:00:00", "2013-01-01 06:00:00", "2013-07-06 17:18:00"], utc=True))
-    rides = pd.DataFrame({contract.TIME_COLUMN: stamps, contract.LABEL_COLUMN: [5.0, 6.0, 7.0],
-                          "pickup_longitude": -73.95, "pickup_latitude": 40.78, "dropoff_longitude": -73.98,
-                          "dropoff_latitude": 40.77, contract.PASSENGER_COLUMN: 1})
+    rides = pd.DataFrame(
+        {
+            contract.TIME_COLUMN: stamps,
+            contract.LABEL_COLUMN: [5.0, 6.0, 7.0],
+            "pickup_longitude": -73.95,
+            "pickup_latitude": 40.78,
+            "dropoff_longitude": -73.98,
+            "dropoff_latitude": 40.77,
+            contract.PASSENGER_COLUMN: 1,
+        }
+    )
     batch = encode_rides(rides[list(contract.RAW_COLUMNS)])
     expected = {"2012-12": 1, "2013-01": 1, "2013-07": 1}
     assert finalize_rows(batch.rows, batch.pickup_ns)["rides_per_month"] == expected
-    assert finalize_rows(batch.rows[:, :contract.N_FEATURES])["rides_per_month"] == expected  # days column
+    assert finalize_rows(batch.rows[:, : contract.N_FEATURES])["rides_per_month"] == expected  # days column
 
 
 def test_sixty_five_feature_statistics_have_no_fare(processed_rides):
     rows, _, _ = processed_rides
-    split = finalize_rows(rows[:, :contract.N_FEATURES])
+    split = finalize_rows(rows[:, : contract.N_FEATURES])
     assert [c["name"] for c in split["columns"]] == list(contract.FEATURE_NAMES)
     assert "fare_amount" not in drift.drift_scores(split, finalize_rows(rows))
 
@@ -140,11 +149,14 @@ def test_empty_split_and_json_round_trip():
     assert drift.drift_scores(empty, empty)["fare_amount"] is None
 
 
-@pytest.mark.parametrize("text, message", [
-    ("not json", "not JSON"),
-    ('{"rows_read": 3}', 'no "splits"'),
-    ('{"splits": {"train": {"rows": 1}}}', "has no rows and columns"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not json", "not JSON"),
+        ('{"rows_read": 3}', 'no "splits"'),
+        ('{"splits": {"train": {"rows": 1}}}', "has no rows and columns"),
+    ],
+)
 def test_a_foreign_file_is_not_a_stats_file(text, message):
     with pytest.raises(stats_file.StatsError, match=message):
         stats_file.parse_stats(text, "f.json")
@@ -180,9 +192,19 @@ def test_drift_scores_one_hot_groups_as_categoricals_with_none():
     labels, counts = drift.group_counts(finalize_rows(moved), "pickup_district")
     assert labels[0] == "dr5ru" and labels[-1] == "none" and counts[0] == 100 and counts[-1] == 0
     scores = drift.drift_scores(finalize_rows(moved), reference)
-    assert set(scores) == {"passenger_count_scaled", "days_since_2009_scaled", "hour_sin", "hour_cos",
-                           "haversine_km_scaled", "manhattan_km_scaled", "fare_amount",
-                           "weekday", "month", "pickup_district", "dropoff_district"}
+    assert set(scores) == {
+        "passenger_count_scaled",
+        "days_since_2009_scaled",
+        "hour_sin",
+        "hour_cos",
+        "haversine_km_scaled",
+        "manhattan_km_scaled",
+        "fare_amount",
+        "weekday",
+        "month",
+        "pickup_district",
+        "dropoff_district",
+    }
     expected = (1 - 0.5) * math.log(1 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5)
     assert scores["pickup_district"] == pytest.approx(expected, abs=1e-6)
     report = drift.drift_report(finalize_rows(moved), reference, "ref")

@@ -1,4 +1,5 @@
 """Training and serving know their data: the trainer copies stats.json, batch prediction scores skew against it."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ pytestmark = [pytest.mark.slow]
 
 
 def stats_json(rows: np.ndarray, val_rows: np.ndarray) -> str:
-    splits = {"train": stats.finalize(stats.batch_accumulator(rows)),
-              "val": stats.finalize(stats.batch_accumulator(val_rows))}
+    splits = {
+        "train": stats.finalize(stats.batch_accumulator(rows)),
+        "val": stats.finalize(stats.batch_accumulator(val_rows)),
+    }
     return json.dumps({"splits": splits})
 
 
@@ -30,10 +33,26 @@ def test_trainer_copies_the_shards_stats_into_the_run_and_names_it(tmp_path, wit
     write_shards(folder, rows[240:], [60], prefix="val")
     if with_stats:
         (folder / "stats.json").write_text(stats_json(rows[:240], rows[240:]))
-    metrics = train.run(train.parse_args([
-        "--train", str(folder / "train-*.csv"), "--val", str(folder / "val-*.csv"),
-        "--registry", str(tmp_path / "registry"), "--chunk_size", "240", "--batch_size", "64",
-        "--max_epochs_per_chunk", "1", "--seed", "1"]))
+    metrics = train.run(
+        train.parse_args(
+            [
+                "--train",
+                str(folder / "train-*.csv"),
+                "--val",
+                str(folder / "val-*.csv"),
+                "--registry",
+                str(tmp_path / "registry"),
+                "--chunk_size",
+                "240",
+                "--batch_size",
+                "64",
+                "--max_epochs_per_chunk",
+                "1",
+                "--seed",
+                "1",
+            ]
+        )
+    )
     run_dir = Path(registry.run_path(metrics["run"], str(tmp_path / "registry")))
     saved = json.loads((run_dir / registry.METRICS_FILE).read_text())
     if with_stats:
@@ -64,7 +83,8 @@ def model_with_stats(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("passengers, flagged", [(None, []), (6, ["passenger_count_scaled"])])
 def test_batch_prediction_writes_statistics_and_skew_against_the_training_rows(
-        tmp_path, model_with_stats, passengers, flagged):
+    tmp_path, model_with_stats, passengers, flagged
+):
     write_rides(tmp_path / "in" / "rides.csv", 3000, seed=8, passengers=passengers)
     summary = batch_predict.run(str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"), registry_dir=model_with_stats)
     payload = json.loads(Path(outputs.published_path(str(tmp_path / "out" / "stats.json"))).read_text())
@@ -81,7 +101,13 @@ def test_batch_prediction_writes_statistics_and_skew_against_the_training_rows(
 def test_batch_prediction_without_training_statistics_scores_no_skew(tmp_path):
     saved_tiny_model(tmp_path / "registry", 100, seed=5, model_seed=1)
     write_rides(tmp_path / "in" / "rides.csv", 200, seed=8)
-    summary = batch_predict.run(str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"),
-                                registry_dir=str(tmp_path / "registry"))
+    summary = batch_predict.run(
+        str(tmp_path / "in" / "*.csv"), str(tmp_path / "out"), registry_dir=str(tmp_path / "registry")
+    )
     assert summary["skew"] is None
-    assert json.loads(Path(outputs.published_path(str(tmp_path / "out" / "stats.json"))).read_text())["splits"]["predicted"]["rows"] > 150
+    assert (
+        json.loads(Path(outputs.published_path(str(tmp_path / "out" / "stats.json"))).read_text())["splits"][
+            "predicted"
+        ]["rows"]
+        > 150
+    )

@@ -4,6 +4,7 @@ The gs:// side against a running GCS emulator is tests/test_gcs_storage.py.
 
     .venv/bin/python -m pytest tests/test_storage.py -q
 """
+
 from __future__ import annotations
 
 import datetime
@@ -45,12 +46,14 @@ def test_files_folders_and_moves(tmp_path):
     assert not [name for name in storage.listdir(base) if ".tmp-" in name]  # no temp left behind
 
     assert storage.create_folder_exclusive(storage.join(base, "run")) and not storage.create_folder_exclusive(
-        storage.join(base, "run"))
+        storage.join(base, "run")
+    )
     storage.move(storage.join(base, "a"), storage.join(base, "run", "a"))  # a folder: one rename
     storage.write_text(storage.join(base, "three.txt"), "3")
     storage.move(storage.join(base, "three.txt"), storage.join(base, "run", "a", "one.txt"))  # replaces
     assert storage.read_text(storage.join(base, "run", "a", "one.txt")) == "3" and not storage.exists(
-        storage.join(base, "a"))
+        storage.join(base, "a")
+    )
     storage.remove_file(storage.join(base, "run", "a", "one.txt"))
     storage.remove_file(storage.join(base, "run", "a", "one.txt"))  # absent: no error
     storage.remove_tree(storage.join(base, "run"))

@@ -1,4 +1,5 @@
 """The streaming trainer: incremental learning, chunking, resume, baseline, registry output, CLI errors."""
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,25 @@ def data(tmp_path_factory) -> dict:
 
 
 def _args(data, registry_dir: Path, *extra: str):
-    return train.parse_args([
-        "--train", str(data["folder"] / "train-*.csv"), "--val", str(data["folder"] / "val-*.csv"),
-        "--registry", str(registry_dir), "--chunk_size", "100", "--batch_size", "32",
-        "--max_epochs_per_chunk", "2", "--seed", "5", *extra,
-    ])
+    return train.parse_args(
+        [
+            "--train",
+            str(data["folder"] / "train-*.csv"),
+            "--val",
+            str(data["folder"] / "val-*.csv"),
+            "--registry",
+            str(registry_dir),
+            "--chunk_size",
+            "100",
+            "--batch_size",
+            "32",
+            "--max_epochs_per_chunk",
+            "2",
+            "--seed",
+            "5",
+            *extra,
+        ]
+    )
 
 
 def _weights(model) -> list[np.ndarray]:
@@ -152,10 +167,17 @@ def test_cli_missing_shards_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_cli_nothing_to_resume_is_one_line_exit_2(data, tmp_path, capsys):
-    code = train.main([
-        "--train", str(data["folder"] / "train-*.csv"), "--val", str(data["folder"] / "val-*.csv"),
-        "--registry", str(tmp_path), "--resume",
-    ])
+    code = train.main(
+        [
+            "--train",
+            str(data["folder"] / "train-*.csv"),
+            "--val",
+            str(data["folder"] / "val-*.csv"),
+            "--registry",
+            str(tmp_path),
+            "--resume",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "nothing to resume" in err
 
@@ -181,13 +203,29 @@ def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_pat
     write_shards(folder, rows, [300], prefix="train")
     write_shards(folder, data["val_rows"], [120], prefix="val")
     ends = {}
-    args = train.parse_args([
-        "--train", str(folder / "train-*.csv"), "--val", str(folder / "val-*.csv"),
-        "--registry", str(tmp_path / "registry"), "--chunk_size", "100", "--batch_size", "16",
-        "--learning_rate", "0.01", "--max_epochs_per_chunk", "3", "--seed", "2",
-    ])
-    metrics = train.run(args, on_chunk=lambda stage, chunk, model: ends.update({chunk: _weights(model)})
-                        if stage == "end" else None)
+    args = train.parse_args(
+        [
+            "--train",
+            str(folder / "train-*.csv"),
+            "--val",
+            str(folder / "val-*.csv"),
+            "--registry",
+            str(tmp_path / "registry"),
+            "--chunk_size",
+            "100",
+            "--batch_size",
+            "16",
+            "--learning_rate",
+            "0.01",
+            "--max_epochs_per_chunk",
+            "3",
+            "--seed",
+            "2",
+        ]
+    )
+    metrics = train.run(
+        args, on_chunk=lambda stage, chunk, model: ends.update({chunk: _weights(model)}) if stage == "end" else None
+    )
     assert metrics["chunks"] == 3 and metrics["best_chunk"] == 2
     saved = registry.load_model(metrics["run"], registry=str(tmp_path / "registry"))
     assert _same(_weights(saved), ends[2]) and not _same(ends[2], ends[3])

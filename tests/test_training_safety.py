@@ -5,6 +5,7 @@ shards; a run folder counts only once finished; a killed checkpoint write never
 spoils the previous one; unreadable models and bad paths are one line, exit 2.
 Real Keras, real files, tiny sizes. See docs/training-safety.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,23 @@ def _shards(folder: Path, rows: np.ndarray) -> Path:
 
 
 def _flags(folder: Path, registry_dir: Path, *extra: str) -> list[str]:
-    return ["--train", str(folder / "train-*.csv"), "--val", str(folder / "val-*.csv"),
-            "--registry", str(registry_dir), "--chunk_size", "100", "--batch_size", "32",
-            "--max_epochs_per_chunk", "1", "--seed", "3", *extra]
+    return [
+        "--train",
+        str(folder / "train-*.csv"),
+        "--val",
+        str(folder / "val-*.csv"),
+        "--registry",
+        str(registry_dir),
+        "--chunk_size",
+        "100",
+        "--batch_size",
+        "32",
+        "--max_epochs_per_chunk",
+        "1",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def _one_line_error(capsys) -> str:
@@ -80,10 +95,12 @@ def _crash_after_chunk(n: int):
     def hook(stage, chunk, model):
         if stage == "end" and chunk == n:
             raise _Interrupted
+
     return hook
 
 
 # --- non-finite data and NaN losses ---------------------------------------------------------------
+
 
 def test_inf_in_a_train_shard_is_one_line_exit_2_and_no_run(rows, tmp_path, capsys):
     folder = _shards(tmp_path / "shards", rows)
@@ -111,7 +128,7 @@ def test_a_loss_that_becomes_nan_is_exit_1_and_never_registered(rows, tmp_path, 
     """Finite fares of 1e25 dollars: their squared error overflows float32, the mse loss turns inf or NaN."""
     train_rows = rows[:270].copy()
     start = 100 * (bad_chunk - 1)
-    train_rows[start:start + 100, -1] = 1e25
+    train_rows[start : start + 100, -1] = 1e25
     folder = tmp_path / "shards"
     write_shards(folder, train_rows, [100, 100, 70], prefix="train")
     write_shards(folder, rows[270:], [60], prefix="val")
@@ -139,13 +156,17 @@ def test_json_files_are_strict_json(tmp_path):
 
 # --- resume fingerprint ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("change, phrase", [
-    ("rewrite", "train-00002-of-00003.csv changed size"),
-    ("touch", "train-00002-of-00003.csv was rewritten"),
-    ("remove", "train-00002-of-00003.csv is gone"),
-    ("add", "train-00003-of-00003.csv is new"),
-    ("val", "val-00000-of-00001.csv changed size"),
-])
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        ("rewrite", "train-00002-of-00003.csv changed size"),
+        ("touch", "train-00002-of-00003.csv was rewritten"),
+        ("remove", "train-00002-of-00003.csv is gone"),
+        ("add", "train-00003-of-00003.csv is new"),
+        ("val", "val-00000-of-00001.csv changed size"),
+    ],
+)
 def test_resume_refuses_shards_that_changed(rows, tmp_path, capsys, change, phrase):
     folder = _shards(tmp_path / "shards", rows)
     flags = _flags(folder, tmp_path / "registry")
@@ -178,12 +199,15 @@ def test_checkpoint_records_the_input_fingerprint(rows, tmp_path):
     [name] = registry.unfinished_runs(str(tmp_path / "registry"))
     state = json.loads((tmp_path / "registry" / name / registry.CHECKPOINT_DIR / "state.json").read_text())
     shard = folder / "train-00000-of-00003.csv"
-    assert state["inputs"]["train"][str(shard)] == {"size": shard.stat().st_size,
-                                                     "version": str(shard.stat().st_mtime_ns)}
+    assert state["inputs"]["train"][str(shard)] == {
+        "size": shard.stat().st_size,
+        "version": str(shard.stat().st_mtime_ns),
+    }
     assert len(state["inputs"]["train"]) == 3 and len(state["inputs"]["val"]) == 1
 
 
 # --- checkpoints a kill cannot spoil --------------------------------------------------------------
+
 
 def test_resume_after_a_killed_checkpoint_write_finishes_with_the_same_rows(rows, tmp_path):
     """A kill while chunk 2's checkpoint was written leaves a truncated model file and a temp state file."""
@@ -206,7 +230,8 @@ def test_resume_after_a_killed_checkpoint_write_finishes_with_the_same_rows(rows
     assert [entry["chunk"] for entry in resumed["history"]] == [1, 2, 3]
     assert registry.run_names(str(registry_dir)) == [name] and not checkpoint.exists()
     assert sorted(p.name for p in (registry_dir / name).iterdir()) == sorted(
-        [registry.MODEL_FILE, registry.PARAMS_FILE, registry.METRICS_FILE, registry.CURVE_FILE])
+        [registry.MODEL_FILE, registry.PARAMS_FILE, registry.METRICS_FILE, registry.CURVE_FILE]
+    )
 
 
 def test_checkpoint_files_left_are_only_the_ones_the_state_names(rows, tmp_path):
@@ -263,14 +288,16 @@ def test_truncated_checkpoint_model_is_one_line_exit_2(rows, tmp_path, capsys):
 
 # --- the registry's finished-run rule -------------------------------------------------------------
 
+
 def test_a_run_folder_appears_with_its_first_checkpoint_and_counts_once_finished(rows, tmp_path):
     folder = _shards(tmp_path / "shards", rows)
     registry_dir = tmp_path / "registry"
     seen = []
 
     def look(stage, chunk, model):
-        seen.append((stage, chunk, registry.run_names(str(registry_dir)),
-                     registry.run_names(str(registry_dir), finished=False)))
+        seen.append(
+            (stage, chunk, registry.run_names(str(registry_dir)), registry.run_names(str(registry_dir), finished=False))
+        )
 
     metrics = train.run(train.parse_args(_flags(folder, registry_dir)), on_chunk=look)
     assert seen[0] == ("start", 1, [], [])  # nothing in the registry until a checkpoint exists
@@ -325,6 +352,7 @@ def test_max_val_rows_beyond_memory_reads_the_rows_there_are(rows, tmp_path):
 
 # --- unreadable and broken models -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def two_runs_once(tmp_path_factory):
     """A registry with two finished runs, trained once for the module."""
@@ -342,10 +370,13 @@ def two_runs(two_runs_once, tmp_path):
     return tmp_path / "registry", older, newer
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda data: b"", "empty file"),
-    (lambda data: data[: len(data) // 2], "not a .keras archive"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda data: b"", "empty file"),
+        (lambda data: data[: len(data) // 2], "not a .keras archive"),
+    ],
+)
 def test_an_unreadable_model_names_another_run(two_runs, capsys, damage, problem):
     root, older, newer = two_runs
     model_file = root / newer / registry.MODEL_FILE
@@ -354,8 +385,10 @@ def test_an_unreadable_model_names_another_run(two_runs, capsys, damage, problem
     with pytest.raises(registry.UnreadableModelError, match=re.escape(expected)) as refused:
         registry.load_model(registry=str(root))
     assert refused.value.alternative == older and str(refused.value).endswith(f": use --run {older}")
-    for argv in (["--registry", str(root)],
-                 ["--registry", str(root), "--input", str(root / "rides.csv"), "--output", str(root / "out")]):
+    for argv in (
+        ["--registry", str(root)],
+        ["--registry", str(root), "--input", str(root / "rides.csv"), "--output", str(root / "out")],
+    ):
         assert predict_module.main(argv) == 2
         err = _one_line_error(capsys)
         assert expected in err and err.endswith(f"use --run {older}")
@@ -401,12 +434,20 @@ def test_a_real_trainer_process_refusing_inf_is_one_line_exit_2(rows, tmp_path):
     """The exit code a scheduler sees, from a real process: no traceback, nothing registered."""
     folder = _shards(tmp_path / "shards", rows)
     _set_value(folder / "val-00000-of-00001.csv", 3, 0, "inf")
-    done = subprocess.run([sys.executable, "-m", "pipelines.train", *_flags(folder, tmp_path / "registry")],
-                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", *_flags(folder, tmp_path / "registry")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        (f"python -m pipelines.train: error: {folder / 'val-00000-of-00001.csv'}: line 3: non-finite value inf "
-         "in column 0 (processed shards hold finite numbers only: re-run preprocessing)")
+        (
+            f"python -m pipelines.train: error: {folder / 'val-00000-of-00001.csv'}: line 3: non-finite value inf "
+            "in column 0 (processed shards hold finite numbers only: re-run preprocessing)"
+        )
     ]
     assert registry.run_names(str(tmp_path / "registry"), finished=False) == []

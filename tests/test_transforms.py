@@ -1,10 +1,14 @@
-"""Each DoFn and composite of the preprocessing steps (pipelines.preprocessing) under TestPipeline + assert_that (main and dead-letter outputs)."""
+"""Each DoFn and composite of the preprocessing steps (pipelines.preprocessing).
+
+Under TestPipeline + assert_that (main and dead-letter outputs).
+"""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import numpy as np
@@ -15,6 +19,11 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.preprocessing import parse as parse_module
+from pipelines.preprocessing.bigquery_rows import (
+    ParseRecordBatches,
+    format_raw_csv,
+    parse_rows,
+)
 from pipelines.preprocessing.clean import (
     CleanRides,
     FilterDateWindowFn,
@@ -39,11 +48,6 @@ from pipelines.preprocessing.parse import (
     split_lines,
 )
 from pipelines.preprocessing.pipeline import PreprocessRides
-from pipelines.preprocessing.bigquery_rows import (
-    ParseRecordBatches,
-    format_raw_csv,
-    parse_rows,
-)
 from pipelines.preprocessing.sources import plan_blocks, read_block
 from pipelines.preprocessing.summary import counters_from_result
 from pipelines.preprocessing.tags import (
@@ -66,8 +70,16 @@ HEADER = ("key", *contract.RAW_COLUMNS, "extra")
 GOOD = "k1,7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1,x"
 
 
-def ride_line(key="k", fare=7.5, when="2013-07-06 17:18:00 UTC", plon=-73.950655, plat=40.783282,
-              dlon=-73.984365, dlat=40.769802, passengers=1) -> str:
+def ride_line(
+    key="k",
+    fare=7.5,
+    when="2013-07-06 17:18:00 UTC",
+    plon=-73.950655,
+    plat=40.783282,
+    dlon=-73.984365,
+    dlat=40.769802,
+    passengers=1,
+) -> str:
     """One CSV line in HEADER's layout."""
     return f"{key},{fare},{when},{plon},{plat},{dlon},{dlat},{passengers},extra"
 
@@ -85,8 +97,15 @@ def rides(*records) -> pd.DataFrame:
     return typed[list(contract.RAW_COLUMNS)]
 
 
-def record(fare=7.5, when="2013-07-06 17:18:00 UTC", plon=-73.950655, plat=40.783282,
-           dlon=-73.984365, dlat=40.769802, passengers=1) -> tuple:
+def record(
+    fare=7.5,
+    when="2013-07-06 17:18:00 UTC",
+    plon=-73.950655,
+    plat=40.783282,
+    dlon=-73.984365,
+    dlat=40.769802,
+    passengers=1,
+) -> tuple:
     """The seven raw values of one ride."""
     return (fare, when, plon, plat, dlon, dlat, passengers)
 
@@ -118,20 +137,37 @@ def test_parse_csv_blocks_sends_each_bad_line_to_the_dead_letter_verbatim():
         ride_line("d", fare=6.0, passengers=1.5),
         ride_line("e", fare=7.0, passengers=""),
     ]
+
     def build(p):
         out = p | beam.Create([block(lines, first_line=10)]) | ParseCsvBlocks()
-        assert_that(out[RIDES] | beam.FlatMap(lambda f: f[contract.LABEL_COLUMN].tolist()),
-                    equal_to([5.0, 7.0]), label="Rides")
+        assert_that(
+            out[RIDES] | beam.FlatMap(lambda f: f[contract.LABEL_COLUMN].tolist()), equal_to([5.0, 7.0]), label="Rides"
+        )
         dead = out[DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
-        assert_that(dead | "Lines" >> beam.Map(lambda d: (d["line"], d["record"], d["source"])), equal_to([
-            (11, "only,three,fields", "mem.csv"),
-            (12, lines[2], "mem.csv"),
-            (13, lines[3], "mem.csv"),
-            (15, lines[5], "mem.csv"),
-        ]), label="DeadLetter")
-        assert_that(dead | "Reasons" >> beam.Map(lambda d: d["reason"].split(":")[0]), equal_to([
-            f"expected {len(HEADER)} fields, got 3", "fare_amount", "pickup_datetime", "passenger_count",
-        ]), label="Reasons")
+        assert_that(
+            dead | "Lines" >> beam.Map(lambda d: (d["line"], d["record"], d["source"])),
+            equal_to(
+                [
+                    (11, "only,three,fields", "mem.csv"),
+                    (12, lines[2], "mem.csv"),
+                    (13, lines[3], "mem.csv"),
+                    (15, lines[5], "mem.csv"),
+                ]
+            ),
+            label="DeadLetter",
+        )
+        assert_that(
+            dead | "Reasons" >> beam.Map(lambda d: d["reason"].split(":")[0]),
+            equal_to(
+                [
+                    f"expected {len(HEADER)} fields, got 3",
+                    "fare_amount",
+                    "pickup_datetime",
+                    "passenger_count",
+                ]
+            ),
+            label="Reasons",
+        )
 
     counters = run_counters(build)
     assert counters[ROWS_READ] == 6  # the blank line is not a row
@@ -160,19 +196,30 @@ def test_blocks_planned_over_a_file_cover_every_line(tmp_path):
 
 
 def test_parse_record_batches_reads_bigquery_shaped_rows():
-    when = datetime(2013, 7, 6, 17, 18, tzinfo=timezone.utc)
+    when = datetime(2013, 7, 6, 17, 18, tzinfo=UTC)
     good = dict(zip(contract.RAW_COLUMNS, record(when=when)))
-    rows = [good, {**good, "fare_amount": "lots"}, {k: v for k, v in good.items() if k != "passenger_count"},
-            {**good, "pickup_datetime": None}]
+    rows = [
+        good,
+        {**good, "fare_amount": "lots"},
+        {k: v for k, v in good.items() if k != "passenger_count"},
+        {**good, "pickup_datetime": None},
+    ]
 
     def build(p):
         out = p | beam.Create(rows) | ParseRecordBatches("bq:raw_1k", batch_rows=10)
         assert_that(out[RIDES] | beam.Map(len), equal_to([2]), label="Rides")
         assert_that(out[RAW] | beam.Map(lambda text: len(text.splitlines())), equal_to([4]), label="Raw")
         dead = out[DEAD_LETTER] | beam.FlatMap(str.splitlines) | beam.Map(json.loads)
-        assert_that(dead | beam.Map(lambda d: (d["source"], d["line"], d["reason"].split(":")[0])), equal_to([
-            ("bq:raw_1k", None, "fare_amount"), ("bq:raw_1k", None, "missing column(s)"),
-        ]), label="DeadLetter")
+        assert_that(
+            dead | beam.Map(lambda d: (d["source"], d["line"], d["reason"].split(":")[0])),
+            equal_to(
+                [
+                    ("bq:raw_1k", None, "fare_amount"),
+                    ("bq:raw_1k", None, "missing column(s)"),
+                ]
+            ),
+            label="DeadLetter",
+        )
 
     counters = run_counters(build)
     assert counters[ROWS_READ] == 4 and counters[BAD_INPUT] == 2
@@ -183,30 +230,36 @@ def test_parse_record_batches_reads_bigquery_shaped_rows():
 
 def test_date_window_is_bigquery_between_of_midnights():
     batch = rides(
-        record(when="2009-01-01 00:00:00 UTC"),   # first instant: kept
-        record(when="2008-12-31 23:59:59 UTC"),   # before: out
-        record(when="2015-01-01 00:00:00 UTC"),   # max_date means midnight: kept
-        record(when="2015-01-01 00:00:01 UTC"),   # one second later: out
-        record(when=""),                          # missing: kept for the missing-value rule
+        record(when="2009-01-01 00:00:00 UTC"),  # first instant: kept
+        record(when="2008-12-31 23:59:59 UTC"),  # before: out
+        record(when="2015-01-01 00:00:00 UTC"),  # max_date means midnight: kept
+        record(when="2015-01-01 00:00:01 UTC"),  # one second later: out
+        record(when=""),  # missing: kept for the missing-value rule
     )
 
     def build(p):
         kept = p | beam.Create([batch]) | beam.ParDo(FilterDateWindowFn("2009-01-01", "2015-01-01"))
-        assert_that(kept | beam.FlatMap(lambda f: [str(t) for t in f[contract.TIME_COLUMN]]),
-                    equal_to(["2009-01-01 00:00:00+00:00", "2015-01-01 00:00:00+00:00", "NaT"]))
+        assert_that(
+            kept | beam.FlatMap(lambda f: [str(t) for t in f[contract.TIME_COLUMN]]),
+            equal_to(["2009-01-01 00:00:00+00:00", "2015-01-01 00:00:00+00:00", "NaT"]),
+        )
 
     assert run_counters(build)[OUTSIDE_DATE_RANGE] == 2
 
 
 def test_clean_rides_counts_each_rule():
     batch = rides(
-        record(), record(),                           # a duplicate pair
-        record(fare=""),                              # missing
-        record(plon=0, plat=0, dlon=0, dlat=0),       # zero coordinates
-        record(passengers=0), record(passengers=8),   # passenger count
-        record(fare=0), record(fare=400),             # fare
-        record(plat=40.95), record(dlon=-73.6),       # latitude, longitude
-        record(fare=12.0, plat=40.5, dlon=-74.3),     # inclusive bounds: kept
+        record(),
+        record(),  # a duplicate pair
+        record(fare=""),  # missing
+        record(plon=0, plat=0, dlon=0, dlat=0),  # zero coordinates
+        record(passengers=0),
+        record(passengers=8),  # passenger count
+        record(fare=0),
+        record(fare=400),  # fare
+        record(plat=40.95),
+        record(dlon=-73.6),  # latitude, longitude
+        record(fare=12.0, plat=40.5, dlon=-74.3),  # inclusive bounds: kept
     )
 
     def build(p):
@@ -215,8 +268,12 @@ def test_clean_rides_counts_each_rule():
 
     counters = run_counters(build)
     assert {rule: counters.get(rule, 0) for rule in contract.CLEANING_RULES} == {
-        contract.RULE_DUPLICATE: 1, contract.RULE_MISSING: 1, contract.RULE_ZERO_COORDINATES: 1,
-        contract.RULE_PASSENGER_COUNT: 2, contract.RULE_FARE: 2, contract.RULE_LATITUDE: 1,
+        contract.RULE_DUPLICATE: 1,
+        contract.RULE_MISSING: 1,
+        contract.RULE_ZERO_COORDINATES: 1,
+        contract.RULE_PASSENGER_COUNT: 2,
+        contract.RULE_FARE: 2,
+        contract.RULE_LATITUDE: 1,
         contract.RULE_LONGITUDE: 1,
     }
 
@@ -247,9 +304,7 @@ def test_encode_rides_matches_the_per_ride_encoder():
     raws = [record(), record(fare=20.5, when="2010-11-07 05:59:00 UTC", passengers=6, dlon=-73.78, dlat=40.64)]
     batch = rides(*raws)
 
-    expected = np.array([
-        np.append(encode_ride(parse_record(dict(zip(contract.RAW_COLUMNS, r)))), r[0]) for r in raws
-    ])
+    expected = np.array([np.append(encode_ride(parse_record(dict(zip(contract.RAW_COLUMNS, r)))), r[0]) for r in raws])
 
     def matches_encode_ride(actual):
         rows = np.array(sorted(actual, key=lambda r: r[-1]))
@@ -264,11 +319,13 @@ def test_encode_rides_matches_the_per_ride_encoder():
 
 
 def test_split_train_val_at_val_start():
-    batch = encode_rides(rides(
-        record(fare=1.0, when="2014-11-30 23:59:59 UTC"),
-        record(fare=2.0, when="2014-12-01 00:00:00 UTC"),
-        record(fare=3.0, when="2014-12-15 00:00:00 UTC"),
-    ))
+    batch = encode_rides(
+        rides(
+            record(fare=1.0, when="2014-11-30 23:59:59 UTC"),
+            record(fare=2.0, when="2014-12-01 00:00:00 UTC"),
+            record(fare=3.0, when="2014-12-15 00:00:00 UTC"),
+        )
+    )
 
     def build(p):
         out = p | beam.Create([batch]) | SplitTrainVal("2014-12-01")
@@ -285,8 +342,10 @@ def test_format_csv_lines_one_text_element_per_batch():
 
     def build(p):
         text = p | beam.Create([batch]) | FormatCsvLines()
-        assert_that(text | beam.Map(lambda t: [len(line.split(",")) for line in t.split("\n")]),
-                    equal_to([[contract.N_PROCESSED_COLUMNS] * 2]))
+        assert_that(
+            text | beam.Map(lambda t: [len(line.split(",")) for line in t.split("\n")]),
+            equal_to([[contract.N_PROCESSED_COLUMNS] * 2]),
+        )
 
     run_counters(build)
 
@@ -295,8 +354,8 @@ def test_preprocess_rides_end_to_end_on_batches():
     batch = rides(
         record(fare=1.0, when="2014-06-01 10:00:00 UTC"),
         record(fare=2.0, when="2014-12-02 10:00:00 UTC"),
-        record(fare=3.0, when="2016-01-01 10:00:00 UTC"),   # outside the window
-        record(fare=0.0, when="2014-06-01 10:00:00 UTC"),   # fare rule
+        record(fare=3.0, when="2016-01-01 10:00:00 UTC"),  # outside the window
+        record(fare=0.0, when="2014-06-01 10:00:00 UTC"),  # fare rule
     )
 
     def build(p):
@@ -312,12 +371,14 @@ def test_preprocess_rides_end_to_end_on_batches():
 def test_format_raw_csv_writes_the_contract_csv_form():
     typed = rides(record(), record(fare="", passengers="3", when="2014-01-02 03:04:05 UTC"))
     text = format_raw_csv(typed)
-    assert text.split("\n") == ["7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1",
-                                 ",2014-01-02 03:04:05 UTC,-73.950655,40.783282,-73.984365,40.769802,3"]
+    assert text.split("\n") == [
+        "7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1",
+        ",2014-01-02 03:04:05 UTC,-73.950655,40.783282,-73.984365,40.769802,3",
+    ]
     assert format_raw_csv(typed.iloc[:0]) == ""
 
 
-BQ_WHEN = datetime(2013, 7, 6, 17, 18, tzinfo=timezone.utc)
+BQ_WHEN = datetime(2013, 7, 6, 17, 18, tzinfo=UTC)
 BQ_GOOD = dict(zip(contract.RAW_COLUMNS, record(when=BQ_WHEN)))
 
 
@@ -328,18 +389,20 @@ def test_parse_rows_types_columns_like_the_csv_path(when):
     rows[2]["pickup_longitude"] = None  # missing: a ride (the missing-value rule drops it later)
     typed, dead, _ = parse_rows(rows, "bq")
     assert dead == []
-    csv_typed, _, _ = parse_block(block([ride_line(fare=5.0 + i, plon="" if i == 2 else -73.950655)
-                                           for i in range(5)]))
+    csv_typed, _, _ = parse_block(block([ride_line(fare=5.0 + i, plon="" if i == 2 else -73.950655) for i in range(5)]))
     pd.testing.assert_frame_equal(typed.reset_index(drop=True), csv_typed.reset_index(drop=True))
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"fare_amount": "abc"}, "fare_amount: expected a number, got 'abc'"),
-    ({"passenger_count": 1.5}, "passenger_count: expected a whole number, got 1.5"),
-    ({"pickup_latitude": float("inf")}, "pickup_latitude: not a finite number"),
-    ({"pickup_datetime": "yesterday"}, "pickup_datetime: unreadable timestamp 'yesterday'"),
-    ({"pickup_datetime": 12.5}, "pickup_datetime: expected a timestamp, got 12.5"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"fare_amount": "abc"}, "fare_amount: expected a number, got 'abc'"),
+        ({"passenger_count": 1.5}, "passenger_count: expected a whole number, got 1.5"),
+        ({"pickup_latitude": float("inf")}, "pickup_latitude: not a finite number"),
+        ({"pickup_datetime": "yesterday"}, "pickup_datetime: unreadable timestamp 'yesterday'"),
+        ({"pickup_datetime": 12.5}, "pickup_datetime: expected a timestamp, got 12.5"),
+    ],
+)
 def test_parse_rows_sends_a_wrong_type_value_to_the_dead_letter(change, reason):
     rows = [BQ_GOOD, {**BQ_GOOD, **change}, BQ_GOOD]
     typed, dead, _ = parse_rows(rows, "bq:raw_1k")
@@ -347,13 +410,16 @@ def test_parse_rows_sends_a_wrong_type_value_to_the_dead_letter(change, reason):
     [line] = dead
     letter = json.loads(line)
     assert letter["reason"] == reason and letter["source"] == "bq:raw_1k"
-    assert json.loads(letter["record"])[next(iter(change))] == json.loads(json.dumps(change, default=str))[
-        next(iter(change))] or "inf" in letter["record"]
+    assert (
+        json.loads(letter["record"])[next(iter(change))]
+        == json.loads(json.dumps(change, default=str))[next(iter(change))]
+        or "inf" in letter["record"]
+    )
 
 
 def test_parse_rows_sends_a_timestamp_outside_pandas_range_to_the_dead_letter():
     """A TIMESTAMP BigQuery holds but pandas cannot (year 2300): that row's reason, the batch goes on."""
-    far = datetime(2300, 1, 6, 9, 50, 45, tzinfo=timezone.utc)
+    far = datetime(2300, 1, 6, 9, 50, 45, tzinfo=UTC)
     typed, dead, _ = parse_rows([BQ_GOOD, {**BQ_GOOD, "pickup_datetime": far}, BQ_GOOD], "bq:raw_1k")
     assert len(typed) == 2
     [line] = dead
@@ -366,9 +432,13 @@ def test_parse_record_batches_writes_the_raw_cache_from_the_same_batch():
     def build(p):
         out = p | beam.Create(rows) | ParseRecordBatches("bq:raw_1k", batch_rows=10)
         raw = out[RAW] | beam.FlatMap(str.splitlines)
-        assert_that(raw | beam.Map(lambda line: tuple(line.split(",")[:2])),
-                    equal_to([(str(5 + i), "2013-07-06 17:18:00 UTC") for i in range(25)]
-                             + [("abc", "2013-07-06 17:18:00 UTC")]), label="RawFares")
+        assert_that(
+            raw | beam.Map(lambda line: tuple(line.split(",")[:2])),
+            equal_to(
+                [(str(5 + i), "2013-07-06 17:18:00 UTC") for i in range(25)] + [("abc", "2013-07-06 17:18:00 UTC")]
+            ),
+            label="RawFares",
+        )
 
     counters = run_counters(build)
     assert counters[ROWS_READ] == 26 and counters[BAD_INPUT] == 1
@@ -421,8 +491,9 @@ def arrow_csv_writer_text(rows: np.ndarray) -> str:
 
     import pyarrow.csv as arrow_csv
 
-    table = pa.Table.from_arrays([pa.array(rows[:, j]) for j in range(rows.shape[1])],
-                                 names=[str(j) for j in range(rows.shape[1])])
+    table = pa.Table.from_arrays(
+        [pa.array(rows[:, j]) for j in range(rows.shape[1])], names=[str(j) for j in range(rows.shape[1])]
+    )
     buffer = io.BytesIO()
     arrow_csv.write_csv(table, buffer, arrow_csv.WriteOptions(include_header=False))
     return buffer.getvalue().decode().rstrip("\n")

@@ -13,12 +13,13 @@ and Dataflow's workers pip-install `taxifare_core` and `pipelines` from it.
 --temp_location makes it try to create a bucket), and `build_dry_run_job` builds
 the real job with Beam's `--dry_run True`: no network, no credentials.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apache_beam.options.pipeline_options import (
@@ -107,13 +108,14 @@ def check_job_name(name: str) -> str:
     if not _JOB_NAME_PATTERN.fullmatch(name):
         raise DataflowError(
             f"not a valid Dataflow job name: {name!r} (a lowercase letter, then lowercase letters, "
-            "digits and hyphens, at most 63)")
+            "digits and hyphens, at most 63)"
+        )
     return name
 
 
 def job_name(now: datetime | None = None, prefix: str = JOB_NAME_PREFIX) -> str:
     """A timestamped Dataflow job name, e.g. taxifare-preprocess-20260706-171800 (UTC)."""
-    return check_job_name(f"{prefix}-{(now or datetime.now(timezone.utc)).strftime('%Y%m%d-%H%M%S')}")
+    return check_job_name(f"{prefix}-{(now or datetime.now(UTC)).strftime('%Y%m%d-%H%M%S')}")
 
 
 def staged_files(job) -> dict[str, str]:
@@ -124,8 +126,7 @@ def staged_files(job) -> dict[str, str]:
     for environment in job.proto_pipeline.components.environments.values():
         for dependency in environment.dependencies:
             role = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dependency.role_payload)
-            paths[role.staged_name] = beam_runner_api_pb2.ArtifactFilePayload.FromString(
-                dependency.type_payload).path
+            paths[role.staged_name] = beam_runner_api_pb2.ArtifactFilePayload.FromString(dependency.type_payload).path
     return dict(sorted(paths.items()))
 
 
@@ -150,8 +151,9 @@ def preprocess_argv(
     return argv + _worker_argv(settings, name, max_num_workers, machine_type, sdk_container_image) + list(extra)
 
 
-def _worker_argv(settings: DataflowSettings, name: str, max_num_workers, machine_type,
-                 sdk_container_image) -> list[str]:
+def _worker_argv(
+    settings: DataflowSettings, name: str, max_num_workers, machine_type, sdk_container_image
+) -> list[str]:
     """The Dataflow flags both jobs share: where it runs, its name, what the workers install."""
     argv = [
         "--runner", DATAFLOW_RUNNER, "--project", settings.project, "--region", settings.region,
@@ -193,10 +195,17 @@ def predict_argv(
     """
     for flag, value in (("--input", input_glob), ("--output", output), ("--registry", registry)):
         if value is not None and not value.startswith("gs://"):
-            raise DataflowError(f"{flag} must be a gs:// path on Dataflow (workers cannot read this machine), "
-                                f"got {value!r}")
-    argv = ["--input", input_glob, "--output", output or settings.predictions(name),
-            "--registry", registry or settings.registry]
+            raise DataflowError(
+                f"{flag} must be a gs:// path on Dataflow (workers cannot read this machine), got {value!r}"
+            )
+    argv = [
+        "--input",
+        input_glob,
+        "--output",
+        output or settings.predictions(name),
+        "--registry",
+        registry or settings.registry,
+    ]
     if run:
         argv += ["--run", run]
     argv += _worker_argv(settings, name, max_num_workers, machine_type, sdk_container_image)
@@ -218,8 +227,12 @@ def _valid_gcs_path(path: str) -> bool:
     )
 
     match = re.match(Validator.GCS_URI, path, re.DOTALL)
-    return bool(match and match.group("BUCKET") and match.group("OBJECT")
-                and re.fullmatch(Validator.GCS_BUCKET, match.group("BUCKET")))
+    return bool(
+        match
+        and match.group("BUCKET")
+        and match.group("OBJECT")
+        and re.fullmatch(Validator.GCS_BUCKET, match.group("BUCKET"))
+    )
 
 
 def check_dataflow_options(options: PipelineOptions) -> None:
@@ -239,8 +252,10 @@ def check_dataflow_options(options: PipelineOptions) -> None:
             raise DataflowError(f"{flag} must be a gs:// path on Dataflow, got {value!r}")
         if value and not _valid_gcs_path(value):
             # Same as above: Beam falls back to creating a default bucket.
-            raise DataflowError(f"{flag} {value!r} is not gs://BUCKET/PATH with a valid bucket name "
-                                "(3-63 lowercase letters, digits, '-', '_' or '.')")
+            raise DataflowError(
+                f"{flag} {value!r} is not gs://BUCKET/PATH with a valid bucket name "
+                "(3-63 lowercase letters, digits, '-', '_' or '.')"
+            )
     setup_file = options.view_as(SetupOptions).setup_file
     if setup_file and Path(setup_file).name not in ("setup.py", "pyproject.toml"):
         raise DataflowError(f"--setup_file must name a setup.py or pyproject.toml, got {setup_file!r}")

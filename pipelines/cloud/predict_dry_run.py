@@ -1,4 +1,6 @@
-"""Build batch prediction's real Dataflow job offline (Beam's --dry_run): what `scripts/submit_dataflow.py --dry_run` shows.
+"""Build batch prediction's real Dataflow job offline (Beam's --dry_run).
+
+This is what `scripts/submit_dataflow.py --dry_run` shows.
 
     job = build_predict_dry_run_job(dataflow.predict_argv(settings, name, "gs://b/rides-*.csv", run=RUN))
     job.proto_pipeline        # the pipeline proto Dataflow would receive; job.proto: the job request
@@ -7,6 +9,7 @@
 graph is `pipelines.batch_predict.build_predict`. Preprocessing's twin is
 `pipelines.preprocessing.pipeline.build_dry_run_job`.
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -30,8 +33,10 @@ def build_predict_dry_run_job(argv: list[str]):
     if not (args.input and args.output):
         raise dataflow.DataflowError("batch prediction needs --input GLOB and --output DIR")
     if not args.run:
-        raise dataflow.DataflowError("a dry run of batch prediction needs --run NAME (the latest run is only "
-                                     "found by listing the registry, which a dry run does not touch)")
+        raise dataflow.DataflowError(
+            "a dry run of batch prediction needs --run NAME (the latest run is only "
+            "found by listing the registry, which a dry run does not touch)"
+        )
     model_uri = storage.join(registry.registry_root(args.registry), args.run, registry.MODEL_FILE)
     pipeline = beam.Pipeline(options=options)
     batch_predict.build_predict(pipeline, args.input, args.output, model_uri, name_by_file=True)

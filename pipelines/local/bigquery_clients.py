@@ -29,6 +29,7 @@ defaults; Dataflow retries and fails a stuck work item itself.
     bound_bigquery_calls(30, rest_url="http://127.0.0.1:9050/bigquery/v2/",
                          storage_channel=lambda: grpc.insecure_channel("127.0.0.1:9060"))   # an emulator
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,9 @@ def _rest_client(timeout: float, url: str | None, pipeline_options=None):
     on `url` (an emulator) without credentials; DefaultCredentialsError, never a browser login, when
     Google's credentials are missing."""
     if url:
-        client = bigquery_api.BigqueryV2(url=url, http=get_new_http(timeout_secs=timeout), get_credentials=False,
-                                         response_encoding="utf8")
+        client = bigquery_api.BigqueryV2(
+            url=url, http=get_new_http(timeout_secs=timeout), get_credentials=False, response_encoding="utf8"
+        )
     else:
         credentials = beam_auth.get_service_credentials(pipeline_options)
         if credentials is None:
@@ -102,8 +104,11 @@ def _storage_module(timeout: float, channel=None) -> types.ModuleType:
 
         def create_read_session(self, *args, retry=DEFAULT, timeout=DEFAULT, **kwargs):
             return super().create_read_session(
-                *args, retry=bounded_retry(limit) if retry is DEFAULT else retry,
-                timeout=limit if timeout is DEFAULT else timeout, **kwargs)
+                *args,
+                retry=bounded_retry(limit) if retry is DEFAULT else retry,
+                timeout=limit if timeout is DEFAULT else timeout,
+                **kwargs,
+            )
 
         def read_rows(self, *args, retry=DEFAULT, **kwargs):
             # No overall timeout: a long stream that keeps sending is fine; its reconnects are bounded.

@@ -26,6 +26,7 @@ this package is not shipped to Dataflow workers and no pipeline module imports i
 
 scripts/bigquery_emulator.py starts such an emulator and loads rides into it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -96,8 +97,11 @@ def use_bigquery_emulator(host_port: str, grpc_port: int | None = None, timeout:
     moved += [name for name in CREDENTIAL_FIELDS if not hasattr(CREDENTIAL_CACHE, name)]
     if moved:
         raise RuntimeError(f"apache_beam moved {', '.join(moved)}: pipelines/local/bigquery_emulator.py must follow it")
-    bound_bigquery_calls(timeout, rest_url=f"http://{host}:{port}{REST_PATH}", storage_channel=functools.partial(
-        grpc.insecure_channel, f"{host}:{grpc_port}", options=GRPC_CHANNEL_OPTIONS))
+    bound_bigquery_calls(
+        timeout,
+        rest_url=f"http://{host}:{port}{REST_PATH}",
+        storage_channel=functools.partial(grpc.insecure_channel, f"{host}:{grpc_port}", options=GRPC_CHANNEL_OPTIONS),
+    )
     gce_metadata_util.fetch_dataflow_job_id = _no_dataflow_job_id
     _set_beam_credentials_anonymous()
     # google-cloud-bigquery clients made elsewhere in this process follow too.

@@ -5,6 +5,7 @@ credentials checked first, and its failures in one line.
     check_credentials()                                 # BigQueryError naming `gcloud auth ...` without them
     pipeline | READ_BIGQUERY_LABEL >> read_from_bigquery(query, "DIRECT_READ", project, temp_location)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,12 +71,19 @@ def _timeout(text: str) -> float:
 def add_local_run_flags(parser: argparse.ArgumentParser) -> None:
     """--bigquery_timeout and --bigquery_emulator, on `parser`."""
     parser.add_argument(
-        "--bigquery_timeout", type=_timeout, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+        "--bigquery_timeout",
+        type=_timeout,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
         help="give up a BigQuery call (query or export job, read session, stream) after this many seconds "
-             f"of failures, then stop with one line and exit 1 (default {DEFAULT_TIMEOUT_S:g}; local runs)")
+        f"of failures, then stop with one line and exit 1 (default {DEFAULT_TIMEOUT_S:g}; local runs)",
+    )
     parser.add_argument(
-        "--bigquery_emulator", default=None, metavar="HOST:PORT",
-        help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing; in-process runners only)")
+        "--bigquery_emulator",
+        default=None,
+        metavar="HOST:PORT",
+        help="read BigQuery from a local emulator, e.g. 127.0.0.1:9050 (testing; in-process runners only)",
+    )
 
 
 def parse_date(text: str, flag: str = "date") -> date:

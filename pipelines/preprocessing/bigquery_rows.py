@@ -6,6 +6,7 @@ Rows are batched once (`RecordBatch`, sized by nbytes so Beam never pickles ever
 measure it); each column is built in one pass and converted in one call; a row missing a
 column or holding a value of the wrong type goes to the dead letter with its content.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ import io
 import json
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from operator import itemgetter
 
 import apache_beam as beam
@@ -26,7 +27,6 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.preprocessing.coders import BatchCoder, batches_of
 from pipelines.preprocessing.parse import dead_letter_line, empty_rides, parsed_outputs
-from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
     DEAD_LETTER,
@@ -35,6 +35,7 @@ from pipelines.preprocessing.tags import (
     ROWS_READ,
     counter,
 )
+from pipelines.preprocessing.timers import record_since, stage_timer
 from taxifare_core import contract
 from taxifare_core.features import joined_lines
 from taxifare_core.parsing import MalformedRecord, parse_frame, parse_record
@@ -76,9 +77,9 @@ def _typed_column(column: str, values: list):
 def _column_frame(records: list) -> pd.DataFrame:
     """Dict rows -> a DataFrame for parse_frame, one pass per column (C-level `itemgetter`) and each
     column converted in one call; KeyError if a row lacks a column."""
-    return pd.DataFrame({
-        column: _typed_column(column, list(map(itemgetter(column), records))) for column in contract.RAW_COLUMNS
-    })
+    return pd.DataFrame(
+        {column: _typed_column(column, list(map(itemgetter(column), records))) for column in contract.RAW_COLUMNS}
+    )
 
 
 def _parse_one_by_one(records: list, source: str) -> tuple[pd.DataFrame, list[str], list]:
@@ -113,8 +114,9 @@ def parse_rows(records: list[dict], source: str) -> tuple[pd.DataFrame, list[str
         for record in records:
             absent = [column for column in contract.RAW_COLUMNS if column not in record]
             if absent:
-                dead.append(dead_letter_line(source, None, _record_json(record),
-                                             f"missing column(s): {', '.join(absent)}"))
+                dead.append(
+                    dead_letter_line(source, None, _record_json(record), f"missing column(s): {', '.join(absent)}")
+                )
                 bad.append(record)
             else:
                 complete.append(record)
@@ -139,7 +141,7 @@ def _raw_text(value) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        stamp = value if value.tzinfo is None else value.astimezone(timezone.utc)
+        stamp = value if value.tzinfo is None else value.astimezone(UTC)
         return stamp.strftime(contract.CSV_TIME_FORMAT)
     return str(value)
 
@@ -252,7 +254,7 @@ class ParseRecordBatches(beam.PTransform):
         outputs = (
             records
             | "BatchRecords" >> beam.ParDo(BatchRecordsFn(self.batch_rows)).with_output_types(RecordBatch)
-            | "ParseRecordBatch" >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(
-                DEAD_LETTER, RAW, main=RIDES)
+            | "ParseRecordBatch"
+            >> beam.ParDo(ParseRecordBatchFn(self.source)).with_outputs(DEAD_LETTER, RAW, main=RIDES)
         )
         return {RIDES: batches_of(outputs[RIDES], pd.DataFrame), DEAD_LETTER: outputs[DEAD_LETTER], RAW: outputs[RAW]}

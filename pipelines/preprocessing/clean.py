@@ -1,8 +1,9 @@
 """The date window, the contract's cleaning rules and deduplication, as DoFns over batches of rides.
 
-    rides | ParDo(FilterDateWindowFn(min_date, max_date))   counts "outside_date_range"
-          | CleanRides(dedupe="batch"|"global"|"none")       counts each contract rule and "duplicate"
+rides | ParDo(FilterDateWindowFn(min_date, max_date))   counts "outside_date_range"
+      | CleanRides(dedupe="batch"|"global"|"none")       counts each contract rule and "duplicate"
 """
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,8 @@ import apache_beam as beam
 import numpy as np
 import pandas as pd
 
-from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import OUTSIDE_DATE_RANGE, counter
+from pipelines.preprocessing.timers import record_since, stage_timer
 from taxifare_core import contract
 from taxifare_core.cleaning import clean, duplicate_mask
 
@@ -151,7 +152,8 @@ class CleanRides(beam.PTransform):
 
     def expand(self, rides):
         kept = rides | "ApplyRules" >> beam.ParDo(CleanRidesFn(dedupe=self.dedupe == "batch")).with_output_types(
-            pd.DataFrame)
+            pd.DataFrame
+        )
         if self.dedupe == "global":
             kept = kept | "DeduplicateGlobally" >> DeduplicateGlobally(self.batch_rows)
         return kept

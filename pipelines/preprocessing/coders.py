@@ -8,6 +8,7 @@ estimate matters there; across stages they are pickled as before.
     beam.coders.registry.register_coder(MyBatch, BatchCoder)
     batches = batches_of(pcoll, MyBatch)    # declare the element type: Beam then uses BatchCoder
 """
+
 from __future__ import annotations
 
 import pickle

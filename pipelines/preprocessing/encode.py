@@ -7,6 +7,7 @@
 Encoding and formatting spend their time in numpy and Arrow, which release the GIL:
 big batches are cut in slices worked on by a few threads (same result, sooner).
 """
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,9 @@ import pandas as pd
 
 from pipelines.preprocessing.clean import utc_nanoseconds
 from pipelines.preprocessing.coders import BatchCoder, batches_of
-from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import TRAIN, TRAIN_ROWS, VAL, VAL_ROWS, counter
 from pipelines.preprocessing.threads import shutdown, slice_count, thread_pool
+from pipelines.preprocessing.timers import record_since, stage_timer
 from taxifare_core import contract
 from taxifare_core.features import format_csv, processed_rows
 
@@ -68,7 +69,9 @@ class EncodeRidesFn(beam.DoFn):
         else:
             bounds = np.linspace(0, len(rides), slices + 1).astype(int)
             parts = list(self.pool.map(encode_rides, [rides.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
-            batch = ProcessedBatch(np.concatenate([p.rows for p in parts]), np.concatenate([p.pickup_ns for p in parts]))
+            batch = ProcessedBatch(
+                np.concatenate([p.rows for p in parts]), np.concatenate([p.pickup_ns for p in parts])
+            )
         record_since(self.timer, started)
         yield batch
 

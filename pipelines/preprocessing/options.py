@@ -8,6 +8,7 @@ Beam's `PipelineOptions`. `resolve_config` validates both strictly and returns a
     check_beam_flags(options, vars(flags))       # a flag nobody knows: UsageError (Beam would only log it)
     config = resolve_config(flags, options)      # raises UsageError with one clear line
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,82 +60,126 @@ Counts, timings and the output folder are printed at the end and saved in OUTPUT
 
 def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     """This pipeline's flags (the rest are Beam's)."""
+    parser.add_argument("--source", choices=SOURCES, default="csv", help="where raw rides come from (default: csv)")
     parser.add_argument(
-        "--source", choices=SOURCES, default="csv",
-        help="where raw rides come from (default: csv)")
-    parser.add_argument(
-        "--input", default=None,
+        "--input",
+        default=None,
         help="with --source csv: a file or glob of CSVs with a header (local or gs://); "
-             "default: the embedded generated sample (100k rows, made once)")
+        "default: the embedded generated sample (100k rows, made once)",
+    )
     parser.add_argument(
-        "--output", default=None,
+        "--output",
+        default=None,
         help="output folder (local or gs://); default: "
-             "$LOCAL_DATA_PATH/processed/processed_{min_date}_{max_date}_{size}")
+        "$LOCAL_DATA_PATH/processed/processed_{min_date}_{max_date}_{size}",
+    )
     parser.add_argument(
-        "--data_size", default=None,
+        "--data_size",
+        default=None,
         help=f"with --source bigquery: the table, one of {', '.join(contract.DATA_SIZES)} "
-             f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
-             "label of the default output folder (default: the input folder's name and a "
-             "6-digit hash of the input pattern)")
+        f"(default {contract.DEFAULT_DATA_SIZE}); with --source csv: only the {{size}} "
+        "label of the default output folder (default: the input folder's name and a "
+        "6-digit hash of the input pattern)",
+    )
     parser.add_argument(
-        "--min_date", default=contract.DEFAULT_MIN_DATE,
+        "--min_date",
+        default=contract.DEFAULT_MIN_DATE,
         help=f"first pickup date kept, YYYY-MM-DD, inclusive (default {contract.DEFAULT_MIN_DATE}); "
-             "CSV rows outside the window are counted as outside_date_range")
+        "CSV rows outside the window are counted as outside_date_range",
+    )
     parser.add_argument(
-        "--max_date", default=contract.DEFAULT_MAX_DATE,
+        "--max_date",
+        default=contract.DEFAULT_MAX_DATE,
         help="last pickup date kept, YYYY-MM-DD; as BigQuery's BETWEEN, it means midnight UTC, "
-             f"so only rides at exactly 00:00:00 of that day are kept (default {contract.DEFAULT_MAX_DATE})")
+        f"so only rides at exactly 00:00:00 of that day are kept (default {contract.DEFAULT_MAX_DATE})",
+    )
     parser.add_argument(
-        "--val_start", default=None,
+        "--val_start",
+        default=None,
         help="rides picked up from this date (midnight UTC) on go to val, earlier ones to train; "
-             "default: one month before --max_date")
+        "default: one month before --max_date",
+    )
     parser.add_argument(
-        "--dedupe", choices=DEDUPE_MODES, default=DEFAULT_DEDUPE,
+        "--dedupe",
+        choices=DEDUPE_MODES,
+        default=DEFAULT_DEDUPE,
         help="exact duplicates: 'batch' removes them within each block of --block_rows rows "
-             "(flat memory, the origin course's chunked approach; default), 'global' across the "
-             "whole input (a shuffle: exact, but local memory grows ~0.5 GB per million rows), "
-             "'none' keeps them")
+        "(flat memory, the origin course's chunked approach; default), 'global' across the "
+        "whole input (a shuffle: exact, but local memory grows ~0.5 GB per million rows), "
+        "'none' keeps them",
+    )
     parser.add_argument(
-        "--num_shards", type=int, default=0,
+        "--num_shards",
+        type=int,
+        default=0,
         help="shards per output (train, val, errors); 0 lets the runner decide (default). "
-             "A fixed count makes the local runners hold the output in memory")
+        "A fixed count makes the local runners hold the output in memory",
+    )
     parser.add_argument(
-        "--block_rows", type=int, default=DEFAULT_BLOCK_ROWS,
-        help=f"rows per batch: the unit of vectorized work and of --dedupe batch (default {DEFAULT_BLOCK_ROWS:,})")
+        "--block_rows",
+        type=int,
+        default=DEFAULT_BLOCK_ROWS,
+        help=f"rows per batch: the unit of vectorized work and of --dedupe batch (default {DEFAULT_BLOCK_ROWS:,})",
+    )
     parser.add_argument(
-        "--bq_project", default=contract.BQ_PROJECT,
-        help=f"project holding the raw tables (default {contract.BQ_PROJECT})")
+        "--bq_project",
+        default=contract.BQ_PROJECT,
+        help=f"project holding the raw tables (default {contract.BQ_PROJECT})",
+    )
     parser.add_argument(
-        "--bq_dataset", default=contract.BQ_DATASET,
-        help=f"dataset holding the raw tables (default {contract.BQ_DATASET})")
+        "--bq_dataset",
+        default=contract.BQ_DATASET,
+        help=f"dataset holding the raw tables (default {contract.BQ_DATASET})",
+    )
     parser.add_argument(
-        "--read_method", choices=READ_METHODS, default="DIRECT_READ",
-        help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)")
+        "--read_method",
+        choices=READ_METHODS,
+        default="DIRECT_READ",
+        help="BigQuery read: DIRECT_READ (Storage Read API, default) or EXPORT (needs --temp_location)",
+    )
     add_local_run_flags(parser)  # --bigquery_timeout, --bigquery_emulator: local runs only, never Beam's
     parser.add_argument(
-        "--compare_to", default=None, metavar="REF",
+        "--compare_to",
+        default=None,
+        metavar="REF",
         help="score drift of this run's kept rows against an earlier run: its output folder or its "
-             "stats.json (local or gs://); default: val is scored against train")
+        "stats.json (local or gs://); default: val is scored against train",
+    )
     parser.add_argument(
-        "--fail_on_drift", action="store_true", default=False,
+        "--fail_on_drift",
+        action="store_true",
+        default=False,
         help="when a feature drifts (population stability index > 0.2): do not publish the run (its files "
-             "and report stay in OUTPUT/run-<id>/ for inspection, summary.json keeps naming the previous "
-             "run) and exit with code 3")
+        "and report stay in OUTPUT/run-<id>/ for inspection, summary.json keeps naming the previous "
+        "run) and exit with code 3",
+    )
     parser.add_argument(
-        "--no_statistics", action="store_true", default=False,
-        help="skip the feature statistics, stats.json and report.html (for benchmarks)")
+        "--no_statistics",
+        action="store_true",
+        default=False,
+        help="skip the feature statistics, stats.json and report.html (for benchmarks)",
+    )
     parser.add_argument(
-        "--allow_empty", action="store_true", default=False,
+        "--allow_empty",
+        action="store_true",
+        default=False,
         help="publish the output even when no train or val row is left (default: such a run "
-             "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)")
+        "fails with exit code 1 and its files stay unpublished in OUTPUT/run-<id>/ for inspection)",
+    )
     parser.add_argument(
-        "--force", action="store_true", default=False,
+        "--force",
+        action="store_true",
+        default=False,
         help="write into a non-empty --output that holds no output of this project: the run is written "
-             "beside those files, which are never removed (default: such a folder is refused, exit code 2)")
+        "beside those files, which are never removed (default: such a folder is refused, exit code 2)",
+    )
     parser.add_argument(
-        "--log_level", choices=LOG_LEVELS, default=None,
+        "--log_level",
+        choices=LOG_LEVELS,
+        default=None,
         help="Python logging level, Beam's included (default: Beam quiet on local runs); "
-             "DEBUG also prints the traceback behind a one-line error such as a failed BigQuery read")
+        "DEBUG also prints the traceback behind a one-line error such as a failed BigQuery read",
+    )
 
 
 @dataclass(frozen=True)
@@ -172,13 +217,13 @@ def flag_parser(prog: str = "python -m pipelines.preprocess") -> argparse.Argume
     parser = OneLineErrorParser(
         prog=prog,
         description="Beam batch pipeline: raw taxi rides (CSV or BigQuery) -> clean -> 65 features "
-                    "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
-                    "the dead letter (OUTPUT/errors-*.jsonl), OUTPUT/summary.json, the feature "
-                    "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html). The files are "
-                    "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
-                    "or killed run leaves the previous output as it was. Exit codes: 0 done, "
-                    "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
-                    "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift (not published).",
+        "-> sharded processed CSVs (OUTPUT/train-*.csv, OUTPUT/val-*.csv), "
+        "the dead letter (OUTPUT/errors-*.jsonl), OUTPUT/summary.json, the feature "
+        "statistics with drift (OUTPUT/stats.json) and a report (OUTPUT/report.html). The files are "
+        "written to OUTPUT/run-<id>/ and published by summary.json, written last: a failed "
+        "or killed run leaves the previous output as it was. Exit codes: 0 done, "
+        "1 no rows written (see --allow_empty) or counts not adding up, 2 bad flag or path, "
+        "or OUTPUT being written by another run, 3 drift flagged with --fail_on_drift (not published).",
         epilog=BEAM_FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # No prefix matching: `--out` must not pass for --output, nor a Beam flag's prefix for one of ours.
@@ -270,7 +315,8 @@ def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_
             if not cloud.project:
                 raise UsageError(
                     "--source bigquery needs the GCP project to bill: pass --project YOUR_PROJECT "
-                    "(or --source csv --input FILES to run offline)")
+                    "(or --source csv --input FILES to run offline)"
+                )
             if flags.read_method == "EXPORT" and not (cloud.temp_location or "").startswith("gs://"):
                 raise UsageError("--read_method EXPORT needs --temp_location gs://BUCKET/PATH")
         if flags.input:
@@ -287,7 +333,8 @@ def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_
         else:
             data_size = _csv_size_label(pattern)
     output = flags.output or str(
-        contract.local_data_path() / "processed"
+        contract.local_data_path()
+        / "processed"
         / contract.processed_dir_name(low.isoformat(), high.isoformat(), data_size)
     )
     return PreprocessConfig(

@@ -7,6 +7,7 @@ aside, a value Arrow cannot convert sends the block to the text split and the ve
 parser (`taxifare_core.parsing`), which gives each bad row its reason. Bad input leaves
 through the "dead_letter" output as JSON lines {"source", "line", "record", "reason"}.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,7 +23,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipelines.preprocessing.coders import batches_of
-from pipelines.preprocessing.timers import record_since, stage_timer
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
     DEAD_LETTER,
@@ -31,6 +31,7 @@ from pipelines.preprocessing.tags import (
     ROWS_READ,
     counter,
 )
+from pipelines.preprocessing.timers import record_since, stage_timer
 from taxifare_core import contract
 from taxifare_core.parsing import (
     MISSING_TEXT,
@@ -305,8 +306,12 @@ def _split_line_by_line(numbered: list[tuple[int, str]], columns: tuple[str, ...
             continue
         kept.append((number, text))
         rows.append(fields)
-    return SplitLines(pd.DataFrame(rows, columns=list(columns), dtype=object),
-                      np.asarray([n for n, _ in kept], dtype=np.int64), [text for _, text in kept], bad)
+    return SplitLines(
+        pd.DataFrame(rows, columns=list(columns), dtype=object),
+        np.asarray([n for n, _ in kept], dtype=np.int64),
+        [text for _, text in kept],
+        bad,
+    )
 
 
 def split_lines(block: RawBlock) -> SplitLines:
@@ -316,15 +321,19 @@ def split_lines(block: RawBlock) -> SplitLines:
     if len(too_long):  # set aside whole, as bytes: never decoded, split or parsed
         lines = block.data.split(b"\n")
         for index in too_long.tolist():
-            bad.append((block.first_line + index, lines[index].decode("utf-8", errors="replace"),
-                        long_line_reason(len(lines[index]))))
+            bad.append(
+                (
+                    block.first_line + index,
+                    lines[index].decode("utf-8", errors="replace"),
+                    long_line_reason(len(lines[index])),
+                )
+            )
             lines[index] = b""
         text = b"\n".join(lines).decode("utf-8", errors="replace")
     else:
         text = block.data.decode("utf-8", errors="replace")
     numbered = [
-        (block.first_line + offset, line.rstrip("\r"))
-        for offset, line in enumerate(text.split("\n")) if line.strip()
+        (block.first_line + offset, line.rstrip("\r")) for offset, line in enumerate(text.split("\n")) if line.strip()
     ]
     split = _split_with_arrow(numbered, block.columns) or _split_line_by_line(numbered, block.columns)
     if not bad:

@@ -5,6 +5,7 @@ PCollections, so tests can feed `beam.Create` rows in place of the source;
 `run(options, config)` writes OUTPUT/run-<id>/ and publishes it with OUTPUT/summary.json
 (`taxifare_core.storage.outputs`). The command line is `pipelines.preprocess`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -18,11 +19,11 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import READ_BIGQUERY_LABEL, read_from_bigquery
+from pipelines.preprocessing.bigquery_rows import ParseRecordBatches
 from pipelines.preprocessing.clean import CleanRides, FilterDateWindowFn
 from pipelines.preprocessing.encode import EncodeRides, FormatCsvLines, SplitTrainVal
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, flag_parser, resolve_config
 from pipelines.preprocessing.parse import ParseCsvBlocks
-from pipelines.preprocessing.bigquery_rows import ParseRecordBatches
 from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
 from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
@@ -55,8 +56,9 @@ class PreprocessRides(beam.PTransform):
     for the statistics (pipelines.preprocessing.statistics.ComputeStatistics).
     """
 
-    def __init__(self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000,
-                 num_shards: int = 0):
+    def __init__(
+        self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000, num_shards: int = 0
+    ):
         super().__init__()
         self.min_date, self.max_date, self.val_start = min_date, max_date, val_start
         self.dedupe, self.batch_rows, self.num_shards = dedupe, batch_rows, num_shards
@@ -64,8 +66,8 @@ class PreprocessRides(beam.PTransform):
     def expand(self, rides):
         split = (
             rides
-            | "FilterDateWindow" >> beam.ParDo(FilterDateWindowFn(self.min_date, self.max_date)).with_output_types(
-                pd.DataFrame)
+            | "FilterDateWindow"
+            >> beam.ParDo(FilterDateWindowFn(self.min_date, self.max_date)).with_output_types(pd.DataFrame)
             | "Clean" >> CleanRides(self.dedupe, self.batch_rows)
             | "Encode" >> EncodeRides()
             | "Split" >> SplitTrainVal(self.val_start)
@@ -152,7 +154,8 @@ class EmptyOutputError(RuntimeError):
             f"no rows to write ({summary['rows_read']:,} read, {summary['bad_input']:,} bad input, "
             f"{summary['dropped_total']:,} dropped, {summary['duplicates']:,} duplicates): the previous output "
             f"stays published; this run's files are in {run_dir} for inspection; "
-            "pass --allow_empty to publish an empty output")
+            "pass --allow_empty to publish an empty output"
+        )
 
 
 def carried_files(previous: dict | None, config: PreprocessConfig) -> dict[str, int]:
@@ -160,8 +163,11 @@ def carried_files(previous: dict | None, config: PreprocessConfig) -> dict[str, 
     if config.source != "csv" or not previous:
         return {}
     prefix, suffix = OUTPUT_FILES[RAW]
-    return {rel: size for rel, size in previous["files"].items()
-            if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], f"{prefix}-*-of-*{suffix}")}
+    return {
+        rel: size
+        for rel, size in previous["files"].items()
+        if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], f"{prefix}-*-of-*{suffix}")
+    }
 
 
 class DriftGateError(RuntimeError):
@@ -170,8 +176,10 @@ class DriftGateError(RuntimeError):
     def __init__(self, summary: dict, run_dir: str):
         self.summary, self.run_dir = summary, run_dir
         flagged = ", ".join(summary["drift"]["flagged"])
-        super().__init__(f"drift flagged ({flagged}) with --fail_on_drift: this run is NOT published, the previous "
-                         f"output stays; its files and report are in {run_dir} for inspection")
+        super().__init__(
+            f"drift flagged ({flagged}) with --fail_on_drift: this run is NOT published, the previous "
+            f"output stays; its files and report are in {run_dir} for inspection"
+        )
 
 
 def empty_val_warning(summary: dict, config: PreprocessConfig) -> str | None:
@@ -219,8 +227,10 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     source = config.input if config.source == "csv" else f"BigQuery {config.table}"
     try:
         with outputs.publishing_run(config.output, KIND, config.force, _warn) as run_folder:
-            print(f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
-                  file=sys.stderr)
+            print(
+                f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
+                file=sys.stderr,
+            )
             return write_and_publish(options, config, run_folder)
     except outputs.OutputUsageError as error:
         raise UsageError(str(error)) from None

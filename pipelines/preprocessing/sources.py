@@ -5,6 +5,7 @@
 Each file is planned into byte ranges of about `block_rows` lines, shared out to workers;
 the header is checked once per file (`read_header`), binary or foreign files stop with one line.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -115,7 +116,7 @@ def sniff(path: str, required: tuple[str, ...] = contract.RAW_COLUMNS) -> CsvLay
     end = head.find(newline)
     if end < 0 and len(head) == _SNIFF_BYTES:
         raise MalformedRecord(f"{path} is not a CSV file (no line end in its first {_SNIFF_BYTES:,} bytes)")
-    first = head if end < 0 else head[:end + 1]
+    first = head if end < 0 else head[: end + 1]
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -185,7 +186,7 @@ def _cuts(chunk: bytes, newline: bytes, lines_in_block: int, block_rows: int) ->
     """Offsets just after every block_rows-th line end of `chunk` (counting on from `lines_in_block`
     lines already in the current block), and the count of lines in the block after the chunk."""
     ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == newline[0]) + 1
-    return ends[block_rows - lines_in_block - 1::block_rows], (lines_in_block + len(ends)) % block_rows
+    return ends[block_rows - lines_in_block - 1 :: block_rows], (lines_in_block + len(ends)) % block_rows
 
 
 def plan_blocks(path: str, block_rows: int, required: tuple[str, ...] = contract.RAW_COLUMNS) -> list[BlockSpan]:
@@ -267,8 +268,12 @@ class ReadCsvBlocks(beam.PTransform):
     Every file's header must name the `required` columns (default: the raw table's).
     """
 
-    def __init__(self, pattern: str | list[str], block_rows: int = DEFAULT_BLOCK_ROWS,
-                 required: tuple[str, ...] = contract.RAW_COLUMNS):
+    def __init__(
+        self,
+        pattern: str | list[str],
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        required: tuple[str, ...] = contract.RAW_COLUMNS,
+    ):
         super().__init__()
         # A list: the files of a published output (taxifare_core.storage.outputs.resolve), read as they are.
         self.patterns = [pattern] if isinstance(pattern, str) else list(pattern)

@@ -10,6 +10,7 @@ JSON line {"splits": {"train": {...}, "val": {...}}} written by the pipeline; th
 driver reads it back, adds drift, and writes stats.json and report.html
 (`pipelines.run_statistics.publish_statistics`).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,9 @@ class FeatureStatisticsFn(beam.CombineFn):
             bounds = np.linspace(0, len(rows), slices + 1).astype(int)
             parts = self.pool.map(
                 lambda a, b: stats.batch_accumulator(rows[a:b], None if pickup_ns is None else pickup_ns[a:b]),
-                bounds[:-1], bounds[1:])
+                bounds[:-1],
+                bounds[1:],
+            )
             for part in parts:
                 stats.merge_into(accumulator, part)
         record_since(self.timer, started)

@@ -6,13 +6,13 @@ bad input, a dropping rule, duplicates, train or val; `balanced` says whether th
     summary = build_summary(counters_from_result(result), config.to_dict(), seconds, stages_from_result(result))
     write_summary(f"{config.output}/summary.json", summary); print(format_table(summary))
 """
+
 from __future__ import annotations
 
 import json
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.preprocessing.timers import STAGE_NAMESPACE, STAGE_PREFIX
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
     COUNTER_NAMESPACE,
@@ -22,6 +22,7 @@ from pipelines.preprocessing.tags import (
     TRAIN_ROWS,
     VAL_ROWS,
 )
+from pipelines.preprocessing.timers import STAGE_NAMESPACE, STAGE_PREFIX
 from taxifare_core import contract, storage
 from taxifare_core.storage import outputs
 
@@ -39,8 +40,8 @@ def _query(result, namespace: str) -> dict:
     except NotImplementedError:
         # Beam's Dask runner, for one: its result raises instead of reporting zeros, and so do we.
         raise MetricsUnavailableError(
-            f"the runner ({type(result).__name__}) reports no metrics, so the counts of summary.json "
-            "cannot be known") from None
+            f"the runner ({type(result).__name__}) reports no metrics, so the counts of summary.json cannot be known"
+        ) from None
 
 
 def counters_from_result(result) -> dict[str, int]:
@@ -65,7 +66,7 @@ def stages_from_result(result) -> dict[str, dict]:
         value = distribution.committed if distribution.committed is not None else distribution.attempted
         if not name.startswith(STAGE_PREFIX) or value is None:
             continue
-        stage = stages.setdefault(name[len(STAGE_PREFIX):], {"seconds": 0.0, "batches": 0})
+        stage = stages.setdefault(name[len(STAGE_PREFIX) :], {"seconds": 0.0, "batches": 0})
         stage["seconds"] += value.sum / 1e6
         stage["batches"] += value.count
     ordered = {name: stages[name] for name in STAGES if name in stages}
@@ -89,8 +90,7 @@ def build_summary(counters: dict[str, int], config: dict, seconds: float, stages
         "val_rows": counters.get(VAL_ROWS, 0),
     }
     accounted = (
-        counts["bad_input"] + counts["dropped_total"] + counts["duplicates"]
-        + counts["train_rows"] + counts["val_rows"]
+        counts["bad_input"] + counts["dropped_total"] + counts["duplicates"] + counts["train_rows"] + counts["val_rows"]
     )
     return {
         **counts,

@@ -3,6 +3,7 @@
 Every row read ends in exactly one counter: rows read = bad input + each drop rule +
 duplicates + train + val (`pipelines.preprocessing.summary` checks it).
 """
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@
 Used by encoding and formatting (pipelines.preprocessing.encode) and the statistics
 (pipelines.preprocessing.statistics); the result is the same as on one thread.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@
 
 `pipelines.preprocessing.summary.stages_from_result` reads them back from the finished pipeline.
 """
+
 from __future__ import annotations
 
 import time

@@ -5,6 +5,7 @@ names the ones it goes with, so a kill during a checkpoint write leaves the prev
 whole. The state records the shards' sizes and versions, and `--resume` refuses shards
 that changed (`check_inputs`).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ CHECKPOINT_BEST_WEIGHTS = "best-{chunk:06d}.weights.h5"
 
 def input_fingerprint(train_paths: list[str], val_paths: list[str]) -> dict:
     """{"train"|"val": {path: {"size", "version"}}}: what the run reads, as found at its start."""
-    return {kind: {path: storage.version(path) for path in paths}
-            for kind, paths in (("train", train_paths), ("val", val_paths))}
+    return {
+        kind: {path: storage.version(path) for path in paths}
+        for kind, paths in (("train", train_paths), ("val", val_paths))
+    }
 
 
 def fingerprint_changes(before: dict, after: dict) -> list[str]:

@@ -12,6 +12,7 @@ run holds its folder's lock while it trains. The command line is `pipelines.trai
 
     metrics = run(pipelines.train.parse_args([...]))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,8 +128,9 @@ def _resume_run(args: argparse.Namespace, locks: list) -> tuple[str, dict]:
     elif args.resume in unfinished:
         name = args.resume
     else:
-        raise UsageError(f"cannot resume {args.resume!r}: interrupted runs in {args.registry}: "
-                         f"{', '.join(unfinished) or 'none'}")
+        raise UsageError(
+            f"cannot resume {args.resume!r}: interrupted runs in {args.registry}: {', '.join(unfinished) or 'none'}"
+        )
     run_dir = storage.join(args.registry, name)
     # Before its state is read: two `--resume` of one run would otherwise both train into it.
     locks.append(registry.lock_run(run_dir))
@@ -206,7 +208,8 @@ def _fit_chunk(model, features, fares, validation_rows, settings: dict):
     )
     non_finite = _non_finite_loss_stopper()
     history = model.fit(
-        features, fares,
+        features,
+        fares,
         batch_size=settings["batch_size"],
         epochs=settings["max_epochs_per_chunk"],
         validation_data=validation_rows,
@@ -240,8 +243,9 @@ def _build_or_restore(run_dir: str, state: dict):
     try:
         return registry.load_keras_model(path)
     except registry.UnreadableModelError as error:
-        raise UsageError(f"the checkpoint of run {_name(run_dir)} is unreadable ({error.problem}): "
-                         "start a new run") from None
+        raise UsageError(
+            f"the checkpoint of run {_name(run_dir)} is unreadable ({error.problem}): start a new run"
+        ) from None
 
 
 def _name(run_dir: str) -> str:
@@ -299,8 +303,10 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
     val_features, val_fares = reader.read_rows(settings["val"], settings["max_val_rows"])
     if len(val_fares) == 0:
         raise UsageError(f"the validation shards {settings['val']} hold no rows")
-    _log(f"training on {len(train_paths)} train shard(s), {len(val_fares):,} validation rows "
-         f"from {len(val_paths)} shard(s), chunks of {settings['chunk_size']:,} rows, loss {settings['loss']}")
+    _log(
+        f"training on {len(train_paths)} train shard(s), {len(val_fares):,} validation rows "
+        f"from {len(val_paths)} shard(s), chunks of {settings['chunk_size']:,} rows, loss {settings['loss']}"
+    )
 
     model = _build_or_restore(run_dir, state)
     # In memory only while they are the checkpoint's own weights (see write_checkpoint).
@@ -329,21 +335,32 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
         state["epochs"] += epochs
         state["baseline"] = baseline.state()
         seconds = time.perf_counter() - chunk_started
-        state["history"].append({
-            "chunk": chunk, "rows": len(fares), "rows_seen": state["rows_seen"], "epochs": epochs,
-            "train_mae": logs["mae"], "val_mae": logs["val_mae"], "val_loss": logs["val_loss"],
-            "best_epoch": best_epoch, "epoch_train_mae": every_epoch["mae"], "epoch_val_mae": every_epoch["val_mae"],
-            "seconds": seconds,
-        })
+        state["history"].append(
+            {
+                "chunk": chunk,
+                "rows": len(fares),
+                "rows_seen": state["rows_seen"],
+                "epochs": epochs,
+                "train_mae": logs["mae"],
+                "val_mae": logs["val_mae"],
+                "val_loss": logs["val_loss"],
+                "best_epoch": best_epoch,
+                "epoch_train_mae": every_epoch["mae"],
+                "epoch_val_mae": every_epoch["val_mae"],
+                "seconds": seconds,
+            }
+        )
         state["seconds"] += seconds
         state["wall_seconds"] = time.perf_counter() - started
         if run_dir is None:
             run_dir = _first_checkpoint(args.registry, model, state, best_weights, locks)
         else:
             write_checkpoint(run_dir, model, state, best_weights)
-        _log(f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
-             f"val MAE {logs['val_mae']:.3f}{' *' if improved else ''}  ({epochs} epochs, "
-             f"{time.perf_counter() - chunk_started:.1f} s)")
+        _log(
+            f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
+            f"val MAE {logs['val_mae']:.3f}{' *' if improved else ''}  ({epochs} epochs, "
+            f"{time.perf_counter() - chunk_started:.1f} s)"
+        )
         if on_chunk:
             on_chunk("end", chunk, model)
         chunk_started = time.perf_counter()
@@ -374,10 +391,14 @@ def _non_finite_loss_message(run_dir: str | None, state: dict, chunk: int, epoch
     if run_dir is None:
         kept = "no run folder was created"
     else:
-        kept = (f"run {_name(run_dir)} is not registered as finished; its checkpoint after chunk "
-                f"{state['chunks_done']} is kept")
-    return (f"the {name.replace('_', ' ')} became {value} in chunk {chunk}, epoch {epoch}: {kept}; "
-            "try a lower --learning_rate or check the shards")
+        kept = (
+            f"run {_name(run_dir)} is not registered as finished; its checkpoint after chunk "
+            f"{state['chunks_done']} is kept"
+        )
+    return (
+        f"the {name.replace('_', ' ')} became {value} in chunk {chunk}, epoch {epoch}: {kept}; "
+        "try a lower --learning_rate or check the shards"
+    )
 
 
 def _score_production(registry_dir: str, val_features, val_fares) -> tuple[str | None, float | None, str | None]:
@@ -406,8 +427,10 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
     val_features, val_fares = validation
     scores = _evaluate(model, val_features, val_fares)
     if not all(math.isfinite(value) for value in scores.values()):
-        raise RunFailed(f"the model of run {_name(run_dir)} predicts non-finite fares on the validation rows "
-                        f"(MAE {scores['mae']}): not registered; try a lower --learning_rate or check the shards")
+        raise RunFailed(
+            f"the model of run {_name(run_dir)} predicts non-finite fares on the validation rows "
+            f"(MAE {scores['mae']}): not registered; try a lower --learning_rate or check the shards"
+        )
     distances = manhattan_km_of(val_features)
     baseline_errors = baseline.predict(distances) - val_fares.astype(np.float64)
     name = _name(run_dir)
@@ -436,22 +459,38 @@ def _finish(run_dir, model, state, baseline, validation, train_paths, val_paths,
     min_gain = getattr(args, "bless_min_gain", blessing.DEFAULT_MIN_GAIN)
     max_regression = getattr(args, "bless_max_regression", blessing.DEFAULT_MAX_REGRESSION)
     production, production_mae, problem = _score_production(args.registry, val_features, val_fares)
-    metrics.update(blessing.decide(
-        metrics["val_mae"], metrics["baseline_mae"], min_gain, production_mae=production_mae,
-        production_run=production, max_regression=max_regression, production_problem=problem,
-        rows=len(val_fares)))
+    metrics.update(
+        blessing.decide(
+            metrics["val_mae"],
+            metrics["baseline_mae"],
+            min_gain,
+            production_mae=production_mae,
+            production_run=production,
+            max_regression=max_regression,
+            production_problem=problem,
+            rows=len(val_fares),
+        )
+    )
     metrics["bless_min_gain"], metrics["bless_max_regression"] = min_gain, max_regression
-    params = {**settings, "incremental": True, "model": "contract section 5",
-              "registry": registry.registry_root(run_dir.rstrip("/").rsplit("/", 1)[0])}
+    params = {
+        **settings,
+        "incremental": True,
+        "model": "contract section 5",
+        "registry": registry.registry_root(run_dir.rstrip("/").rsplit("/", 1)[0]),
+    }
     png = training_curve_png(state["history"], metrics["baseline_mae"], title=f"run {name}")
     registry.save_run(run_dir, model, params, metrics, png)
     storage.remove_tree(storage.join(run_dir, registry.CHECKPOINT_DIR))
     gain = 100 * (metrics["baseline_mae"] - metrics["val_mae"]) / metrics["baseline_mae"]
-    _log(f"done: {metrics['rows']:,} rows in {metrics['chunks']} chunk(s), {metrics['epochs']} epochs, "
-         f"{metrics['train_seconds']:.0f} s of training; best chunk {metrics['best_chunk']}")
-    _log(f"validation ({metrics['val_rows']:,} rows): model MAE ${metrics['val_mae']:.3f} "
-         f"(RMSE ${metrics['val_rmse']:.3f}) vs baseline MAE ${metrics['baseline_mae']:.3f}: "
-         f"{abs(gain):.1f}% {'better' if gain >= 0 else 'worse'} than the baseline")
+    _log(
+        f"done: {metrics['rows']:,} rows in {metrics['chunks']} chunk(s), {metrics['epochs']} epochs, "
+        f"{metrics['train_seconds']:.0f} s of training; best chunk {metrics['best_chunk']}"
+    )
+    _log(
+        f"validation ({metrics['val_rows']:,} rows): model MAE ${metrics['val_mae']:.3f} "
+        f"(RMSE ${metrics['val_rmse']:.3f}) vs baseline MAE ${metrics['baseline_mae']:.3f}: "
+        f"{abs(gain):.1f}% {'better' if gain >= 0 else 'worse'} than the baseline"
+    )
     _log(f"saved {storage.join(run_dir, registry.MODEL_FILE)}")
     return metrics
 
@@ -461,15 +500,17 @@ def _promote_if_blessed(metrics: dict, registry_dir: str) -> dict:
     name, reasons = metrics["run"], "; ".join(metrics["reasons"])
     metrics = {**metrics, "promoted": False, "production": metrics["compared_to"]}
     if not metrics["blessed"]:
-        stays = f"production stays run {metrics['compared_to']}" if metrics["compared_to"] \
+        stays = (
+            f"production stays run {metrics['compared_to']}"
+            if metrics["compared_to"]
             else "there is still no production model"
+        )
         _log(f"not blessed: {reasons}")
         _log(f"{stays}; run {name} is kept (`python -m pipelines.registry promote {name} --force` serves it anyway)")
         return metrics
     _log(f"blessed: {reasons}")
     try:
-        registry.promote(name, registry_dir, by=f"pipelines.train ({registry.who()})",
-                         expected=metrics["compared_to"])
+        registry.promote(name, registry_dir, by=f"pipelines.train ({registry.who()})", expected=metrics["compared_to"])
     except registry.ProductionChangedError as error:
         metrics["production"] = registry.production_run(registry_dir)
         _log(f"not promoted: {error}")

@@ -3,6 +3,7 @@
 The REST API listens on PORT and the Storage Read API (gRPC) on PORT + 10, the
 convention pipelines.local.bigquery_emulator follows.
 """
+
 from __future__ import annotations
 
 import io
@@ -77,8 +78,9 @@ def client(host_port: str, project: str = contract.BQ_PROJECT):
     from google.cloud import bigquery
 
     host, port = parse_host_port(host_port)
-    return bigquery.Client(project=project, credentials=AnonymousCredentials(),
-                           client_options={"api_endpoint": f"http://{host}:{port}"})
+    return bigquery.Client(
+        project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": f"http://{host}:{port}"}
+    )
 
 
 def load_rides(host_port: str, rides, table: str, project: str = contract.BQ_PROJECT) -> int:
@@ -153,12 +155,32 @@ def run_with_dying_emulator(
         if server is not None:
             load_rides(host_port, generate_rides(rows, seed=11), f"{contract.BQ_DATASET}.raw_all")
             since = server.log_path.stat().st_size
-        command = [sys.executable, "-m", "pipelines.preprocess", "--source", "bigquery",
-                   "--bigquery_emulator", host_port, "--data_size", "all", "--output", str(output),
-                   "--temp_location", str(workdir / "bq_tmp"), "--no_statistics", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "pipelines.preprocess",
+            "--source",
+            "bigquery",
+            "--bigquery_emulator",
+            host_port,
+            "--data_size",
+            "all",
+            "--output",
+            str(output),
+            "--temp_location",
+            str(workdir / "bq_tmp"),
+            "--no_statistics",
+            *args,
+        ]
         with open(workdir / "run.stderr", "w+") as stderr:
-            run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+            run = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             if server is not None:
                 _wait_for_request(server, since, run, limit)
                 time.sleep(kill_after)

@@ -1,5 +1,5 @@
-"""The Cloud Storage emulator (`gcp-storage-emulator`) for gs:// tests: start it with a bucket.
-"""
+"""The Cloud Storage emulator (`gcp-storage-emulator`) for gs:// tests: start it with a bucket."""
+
 from __future__ import annotations
 
 import json
@@ -31,6 +31,17 @@ def start_storage(
     executable = ensure_venv(log=log).with_name("gcp-storage-emulator")
     port = port or free_port(host)
     data_dir = Path(data_dir)
-    command = [str(executable), "--data-dir", str(data_dir / "gcs"), "start", "--host", host,
-               "--port", str(port), "--default-bucket", bucket, "--quiet"]
+    command = [
+        str(executable),
+        "--data-dir",
+        str(data_dir / "gcs"),
+        "start",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--default-bucket",
+        bucket,
+        "--quiet",
+    ]
     return launch(command, f"{host}:{port}", storage_is_ready, data_dir, "storage_emulator", timeout)

@@ -1,5 +1,5 @@
-"""Emulator processes: free ports, start until ready (log tail on failure), stop by PID.
-"""
+"""Emulator processes: free ports, start until ready (log tail on failure), stop by PID."""
+
 from __future__ import annotations
 
 import os
@@ -79,19 +79,22 @@ def launch(command: list[str], host_port: str, ready, data_dir: Path, name: str,
     log_path = data_dir / f"{name}.log"
     with open(log_path, "ab") as log_file:
         # Its own session: a Ctrl-C meant for the caller does not kill it half-way.
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     host, port = parse_host_port(host_port)
     server = Emulator(host, port, process.pid, data_dir, log_path)
     deadline = time.monotonic() + timeout
     while not ready(host_port):
         if process.poll() is not None:
-            raise EmulatorError(f"the {name} exited with code {process.returncode} "
-                                f"(log: {log_path}):\n{_log_tail(log_path)}")
+            raise EmulatorError(
+                f"the {name} exited with code {process.returncode} (log: {log_path}):\n{_log_tail(log_path)}"
+            )
         if time.monotonic() > deadline:
             stop(server.pid)
-            raise EmulatorError(f"the {name} did not answer within {timeout:.0f} s "
-                                f"(log: {log_path}):\n{_log_tail(log_path)}")
+            raise EmulatorError(
+                f"the {name} did not answer within {timeout:.0f} s (log: {log_path}):\n{_log_tail(log_path)}"
+            )
         time.sleep(0.2)
     return server
 

@@ -4,6 +4,7 @@ Made on first use from the pins in scripts/bigquery_emulator-requirements.txt (P
 DuckDB's extensions come from PyPI packages too, so it works offline). BQEMU_PYTHON names
 another Python 3.13 interpreter.
 """
+
 from __future__ import annotations
 
 import glob
@@ -62,8 +63,9 @@ def find_python313() -> str:
 def _is_python313(executable: str) -> bool:
     """True when executable runs and is Python 3.13 (a pyenv shim may exist yet fail)."""
     try:
-        done = subprocess.run([executable, "-c", "import sys; print(sys.version_info[:2])"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [executable, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+        )
     except OSError:
         return False
     return done.returncode == 0 and done.stdout.strip() == "(3, 13)"
@@ -79,8 +81,7 @@ def _run(command: list[str], what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-        raise EmulatorError(f"{what} failed (exit {done.returncode}): {tail[-1] if tail else ''}\n"
-                            + "\n".join(tail))
+        raise EmulatorError(f"{what} failed (exit {done.returncode}): {tail[-1] if tail else ''}\n" + "\n".join(tail))
 
 
 def ensure_venv(venv_dir: Path = VENV_DIR, log=print) -> Path:
@@ -93,11 +94,18 @@ def ensure_venv(venv_dir: Path = VENV_DIR, log=print) -> Path:
         log(f"creating the BigQuery emulator's venv at {venv_dir} with {interpreter} (about 30 s)")
         if not python.exists():
             _run([interpreter, "-m", "venv", str(venv_dir)], "creating the venv")
-        _run([str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
-             f"pip install -r {REQUIREMENTS.name}")
+        _run(
+            [str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
+            f"pip install -r {REQUIREMENTS.name}",
+        )
         stamp.write_text(digest + "\n")
     # DuckDB keeps extensions under ~/.duckdb, which may be gone while the venv is cached.
-    _run([str(python), "-c", "import duckdb_extensions as d\n"
-          f"for name in {DUCKDB_EXTENSIONS!r}: d.import_extension(name)"],
-         "installing DuckDB's extensions from their PyPI packages")
+    _run(
+        [
+            str(python),
+            "-c",
+            f"import duckdb_extensions as d\nfor name in {DUCKDB_EXTENSIONS!r}: d.import_extension(name)",
+        ],
+        "installing DuckDB's extensions from their PyPI packages",
+    )
     return venv_dir / "bin" / "local-bigquery"

@@ -9,6 +9,7 @@ with training. Used by `pipelines.predict` and the Beam batch prediction.
     >>> batch.features.shape, batch.reasons
     ((1, 65), [None])
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

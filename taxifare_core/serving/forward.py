@@ -13,6 +13,7 @@ layer configs and weights.
     net = from_keras(registry.load_model())   # once, at start-up
     net(features)                             # float32 (n, 65) -> float64 (n,) fares
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

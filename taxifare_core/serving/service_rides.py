@@ -23,10 +23,11 @@ change (EST, so 07:30 UTC, i.e. 03:30 EDT); a time in the fall-back hour that
 happens twice (e.g. 2014-11-02 01:30) is taken as its first occurrence (EDT, so
 05:30 UTC). This is Python's `fold=0` rule.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -59,15 +60,15 @@ _NEW_YORK = ZoneInfo(_NEW_YORK_NAME)
 _UTC_SUFFIX = " utc"
 # The span pandas can hold in nanoseconds (1677-09-21 to 2262-04-11), whole days inside it:
 # the vectorized path stores times as datetime64[ns].
-FIRST_TIME = datetime(1677, 9, 22, tzinfo=timezone.utc)
-LAST_TIME = datetime(2262, 4, 10, 23, 59, 59, tzinfo=timezone.utc)
+FIRST_TIME = datetime(1677, 9, 22, tzinfo=UTC)
+LAST_TIME = datetime(2262, 4, 10, 23, 59, 59, tzinfo=UTC)
 # The zone-less forms the contract's parser reads (parsing.parse_timestamp), tried before ISO 8601.
 _NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f")
 # The common form, parsed by Arrow for a whole JSON list at once.
 _FAST_FORMAT = _NAIVE_FORMATS[0]
 # Local times Arrow parses that stay inside FIRST_TIME..LAST_TIME once in UTC (a day of margin), in epoch seconds.
-_FAST_FIRST = (FIRST_TIME - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() + 86_400
-_FAST_LAST = (LAST_TIME - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() - 86_400
+_FAST_FIRST = (FIRST_TIME - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() + 86_400
+_FAST_LAST = (LAST_TIME - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() - 86_400
 _FIELDS = frozenset(SERVING_COLUMNS)
 _JSON_SCALARS = frozenset((int, float, str, type(None)))
 NOT_AN_OBJECT = "expected a JSON object with the fields " + ", ".join(SERVING_COLUMNS)
@@ -93,9 +94,9 @@ def pickup_to_utc(value):
     if stamp is None or (is_utc and stamp.tzinfo is not None):
         return value  # not a time (non-ASCII digits included), or two zones: the contract's parser words the refusal
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc if is_utc else _NEW_YORK)
+        stamp = stamp.replace(tzinfo=UTC if is_utc else _NEW_YORK)
     try:
-        utc = stamp.astimezone(timezone.utc)
+        utc = stamp.astimezone(UTC)
     except OverflowError:
         utc = None
     if utc is None or not FIRST_TIME <= utc <= LAST_TIME:
@@ -114,7 +115,6 @@ def _read_time(text: str) -> datetime | None:
         return datetime.fromisoformat(text)  # "T", "Z", offsets, minutes only...
     except ValueError:
         return None
-
 
 
 def prepare_ride(fields: Mapping) -> tuple[np.ndarray | None, str | None]:
@@ -171,8 +171,11 @@ def prepare_json_rides(rides: Sequence) -> PreparedRides:
         if column == contract.TIME_COLUMN:
             columns[column] = _utc_times(values, late)
             continue
-        odd = [] if set(map(type, values)) <= _JSON_SCALARS else [
-            i for i, value in enumerate(values) if type(value) not in _JSON_SCALARS]
+        odd = (
+            []
+            if set(map(type, values)) <= _JSON_SCALARS
+            else [i for i, value in enumerate(values) if type(value) not in _JSON_SCALARS]
+        )
         for index in odd:
             try:
                 parse_number(column, values[index])
@@ -209,7 +212,8 @@ def _utc_times(values: list, reasons: dict[int, str]) -> pd.Series:
     utc_ns = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)  # NaT
     if fast.any():
         stamps = pd.DatetimeIndex(seconds[fast].astype(np.int64).astype("datetime64[s]")).tz_localize(
-            _NEW_YORK_NAME, ambiguous=np.ones(int(fast.sum()), dtype=bool), nonexistent=pd.Timedelta(hours=1))
+            _NEW_YORK_NAME, ambiguous=np.ones(int(fast.sum()), dtype=bool), nonexistent=pd.Timedelta(hours=1)
+        )
         utc_ns[fast] = stamps.tz_convert("UTC").as_unit("ns").asi8
     for index in np.flatnonzero(~fast).tolist():
         value = values[index]

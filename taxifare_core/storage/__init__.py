@@ -12,6 +12,7 @@ the exclusive create that makes run folders collision-safe.
     write_text("gs://bucket/run/metrics.json", text)   # atomic: whole or not at all
     stream = open_input_stream("gs://bucket/processed/train-00000-of-00004.csv")  # for pyarrow.csv
 """
+
 from __future__ import annotations
 
 import datetime
@@ -58,7 +59,9 @@ def _gcs_for(emulator_host: str | None) -> pafs.GcsFileSystem:
     if emulator_host:
         scheme, _, host_port = emulator_host.rpartition("://")
         return pafs.GcsFileSystem(
-            anonymous=True, scheme=scheme or "http", endpoint_override=host_port.rstrip("/"),
+            anonymous=True,
+            scheme=scheme or "http",
+            endpoint_override=host_port.rstrip("/"),
             retry_time_limit=RETRY_TIME_LIMIT,
         )
     # Arrow looks for credentials only at the first call and then retries for
@@ -77,7 +80,7 @@ def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """(Arrow filesystem, path inside it): `gs://bucket/key` -> (GCS, "bucket/key")."""
     path = str(path)
     if _remote(path):
-        return _gcs_for(os.environ.get("STORAGE_EMULATOR_HOST")), path[len(SCHEME):].rstrip("/")
+        return _gcs_for(os.environ.get("STORAGE_EMULATOR_HOST")), path[len(SCHEME) :].rstrip("/")
     return _LOCAL, os.path.expanduser(path)
 
 
@@ -134,16 +137,20 @@ def glob(pattern: str) -> list[str]:
     wildcard = _WILDCARD.search(inner)
     if not wildcard:
         return [str(pattern)] if isfile(pattern) else []
-    base = inner[:wildcard.start()].rpartition("/")[0]
+    base = inner[: wildcard.start()].rpartition("/")[0]
     listed = base or "."  # a local pattern without a folder: the working directory
-    recursive = "/" in inner[len(base) + 1:]
+    recursive = "/" in inner[len(base) + 1 :]
     infos = fs.get_file_info(pafs.FileSelector(listed, recursive=recursive, allow_not_found=True))
-    key_pattern = inner[len(base) + 1:] if base else inner
+    key_pattern = inner[len(base) + 1 :] if base else inner
     matches = []
     for info in infos:
-        relative = info.path[len(listed) + 1:]
-        if (info.type == pafs.FileType.File and relative.count("/") == key_pattern.count("/")
-                and fnmatch.fnmatchcase(relative, key_pattern) and _visible(relative, key_pattern)):
+        relative = info.path[len(listed) + 1 :]
+        if (
+            info.type == pafs.FileType.File
+            and relative.count("/") == key_pattern.count("/")
+            and fnmatch.fnmatchcase(relative, key_pattern)
+            and _visible(relative, key_pattern)
+        ):
             matches.append(f"{base}/{relative}" if base else relative)
     return sorted(_outer(pattern, match) for match in matches)
 
@@ -246,7 +253,7 @@ def listdir(path: str) -> list[str]:
         names = {info.base_name for info in fs.get_file_info(pafs.FileSelector(inner))}
     else:
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
-        names = {info.path[len(inner) + 1:].split("/")[0] for info in infos}
+        names = {info.path[len(inner) + 1 :].split("/")[0] for info in infos}
     return sorted(name for name in names if name and name != FOLDER_MARKER)
 
 
@@ -306,8 +313,13 @@ def copy_file(source: str, destination: str) -> None:
         if source_fs is destination_fs:
             source_fs.copy_file(source_inner, target)
         else:
-            pafs.copy_files(source_inner, target, source_filesystem=source_fs,
-                            destination_filesystem=destination_fs, use_threads=False)
+            pafs.copy_files(
+                source_inner,
+                target,
+                source_filesystem=source_fs,
+                destination_filesystem=destination_fs,
+                use_threads=False,
+            )
         if local:
             destination_fs.move(target, destination_inner)
     except BaseException:
@@ -334,7 +346,7 @@ def move(source: str, destination: str) -> None:
     infos = source_fs.get_file_info(pafs.FileSelector(source_inner, recursive=True))
     for info in infos:
         if info.type == pafs.FileType.File:
-            source_fs.copy_file(info.path, destination_inner + info.path[len(source_inner):])
+            source_fs.copy_file(info.path, destination_inner + info.path[len(source_inner) :])
     source_fs.delete_dir_contents(source_inner, missing_dir_ok=True)
 
 

@@ -9,6 +9,7 @@ google-cloud-storage, whose client honours STORAGE_EMULATOR_HOST by itself.
 
     create_exclusive_marker("gs://bucket/registry/20261126T101500.000001Z/.folder")  # True; False if it existed
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,7 +49,7 @@ def split(uri: str) -> tuple[str, str]:
     """`gs://bucket/key` -> (bucket, key); ValueError for another scheme or no bucket."""
     if not uri.startswith(SCHEME) or len(uri) == len(SCHEME):
         raise ValueError(f"not a gs:// URI: {uri}")
-    bucket, _, key = uri[len(SCHEME):].partition("/")
+    bucket, _, key = uri[len(SCHEME) :].partition("/")
     return bucket, key
 
 

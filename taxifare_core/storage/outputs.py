@@ -32,6 +32,7 @@ over; gs://: an object created with if-generation-match=0). A local reader holds
 `ReadLease` (a shared flock on the marker of the run it reads) and a publishing run
 keeps a leased old run folder until the next run finds it free.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -110,14 +111,17 @@ def read_manifest(folder: str) -> dict | None:
     try:
         summary = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError):
-        raise IncompleteOutputError(f"{path} is not valid JSON: the output in {folder} is unusable; "
-                                    "re-run the job that writes it") from None
+        raise IncompleteOutputError(
+            f"{path} is not valid JSON: the output in {folder} is unusable; re-run the job that writes it"
+        ) from None
     if isinstance(summary, dict) and MANIFEST_KEY not in summary:
         return None  # a summary.json of the layout before manifests: no run published
     manifest = summary.get(MANIFEST_KEY) if isinstance(summary, dict) else None
     if not _is_manifest(manifest):
-        raise IncompleteOutputError(f"{path} is not a summary this project writes (no valid manifest): the output "
-                                    f"in {folder} is unusable; re-run the job that writes it")
+        raise IncompleteOutputError(
+            f"{path} is not a summary this project writes (no valid manifest): the output "
+            f"in {folder} is unusable; re-run the job that writes it"
+        )
     return manifest
 
 
@@ -127,9 +131,14 @@ def _is_manifest(manifest) -> bool:
         return False
     files = manifest.get("files")
     return isinstance(files, dict) and all(
-        isinstance(rel, str) and _MANIFEST_FILE.match(rel) and ".." not in rel
-        and isinstance(size, int) and not isinstance(size, bool) and size >= 0
-        for rel, size in files.items())
+        isinstance(rel, str)
+        and _MANIFEST_FILE.match(rel)
+        and ".." not in rel
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= 0
+        for rel, size in files.items()
+    )
 
 
 def run_files(folder: str, run_name: str) -> dict[str, int]:
@@ -153,11 +162,13 @@ def check_complete(folder: str, manifest: dict, names: list[str] | None = None) 
         except FileNotFoundError:
             raise IncompleteOutputError(
                 f"incomplete output in {folder}: {rel} is missing (summary.json lists it); "
-                "re-run the job that writes it") from None
+                "re-run the job that writes it"
+            ) from None
         if found != files[rel]:
             raise IncompleteOutputError(
                 f"incomplete output in {folder}: {rel} has {found:,} bytes, summary.json says {files[rel]:,}; "
-                "re-run the job that writes it")
+                "re-run the job that writes it"
+            )
 
 
 def resolve(pattern: str) -> list[str] | None:
@@ -197,22 +208,31 @@ def unfinished_hint(pattern: str) -> str | None:
     runs = [name for name in storage.listdir(folder) if _RUN_NAME.match(name)]
     if runs and read_manifest(folder) is None:
         kept = sum(is_finished(storage.join(folder, name), SUMMARY_FILE) for name in runs)
-        why = f"{kept} kept unpublished for inspection, the others failed or are still writing" if kept else \
-            "a run failed or is still writing"
-        return (f"no complete output in {folder}: {len(runs)} run folder(s) but no published summary.json "
-                f"({why}); re-run the job that writes it")
+        why = (
+            f"{kept} kept unpublished for inspection, the others failed or are still writing"
+            if kept
+            else "a run failed or is still writing"
+        )
+        return (
+            f"no complete output in {folder}: {len(runs)} run folder(s) but no published summary.json "
+            f"({why}); re-run the job that writes it"
+        )
     return None
 
 
 def check_kind(folder: str, manifest: dict | None, kind: str) -> None:
-    """OutputUsageError (one line) when the folder publishes another job's output (e.g. predictions into processed data)."""
+    """OutputUsageError (one line) when the folder publishes another job's output.
+
+    For example predictions into processed data.
+    """
     found = (manifest or {}).get("kind")
     if found and found != kind:
         raise OutputUsageError(f"output {folder} holds a {found} output, not a {kind} one: pass another --output")
 
 
-def publish(folder: str, run_name: str, summary: dict, carried: dict[str, int] | None = None,
-            kind: str | None = None) -> dict:
+def publish(
+    folder: str, run_name: str, summary: dict, carried: dict[str, int] | None = None, kind: str | None = None
+) -> dict:
     """Make run_name the folder's output: write OUTPUT/summary.json (with the manifest) in one step.
 
     `carried` files (of an older run, e.g. a raw cache a CSV run read) stay listed;
@@ -240,8 +260,11 @@ def is_marked_run(folder: str, name: str) -> bool:
     path = storage.join(folder, name)
     if storage.isfile(storage.join(path, MARKER_FILE)):
         return True
-    return "." in name and storage.isdir(path) and all(
-        entry.startswith(f"{MARKER_FILE}.tmp-") for entry in storage.listdir(path))
+    return (
+        "." in name
+        and storage.isdir(path)
+        and all(entry.startswith(f"{MARKER_FILE}.tmp-") for entry in storage.listdir(path))
+    )
 
 
 def _published_runs(manifest: dict | None) -> set[str]:
@@ -260,8 +283,9 @@ def tidy(folder: str, manifest: dict, previous: dict | None) -> tuple[list[str],
     warning, not an error: the new run is published.
     """
     keep = _published_runs(manifest)
-    candidates = (_published_runs(previous) | {name for name in storage.listdir(folder)
-                                               if is_marked_run(folder, name)}) - keep
+    candidates = (
+        _published_runs(previous) | {name for name in storage.listdir(folder) if is_marked_run(folder, name)}
+    ) - keep
     removed, warnings = [], []
     for name in sorted(candidates):
         path = storage.join(folder, name)
@@ -275,9 +299,11 @@ def tidy(folder: str, manifest: dict, previous: dict | None) -> tuple[list[str],
             storage.remove_tree(path)
             removed.append(name)
         except OSError as error:
-            warnings.append(f"could not remove the old run folder {path} "
-                            f"({getattr(error, 'strerror', None) or error}); the new run is published: "
-                            "remove it by hand")
+            warnings.append(
+                f"could not remove the old run folder {path} "
+                f"({getattr(error, 'strerror', None) or error}); the new run is published: "
+                "remove it by hand"
+            )
         finally:
             if lease is not None and lease is not False:
                 os.close(lease)
@@ -294,10 +320,14 @@ def remove_beam_temp(folder: str) -> None:
 
 # --- refusing a folder that is not the job's to write -----------------------------------
 
+
 def _own_entry(folder: str, name: str) -> bool:
     """True for what a job of this project leaves in an output folder."""
-    return (name in (LOCK_FILE, SUMMARY_FILE) or is_marked_run(folder, name)
-            or bool(re.fullmatch(r"summary\.json\.tmp-\d+", name)))
+    return (
+        name in (LOCK_FILE, SUMMARY_FILE)
+        or is_marked_run(folder, name)
+        or bool(re.fullmatch(r"summary\.json\.tmp-\d+", name))
+    )
 
 
 def foreign_entries(folder: str) -> list[str]:
@@ -323,8 +353,11 @@ def _special_folder(folder: str) -> str | None:
     if storage.is_remote(folder):
         return None
     real = os.path.realpath(os.path.expanduser(folder))
-    named = {os.path.realpath(os.path.expanduser("~")): "a home folder", os.path.realpath(os.getcwd()):
-             "the current folder", os.path.realpath(os.sep): "the root folder"}
+    named = {
+        os.path.realpath(os.path.expanduser("~")): "a home folder",
+        os.path.realpath(os.getcwd()): "the current folder",
+        os.path.realpath(os.sep): "the root folder",
+    }
     if os.environ.get("HOME"):
         named.setdefault(os.path.realpath(os.environ["HOME"]), "a home folder")
     return named.get(real)
@@ -341,13 +374,16 @@ def check_target(folder: str, force: bool = False) -> None:
         raise OutputUsageError(f"output {folder} is a file, not a folder: pass another --output")
     special = _special_folder(folder)
     if special:
-        raise OutputUsageError(f"output {folder} is {special}: pass a folder of its own for the job's files "
-                               "(e.g. a new sub-folder)")
+        raise OutputUsageError(
+            f"output {folder} is {special}: pass a folder of its own for the job's files (e.g. a new sub-folder)"
+        )
     foreign = foreign_entries(folder)
     if foreign and not force:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OutputUsageError(f"output {folder} holds files this project did not write ({shown}): pass a new or "
-                               "empty folder, or --force to write beside them (they are never removed)")
+        raise OutputUsageError(
+            f"output {folder} holds files this project did not write ({shown}): pass a new or "
+            "empty folder, or --force to write beside them (they are never removed)"
+        )
 
 
 def check_output_folder(folder: str) -> None:
@@ -361,6 +397,7 @@ def check_output_folder(folder: str) -> None:
 
 
 # --- one way to publish -----------------------------------------------------------------
+
 
 class RunFolder:
     """The run a `publishing_run` block writes: OUTPUT/run-<id>/ (`path`), marked as this project's.
@@ -380,8 +417,13 @@ class RunFolder:
     def create(self) -> None:
         """Make the run folder and write its marker first: from then on it is provably this project's."""
         storage.makedirs(self.path)
-        marker = {"kind": self.kind, "run": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                  "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+        marker = {
+            "kind": self.kind,
+            "run": self.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        }
         storage.write_text(storage.join(self.path, MARKER_FILE), json.dumps(marker) + "\n")
 
     def publish(self, summary: dict, carried: dict[str, int] | None = None) -> dict:
@@ -407,8 +449,9 @@ def previous_manifest(folder: str) -> dict | None:
 
 
 @contextmanager
-def publishing_run(folder: str, kind: str, force: bool = False,
-                   warn: Callable[[str], None] = _stderr) -> Iterator[RunFolder]:
+def publishing_run(
+    folder: str, kind: str, force: bool = False, warn: Callable[[str], None] = _stderr
+) -> Iterator[RunFolder]:
     """Write one run of a job into `folder` crash-safe, then publish it and tidy up.
 
     Before the block (OutputUsageError, one line, nothing touched): the folder must
@@ -455,6 +498,7 @@ def _remove_quietly(path: str) -> None:
 
 
 # --- readers' leases ----------------------------------------------------------------------
+
 
 def _exclusive(marker: str) -> int | bool | None:
     """An fd holding an exclusive flock on a local run marker; False when a reader holds it; None: no lease there."""
@@ -553,15 +597,16 @@ class OutputLock:
         self._fd: int | None = None
         self._generation: int | None = None
         self.info = {
-            "pid": os.getpid(), "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
             "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "command": " ".join(sys.argv)[:300],
         }
 
     def _busy(self, info: dict) -> OutputLockedError:
         return OutputLockedError(
-            f"output {self.folder} is being written by another run ({_holder_text(info)}); "
-            "wait or use another --output")
+            f"output {self.folder} is being written by another run ({_holder_text(info)}); wait or use another --output"
+        )
 
     def acquire(self) -> OutputLock:
         """Take the lock (or a dead run's); OutputLockedError when a live run holds it."""
@@ -611,8 +656,11 @@ class OutputLock:
             if held is None:
                 continue
             info = _parse(held[0])
-            if info.get("host") == self.info["host"] and isinstance(info.get("pid"), int) \
-                    and not _pid_alive(info["pid"]):
+            if (
+                info.get("host") == self.info["host"]
+                and isinstance(info.get("pid"), int)
+                and not _pid_alive(info["pid"])
+            ):
                 if gcs.delete_if_generation(self.path, held[1]):
                     self.warning = f"took over the lock of a run that is no longer running ({_holder_text(info)})"
                 continue

@@ -9,6 +9,7 @@ small dict that goes into the trainer's JSON checkpoint.
     for features, fares in chunks: fit.update(manhattan_km_of(features), fares)
     fit.mae(manhattan_km_of(val_features), val_fares)
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

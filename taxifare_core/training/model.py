@@ -6,6 +6,7 @@ pipeline imports `taxifare_core` on Beam workers that must not load TensorFlow.
     model = build_model(learning_rate=0.0005, loss="mse")
     model.fit(X, y, batch_size=256)
 """
+
 from __future__ import annotations
 
 import os

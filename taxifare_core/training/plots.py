@@ -7,6 +7,7 @@ chunk and a ring marks the epoch each chunk kept (`best_epoch`: early stopping
 restores the one of lowest validation loss). A history without per-epoch
 values (one entry per chunk) is drawn as one epoch per chunk.
 """
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,15 @@ def training_curve_png(history: list[dict], baseline_mae: float | None, title: s
     style = {"marker": "o", "markersize": 3} if len(epochs) <= 60 else {}
     axes.plot(epochs, train, label="train MAE", **style)
     axes.plot(epochs, val, label="val MAE", **style)
-    axes.scatter(kept, [val[epoch - 1] for epoch in kept], s=80, facecolors="none", edgecolors="black", zorder=3,
-                 label="epoch kept per chunk")
+    axes.scatter(
+        kept,
+        [val[epoch - 1] for epoch in kept],
+        s=80,
+        facecolors="none",
+        edgecolors="black",
+        zorder=3,
+        label="epoch kept per chunk",
+    )
     for start in chunk_starts[1:]:
         axes.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)
     if baseline_mae is not None:
@@ -49,8 +57,9 @@ def training_curve_png(history: list[dict], baseline_mae: float | None, title: s
     axes.set_xlim(0.5, max(len(epochs), 1) + 0.5)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     chunks = len(history)
-    axes.set_xlabel(f"epoch ({chunks} chunk{'s' if chunks != 1 else ''}" + (", dotted lines between chunks)"
-                                                                          if chunks > 1 else ")"))
+    axes.set_xlabel(
+        f"epoch ({chunks} chunk{'s' if chunks != 1 else ''}" + (", dotted lines between chunks)" if chunks > 1 else ")")
+    )
     axes.set_ylabel("MAE (USD)")
     axes.set_title(title or "training curve")
     axes.grid(alpha=0.3)

@@ -9,6 +9,7 @@ boundaries, so their count follows `chunk_size`, not the number of shards.
     for features, fares in iter_chunks("/tmp/processed/train-*.csv", chunk_size=100_000):
         model.fit(features, fares)
 """
+
 from __future__ import annotations
 
 import queue
@@ -91,8 +92,10 @@ def leased_shard_paths(pattern: str) -> tuple[list[str], outputs.ReadLease]:
 
 def _gone(path: str) -> ShardError:
     """The one line for a shard removed while it was being read (a reader without a lease: gs://, no marker)."""
-    return ShardError(f"{path} is gone: the shards changed while they were read (a newer run published into "
-                      "their folder); start a new run")
+    return ShardError(
+        f"{path} is gone: the shards changed while they were read (a newer run published into "
+        "their folder); start a new run"
+    )
 
 
 def _open_stream(path: str, column_types: dict):
@@ -172,15 +175,19 @@ def _rows_of(batch: pa.RecordBatch, path: str, first_line: int) -> np.ndarray:
     nulls = [j for j, column in enumerate(batch.columns) if column.null_count]
     if nulls:
         line = first_line + int(np.flatnonzero(batch.column(nulls[0]).is_null().to_numpy(zero_copy_only=False))[0])
-        raise ShardError(f"{path}: line {line}: empty or NaN value in column {nulls[0]} of a processed row "
-                         "(processed shards hold finite numbers only: re-run preprocessing)")
+        raise ShardError(
+            f"{path}: line {line}: empty or NaN value in column {nulls[0]} of a processed row "
+            "(processed shards hold finite numbers only: re-run preprocessing)"
+        )
     rows = np.empty((batch.num_rows, N_PROCESSED_COLUMNS), dtype=np.float32)
     for j, column in enumerate(batch.columns):
         rows[:, j] = column.to_numpy()
     if not np.isfinite(rows).all():
         row, column = np.argwhere(~np.isfinite(rows))[0]
-        raise ShardError(f"{path}: line {first_line + int(row)}: non-finite value {rows[row, column]} in column "
-                         f"{int(column)} (processed shards hold finite numbers only: re-run preprocessing)")
+        raise ShardError(
+            f"{path}: line {first_line + int(row)}: non-finite value {rows[row, column]} in column "
+            f"{int(column)} (processed shards hold finite numbers only: re-run preprocessing)"
+        )
     return rows
 
 
@@ -197,8 +204,8 @@ def _chunks(paths: list[str], chunk_size: int, skip_rows: int) -> Iterator[tuple
         to_skip, start = 0, 0
         while start < len(rows):
             take = min(chunk_size - filled, len(rows) - start)
-            features[filled:filled + take] = rows[start:start + take, :N_FEATURES]
-            fares[filled:filled + take] = rows[start:start + take, N_FEATURES]
+            features[filled : filled + take] = rows[start : start + take, :N_FEATURES]
+            fares[filled : filled + take] = rows[start : start + take, N_FEATURES]
             filled, start = filled + take, start + take
             if filled == chunk_size:
                 yield features, fares
@@ -284,7 +291,7 @@ def read_rows(pattern: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
     paths, lease = leased_shard_paths(pattern)
     try:
         for path, first_line, batch in _iter_row_blocks(paths):
-            rows = _rows_of(batch, path, first_line)[:max_rows - total]
+            rows = _rows_of(batch, path, first_line)[: max_rows - total]
             blocks.append(rows)
             total += len(rows)
             if total >= max_rows:

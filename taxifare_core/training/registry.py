@@ -30,6 +30,7 @@ Metadata is JSON (never NaN: strict JSON), never pickle.
     load_metrics("20261126T091500.123456Z")["val_mae"]
     promote("20261126T091500.123456Z")         # or: python -m pipelines.registry promote RUN
 """
+
 from __future__ import annotations
 
 import getpass
@@ -143,8 +144,7 @@ def run_names(registry: str | None = None, finished: bool = True) -> list[str]:
     if not storage.isdir(root):
         return []
     names = [
-        name for name in storage.listdir(root)
-        if _RUN_NAME.match(name) and storage.isdir(storage.join(root, name))
+        name for name in storage.listdir(root) if _RUN_NAME.match(name) and storage.isdir(storage.join(root, name))
     ]
     names.sort(key=_run_sort_key)
     if finished:
@@ -167,7 +167,8 @@ def unfinished_runs(registry: str | None = None) -> list[str]:
     """Names of runs that stopped before finishing but left a checkpoint, oldest first."""
     root = registry_root(registry)
     return [
-        name for name in run_names(root, finished=False)
+        name
+        for name in run_names(root, finished=False)
         if not is_finished(storage.join(root, name))
         and storage.exists(storage.join(root, name, CHECKPOINT_DIR, CHECKPOINT_STATE_FILE))
     ]
@@ -185,11 +186,15 @@ def run_path(name: str | None = None, registry: str | None = None) -> str:
             raise NoModelError(f"no model in {root}: run `make train` first")
         name = production_run(root)
         if name is None:
-            raise NoModelError(f"no production model in {root}: no run was ever promoted; promote one with "
-                               f"`{PROMOTE_HINT}` or pass --run RUN (latest finished run: {names[-1]})")
+            raise NoModelError(
+                f"no production model in {root}: no run was ever promoted; promote one with "
+                f"`{PROMOTE_HINT}` or pass --run RUN (latest finished run: {names[-1]})"
+            )
         if name not in names:
-            raise NoModelError(f"the production run {name} is no longer a finished run in {root}: "
-                               f"promote another with `{PROMOTE_HINT}` or pass --run RUN")
+            raise NoModelError(
+                f"the production run {name} is no longer a finished run in {root}: "
+                f"promote another with `{PROMOTE_HINT}` or pass --run RUN"
+            )
         return storage.join(root, name)
     if name not in names:
         raise NoModelError(f"no finished run {name!r} in {root} (runs: {', '.join(names) or 'none'})")
@@ -332,13 +337,17 @@ def check_usable_run(run_dir: str, model) -> None:
     """
     try:
         metrics = read_json(storage.join(run_dir, METRICS_FILE))
-        problem = None if isinstance(metrics, dict) else f"{METRICS_FILE} is a JSON {type(metrics).__name__}, not an object"
+        problem = (
+            None if isinstance(metrics, dict) else f"{METRICS_FILE} is a JSON {type(metrics).__name__}, not an object"
+        )
     except (OSError, ValueError, storage.StorageError) as error:
         problem = f"{METRICS_FILE} is unreadable: {_first_line(error)}"
     if problem is None:
         inputs, outputs = tuple(model.input_shape)[1:], tuple(model.output_shape)[1:]
         if inputs != (contract.N_FEATURES,):
-            problem = f"its model takes inputs of shape {inputs}; the contract's rides have {contract.N_FEATURES} features"
+            problem = (
+                f"its model takes inputs of shape {inputs}; the contract's rides have {contract.N_FEATURES} features"
+            )
         elif outputs != (1,):
             problem = f"its model gives outputs of shape {outputs}, not one fare"
     if problem is not None:
@@ -350,15 +359,19 @@ def check_usable_run(run_dir: str, model) -> None:
 
 # --- the feature contract a run was trained on -------------------------------------------------
 
+
 def feature_contract() -> dict:
     """What a model's input means: the 65 column names in order, the encoding version and its constants."""
     return {
         "columns": list(contract.FEATURE_NAMES),
         "encoding_version": contract.FEATURE_ENCODING_VERSION,
         "constants": {
-            "time_origin": contract.TIME_ORIGIN.isoformat(), "days_scale": contract.DAYS_SCALE,
-            "distance_scale_km": contract.DISTANCE_SCALE_KM, "passenger_scale": contract.PASSENGER_SCALE,
-            "local_timezone": contract.LOCAL_TIMEZONE, "geohash_precision": contract.GEOHASH_PRECISION,
+            "time_origin": contract.TIME_ORIGIN.isoformat(),
+            "days_scale": contract.DAYS_SCALE,
+            "distance_scale_km": contract.DISTANCE_SCALE_KM,
+            "passenger_scale": contract.PASSENGER_SCALE,
+            "local_timezone": contract.LOCAL_TIMEZONE,
+            "geohash_precision": contract.GEOHASH_PRECISION,
         },
     }
 
@@ -388,14 +401,19 @@ def check_feature_contract(run_dir: str) -> None:
     if recorded is None:
         if run_dir not in _warned_unhashed:
             _warned_unhashed.add(run_dir)
-            print(f"warning: run {name} records no feature-contract hash (saved before they existed): "
-                  "its inputs are assumed to match this code's features", file=sys.stderr, flush=True)
+            print(
+                f"warning: run {name} records no feature-contract hash (saved before they existed): "
+                "its inputs are assumed to match this code's features",
+                file=sys.stderr,
+                flush=True,
+            )
         return
     expected = feature_contract_hash()
     if recorded != expected:
         raise FeatureContractError(
             f"run {name} was trained on another feature contract ({recorded}, this code's is {expected}): "
-            "its inputs would be misread; retrain on this code's features or use another --run")
+            "its inputs would be misread; retrain on this code's features or use another --run"
+        )
 
 
 def save_run(run_dir: str, model, params: dict, metrics: dict, curve_png: bytes | None = None) -> str:
@@ -429,8 +447,8 @@ def load_metrics(name: str | None = None, registry: str | None = None) -> dict:
     return read_json(storage.join(run_path(name, registry), METRICS_FILE))
 
 
-
 # --- the production run: promote, roll back ----------------------------------------------------
+
 
 def production_path(registry: str | None = None) -> str:
     """REGISTRY/production.json."""
@@ -445,8 +463,9 @@ def _parse_production(text: str | bytes, path: str) -> dict:
         record, problem = None, f"not JSON: {error}"
     else:
         problem = "not an object naming a run"
-    if not (isinstance(record, dict) and isinstance(record.get("run"), str)
-            and isinstance(record.get("history", []), list)):
+    if not (
+        isinstance(record, dict) and isinstance(record.get("run"), str) and isinstance(record.get("history", []), list)
+    ):
         raise BadRegistryError(f"{path} is unreadable ({problem}): fix it, or rewrite it with `{PROMOTE_HINT}`")
     record.setdefault("history", [])
     return record
@@ -499,8 +518,8 @@ def _local_production_lock(root: str) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise ProductionChangedError(
-                        f"another promotion in {root} held its lock for over {PRODUCTION_LOCK_SECONDS:.0f} s: "
-                        "try again") from None
+                        f"another promotion in {root} held its lock for over {PRODUCTION_LOCK_SECONDS:.0f} s: try again"
+                    ) from None
                 time.sleep(0.05)
         yield
     finally:
@@ -541,8 +560,15 @@ def _finite(value):
     return value if isinstance(value, (int, float)) and value == value and abs(value) != float("inf") else None
 
 
-def promote(name: str, registry: str | None = None, *, by: str | None = None, expected=_ANY,
-            force: bool = False, note: str | None = None) -> dict:
+def promote(
+    name: str,
+    registry: str | None = None,
+    *,
+    by: str | None = None,
+    expected=_ANY,
+    force: bool = False,
+    note: str | None = None,
+) -> dict:
     """Make a finished run the production run; returns the new production.json content.
 
     Refuses (PromotionError) a run whose evaluation did not bless it unless
@@ -568,13 +594,21 @@ def promote(name: str, registry: str | None = None, *, by: str | None = None, ex
         if expected is not _ANY and previous != expected:
             raise ProductionChangedError(
                 f"the production run changed to {previous} while run {name} was evaluated against {expected}: "
-                f"not promoted; compare them and `{PROMOTE_HINT}` by hand")
+                f"not promoted; compare them and `{PROMOTE_HINT}` by hand"
+            )
         if previous == name:
             return current
         at = _now()
-        entry = {"action": "promote", "run": name, "replaced": previous, "at": at, "by": by or who(),
-                 "val_mae": _finite(metrics.get("val_mae")), "blessed": metrics.get("blessed"),
-                 **({"note": note} if note else {})}
+        entry = {
+            "action": "promote",
+            "run": name,
+            "replaced": previous,
+            "at": at,
+            "by": by or who(),
+            "val_mae": _finite(metrics.get("val_mae")),
+            "blessed": metrics.get("blessed"),
+            **({"note": note} if note else {}),
+        }
         history = [*(current or {}).get("history", []), entry]
         return {"run": name, "since": at, "val_mae": entry["val_mae"], "history": history}
 
@@ -618,14 +652,21 @@ def rollback(registry: str | None = None, *, by: str | None = None) -> dict:
         except (OSError, ValueError, UnicodeDecodeError):
             metrics = {}
         at = _now()
-        entry = {"action": "rollback", "run": target, "replaced": current["run"], "at": at, "by": by or who(),
-                 "val_mae": _finite(metrics.get("val_mae") if isinstance(metrics, dict) else None)}
+        entry = {
+            "action": "rollback",
+            "run": target,
+            "replaced": current["run"],
+            "at": at,
+            "by": by or who(),
+            "val_mae": _finite(metrics.get("val_mae") if isinstance(metrics, dict) else None),
+        }
         return {"run": target, "since": at, "val_mae": entry["val_mae"], "history": [*current["history"], entry]}
 
     return _update_production(root, change)
 
 
 # --- one trainer per run -------------------------------------------------------------------------
+
 
 def lock_run(run_dir: str):
     """Take the run folder's lock (the output folders' OutputLock); RunBusyError when a live trainer holds it.
@@ -645,5 +686,6 @@ def lock_run(run_dir: str):
         except (OSError, ValueError, AttributeError):
             pass
         dead = f"; if it is dead, delete {storage.join(run_dir, LOCK_FILE)}" if storage.is_remote(run_dir) else ""
-        raise RunBusyError(f"run {run_name(run_dir)} is being trained by another process{holder}: "
-                           f"wait for it to finish{dead}") from None
+        raise RunBusyError(
+            f"run {run_name(run_dir)} is being trained by another process{holder}: wait for it to finish{dead}"
+        ) from None
