@@ -328,7 +328,17 @@ def _start_server(work: Work, log: Path) -> tuple[subprocess.Popen, str]:
 
     with open(log, "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.serve", "--registry", str(work.registry), "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "pipelines.serve",
+                "--registry",
+                str(work.registry),
+                "--run",  # no run is promoted here: the service needs one named
+                work.model_run,
+                "--port",
+                "0",
+            ],
             cwd=ROOT,
             env=work.env,
             stdout=subprocess.PIPE,
