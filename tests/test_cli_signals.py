@@ -172,3 +172,49 @@ def test_every_command_honours_help_and_does_nothing_else(tmp_path):
         assert done.returncode == 0 and done.stdout.startswith("usage:"), (module, done.stdout, done.stderr)
         assert (tmp_path / "data" / "processed" / "keep.csv").exists(), module
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (the SigCgt mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to see the handler installed")
+@pytest.mark.parametrize(
+    ("module", "signum", "code"),
+    [("preprocess", signal.SIGTERM, 143), ("train", signal.SIGINT, 130), ("predict", signal.SIGTERM, 143)],
+)
+def test_a_signal_while_the_command_still_imports_is_one_line(tmp_path, module, signum, code):
+    """SIGTERM while Beam or TensorFlow still loads used to end the process silently (-15), and Ctrl-C
+    with a KeyboardInterrupt traceback: the signal is sent as soon as the package's handler is there,
+    seconds before the command's main() starts."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "LOCAL_DATA_PATH": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"pipelines.{module}", "--help"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # SIGTERM's bit: Python itself catches SIGINT from its first instant; the package sets both.
+        while proc.poll() is None and not _catches(proc.pid, signal.SIGTERM) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    name = signal.Signals(signum).name
+    assert (proc.returncode, stderr.strip()) == (
+        code,
+        f"python -m pipelines.{module}: stopped by {name} while starting; nothing was written",
+    )
+    assert list(tmp_path.iterdir()) == []
