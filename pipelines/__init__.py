@@ -3,28 +3,24 @@ import signal
 import sys
 import threading
 
-# The status a `python -m pipelines.X` command's main() returned, once it has (pipelines.cli.entry_point).
-_exit_status: int | None = None
 
+def after_main(handler):
+    """The handler to restore when a command's main() has returned: SIG_IGN in place of this package's.
 
-def exiting_with(status: int) -> None:
-    """The command's work is over: a signal from now on ends the process at once with `status`."""
-    global _exit_status
-    _exit_status = status
+    The work is over then (published, or failed with its own line), but the process can take
+    seconds to exit (Beam's and gRPC's threads, exit hooks, TensorFlow's teardown); a signal
+    there used to end it silently with -2 / -15. Python keeps an ignored signal ignored through
+    its own teardown, where a handler of its own would be reset to the default.
+    """
+    return signal.SIG_IGN if handler is _on_signal_outside_main else handler
 
 
 def _on_signal_outside_main(signum, frame) -> None:
-    """Ctrl-C or SIGTERM before the command's main() starts (while Beam, TensorFlow or pandas load) or
-    after it returned (Beam's and gRPC's threads and exit hooks can take seconds).
+    """Ctrl-C or SIGTERM before the command's main() starts (while Beam, TensorFlow or pandas load).
 
-    Before: nothing is open or written yet, so one line, exit 128 + signal. After: the work is
-    done (published or failed with its own line), so the process ends at once with main()'s status.
-    `pipelines.cli.entry_point` installs the handlers that unwind the work in between.
+    Nothing is open or written yet, so one line, exit 128 + signal. `pipelines.cli.entry_point`
+    installs the handlers that unwind the work, and `after_main` says what follows it.
     """
-    if _exit_status is not None:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(_exit_status)
     name = sys.orig_argv[2] if len(sys.orig_argv) > 2 else "pipelines"
     print(
         f"python -m {name}: stopped by {signal.Signals(signum).name} while starting; nothing was written",

@@ -263,20 +263,17 @@ def entry_point(prog: str):
                 status = main(*args, **kwargs)
                 if command.signum is not None:  # a signal the work swallowed still ends the command
                     raise KeyboardInterrupt
-                pipelines.exiting_with(status or 0)
                 return status
-            except SystemExit as done:
-                pipelines.exiting_with(done.code if isinstance(done.code, int) else int(done.code is not None))
+            except SystemExit:
                 raise
             except BaseException as error:
                 status = _one_line_exit(command, error)
                 if status is None:
                     raise
-                pipelines.exiting_with(status)
                 return status
             finally:
                 for signum, handler in handlers.items():
-                    signal.signal(signum, handler)
+                    signal.signal(signum, pipelines.after_main(handler))
                 _CURRENT.reset(token)
 
         return wrapper
