@@ -15,6 +15,20 @@ def after_main(handler):
     return signal.SIG_IGN if handler is _on_signal_outside_main else handler
 
 
+def end_stopped_command(status: int, handler) -> None:
+    """A `python -m` command stopped by a signal has printed its line and run its clean-ups: end the
+    process now with `status`, skipping the interpreter's teardown (`handler` is the SIGINT handler
+    from before the command, this package's only in such a process; anything else returns).
+
+    That teardown, after a KeyboardInterrupt cut TensorFlow or gRPC short, printed their
+    "Exception ignored" tracebacks or ended the process with -2 in place of 130 / 143.
+    """
+    if handler is _on_signal_outside_main:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(status)
+
+
 def _on_signal_outside_main(signum, frame) -> None:
     """Ctrl-C or SIGTERM before the command's main() starts (while Beam, TensorFlow or pandas load).
 

@@ -270,6 +270,8 @@ def entry_point(prog: str):
                 status = _one_line_exit(command, error)
                 if status is None:
                     raise
+                if status in EXIT_BY_SIGNAL.values():
+                    pipelines.end_stopped_command(status, handlers.get(signal.SIGINT))
                 return status
             finally:
                 for signum, handler in handlers.items():

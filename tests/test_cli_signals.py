@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -247,3 +248,53 @@ def test_a_signal_after_the_work_ended_leaves_the_commands_status(tmp_path):
             proc.kill()
             proc.wait()
     assert (proc.returncode, stderr) == (0, "") and stdout.startswith("usage:")
+
+
+def test_a_stopped_command_ends_without_the_interpreters_teardown(tmp_path):
+    """After its one line and clean-ups, a command stopped by a signal ends at once: the teardown after a
+    KeyboardInterrupt had cut TensorFlow short printed "Exception ignored" tracebacks or ended the
+    process with -2. An exit hook stands for that teardown; the command waits on a terminal's answer."""
+    import pty
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, sys\natexit.register(lambda: print('teardown ran', file=sys.stderr, flush=True))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}",
+        "LOCAL_DATA_PATH": str(tmp_path / "data"),
+        "LOCAL_REGISTRY_PATH": str(tmp_path / "registry"),
+    }
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.csv").write_text("1\n")
+    terminal, answer = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.reset_local_files"],
+        cwd=tmp_path,
+        env=env,
+        stdin=answer,  # the pty's child side: the command sees a terminal and asks
+        stdout=answer,
+        stderr=answer,
+    )
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"[y/N]" not in seen and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 1)[0]:
+                seen += os.read(terminal, 4096)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        while select.select([terminal], [], [], 1)[0]:
+            seen += os.read(terminal, 4096)
+    finally:
+        os.close(terminal)
+        os.close(answer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = seen.decode()
+    assert proc.returncode == 143, text
+    assert "python -m pipelines.reset_local_files: terminated (SIGTERM)" in text
+    assert "teardown ran" not in text
+    assert (tmp_path / "data" / "keep.csv").exists()
