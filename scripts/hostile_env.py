@@ -290,11 +290,23 @@ def leftovers(work: Work, job: str) -> list[str]:
     return left + ([outputs.LOCK_FILE] if (folder / outputs.LOCK_FILE).exists() else [])
 
 
-def intact(before: dict[str, str], after: dict[str, str], job: str) -> bool:
-    """The previous output is still what readers see (training: every earlier finished run unchanged)."""
+def intact(before: dict[str, str], after: dict[str, str], job: str, folder: Path | None = None) -> bool:
+    """The previous output is still what readers see (training: every earlier finished run unchanged), or,
+    when the signal came after the run published, a new complete one (every listed file at its size)."""
     if job == "train":
         return all(after.get(name) == digest for name, digest in before.items())
-    return after == before
+    return after == before or (folder is not None and complete(folder))
+
+
+def complete(folder: Path) -> bool:
+    """A published output whose files are all there at the sizes its manifest lists."""
+    try:
+        manifest = outputs.read_manifest(str(folder))
+    except (OSError, ValueError):
+        return False
+    return bool(manifest) and all(
+        (folder / name).is_file() and (folder / name).stat().st_size == size for name, size in manifest["files"].items()
+    )
 
 
 def setup(work: Work) -> None:
@@ -542,11 +554,12 @@ def judge(
     left: list[str],
     want_code: int,
     words: tuple[str, ...] = (),
+    folder: Path | None = None,
 ) -> Row:
     """A row for a job run: exit code, one line (no traceback, last line holds `words`), output intact, no litter."""
     last = ended.lines[-1] if ended.lines else ""
     said = all(word.lower() in last.lower() for word in words)
-    kept = intact(before, after, job)
+    kept = intact(before, after, job, folder)
     ok = ended.returncode == want_code and not ended.traceback and said and kept and not left
     observed = ended.describe() + ("" if kept else "; PREVIOUS OUTPUT CHANGED") + (f"; left {left}" if left else "")
     return Row(case, expected, observed, ok, hang=int(ended.returncode is None), tracebacks=int(ended.traceback))
@@ -577,6 +590,7 @@ def signal_cases(work: Work, rng: random.Random, runs: int, quick: bool) -> list
                     published(work, job),
                     leftovers(work, job),
                     EXIT_BY_SIGNAL[signum],
+                    folder=work.folder(job),  # a signal after publishing finds the new run, complete
                 )
             )
     return rows
