@@ -29,7 +29,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines import preprocess
 from pipelines.preprocessing.options import resolve_config
-from taxifare_core.generate import write_ride_shards
+from taxifare_core.ride_shards import write_ride_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
