@@ -208,4 +208,5 @@ def test_promote_and_roll_back_on_gs(gs_root):
     record = registry.rollback(reg)
     assert record["run"] == local[0] and registry.production_run(reg) == local[0]
     assert [entry["action"] for entry in registry.read_production(reg)["history"]] == ["promote", "promote", "rollback"]
-    assert registry.load_params(registry=reg)[registry.FEATURE_CONTRACT_KEY] == registry.feature_contract_hash()
+    params = registry.read_json(f"{registry.run_path(None, reg)}/{registry.PARAMS_FILE}")
+    assert params[registry.FEATURE_CONTRACT_KEY] == registry.feature_contract_hash()

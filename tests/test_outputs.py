@@ -433,9 +433,10 @@ def test_output_equal_to_the_current_a_home_or_the_root_folder_is_refused(where,
 def test_the_current_folder_is_refused_by_the_cli_in_one_line(rides):
     done = run_cli("--input", str(rides), "--output", ".", "--force")
     assert done.returncode == 2
+    # "." is shown as the absolute path it stands for (local paths are made absolute for the workers).
     assert done.stderr.strip().splitlines()[-1] == (
-        "preprocess: error: output . is the current folder: pass a folder of its own for the job's files "
-        "(e.g. a new sub-folder)"
+        f"preprocess: error: output {os.path.abspath(ROOT)} is the current folder: pass a folder of its own "
+        "for the job's files (e.g. a new sub-folder)"
     )
 
 

@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines import preprocess
-from pipelines.preprocessing.options import resolve_config
+from pipelines.preprocessing.options import parse_args, resolve_config
 from taxifare_core.ride_shards import write_ride_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +47,10 @@ portable_worker = _load_script("portable_worker")
 def test_relative_input_and_output_are_resolved_on_the_submitting_machine(tmp_path, monkeypatch):
     """Workers run in their own folder: a relative path must reach them absolute, or they read nothing."""
     monkeypatch.chdir(tmp_path)
-    config = resolve_config(PipelineOptions(["--input", "rides/*.csv", "--output", "out/processed/"]))
+    config = resolve_config(*parse_args(["--input", "rides/*.csv", "--output", "out/processed/"]))
     assert config.input == str(tmp_path / "rides" / "*.csv")
     assert config.output == str(tmp_path / "out" / "processed")
-    remote = resolve_config(PipelineOptions(["--input", "gs://b/rides/*.csv", "--output", "gs://b/out/"]))
+    remote = resolve_config(*parse_args(["--input", "gs://b/rides/*.csv", "--output", "gs://b/out/"]))
     assert (remote.input, remote.output) == ("gs://b/rides/*.csv", "gs://b/out")
 
 
