@@ -9,6 +9,7 @@ Steps, each one command in its own process tree (its progress lines pass through
                held-back rides for prediction (another seed); kept in WORK and reused by the next run
                of the same rows and seed;
   preprocess - `python -m pipelines.preprocess` over them, once per --formats (csv, parquet);
+  read       - the trainer's reader alone over each format's train shards (no model: the format's share);
   train      - one pass of `python -m pipelines.train` over each format's shards (one epoch per chunk);
   fit        - the reference: an in-memory `model.fit` epoch on --fit_rows rows (scripts/bench_train.py's
                in-memory case, same batch size), for the trainer's rate ratio;
@@ -40,7 +41,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_train  # noqa: E402  (scripts/ on the path: its shard maker and in-memory case)
 from taxifare_core import contract  # noqa: E402
 
-STEPS = ("generate", "preprocess", "train", "fit", "predict")
+STEPS = ("generate", "preprocess", "read", "train", "fit", "predict")
+
+# The "read" step: the trainer's reader alone over the shards (no model), to show what the format changes.
+READ_ONLY = (
+    "import sys; from taxifare_core.training import reader; "
+    "print(sum(len(fares) for _, fares in reader.iter_chunks(sys.argv[1], int(sys.argv[2]), prefetch=0)))"
+)
 FULL_ROWS = 55_000_000
 FULL_PREDICT_ROWS = 1_000_000
 FULL_FIT_ROWS = 4_000_000
@@ -241,6 +248,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         if processed.exists():
             disk[f"processed_{shard_format}"] = folder_bytes(processed)
             disk[f"shards_{shard_format}"] = shard_bytes(processed)
+
+        if "read" not in args.skip:
+            command = [sys.executable, "-c", READ_ONLY, str(processed / "train-*.csv"), str(args.chunk_size)]
+            log = work / f"read-{shard_format}.log"
+            result = run_step(f"read {shard_format}", command, work, log=log)
+            rows = int(log.read_text().split()[-1])
+            table.append({"step": f"read the train shards only ({shard_format})", "rows": rows, **result})
 
         if "train" not in args.skip:
             registry = work / f"registry-{shard_format}"

@@ -31,8 +31,10 @@ def test_quick_run_prints_every_step_and_leaves_nothing_behind(tmp_path):
         "generate raw-40000-seed55",
         "generate held-back-1000-seed56",
         "preprocess (csv shards)",
+        "read the train shards only (csv)",
         "train, one pass (csv shards)",
         "preprocess (parquet shards)",
+        "read the train shards only (parquet)",
         "train, one pass (parquet shards)",
         "in-memory fit (reference)",
         "batch predict",
@@ -48,7 +50,9 @@ def test_quick_run_prints_every_step_and_leaves_nothing_behind(tmp_path):
     # Progress lines of the long steps reached the terminal (stderr passes through).
     assert "preprocess: " in done.stderr and "(100%)" in done.stderr and "predict: " in done.stderr
 
-    again = _bench("--rows", "40000", "--work", str(work), *[f"--skip={s}" for s in ("preprocess", "train", "fit")])
+    again = _bench(
+        "--rows", "40000", "--work", str(work), *[f"--skip={s}" for s in ("preprocess", "read", "train", "fit")]
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"generate: reusing {work / 'raw-40000-seed55'}" in again.stdout
     assert "| batch predict | 1,000 |" in again.stdout  # the model trained by the first run
