@@ -60,6 +60,21 @@ def test_prints_at_most_every_period_and_always_at_finish():
     ]
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_one_line_is_rewritten_in_place():
+    out = _Terminal()
+    reporter = progress.Progress("predict", total=4, every=0, stream=out)
+    reporter.advance(1)
+    reporter.advance(1)
+    reporter.finish()
+    text = out.getvalue()
+    assert text.count("\r\x1b[K") == 3 and text.count("\n") == 1 and text.endswith("\n")
+
+
 def test_quiet_prints_nothing():
     out = io.StringIO()
     progress.set_quiet(True)
