@@ -388,7 +388,7 @@ def predict_and_publish(
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     pipeline = beam.Pipeline(options=options)
     build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows, key_root=common_folder(files))
-    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:  # EncodeBlockFn advances it in this process
+    if progress.runs_here(options):  # EncodeBlockFn advances it in this process
         progress.start("predict", input_bytes(files), unit="B")
     try:
         result = pipeline.run()

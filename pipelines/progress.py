@@ -142,6 +142,18 @@ class Progress:
 current: Progress | None = None
 
 
+def runs_here(options) -> bool:
+    """True when a Beam pipeline's DoFns run in this process (a local runner, not multi_processing):
+    only then can they advance `current`."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from pipelines.runners import LOCAL_RUNNERS
+
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return False
+    return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+
+
 def start(label: str, total: float | None = None, unit: str = "rows", **kwargs) -> Progress:
     """Make the process's `current` reporter and return it."""
     global current

@@ -105,3 +105,13 @@ def test_preprocessing_prints_a_progress_line_unless_quiet(generated_rides_path,
     )
     assert quiet.returncode == 0, quiet.stderr
     assert "(100%)" not in quiet.stderr, quiet.stderr
+
+
+def test_only_runs_whose_steps_run_in_this_process_get_a_line():
+    from pipelines.runners import pipeline_options
+
+    assert progress.runs_here(pipeline_options([]))
+    assert progress.runs_here(pipeline_options(["--direct_running_mode", "multi_threading"]))
+    # Worker processes cannot advance this process's line: no line claiming 0% at the end.
+    assert not progress.runs_here(pipeline_options(["--direct_running_mode", "multi_processing"]))
+    assert not progress.runs_here(pipeline_options(["--runner", "DataflowRunner"]))

@@ -274,7 +274,7 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
                 f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
                 file=sys.stderr,
             )
-            if config.runner in LOCAL_RUNNERS:  # the parse step advances it in this process
+            if config.runner in LOCAL_RUNNERS and progress.runs_here(options):  # the parse step advances it
                 progress.start("preprocess", input_bytes(files), unit="B")
             try:
                 return write_and_publish(options, config, run_folder)
