@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model's on the same rows (0 = no worse)",
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no per-chunk progress line (default: one per chunk with rows seen, MAE, rows/s and the pass's ETA)",
+    )
+    parser.add_argument(
         "--fail_if_not_blessed",
         action="store_true",
         help=f"exit {EXIT_NOT_BLESSED} when the run is not blessed (for schedulers; the run is saved either way)",

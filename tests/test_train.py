@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,14 @@ def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_pat
     assert metrics["chunks"] == 3 and metrics["best_chunk"] == 2
     saved = registry.load_model(metrics["run"], registry=str(tmp_path / "registry"))
     assert _same(_weights(saved), ends[2]) and not _same(ends[2], ends[3])
+
+
+def test_every_chunk_line_has_the_rate_and_the_pass_eta_unless_quiet(data, tmp_path, capsys):
+    train.run(_args(data, tmp_path / "shown", "--max_epochs_per_chunk", "1"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chunk ")]
+    assert len(lines) == 5, lines  # 450 rows in chunks of 100
+    assert all(re.search(r"; [\d,]+ rows/s, ETA \d+s\)$", line) for line in lines), lines
+    train.run(_args(data, tmp_path / "quiet", "--max_epochs_per_chunk", "1", "--quiet"))
+    out = capsys.readouterr().out
+    assert not [line for line in out.splitlines() if line.startswith("chunk ")]
+    assert "done: 450 rows in 5 chunk(s)" in out
