@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure:
             print(f"preprocess: error: {failure}", file=sys.stderr)
             return 1
-    except BigQueryError as error:
+    except (BigQueryError, MetricsUnavailableError) as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 1
     except EmptyOutputError as error:
@@ -165,9 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statistics: {error.run_dir}/{STATS_FILE}, report: {error.run_dir}/{REPORT_FILE}")
         print(f"preprocess: error: {error}", file=sys.stderr)
         return EXIT_DRIFT
-    except MetricsUnavailableError as error:
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 1
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import pytest
 from pipelines import preprocess
 from pipelines.preprocessing import pipeline as preprocessing_pipeline
 from pipelines.preprocessing.options import parse_args, resolve_config
+from shard_helpers import train_flags
 from taxifare_core import generate
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader
@@ -670,12 +671,7 @@ def test_a_trainer_finishes_on_its_shards_while_preprocessing_publishes_into_the
     metrics = train.run(
         train.parse_args(
             [
-                "--train",
-                str(output / "train-*.csv"),
-                "--val",
-                str(output / "val-*.csv"),
-                "--registry",
-                str(tmp_path / "registry"),
+                *train_flags(output, tmp_path / "registry"),
                 "--chunk_size",
                 "30",
                 "--max_epochs_per_chunk",

@@ -139,21 +139,26 @@ def test_a_worker_refuses_an_sdist_other_than_its_environments(tmp_path):
         portable_worker.check_staged({}, {"sdist_digest": built})
 
 
+def _portable_run(output: Path, dirty: int, workers: int) -> list[str]:
+    """scripts/portable_run.py on `dirty` generated rides with some bad lines, `workers` worker processes."""
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "portable_run.py"),
+        "--dirty",
+        str(dirty),
+        "--workers",
+        str(workers),
+        "--output",
+        str(output),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     """The whole path: worker venv from PyPI (cached), job service, worker pool, boot, two runs compared."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "portable_run.py"),
-            "--dirty",
-            "400",
-            "--workers",
-            "2",
-            "--output",
-            str(tmp_path / "out"),
-        ],
+        _portable_run(tmp_path / "out", dirty=400, workers=2),
         capture_output=True,
         text=True,
         timeout=2400,
@@ -199,16 +204,7 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_stops_the_job_service_and_the_worker_pool(tmp_path):
     """Interrupted while the services run, the script stops both by their pids and exits 130."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "portable_run.py"),
-            "--dirty",
-            "200",
-            "--workers",
-            "1",
-            "--output",
-            str(tmp_path / "out"),
-        ],
+        _portable_run(tmp_path / "out", dirty=200, workers=1),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

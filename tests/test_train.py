@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines import train
-from shard_helpers import processed_rows, write_shards
+from shard_helpers import processed_rows, train_flags, write_shards
 from taxifare_core.training import registry
 from taxifare_core.training.baseline import RunningLinearFit, manhattan_km_of
 
@@ -30,12 +30,7 @@ def data(tmp_path_factory) -> dict:
 def _args(data, registry_dir: Path, *extra: str):
     return train.parse_args(
         [
-            "--train",
-            str(data["folder"] / "train-*.csv"),
-            "--val",
-            str(data["folder"] / "val-*.csv"),
-            "--registry",
-            str(registry_dir),
+            *train_flags(data["folder"], registry_dir),
             "--chunk_size",
             "100",
             "--batch_size",
@@ -170,12 +165,7 @@ def test_cli_missing_shards_is_one_line_exit_2(tmp_path, capsys):
 def test_cli_nothing_to_resume_is_one_line_exit_2(data, tmp_path, capsys):
     code = train.main(
         [
-            "--train",
-            str(data["folder"] / "train-*.csv"),
-            "--val",
-            str(data["folder"] / "val-*.csv"),
-            "--registry",
-            str(tmp_path),
+            *train_flags(data["folder"], tmp_path),
             "--resume",
         ]
     )
@@ -206,12 +196,7 @@ def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_pat
     ends = {}
     args = train.parse_args(
         [
-            "--train",
-            str(folder / "train-*.csv"),
-            "--val",
-            str(folder / "val-*.csv"),
-            "--registry",
-            str(tmp_path / "registry"),
+            *train_flags(folder, tmp_path / "registry"),
             "--chunk_size",
             "100",
             "--batch_size",
