@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUFF ?= $(PY) -m ruff
 
-.PHONY: install shell run test lint preprocess train predict serve sample bench bench_train bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict portable portable_predict bigquery_emulator reset_local_files clean
+.PHONY: install shell run test lint preprocess train predict serve sample bench bench_train bench_full_scale bench_bad_input bench_bigquery fuzz quality dataflow dataflow_predict portable portable_predict bigquery_emulator reset_local_files clean
 
 install: $(STAMP)
 
@@ -56,6 +56,9 @@ bench: install
 
 bench_train: install
 	$(PY) scripts/bench_train.py $(ARGS)
+
+bench_full_scale: install
+	$(PY) scripts/bench_full_scale.py $(ARGS)
 
 bench_bad_input: install
 	$(PY) scripts/bench_bad_input.py $(ARGS)

@@ -49,11 +49,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import StandardOptions
 
+from pipelines import progress
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.options import absolute_path
 from pipelines.preprocessing.parse import RawBlock, split_lines
-from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
+from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs, input_bytes
 from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
 from pipelines.runners import LOCAL_RUNNERS, pipeline_options
 from taxifare_core import contract, storage
@@ -149,6 +150,8 @@ class EncodeBlockFn(beam.DoFn):
 
     def process(self, block: RawBlock):
         encoded, dead = encode_block(block, self.name_by_file, self.key_root)
+        if progress.current is not None:  # set by `run` for an in-process runner
+            progress.current.advance(len(block.data), rows=len(encoded.keys) + len(dead))
         if dead:
             self.dead.inc(len(dead))
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
@@ -385,8 +388,13 @@ def predict_and_publish(
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     pipeline = beam.Pipeline(options=options)
     build_predict(pipeline, files, run_dir, model_uri, len(files) > 1, block_rows, key_root=common_folder(files))
-    result = pipeline.run()
-    result.wait_until_finish()
+    if progress.runs_here(options):  # EncodeBlockFn advances it in this process
+        progress.start("predict", input_bytes(files), unit="B")
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        progress.stop()
     summary = {
         "predicted": _counter(result, PREDICTIONS),
         "dead_letter": _counter(result, DEAD_LETTER),

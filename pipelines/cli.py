@@ -67,6 +67,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def number_in(convert: Callable[[str], float], low: float, high: float, what: str, name: str):
+    """argparse type: `convert(text)` from low to high, else `must be WHAT, got TEXT`.
+
+    `name` is what argparse calls a value `convert` cannot read: `invalid NAME value: 'x'`.
+
+    >>> number_in(float, 0, 1, "a fraction from 0 to 1", "fraction")("0.25")
+    0.25
+    """
+
+    def parse(text: str):
+        value = convert(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
 def report_usage_error(prog: str, error: Exception) -> int:
     """Print a usage error as one line; returns the exit code."""
     print(f"{prog}: error: {error}", file=sys.stderr)

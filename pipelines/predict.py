@@ -24,6 +24,7 @@ import sys
 
 import pandas as pd
 
+from pipelines import progress
 from pipelines.cli import (
     DefaultsHelpFormatter,
     OneLineErrorParser,
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry", default=str(contract.local_registry_path()), help="model registry folder (local or gs://)"
     )
     parser.add_argument("--run", default=None, help="run folder name to use (default: the production run)")
+    batch.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress line (default on local runs: one at least every 10 s on stderr, bytes read, rate, ETA)",
+    )
     return parser
 
 
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         check_beam_flags(pipeline_options(beam_args), vars(args))  # Beam would only log them and run anyway
         writes_to(args.output)
         on_interrupt(lambda: f"{args.output} keeps its last published run")
+        progress.set_quiet(args.quiet)
         batch_predict.run(args.input, args.output, args.run, args.registry, beam_args, force=args.force)
         return 0
     except (UsageError, registry.NoModelError, storage.StorageError) as error:

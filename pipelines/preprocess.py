@@ -31,6 +31,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
+from pipelines import progress
 from pipelines.cli import entry_point, on_interrupt, writes_to
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import BigQueryError, bigquery_read_failure, check_credentials
@@ -51,8 +52,10 @@ def _default_input() -> str:
     return ensure_default_sample()
 
 
-def show_progress() -> None:
-    """Print the blocks' progress lines on stderr (once per process)."""
+def show_progress(quiet: bool = False) -> None:
+    """Progress on stderr: the run's line (pipelines.progress: bytes read, rate, ETA) unless --quiet;
+    the blocks' own lines (PROGRESS, at DEBUG) stay hidden."""
+    progress.set_quiet(quiet)
     if not PROGRESS.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("preprocess: %(message)s"))
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     flags, options = parse_args(argv)  # --help, and one-line errors for this pipeline's flags
     debug = set_log_level(flags.log_level, options) == "DEBUG"
-    show_progress()
+    show_progress(flags.quiet)
     try:
         check_beam_flags(options, vars(flags))
         check_remote_options(options)
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure:
             print(f"preprocess: error: {failure}", file=sys.stderr)
             return 1
-    except BigQueryError as error:
+    except (BigQueryError, MetricsUnavailableError) as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 1
     except EmptyOutputError as error:
@@ -162,9 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statistics: {error.run_dir}/{STATS_FILE}, report: {error.run_dir}/{REPORT_FILE}")
         print(f"preprocess: error: {error}", file=sys.stderr)
         return EXIT_DRIFT
-    except MetricsUnavailableError as error:
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 1
     except UsageError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2

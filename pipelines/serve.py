@@ -69,6 +69,7 @@ from pipelines import serve_connections
 from pipelines.cli import (
     DefaultsHelpFormatter,
     OneLineErrorParser,
+    number_in,
     positive_float,
     positive_int,
     report_usage_error,
@@ -403,12 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(text: str) -> int:
-    """argparse type: a TCP port 0..65535."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {text}")
-    return value
+_port = number_in(int, 0, 65535, "0 to 65535", "port")  # argparse type: a TCP port
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -43,6 +43,7 @@ from pipelines.cli import (
     UsageError,
     entry_point,
     non_negative_int,
+    number_in,
     on_interrupt,
     positive_float,
     positive_int,
@@ -169,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model's on the same rows (0 = no worse)",
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no per-chunk progress line (default: one per chunk with rows seen, MAE, rows/s and the pass's ETA)",
+    )
+    parser.add_argument(
         "--fail_if_not_blessed",
         action="store_true",
         help=f"exit {EXIT_NOT_BLESSED} when the run is not blessed (for schedulers; the run is saved either way)",
@@ -176,12 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fraction(text: str) -> float:
-    """argparse type: a fraction 0..1."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}")
-    return value
+_fraction = number_in(float, 0, 1, "a fraction from 0 to 1", "fraction")  # argparse type
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

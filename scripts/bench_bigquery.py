@@ -119,13 +119,7 @@ def step_commands(args, host_port: str, csv_path: Path, workdir: Path) -> dict[s
         )
         out = workdir / f"out_bigquery_{method}"
         steps[f"(b) bigquery {method}"] = (
-            [
-                sys.executable,
-                "-m",
-                "pipelines.preprocess",
-                "--source",
-                "bigquery",
-                "--bigquery_emulator",
+            bq_server.preprocess_command(
                 host_port,
                 "--read_method",
                 method,
@@ -136,7 +130,7 @@ def step_commands(args, host_port: str, csv_path: Path, workdir: Path) -> dict[s
                 "--output",
                 str(out),
                 *extra,
-            ],
+            ),
             out,
         )
     out = workdir / "out_csv"

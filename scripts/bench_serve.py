@@ -25,7 +25,6 @@ import asyncio
 import gc
 import json
 import os
-import select
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.cli import OneLineErrorParser, positive_float, positive_int
+from scripts.jobs import serve_command, server_url, stop_process
 from taxifare_core import contract, features, generate, parsing
 from taxifare_core.cleaning import clean
 from taxifare_core.training import registry
@@ -95,29 +95,17 @@ def tiny_registry(folder: Path) -> str:
 def start_server(registry_dir: str) -> tuple[subprocess.Popen, str]:
     """`python -m pipelines.serve` on a free loopback port; (process, base URL) once it answers /health."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.serve", "--registry", registry_dir, "--port", "0"],
+        serve_command("--registry", registry_dir, "--port", "0"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
-    line = process.stdout.readline() if ready else ""
-    if "http://" not in line:
-        stop(process)
+    url = server_url(process, START_TIMEOUT_S)
+    if not url:
+        stop_process(process, timeout=15)
         raise SystemExit(f"bench_serve: error: the server did not start: {process.stderr.read().strip()}")
-    url = line.split("http://", 1)[1].split()[0]
-    return process, f"http://{url}"
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server by its PID (SIGTERM, then SIGKILL)."""
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return process, url
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -259,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             results = asyncio.run(run_cases(url, rides, args))
         finally:
             if process is not None:
-                stop(process)
+                stop_process(process, timeout=15)
     print(f"load average after: {os.getloadavg()[0]:.2f} (other processes share these cores)")
     print("\n| case | requests | p50 ms | p95 ms | p99 ms | throughput | target | verdict |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")

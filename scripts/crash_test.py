@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.jobs import JobFolders
 from taxifare_core import generate
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader, registry
@@ -137,67 +138,12 @@ class Attempt:
     opened_clock: float | None = None  # time.time() when the window opened, to compare with file times
 
 
-class Crash:
+class Crash(JobFolders):
     """The jobs' command lines and folders under one work folder."""
 
     def __init__(self, work: Path, args: argparse.Namespace):
+        super().__init__(work, chunk_size=args.rows // 4)
         self.work, self.args = work, args
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "LOCAL_DATA_PATH": str(work / "data"),
-            "LOCAL_REGISTRY_PATH": str(work / "registry"),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-        self.rides = work / "rides" / "rides.csv"
-        self.processed, self.train_data = work / "processed", work / "train_data"
-        self.registry, self.predictions = work / "registry", work / "predictions"
-        self.model_run: str | None = None
-
-    def command(self, job: str, resume: bool = False, output: Path | None = None) -> list[str]:
-        python = [sys.executable, "-m"]
-        if job == "preprocess":
-            return [
-                *python,
-                "pipelines.preprocess",
-                "--input",
-                str(self.rides),
-                "--output",
-                str(output or self.processed),
-                "--num_shards",
-                "2",
-            ]
-        if job == "train":
-            if resume:
-                return [*python, "pipelines.train", "--resume", "--registry", str(self.registry)]
-            return [
-                *python,
-                "pipelines.train",
-                "--train",
-                str(self.train_data / "train-*.csv"),
-                "--val",
-                str(self.train_data / "val-*.csv"),
-                "--registry",
-                str(self.registry),
-                "--chunk_size",
-                str(self.args.rows // 4),
-                "--max_epochs_per_chunk",
-                "2",
-                "--seed",
-                "1",
-            ]
-        return [
-            *python,
-            "pipelines.predict",
-            "--input",
-            str(self.rides),
-            "--output",
-            str(self.predictions),
-            "--registry",
-            str(self.registry),
-            "--run",
-            self.model_run,
-        ]
 
     def run(self, command: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
         started = time.perf_counter()
@@ -205,10 +151,6 @@ class Crash:
             command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
         return done, time.perf_counter() - started
-
-    def folder(self, job: str) -> Path:
-        """Where the job writes: its output folder, or the registry."""
-        return {"preprocess": self.processed, "predict": self.predictions, "train": self.registry}[job]
 
     def run_folders(self, job: str) -> set[str]:
         """The run folders in the job's output folder (registry runs for training), finished or not."""

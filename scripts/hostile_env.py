@@ -40,7 +40,6 @@ import json
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -59,6 +58,7 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
 from pipelines.cli import OneLineErrorParser, positive_int  # noqa: E402
+from scripts.jobs import JobFolders, serve_command, server_url, stop_process, wait_or_kill_group  # noqa: E402
 from taxifare_core import generate  # noqa: E402
 from taxifare_core.storage import outputs  # noqa: E402
 from taxifare_core.training import registry  # noqa: E402
@@ -98,7 +98,7 @@ class Row:
 
 
 @dataclass
-class Work:
+class Work(JobFolders):
     """The work folder, the jobs' command lines and the previous outputs."""
 
     root: Path
@@ -109,66 +109,7 @@ class Work:
     model_run: str = ""
 
     def __post_init__(self):
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "LOCAL_DATA_PATH": str(self.root / "data"),
-            "LOCAL_REGISTRY_PATH": str(self.root / "registry"),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-        self.rides = self.root / "rides" / "rides.csv"
-        self.train_data = self.root / "train_data"
-        self.processed = self.root / "processed"
-        self.registry = self.root / "registry"
-        self.predictions = self.root / "predictions"
-
-    def command(self, job: str, output: Path | None = None, registry_dir: Path | None = None) -> list[str]:
-        """The job's command line (its default output folder unless `output`)."""
-        python = [sys.executable, "-m"]
-        if job == "preprocess":
-            return [
-                *python,
-                "pipelines.preprocess",
-                "--input",
-                str(self.rides),
-                "--output",
-                str(output or self.processed),
-                "--num_shards",
-                "2",
-            ]
-        if job == "train":
-            return [
-                *python,
-                "pipelines.train",
-                "--train",
-                str(self.train_data / "train-*.csv"),
-                "--val",
-                str(self.train_data / "val-*.csv"),
-                "--registry",
-                str(registry_dir or self.registry),
-                "--chunk_size",
-                str(max(self.rows // 4, 64)),
-                "--max_epochs_per_chunk",
-                "2",
-                "--seed",
-                "1",
-            ]
-        return [
-            *python,
-            "pipelines.predict",
-            "--input",
-            str(self.rides),
-            "--output",
-            str(output or self.predictions),
-            "--registry",
-            str(self.registry),
-            "--run",
-            self.model_run,
-        ]
-
-    def folder(self, job: str) -> Path:
-        """Where the job writes: its output folder, or the registry for training."""
-        return {"preprocess": self.processed, "train": self.registry, "predict": self.predictions}[job]
+        self.lay_out(self.root, max(self.rows // 4, 64))
 
 
 @dataclass
@@ -216,20 +157,15 @@ def run_job(
             start_new_session=True,
             preexec_fn=preexec,
         )
-        try:
-            if signal_at is not None:
-                try:
-                    proc.wait(timeout=signal_at)
-                except subprocess.TimeoutExpired:
-                    if signum == signal.SIGINT:
-                        os.killpg(proc.pid, signum)  # a terminal's Ctrl-C reaches the whole group
-                    else:
-                        proc.send_signal(signum)
-            returncode = proc.wait(timeout=max(deadline - (time.monotonic() - started), 1))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            returncode = None
+        if signal_at is not None:
+            try:
+                proc.wait(timeout=signal_at)
+            except subprocess.TimeoutExpired:
+                if signum == signal.SIGINT:
+                    os.killpg(proc.pid, signum)  # a terminal's Ctrl-C reaches the whole group
+                else:
+                    proc.send_signal(signum)
+        returncode = wait_or_kill_group(proc, max(deadline - (time.monotonic() - started), 1))
         seconds = time.monotonic() - started
         stderr.seek(0)
         return Ended(returncode, stderr.read(), seconds)
@@ -340,17 +276,8 @@ def _start_server(work: Work, log: Path) -> tuple[subprocess.Popen, str]:
 
     with open(log, "w") as stderr:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.serve",
-                "--registry",
-                str(work.registry),
-                "--run",  # no run is promoted here: the service needs one named
-                work.model_run,
-                "--port",
-                "0",
-            ],
+            # no run is promoted here: the service needs one named
+            serve_command("--registry", str(work.registry), "--run", work.model_run, "--port", "0"),
             cwd=ROOT,
             env=work.env,
             stdout=subprocess.PIPE,
@@ -359,23 +286,11 @@ def _start_server(work: Work, log: Path) -> tuple[subprocess.Popen, str]:
             preexec_fn=limit_files,
             start_new_session=True,
         )
-    ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_S)
-    line = proc.stdout.readline() if ready else ""
-    if "http://" not in line:
+    url = server_url(proc, SERVER_START_S)
+    if not url:
         stop_process(proc)
         raise SystemExit(f"hostile_env: error: the server did not start: {log.read_text()[-1500:]}")
-    return proc, "http://" + line.split("http://", 1)[1].split()[0]
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Stop a process by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return proc, url
 
 
 def _address(url: str) -> tuple[str, int]:

@@ -45,6 +45,7 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.cli import OneLineErrorParser, positive_int  # noqa: E402
+from scripts.jobs import split_passthrough  # noqa: E402
 from taxifare_core.storage import outputs  # noqa: E402
 
 sys.path.insert(0, str(SCRIPTS))
@@ -81,9 +82,7 @@ class PortableError(RuntimeError):
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     """This script's flags; what follows `--` goes to both runs of the pipeline."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_passthrough(argv)
     parser = OneLineErrorParser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],

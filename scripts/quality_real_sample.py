@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jobs import train_flags  # scripts/jobs.py, beside this script
 from pipelines import train
 from taxifare_core import cleaning, contract, features, parsing
 from taxifare_core.training import registry
@@ -65,12 +66,7 @@ def run_setting(
     registry_dir = folder / "registry"
     args = train.parse_args(
         [
-            "--train",
-            str(folder / "train-*.csv"),
-            "--val",
-            str(folder / "val-*.csv"),
-            "--registry",
-            str(registry_dir),
+            *train_flags(folder, registry_dir),
             "--loss",
             loss,
             "--learning_rate",

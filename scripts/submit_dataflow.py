@@ -47,6 +47,7 @@ from pipelines.cloud.dataflow import (  # noqa: E402
 from pipelines.cloud.predict_dry_run import build_predict_dry_run_job  # noqa: E402
 from pipelines.preprocessing.options import READ_METHODS, UsageError  # noqa: E402
 from pipelines.preprocessing.pipeline import build_dry_run_job  # noqa: E402
+from scripts.jobs import split_passthrough  # noqa: E402
 from taxifare_core import contract  # noqa: E402
 
 PROG = "submit_dataflow.py"
@@ -62,9 +63,7 @@ def _positive(text: str) -> int:
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     """The command line: this script's flags, and what follows `--`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_passthrough(argv)
     parser = OneLineErrorParser(
         prog=PROG,
         description="Submit `python -m pipelines.preprocess --source bigquery` (or, with --job predict, "

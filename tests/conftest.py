@@ -55,3 +55,12 @@ def isolated_local_paths(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LOCAL_DATA_PATH", str(root / "data"))
     monkeypatch.setenv("LOCAL_REGISTRY_PATH", str(root / "training_outputs"))
     return root
+
+
+@pytest.fixture(scope="module")
+def gs_root(request, tmp_path_factory):
+    """gs://BUCKET (the test module's BUCKET) on a running GCS emulator, STORAGE_EMULATOR_HOST set for the module."""
+    from emulator_helpers import running_gcs_emulator  # the emulator tooling loads only where a test asks for it
+
+    with running_gcs_emulator(tmp_path_factory.mktemp("gcs"), request.module.BUCKET) as root:
+        yield root

@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# scripts/ is not a package: its emulators/ folder is imported as the scripts themselves do.
-sys.path.insert(0, str(ROOT / "scripts"))
+# scripts/ is not a package: its emulators/ folder is imported as the scripts themselves do
+# (and they import scripts/jobs.py from the checkout's root).
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
 
 from emulators import gcs, processes, python_env  # noqa: E402
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from taxifare_core import cleaning, features, generate, parsing
+
+# `pytest` (not `python -m pytest`) puts only tests/ on the path; the trainer's flags are the scripts' own.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.jobs import train_flags  # noqa: E402
+
+__all__ = ["processed_rows", "saved_tiny_model", "train_flags", "write_shards"]
 
 
 def processed_rows(n_rows: int, seed: int = 7) -> np.ndarray:

@@ -277,6 +277,11 @@ def test_read_from_bigquery_on_the_direct_runner(emulator, rides, method, tmp_pa
 # --- python -m pipelines.preprocess --source bigquery vs --source csv ---------------
 
 
+def from_emulator(emulator) -> tuple[str, ...]:
+    """The preprocessing flags that read the rides from the running emulator."""
+    return ("--source", "bigquery", "--bigquery_emulator", emulator.host_port)
+
+
 def run_preprocess(*args: str, env: dict[str, str] | None = None) -> dict | None:
     """Run the preprocess CLI in a subprocess; return its summary.json when the output is local."""
     done = subprocess.run(
@@ -334,10 +339,7 @@ def test_preprocess_from_bigquery_equals_the_csv_path(emulator, rides, csv_run, 
     csv_out, csv_summary = csv_run
     out = tmp_path / "out"
     summary = run_preprocess(
-        "--source",
-        "bigquery",
-        "--bigquery_emulator",
-        emulator.host_port,
+        *from_emulator(emulator),
         "--read_method",
         method,
         "--data_size",
@@ -410,10 +412,7 @@ def test_bigquery_to_gs_shards_on_emulators(emulator, storage, csv_run):
     """The cloud path offline: BigQuery (emulator) -> Beam -> gs:// (emulator), same shards as the CSV path."""
     csv_out, _ = csv_run
     run_preprocess(
-        "--source",
-        "bigquery",
-        "--bigquery_emulator",
-        emulator.host_port,
+        *from_emulator(emulator),
         "--data_size",
         "1k",
         "--output",
@@ -452,10 +451,7 @@ def test_direct_read_past_grpcs_message_limit_equals_the_csv_path(emulator, tmp_
     assert bq_server.load_rides(emulator.host_port, rides, f"{LARGE_DATASET}.raw_all") == LARGE_ROWS
     common = ("--dedupe", "none", "--num_shards", "1")
     bq = preprocess_in_process(
-        "--source",
-        "bigquery",
-        "--bigquery_emulator",
-        emulator.host_port,
+        *from_emulator(emulator),
         "--read_method",
         "DIRECT_READ",
         "--data_size",
@@ -518,10 +514,7 @@ def test_a_string_fare_from_bigquery_reaches_the_dead_letter(emulator, tmp_path,
     load_string_fare_table(emulator.host_port, rides)
     out = tmp_path / "out"
     summary = preprocess_in_process(
-        "--source",
-        "bigquery",
-        "--bigquery_emulator",
-        emulator.host_port,
+        *from_emulator(emulator),
         "--read_method",
         method,
         "--data_size",

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from process_helpers import run_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_quick_crash_test_loses_and_mixes_nothing():
-    done = subprocess.run(
-        [sys.executable, "scripts/crash_test.py", "--kills", "6", "--rows", "1200", "--seed", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    done = run_script("crash_test.py", "--kills", "6", "--rows", "1200", "--seed", "1", timeout=900)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary.startswith("summary: 6 kills, 6 survived, 0 outputs lost or mixed"), summary
@@ -31,12 +20,5 @@ def test_quick_crash_test_loses_and_mixes_nothing():
 
 
 def test_help_names_the_invariant():
-    done = subprocess.run(
-        [sys.executable, "scripts/crash_test.py", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_script("crash_test.py", "--help", timeout=60)
     assert done.returncode == 0 and "--kills" in done.stdout and "--seed" in done.stdout

@@ -10,7 +10,6 @@ quotas, the workers installing the sdist) is listed in docs/dataflow.md.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from apache_beam.options.pipeline_options import GoogleCloudOptions, WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
+from dataflow_helpers import assert_feeds, run_submit_script, transforms_by_name
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.options import parse_args, resolve_config
 from pipelines.preprocessing.pipeline import build_dry_run_job, build_preprocess, write_outputs
@@ -83,18 +83,11 @@ def job(argv):
     return build_dry_run_job(argv)
 
 
-def transforms_by_name(job) -> dict:
-    """The pipeline proto's transforms, by label."""
-    return {t.unique_name: t for t in job.proto_pipeline.components.transforms.values()}
-
-
 def test_job_graph_reads_bigquery_then_parses_cleans_encodes_splits_and_writes(job):
     transforms = transforms_by_name(job)
     for label in (*GRAPH_PATH, *WRITES):
         assert label in transforms, f"{label} missing from the job graph"
-    for producer, consumer in zip(GRAPH_PATH, GRAPH_PATH[1:]):
-        outputs = set(transforms[producer].outputs.values())
-        assert outputs & set(transforms[consumer].inputs.values()), f"{producer} does not feed {consumer}"
+    assert_feeds(transforms, GRAPH_PATH)
     statistics = [name for name in transforms if name.startswith("Statistics/")]
     assert "Statistics/CombineTrain" in statistics, statistics
     split_outputs = set(transforms["Preprocess/Split"].outputs.values())
@@ -233,20 +226,8 @@ def test_job_names_are_timestamped_and_valid():
         dataflow.check_job_name("Taxifare_Job")
 
 
-def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """scripts/submit_dataflow.py with only the given GCP settings in the environment."""
-    clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), *args],
-        capture_output=True,
-        text=True,
-        env={**clean, **env},
-        timeout=300,
-    )
-
-
 def test_submit_script_dry_run_builds_the_job():
-    done = run_script(
+    done = run_submit_script(
         "--dry_run",
         "--data_size",
         "all",
@@ -263,7 +244,7 @@ def test_submit_script_dry_run_builds_the_job():
 
 
 def test_submit_script_stops_on_a_missing_setting_with_one_line():
-    done = run_script("--dry_run", env={"GCP_PROJECT": "p-project"})
+    done = run_submit_script("--dry_run", env={"GCP_PROJECT": "p-project"})
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert "GCP_REGION, BUCKET" in done.stderr and "Traceback" not in done.stderr

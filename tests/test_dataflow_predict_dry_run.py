@@ -10,10 +10,7 @@ TensorFlow, reading the gs:// model, IAM) is listed in docs/dataflow-batch-predi
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +19,7 @@ import pytest
 from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
+from dataflow_helpers import assert_feeds, run_submit_script, transforms_by_name
 from pipelines import predict
 from pipelines.cloud import dataflow
 from pipelines.cloud.predict_dry_run import build_predict_dry_run_job
@@ -56,17 +54,11 @@ def job(argv):
     return build_predict_dry_run_job(argv)
 
 
-def transforms_by_name(job) -> dict:
-    return {t.unique_name: t for t in job.proto_pipeline.components.transforms.values()}
-
-
 def test_job_graph_reads_prepares_prices_and_writes_both_outputs(job):
     transforms = transforms_by_name(job)
     for label in (*GRAPH_PATH, "WriteDeadLetter"):
         assert label in transforms, f"{label} missing from the job graph"
-    for producer, consumer in zip(GRAPH_PATH, GRAPH_PATH[1:]):
-        outputs = set(transforms[producer].outputs.values())
-        assert outputs & set(transforms[consumer].inputs.values()), f"{producer} does not feed {consumer}"
+    assert_feeds(transforms, GRAPH_PATH)
     # Both kinds of dead letter (rides that cannot be prepared, fares that are not finite) meet, then the sink.
     merged = set(transforms["PredictRides/AllDeadLetters"].inputs.values())
     assert set(transforms["PredictRides/Prepare"].outputs.values()) & merged
@@ -128,49 +120,22 @@ def test_predict_cli_refuses_an_incomplete_dataflow_setting_in_one_line(capsys):
     assert err.count("\n") == 1 and "needs --project" in err
 
 
+GCP_SETTINGS = {"GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"}
+
+
 def test_submit_script_dry_run_builds_the_predict_job():
-    clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
-    env = {**clean, "GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "submit_dataflow.py"),
-            "--job",
-            "predict",
-            "--input",
-            "gs://b-bucket/rides/*.csv",
-            "--run",
-            RUN,
-            "--dry_run",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    done = run_submit_script(
+        "--job", "predict", "--input", "gs://b-bucket/rides/*.csv", "--run", RUN, "--dry_run", env=GCP_SETTINGS
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"job taxifare-predict-\d{8}-\d{6} \(dry run", done.stdout)
     assert "WritePredictions" in done.stdout and "requirements.txt" in done.stdout
     assert "--requirements_file" in done.stderr
-    missing = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--job", "predict", "--dry_run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    missing = run_submit_script("--job", "predict", "--dry_run", env=GCP_SETTINGS)
     assert missing.returncode == 2 and "needs --input" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_predict_flags_are_refused_for_the_preprocess_job():
-    clean = {k: v for k, v in os.environ.items() if k not in dataflow.REQUIRED_ENV + (dataflow.ENV_SERVICE_ACCOUNT,)}
-    env = {**clean, "GCP_PROJECT": "p-project", "GCP_REGION": "europe-west1", "BUCKET": "b-bucket"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "submit_dataflow.py"), "--input", "gs://b/x.csv", "--dry_run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_submit_script("--input", "gs://b/x.csv", "--dry_run", env=GCP_SETTINGS)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "--input belong to --job predict" in done.stderr

@@ -16,23 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emulator_helpers import running_gcs_emulator
 from pipelines import predict, train
 from pipelines.trainer.checkpoint import fingerprint_changes
-from shard_helpers import processed_rows
+from shard_helpers import processed_rows, train_flags
 from taxifare_core import contract, features, storage
 from taxifare_core.training import reader, registry
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 BUCKET = "taxifare-gcs-test"
-
-
-@pytest.fixture(scope="module")
-def gs_root(tmp_path_factory):
-    """gs://BUCKET on a running emulator, with STORAGE_EMULATOR_HOST set for the module."""
-    with running_gcs_emulator(tmp_path_factory.mktemp("gcs"), BUCKET) as root:
-        yield root
 
 
 def test_files_and_folders_round_trip(gs_root):
@@ -112,12 +104,7 @@ def test_train_resume_registry_and_predict_on_gs(gs_root, tmp_path, capsys):
         storage.write_text(f"{gs_root}/processed/{name}.csv", features.format_csv(part) + "\n")
     reg = f"{gs_root}/training_outputs"
     flags = [
-        "--train",
-        f"{gs_root}/processed/train-*.csv",
-        "--val",
-        f"{gs_root}/processed/val-*.csv",
-        "--registry",
-        reg,
+        *train_flags(f"{gs_root}/processed", reg),
         "--chunk_size",
         "200",
         "--max_epochs_per_chunk",
@@ -208,4 +195,5 @@ def test_promote_and_roll_back_on_gs(gs_root):
     record = registry.rollback(reg)
     assert record["run"] == local[0] and registry.production_run(reg) == local[0]
     assert [entry["action"] for entry in registry.read_production(reg)["history"]] == ["promote", "promote", "rollback"]
-    assert registry.load_params(registry=reg)[registry.FEATURE_CONTRACT_KEY] == registry.feature_contract_hash()
+    params = registry.read_json(f"{registry.run_path(None, reg)}/{registry.PARAMS_FILE}")
+    assert params[registry.FEATURE_CONTRACT_KEY] == registry.feature_contract_hash()

@@ -6,28 +6,17 @@ job rows are judged apart, so a failure names its part.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+from process_helpers import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def table() -> dict:
     """The quick run's table rows (case -> (expected, observed, ok)), its totals line and exit code."""
-    done = subprocess.run(
-        [sys.executable, "scripts/hostile_env.py", "--quick", "--seed", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    done = run_script("hostile_env.py", "--quick", "--seed", "1", timeout=1800)
     rows = {}
     for line in done.stdout.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
@@ -59,12 +48,5 @@ def test_the_jobs_lose_nothing_hang_never_and_print_no_traceback(table):
 
 
 def test_help_names_the_groups():
-    done = subprocess.run(
-        [sys.executable, "scripts/hostile_env.py", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_script("hostile_env.py", "--help", timeout=120)
     assert done.returncode == 0 and "--quick" in done.stdout and "--cases" in done.stdout

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,12 +22,12 @@ import pytest
 from pipelines import registry as registry_cli
 from pipelines import train
 from pipelines.trainer import blessing
-from shard_helpers import processed_rows, saved_tiny_model, write_shards
+from process_helpers import server_url, start_server, stop_process
+from shard_helpers import processed_rows, saved_tiny_model, train_flags, write_shards
 from taxifare_core import cleaning, contract, features, parsing
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
 
-ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180
 # Generated rides: with 12,000 train rows the network beats the linear baseline by ~18%
 # (measured: val MAE $2.235 vs $2.712, seed 1); with a few thousand it does not yet.
@@ -227,12 +225,7 @@ def generated(tmp_path_factory) -> dict:
 
 def _train_flags(folder: Path, registry_dir: Path, *extra: str) -> list[str]:
     return [
-        "--train",
-        str(folder / "train-*.csv"),
-        "--val",
-        str(folder / "val-*.csv"),
-        "--registry",
-        str(registry_dir),
+        *train_flags(folder, registry_dir),
         "--chunk_size",
         str(GENERATED_TRAIN_ROWS),
         "--max_epochs_per_chunk",
@@ -243,36 +236,17 @@ def _train_flags(folder: Path, registry_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _serve(*flags: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.serve", *flags],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _stop(process: subprocess.Popen) -> str:
     """Stop a server by its PID; its stderr."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process)
     return process.stderr.read()
 
 
 def _url(process: subprocess.Popen) -> str:
-    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
-    line = process.stdout.readline() if ready else ""
-    if "http://" not in line:
-        pytest.fail(f"the server did not start: {line!r} {_stop(process)[-2000:]}")
-    return "http://" + line.split("http://", 1)[1].split()[0]
+    url = server_url(process, START_TIMEOUT_S)
+    if not url:
+        pytest.fail(f"the server did not start: {_stop(process)[-2000:]}")
+    return url
 
 
 @pytest.mark.slow
@@ -291,7 +265,7 @@ def test_trained_on_generated_rides_blessed_promoted_then_shuffled_fares_not_ble
     assert metrics["production_mae_same_rows"] is None and metrics["bless_min_gain"] == blessing.DEFAULT_MIN_GAIN
     assert registry.production_run(str(reg)) == first
 
-    server = _serve("--registry", str(reg), "--port", "0", "--reload_seconds", "0.2")
+    server = start_server("--registry", str(reg), "--port", "0", "--reload_seconds", "0.2")
     try:
         url = _url(server)
         assert requests.get(f"{url}/model", timeout=30).json()["run"] == first
@@ -331,12 +305,7 @@ def test_trained_on_the_real_sample_blessed_and_promoted(real_sample_path, tmp_p
     reg = tmp_path / "registry"
     code = train.main(
         [
-            "--train",
-            str(tmp_path / "shards" / "train-*.csv"),
-            "--val",
-            str(tmp_path / "shards" / "val-*.csv"),
-            "--registry",
-            str(reg),
+            *train_flags(tmp_path / "shards", reg),
             "--seed",
             "1",
             "--fail_if_not_blessed",
@@ -361,12 +330,7 @@ def test_two_resumes_of_one_run_never_train_into_the_same_folder(tmp_path, capsy
     write_shards(folder, rows[300:], [120], prefix="val")
     reg = tmp_path / "registry"
     flags = [
-        "--train",
-        str(folder / "train-*.csv"),
-        "--val",
-        str(folder / "val-*.csv"),
-        "--registry",
-        str(reg),
+        *train_flags(folder, reg),
         "--chunk_size",
         "100",
         "--max_epochs_per_chunk",
@@ -427,7 +391,7 @@ def test_the_service_reloads_under_load_without_a_failed_request(tmp_path):
     fares = {name: _example_fare(model) for name, model in zip(names, models)}
     assert len({round(fare, 4) for fare in fares.values()}) == 3
 
-    server = _serve("--registry", str(reg), "--port", "0", "--reload_seconds", "0.2")
+    server = start_server("--registry", str(reg), "--port", "0", "--reload_seconds", "0.2")
     results, stop = [], threading.Event()
     query = {
         key: str(value) + (" UTC" if key == contract.TIME_COLUMN and not str(value).endswith("UTC") else "")

@@ -17,6 +17,7 @@ import pytest
 from pipelines import preprocess
 from pipelines.preprocessing import pipeline as preprocessing_pipeline
 from pipelines.preprocessing.options import parse_args, resolve_config
+from shard_helpers import train_flags
 from taxifare_core import generate
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader
@@ -433,9 +434,10 @@ def test_output_equal_to_the_current_a_home_or_the_root_folder_is_refused(where,
 def test_the_current_folder_is_refused_by_the_cli_in_one_line(rides):
     done = run_cli("--input", str(rides), "--output", ".", "--force")
     assert done.returncode == 2
+    # "." is shown as the absolute path it stands for (local paths are made absolute for the workers).
     assert done.stderr.strip().splitlines()[-1] == (
-        "preprocess: error: output . is the current folder: pass a folder of its own for the job's files "
-        "(e.g. a new sub-folder)"
+        f"preprocess: error: output {os.path.abspath(ROOT)} is the current folder: pass a folder of its own "
+        "for the job's files (e.g. a new sub-folder)"
     )
 
 
@@ -669,12 +671,7 @@ def test_a_trainer_finishes_on_its_shards_while_preprocessing_publishes_into_the
     metrics = train.run(
         train.parse_args(
             [
-                "--train",
-                str(output / "train-*.csv"),
-                "--val",
-                str(output / "val-*.csv"),
-                "--registry",
-                str(tmp_path / "registry"),
+                *train_flags(output, tmp_path / "registry"),
                 "--chunk_size",
                 "30",
                 "--max_epochs_per_chunk",

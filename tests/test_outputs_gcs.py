@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from emulator_helpers import running_gcs_emulator
 from taxifare_core import storage
 from taxifare_core.storage import outputs
 from taxifare_core.training import reader
@@ -20,13 +19,6 @@ from taxifare_core.training import reader
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 BUCKET = "taxifare-outputs-test"
-
-
-@pytest.fixture(scope="module")
-def gs_root(tmp_path_factory):
-    """gs://BUCKET on a running emulator, with STORAGE_EMULATOR_HOST set for the module."""
-    with running_gcs_emulator(tmp_path_factory.mktemp("gcs"), BUCKET) as root:
-        yield root
 
 
 def test_publish_resolve_and_refuse_an_incomplete_set_on_gs(gs_root):

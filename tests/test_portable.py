@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines import preprocess
-from pipelines.preprocessing.options import resolve_config
-from taxifare_core.generate import write_ride_shards
+from pipelines.preprocessing.options import parse_args, resolve_config
+from taxifare_core.ride_shards import write_ride_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +47,10 @@ portable_worker = _load_script("portable_worker")
 def test_relative_input_and_output_are_resolved_on_the_submitting_machine(tmp_path, monkeypatch):
     """Workers run in their own folder: a relative path must reach them absolute, or they read nothing."""
     monkeypatch.chdir(tmp_path)
-    config = resolve_config(PipelineOptions(["--input", "rides/*.csv", "--output", "out/processed/"]))
+    config = resolve_config(*parse_args(["--input", "rides/*.csv", "--output", "out/processed/"]))
     assert config.input == str(tmp_path / "rides" / "*.csv")
     assert config.output == str(tmp_path / "out" / "processed")
-    remote = resolve_config(PipelineOptions(["--input", "gs://b/rides/*.csv", "--output", "gs://b/out/"]))
+    remote = resolve_config(*parse_args(["--input", "gs://b/rides/*.csv", "--output", "gs://b/out/"]))
     assert (remote.input, remote.output) == ("gs://b/rides/*.csv", "gs://b/out")
 
 
@@ -140,21 +139,26 @@ def test_a_worker_refuses_an_sdist_other_than_its_environments(tmp_path):
         portable_worker.check_staged({}, {"sdist_digest": built})
 
 
+def _portable_run(output: Path, dirty: int, workers: int) -> list[str]:
+    """scripts/portable_run.py on `dirty` generated rides with some bad lines, `workers` worker processes."""
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "portable_run.py"),
+        "--dirty",
+        str(dirty),
+        "--workers",
+        str(workers),
+        "--output",
+        str(output),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     """The whole path: worker venv from PyPI (cached), job service, worker pool, boot, two runs compared."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "portable_run.py"),
-            "--dirty",
-            "400",
-            "--workers",
-            "2",
-            "--output",
-            str(tmp_path / "out"),
-        ],
+        _portable_run(tmp_path / "out", dirty=400, workers=2),
         capture_output=True,
         text=True,
         timeout=2400,
@@ -200,16 +204,7 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_stops_the_job_service_and_the_worker_pool(tmp_path):
     """Interrupted while the services run, the script stops both by their pids and exits 130."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "portable_run.py"),
-            "--dirty",
-            "200",
-            "--workers",
-            "1",
-            "--output",
-            str(tmp_path / "out"),
-        ],
+        _portable_run(tmp_path / "out", dirty=200, workers=1),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

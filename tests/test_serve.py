@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
-import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -30,6 +27,7 @@ from pipelines import batch_predict
 from pipelines import predict as predict_module
 from pipelines import serve as serve_module
 from pipelines.preprocessing.parse import RawBlock
+from process_helpers import server_url, start_server, stop_process
 from shard_helpers import processed_rows, saved_tiny_model
 from taxifare_core import contract, serving
 from taxifare_core.features import encode
@@ -43,7 +41,6 @@ from taxifare_core.serving.service_rides import (
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
 
-ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180
 MAX_RIDES = 50
 # The test server's connection limits: small, so that hostile clients reach them quickly.
@@ -119,48 +116,12 @@ def saved(tmp_path_factory) -> dict:
     return {"root": str(root), "model": model, "run": run_dir.rsplit("/", 1)[-1]}
 
 
-def _serve(*flags: str, stderr=subprocess.PIPE, nofile: tuple[int, int] | None = None) -> subprocess.Popen:
-    """`python -m pipelines.serve FLAGS` with this worktree's code first on the path (and an open-file limit)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-    def limit_files():
-        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.serve", *flags],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        preexec_fn=limit_files if nofile else None,
-    )
-
-
-def _ready_url(process: subprocess.Popen) -> str:
-    """The base URL a starting server prints, or '' when it printed none in time."""
-    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
-    line = process.stdout.readline() if ready else ""
-    return "http://" + line.split("http://", 1)[1].split()[0] if "http://" in line else ""
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a server by its PID: SIGTERM, then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def served(saved, tmp_path_factory):
     """The real server on a free loopback port: {"url", "log" (its stderr file)}. Stopped by PID at the end."""
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     with open(log, "w") as stderr:
-        process = _serve(
+        process = start_server(
             "--registry",
             saved["root"],
             "--port",
@@ -177,14 +138,14 @@ def served(saved, tmp_path_factory):
             nofile=(SERVER_SOFT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
         )
     try:
-        url = _ready_url(process)
+        url = server_url(process, START_TIMEOUT_S)
         if not url:
-            _stop(process)
+            stop_process(process)
             pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
         yield {"url": url, "log": log}
         assert process.poll() is None, "the server died during the tests"
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -506,7 +467,7 @@ def _one_line_failure(process: subprocess.Popen) -> str:
     try:
         _, err = process.communicate(timeout=START_TIMEOUT_S)
     finally:
-        _stop(process)
+        stop_process(process)
     assert process.returncode == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -514,7 +475,7 @@ def _one_line_failure(process: subprocess.Popen) -> str:
 
 
 def test_missing_registry_is_one_line_and_a_non_zero_exit(tmp_path):
-    line = _one_line_failure(_serve("--registry", str(tmp_path / "nowhere"), "--port", "0"))
+    line = _one_line_failure(start_server("--registry", str(tmp_path / "nowhere"), "--port", "0"))
     assert line.startswith("python -m pipelines.serve: error: no model in") and "make train" in line
 
 
@@ -526,7 +487,7 @@ def test_unreadable_model_is_one_line_and_a_non_zero_exit(tmp_path):
         f'{{"{registry.FEATURE_CONTRACT_KEY}": "{registry.feature_contract_hash()}"}}'
     )
     (run / registry.METRICS_FILE).write_text("{}")  # a finished run whose model is broken
-    line = _one_line_failure(_serve("--registry", str(tmp_path), "--port", "0", "--run", run.name))
+    line = _one_line_failure(start_server("--registry", str(tmp_path), "--port", "0", "--run", run.name))
     assert line.startswith("python -m pipelines.serve: error:") and registry.MODEL_FILE in line
     assert "is unreadable" in line and "train a new one" in line
 
@@ -534,12 +495,12 @@ def test_unreadable_model_is_one_line_and_a_non_zero_exit(tmp_path):
 @pytest.mark.slow
 def test_busy_port_is_one_line(server, saved):
     port = server.rsplit(":", 1)[1]
-    line = _one_line_failure(_serve("--registry", saved["root"], "--port", port))
+    line = _one_line_failure(start_server("--registry", saved["root"], "--port", port))
     assert f"cannot listen on 127.0.0.1:{port}" in line
 
 
 def test_bad_flag_is_one_line():
-    line = _one_line_failure(_serve("--port", "70000"))
+    line = _one_line_failure(start_server("--port", "70000"))
     assert "--port" in line and "65535" in line
 
 
@@ -678,6 +639,11 @@ def _unusable_runs(root: Path) -> dict[str, Path]:
     return registries
 
 
+def _only_run(root: Path) -> str:
+    """The one run of a registry (such a run cannot be promoted: it is asked for by name)."""
+    return registry.run_names(str(root), finished=False)[-1]
+
+
 @pytest.mark.slow
 def test_a_run_that_cannot_price_rides_is_one_line_at_start_up(tmp_path, capsys):
     registries = _unusable_runs(tmp_path)
@@ -687,35 +653,38 @@ def test_a_run_that_cannot_price_rides_is_one_line_at_start_up(tmp_path, capsys)
     }
     for kind, root in registries.items():
         with pytest.raises(registry.UnreadableModelError, match=expected[kind].replace("(", r"\(").replace(")", r"\)")):
-            serve_module.load_served_model(None, str(root))
-        assert predict_module.main(["--registry", str(root)]) == 2
+            serve_module.load_served_model(_only_run(root), str(root))
+        assert predict_module.main(["--registry", str(root), "--run", _only_run(root)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "cannot price rides" in err and expected[kind] in err, err
-    line = _one_line_failure(_serve("--registry", str(registries["metrics"]), "--port", "0"))
+    metrics_root = registries["metrics"]
+    line = _one_line_failure(
+        start_server("--registry", str(metrics_root), "--run", _only_run(metrics_root), "--port", "0")
+    )
     assert line.startswith("python -m pipelines.serve: error: run ") and expected["metrics"] in line
 
 
 def test_too_few_file_descriptors_for_max_connections_is_one_line():
-    line = _one_line_failure(_serve("--port", "0", "--max_connections", "5000", nofile=(256, 1024)))
+    line = _one_line_failure(start_server("--port", "0", "--max_connections", "5000", nofile=(256, 1024)))
     assert "--max_connections 5,000 needs" in line and "ulimit -Hn" in line
 
 
 @pytest.mark.slow
 def test_signals_at_start_up_and_while_serving_are_one_line(saved):
-    starting = _serve("--registry", saved["root"], "--port", "0")
+    starting = start_server("--registry", saved["root"], "--port", "0")
     time.sleep(1.5)  # Python is up, TensorFlow is still loading
     starting.send_signal(signal.SIGINT)
     _, err = starting.communicate(timeout=60)
     assert starting.returncode == 130, err
     assert err.strip() == "python -m pipelines.serve: stopped by SIGINT", err
 
-    running = _serve("--registry", saved["root"], "--port", "0")
+    running = start_server("--registry", saved["root"], "--port", "0")
     try:
-        url = _ready_url(running)
+        url = server_url(running, START_TIMEOUT_S)
         assert url and requests.get(url + "/health", timeout=10).status_code == 200
         running.send_signal(signal.SIGTERM)
         _, err = running.communicate(timeout=60)
     finally:
-        _stop(running)
+        stop_process(running)
     assert running.returncode == 143, err
     assert err.strip() == "python -m pipelines.serve: stopped by SIGTERM", err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines import batch_predict, train
-from shard_helpers import processed_rows, saved_tiny_model, write_shards
+from shard_helpers import processed_rows, saved_tiny_model, train_flags, write_shards
 from taxifare_core import contract, generate, stats
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
@@ -36,12 +36,7 @@ def test_trainer_copies_the_shards_stats_into_the_run_and_names_it(tmp_path, wit
     metrics = train.run(
         train.parse_args(
             [
-                "--train",
-                str(folder / "train-*.csv"),
-                "--val",
-                str(folder / "val-*.csv"),
-                "--registry",
-                str(tmp_path / "registry"),
+                *train_flags(folder, tmp_path / "registry"),
                 "--chunk_size",
                 "240",
                 "--batch_size",

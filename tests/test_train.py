@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines import train
-from shard_helpers import processed_rows, write_shards
+from shard_helpers import processed_rows, train_flags, write_shards
 from taxifare_core.training import registry
 from taxifare_core.training.baseline import RunningLinearFit, manhattan_km_of
 
@@ -29,12 +30,7 @@ def data(tmp_path_factory) -> dict:
 def _args(data, registry_dir: Path, *extra: str):
     return train.parse_args(
         [
-            "--train",
-            str(data["folder"] / "train-*.csv"),
-            "--val",
-            str(data["folder"] / "val-*.csv"),
-            "--registry",
-            str(registry_dir),
+            *train_flags(data["folder"], registry_dir),
             "--chunk_size",
             "100",
             "--batch_size",
@@ -169,12 +165,7 @@ def test_cli_missing_shards_is_one_line_exit_2(tmp_path, capsys):
 def test_cli_nothing_to_resume_is_one_line_exit_2(data, tmp_path, capsys):
     code = train.main(
         [
-            "--train",
-            str(data["folder"] / "train-*.csv"),
-            "--val",
-            str(data["folder"] / "val-*.csv"),
-            "--registry",
-            str(tmp_path),
+            *train_flags(data["folder"], tmp_path),
             "--resume",
         ]
     )
@@ -205,12 +196,7 @@ def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_pat
     ends = {}
     args = train.parse_args(
         [
-            "--train",
-            str(folder / "train-*.csv"),
-            "--val",
-            str(folder / "val-*.csv"),
-            "--registry",
-            str(tmp_path / "registry"),
+            *train_flags(folder, tmp_path / "registry"),
             "--chunk_size",
             "100",
             "--batch_size",
@@ -229,3 +215,14 @@ def test_best_chunk_weights_are_kept_when_a_later_chunk_does_worse(data, tmp_pat
     assert metrics["chunks"] == 3 and metrics["best_chunk"] == 2
     saved = registry.load_model(metrics["run"], registry=str(tmp_path / "registry"))
     assert _same(_weights(saved), ends[2]) and not _same(ends[2], ends[3])
+
+
+def test_every_chunk_line_has_the_rate_and_the_pass_eta_unless_quiet(data, tmp_path, capsys):
+    train.run(_args(data, tmp_path / "shown", "--max_epochs_per_chunk", "1"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chunk ")]
+    assert len(lines) == 5, lines  # 450 rows in chunks of 100
+    assert all(re.search(r"; [\d,]+ rows/s, ETA \d+s\)$", line) for line in lines), lines
+    train.run(_args(data, tmp_path / "quiet", "--max_epochs_per_chunk", "1", "--quiet"))
+    out = capsys.readouterr().out
+    assert not [line for line in out.splitlines() if line.startswith("chunk ")]
+    assert "done: 450 rows in 5 chunk(s)" in out

@@ -22,7 +22,7 @@ import pytest
 
 from pipelines import predict as predict_module
 from pipelines import train
-from shard_helpers import processed_rows, saved_tiny_model, write_shards
+from shard_helpers import processed_rows, saved_tiny_model, train_flags, write_shards
 from taxifare_core import contract
 from taxifare_core.training import registry
 
@@ -46,12 +46,7 @@ def _shards(folder: Path, rows: np.ndarray) -> Path:
 
 def _flags(folder: Path, registry_dir: Path, *extra: str) -> list[str]:
     return [
-        "--train",
-        str(folder / "train-*.csv"),
-        "--val",
-        str(folder / "val-*.csv"),
-        "--registry",
-        str(registry_dir),
+        *train_flags(folder, registry_dir),
         "--chunk_size",
         "100",
         "--batch_size",
@@ -97,6 +92,17 @@ def _crash_after_chunk(n: int):
             raise _Interrupted
 
     return hook
+
+
+def _stopped_after_chunk_1(rows, tmp_path) -> tuple[Path, list[str], str]:
+    """A run of 3 chunks in tmp_path/registry, stopped once its first chunk's checkpoint is written:
+    (its shard folder, its flags, the run's name)."""
+    folder = _shards(tmp_path / "shards", rows)
+    flags = _flags(folder, tmp_path / "registry")
+    with pytest.raises(_Interrupted):
+        train.run(train.parse_args(flags), on_chunk=_crash_after_chunk(1))
+    [name] = registry.unfinished_runs(str(tmp_path / "registry"))
+    return folder, flags, name
 
 
 # --- non-finite data and NaN losses ---------------------------------------------------------------
@@ -168,11 +174,7 @@ def test_json_files_are_strict_json(tmp_path):
     ],
 )
 def test_resume_refuses_shards_that_changed(rows, tmp_path, capsys, change, phrase):
-    folder = _shards(tmp_path / "shards", rows)
-    flags = _flags(folder, tmp_path / "registry")
-    with pytest.raises(_Interrupted):
-        train.run(train.parse_args(flags), on_chunk=_crash_after_chunk(1))
-    [name] = registry.unfinished_runs(str(tmp_path / "registry"))
+    folder, flags, name = _stopped_after_chunk_1(rows, tmp_path)
     shard = folder / "train-00002-of-00003.csv"
     if change == "rewrite":
         write_shards(folder, rows[:170], [100, 0, 70], prefix="train")
@@ -193,10 +195,7 @@ def test_resume_refuses_shards_that_changed(rows, tmp_path, capsys, change, phra
 
 
 def test_checkpoint_records_the_input_fingerprint(rows, tmp_path):
-    folder = _shards(tmp_path / "shards", rows)
-    with pytest.raises(_Interrupted):
-        train.run(train.parse_args(_flags(folder, tmp_path / "registry")), on_chunk=_crash_after_chunk(1))
-    [name] = registry.unfinished_runs(str(tmp_path / "registry"))
+    folder, _, name = _stopped_after_chunk_1(rows, tmp_path)
     state = json.loads((tmp_path / "registry" / name / registry.CHECKPOINT_DIR / "state.json").read_text())
     shard = folder / "train-00000-of-00003.csv"
     assert state["inputs"]["train"][str(shard)] == {
@@ -211,11 +210,8 @@ def test_checkpoint_records_the_input_fingerprint(rows, tmp_path):
 
 def test_resume_after_a_killed_checkpoint_write_finishes_with_the_same_rows(rows, tmp_path):
     """A kill while chunk 2's checkpoint was written leaves a truncated model file and a temp state file."""
-    folder = _shards(tmp_path / "shards", rows)
+    folder, flags, name = _stopped_after_chunk_1(rows, tmp_path)
     registry_dir = tmp_path / "registry"
-    with pytest.raises(_Interrupted):
-        train.run(train.parse_args(_flags(folder, registry_dir)), on_chunk=_crash_after_chunk(1))
-    [name] = registry.unfinished_runs(str(registry_dir))
     checkpoint = registry_dir / name / registry.CHECKPOINT_DIR
     assert sorted(p.name for p in checkpoint.iterdir()) == ["model-000001.keras", "state.json"]
     complete = (checkpoint / "model-000001.keras").read_bytes()
@@ -223,7 +219,7 @@ def test_resume_after_a_killed_checkpoint_write_finishes_with_the_same_rows(rows
     (checkpoint / "state.json.tmp-4242").write_text('{"chunks_done": 2, "rows_se')
     (registry_dir / name / "metrics.json.tmp-4242").write_text('{"val_m')  # as if killed in an earlier save
     assert registry.run_names(str(registry_dir)) == [] and registry.unfinished_runs(str(registry_dir)) == [name]
-    resumed = train.run(train.parse_args([*_flags(folder, registry_dir), "--resume"]))
+    resumed = train.run(train.parse_args([*flags, "--resume"]))
     # What an uninterrupted run of these shards gives (tests/test_train.py checks the uninterrupted side).
     assert resumed["run"] == name and resumed["rows"] == 270 and resumed["chunks"] == 3 and resumed["val_rows"] == 60
     assert [entry["rows"] for entry in resumed["history"]] == [100, 100, 70]
@@ -259,31 +255,21 @@ def test_checkpoint_files_left_are_only_the_ones_the_state_names(rows, tmp_path)
     assert files == sorted([f"best-{best:06d}.weights.h5", "model-000003.keras", "state.json"])
 
 
-def test_unreadable_checkpoint_state_is_one_line_exit_2(rows, tmp_path, capsys):
-    folder = _shards(tmp_path / "shards", rows)
-    flags = _flags(folder, tmp_path / "registry")
-    with pytest.raises(_Interrupted):
-        train.run(train.parse_args(flags), on_chunk=_crash_after_chunk(1))
-    [name] = registry.unfinished_runs(str(tmp_path / "registry"))
-    state = tmp_path / "registry" / name / registry.CHECKPOINT_DIR / "state.json"
-    state.write_text(state.read_text()[:50])
+@pytest.mark.parametrize(
+    "file, keep, words",
+    [
+        ("state.json", 50, "is unreadable"),
+        ("model-000001.keras", 1000, "is unreadable (not a .keras archive"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_line_exit_2(rows, tmp_path, capsys, file, keep, words):
+    """A checkpoint file cut short (the state, the model): resume refuses in one line."""
+    _, flags, name = _stopped_after_chunk_1(rows, tmp_path)
+    damaged = tmp_path / "registry" / name / registry.CHECKPOINT_DIR / file
+    damaged.write_bytes(damaged.read_bytes()[:keep])
     capsys.readouterr()
     assert train.main([*flags, "--resume"]) == 2
-    assert f"the checkpoint of run {name} is unreadable" in _one_line_error(capsys)
-
-
-def test_truncated_checkpoint_model_is_one_line_exit_2(rows, tmp_path, capsys):
-    folder = _shards(tmp_path / "shards", rows)
-    flags = _flags(folder, tmp_path / "registry")
-    with pytest.raises(_Interrupted):
-        train.run(train.parse_args(flags), on_chunk=_crash_after_chunk(1))
-    [name] = registry.unfinished_runs(str(tmp_path / "registry"))
-    model = tmp_path / "registry" / name / registry.CHECKPOINT_DIR / "model-000001.keras"
-    model.write_bytes(model.read_bytes()[:1000])
-    capsys.readouterr()
-    assert train.main([*flags, "--resume"]) == 2
-    err = _one_line_error(capsys)
-    assert f"the checkpoint of run {name} is unreadable (not a .keras archive" in err
+    assert f"the checkpoint of run {name} {words}" in _one_line_error(capsys)
 
 
 # --- the registry's finished-run rule -------------------------------------------------------------

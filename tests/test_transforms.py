@@ -70,18 +70,9 @@ HEADER = ("key", *contract.RAW_COLUMNS, "extra")
 GOOD = "k1,7.5,2013-07-06 17:18:00 UTC,-73.950655,40.783282,-73.984365,40.769802,1,x"
 
 
-def ride_line(
-    key="k",
-    fare=7.5,
-    when="2013-07-06 17:18:00 UTC",
-    plon=-73.950655,
-    plat=40.783282,
-    dlon=-73.984365,
-    dlat=40.769802,
-    passengers=1,
-) -> str:
-    """One CSV line in HEADER's layout."""
-    return f"{key},{fare},{when},{plon},{plat},{dlon},{dlat},{passengers},extra"
+def ride_line(key="k", **values) -> str:
+    """One CSV line in HEADER's layout: the key, `record(**values)`, an extra column."""
+    return ",".join([str(key), *map(str, record(**values)), "extra"])
 
 
 def block(lines, first_line=2, source="mem.csv") -> RawBlock:

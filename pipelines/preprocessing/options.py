@@ -109,6 +109,14 @@ def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
         "'none' keeps them",
     )
     parser.add_argument(
+        "--shard_format",
+        choices=("csv", "parquet"),
+        default="csv",
+        help="file format of the train and val shards: csv (default, 66 columns, no header) or parquet "
+        "(the same values, one row group per batch: smaller and faster for the trainer to read); "
+        "readers find either through OUTPUT/summary.json, so OUTPUT/train-*.csv names them both",
+    )
+    parser.add_argument(
         "--num_shards",
         type=int,
         default=0,
@@ -174,6 +182,13 @@ def add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
         "beside those files, which are never removed (default: such a folder is refused, exit code 2)",
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        default=False,
+        help="no progress line (default on local runs: one at least every 10 s on stderr, with bytes of the "
+        "input read, rate and ETA)",
+    )
+    parser.add_argument(
         "--log_level",
         choices=LOG_LEVELS,
         default=None,
@@ -206,6 +221,7 @@ class PreprocessConfig:
     statistics: bool = True
     allow_empty: bool = False
     force: bool = False
+    shard_format: str = "csv"
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -358,4 +374,5 @@ def resolve_config(flags: argparse.Namespace, options: PipelineOptions, default_
         statistics=not flags.no_statistics,
         allow_empty=bool(flags.allow_empty),
         force=bool(flags.force),
+        shard_format=flags.shard_format,
     )

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from pipelines import progress
 from pipelines.preprocessing.coders import batches_of
 from pipelines.preprocessing.tags import (
     BAD_INPUT,
@@ -176,7 +177,9 @@ class ParseCsvBlockFn(beam.DoFn):
         started = time.perf_counter()
         rides, dead, read = parse_block(block)
         record_since(self.timer, started)
-        PROGRESS.info("read %s from line %d: %d rows, %d bad", block.source, block.first_line, read, len(dead))
+        PROGRESS.debug("read %s from line %d: %d rows, %d bad", block.source, block.first_line, read, len(dead))
+        if progress.current is not None:  # set by the CLI of an in-process run: bytes of the input's total
+            progress.current.advance(len(block.data), rows=read)
         self.rows_read.inc(read)
         yield from parsed_outputs(rides, dead, self.bad_input)
 

@@ -15,8 +15,11 @@ import time
 
 import apache_beam as beam
 import pandas as pd
+import pyarrow as pa
+from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+from pipelines import progress
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.bigquery import READ_BIGQUERY_LABEL, read_from_bigquery
 from pipelines.preprocessing.bigquery_rows import ParseRecordBatches
@@ -24,7 +27,7 @@ from pipelines.preprocessing.clean import CleanRides, FilterDateWindowFn
 from pipelines.preprocessing.encode import EncodeRides, FormatCsvLines, SplitTrainVal
 from pipelines.preprocessing.options import PreprocessConfig, UsageError, flag_parser, resolve_config
 from pipelines.preprocessing.parse import ParseCsvBlocks
-from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs
+from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs, input_bytes
 from pipelines.preprocessing.statistics import STATS_PARTS, ComputeStatistics, write_text_file
 from pipelines.preprocessing.summary import (
     SUMMARY_FILE,
@@ -44,7 +47,9 @@ from pipelines.preprocessing.tags import (
     VAL_BATCHES,
 )
 from pipelines.run_statistics import REPORT_FILE, publish_statistics, resolve_reference
+from pipelines.runners import LOCAL_RUNNERS
 from taxifare_core import contract, storage
+from taxifare_core.shard_format import PARQUET_SCHEMA, SUFFIXES, processed_table
 from taxifare_core.stats_file import STATS_FILE
 from taxifare_core.storage import outputs
 
@@ -57,11 +62,19 @@ class PreprocessRides(beam.PTransform):
     """
 
     def __init__(
-        self, min_date, max_date, val_start, dedupe: str = "batch", batch_rows: int = 100_000, num_shards: int = 0
+        self,
+        min_date,
+        max_date,
+        val_start,
+        dedupe: str = "batch",
+        batch_rows: int = 100_000,
+        num_shards: int = 0,
+        shard_format: str = "csv",
     ):
         super().__init__()
         self.min_date, self.max_date, self.val_start = min_date, max_date, val_start
         self.dedupe, self.batch_rows, self.num_shards = dedupe, batch_rows, num_shards
+        self.shard_format = shard_format
 
     def expand(self, rides):
         split = (
@@ -72,12 +85,26 @@ class PreprocessRides(beam.PTransform):
             | "Encode" >> EncodeRides()
             | "Split" >> SplitTrainVal(self.val_start)
         )
+        if self.shard_format == "parquet":  # one Arrow table per batch: one row group each
+            shards = {
+                TRAIN: split[TRAIN] | "TableTrain" >> beam.Map(_table_of),
+                VAL: split[VAL] | "TableVal" >> beam.Map(_table_of),
+            }
+        else:
+            shards = {
+                TRAIN: split[TRAIN] | "FormatTrain" >> FormatCsvLines(pieces=self.num_shards),
+                VAL: split[VAL] | "FormatVal" >> FormatCsvLines(pieces=self.num_shards),
+            }
         return {
-            TRAIN: split[TRAIN] | "FormatTrain" >> FormatCsvLines(pieces=self.num_shards),
-            VAL: split[VAL] | "FormatVal" >> FormatCsvLines(pieces=self.num_shards),
+            **shards,
             TRAIN_BATCHES: split[TRAIN],
             VAL_BATCHES: split[VAL],
         }
+
+
+def _table_of(batch) -> pa.Table:
+    """A ProcessedBatch as the Arrow table of one Parquet row group."""
+    return processed_table(batch.rows)
 
 
 STATS = "stats"
@@ -118,7 +145,13 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
         parsed = raw | "ParseBigQueryRows" >> ParseRecordBatches(config.table, config.block_rows)
         outputs[RAW] = parsed[RAW]
     lines = parsed[RIDES] | "Preprocess" >> PreprocessRides(
-        config.min_date, config.max_date, config.val_start, config.dedupe, config.block_rows, config.num_shards
+        config.min_date,
+        config.max_date,
+        config.val_start,
+        config.dedupe,
+        config.block_rows,
+        config.num_shards,
+        config.shard_format,
     )
     outputs.update({TRAIN: lines[TRAIN], VAL: lines[VAL], DEAD_LETTER: parsed[DEAD_LETTER]})
     if config.statistics:
@@ -128,13 +161,24 @@ def build_preprocess(source, config: PreprocessConfig) -> dict[str, beam.PCollec
 
 
 def write_outputs(pcolls: dict[str, beam.PCollection], config: PreprocessConfig, folder: str | None = None) -> None:
-    """Attach a sharded text sink to each output under `folder` (default: config.output)."""
+    """Attach a sharded sink to each output under `folder` (default: config.output): text, or Parquet
+    for the train and val shards with --shard_format parquet."""
     folder = folder or config.output
     for name, pcoll in pcolls.items():
         if name == STATS:  # one JSON line, read back by publish_statistics
             pcoll | "WriteStats" >> beam.Map(write_text_file, f"{folder}/{STATS_PARTS}")
             continue
         prefix, suffix = OUTPUT_FILES[name]
+        if config.shard_format == "parquet" and name in (TRAIN, VAL):
+            pcoll | f"Write{prefix.capitalize()}" >> WriteToParquetBatched(
+                f"{folder}/{prefix}",
+                schema=PARQUET_SCHEMA,
+                codec="snappy",
+                file_name_suffix=SUFFIXES["parquet"],
+                num_shards=config.num_shards,
+                shard_name_template="-SSSSS-of-NNNNN",
+            )
+            continue
         header = ",".join(contract.RAW_COLUMNS) if name == RAW else None
         pcoll | f"Write{prefix.capitalize()}" >> beam.io.WriteToText(
             f"{folder}/{prefix}",
@@ -222,8 +266,7 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
     Not published, kept for inspection: EmptyOutputError when no row is left
     (unless config.allow_empty), DriftGateError when drift is flagged with --fail_on_drift.
     """
-    if config.source == "csv":
-        check_inputs(config.input)
+    files = check_inputs(config.input) if config.source == "csv" else []
     source = config.input if config.source == "csv" else f"BigQuery {config.table}"
     try:
         with outputs.publishing_run(config.output, KIND, config.force, _warn) as run_folder:
@@ -231,7 +274,12 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
                 f"preprocess: {source} -> {config.output} (runner {config.runner}, dedupe {config.dedupe})",
                 file=sys.stderr,
             )
-            return write_and_publish(options, config, run_folder)
+            if config.runner in LOCAL_RUNNERS and progress.runs_here(options):  # the parse step advances it
+                progress.start("preprocess", input_bytes(files), unit="B")
+            try:
+                return write_and_publish(options, config, run_folder)
+            finally:
+                progress.stop()
     except outputs.OutputUsageError as error:
         raise UsageError(str(error)) from None
 

@@ -182,6 +182,13 @@ def check_inputs(pattern: str, required: tuple[str, ...] = contract.RAW_COLUMNS)
     return matched
 
 
+def input_bytes(files: list[str]) -> int | None:
+    """The CSV input's total size, a progress line's basis; None when unknown (no files, compressed files)."""
+    if not files or any(is_compressed(path) for path in files):
+        return None
+    return sum(FileSystems.match([path])[0].metadata_list[0].size_in_bytes for path in files)
+
+
 def _cuts(chunk: bytes, newline: bytes, lines_in_block: int, block_rows: int) -> tuple[np.ndarray, int]:
     """Offsets just after every block_rows-th line end of `chunk` (counting on from `lines_in_block`
     lines already in the current block), and the count of lines in the block after the chunk."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pipelines import progress
 from pipelines.cli import (
     UsageError,
 )
@@ -315,6 +316,9 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
     validation = (val_features, val_fares)
     validation_rows = validation_dataset(val_features, val_fares, VALIDATION_BATCH_SIZE)
     chunks = reader.iter_chunks(settings["train"], settings["chunk_size"], skip_rows=state["rows_seen"])
+    # The pass's rate and ETA on every chunk line: rows left of the shards' (estimated) total at this run's rate.
+    rows_left_at_start = max(reader.estimate_rows(train_paths) - state["rows_seen"], 0)
+    rows_before, pass_started = state["rows_seen"], time.perf_counter()
     # A chunk's time runs from the end of the previous one: waiting for its rows counts.
     chunk_started = time.perf_counter()
     for features, fares in chunks:
@@ -356,11 +360,15 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
             run_dir = _first_checkpoint(args.registry, model, state, best_weights, locks)
         else:
             write_checkpoint(run_dir, model, state, best_weights)
-        _log(
-            f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
-            f"val MAE {logs['val_mae']:.3f}{' *' if improved else ''}  ({epochs} epochs, "
-            f"{time.perf_counter() - chunk_started:.1f} s)"
-        )
+        if not getattr(args, "quiet", False):
+            pace = progress.rate_text(
+                state["rows_seen"] - rows_before, rows_left_at_start, time.perf_counter() - pass_started
+            )
+            _log(
+                f"chunk {chunk}: rows seen {state['rows_seen']:,}  train MAE {logs['mae']:.3f}  "
+                f"val MAE {logs['val_mae']:.3f}{' *' if improved else ''}  ({epochs} epochs, "
+                f"{time.perf_counter() - chunk_started:.1f} s; {pace})"
+            )
         if on_chunk:
             on_chunk("end", chunk, model)
         chunk_started = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 from emulators.processes import DEFAULT_HOST, READY_TIMEOUT_S, Emulator, EmulatorError, free_port, launch, stop
 from emulators.python_env import ROOT, ensure_venv
 from pipelines.local.bigquery_emulator import DEFAULT_GRPC_PORT_OFFSET, parse_host_port
+from scripts.jobs import wait_or_kill_group
 from taxifare_core import contract
 
 DEFAULT_DATA_DIR = contract.local_data_path() / "bigquery_emulator"
@@ -128,6 +129,20 @@ def _wait_for_request(server: Emulator, since: int, run: subprocess.Popen, limit
         time.sleep(0.1)
 
 
+def preprocess_command(host_port: str, *flags: str) -> list[str]:
+    """`python -m pipelines.preprocess --source bigquery` reading from the emulator at HOST:PORT, plus `flags`."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.preprocess",
+        "--source",
+        "bigquery",
+        "--bigquery_emulator",
+        host_port,
+        *flags,
+    ]
+
+
 def run_with_dying_emulator(
     workdir: Path,
     args: Sequence[str] = (),
@@ -155,13 +170,7 @@ def run_with_dying_emulator(
         if server is not None:
             load_rides(host_port, generate_rides(rows, seed=11), f"{contract.BQ_DATASET}.raw_all")
             since = server.log_path.stat().st_size
-        command = [
-            sys.executable,
-            "-m",
-            "pipelines.preprocess",
-            "--source",
-            "bigquery",
-            "--bigquery_emulator",
+        command = preprocess_command(
             host_port,
             "--data_size",
             "all",
@@ -171,7 +180,7 @@ def run_with_dying_emulator(
             str(workdir / "bq_tmp"),
             "--no_statistics",
             *args,
-        ]
+        )
         with open(workdir / "run.stderr", "w+") as stderr:
             run = subprocess.Popen(
                 command,
@@ -186,12 +195,7 @@ def run_with_dying_emulator(
                 time.sleep(kill_after)
                 os.kill(server.pid, signal.SIGKILL)
             killed = time.monotonic()
-            try:
-                returncode = run.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
-                returncode = None
+            returncode = wait_or_kill_group(run, limit)
             seconds = time.monotonic() - killed
             stderr.seek(0)
             lines = stderr.read().splitlines()

@@ -269,6 +269,13 @@ def open_input_stream(path: str) -> pa.NativeFile:
 
 
 @_cloud_errors_in_one_line
+def open_input_file(path: str) -> pa.NativeFile:
+    """A random-access Arrow file (what Parquet's reader wants: it reads the footer first)."""
+    fs, inner = _resolve(path)
+    return fs.open_input_file(inner)
+
+
+@_cloud_errors_in_one_line
 def read_text(path: str) -> str:
     """The whole file as UTF-8 text."""
     fs, inner = _resolve(path)

@@ -171,11 +171,20 @@ def check_complete(folder: str, manifest: dict, names: list[str] | None = None) 
             )
 
 
+CSV_SUFFIX, PARQUET_SUFFIX = ".csv", ".parquet"
+
+
+def _matching(manifest: dict, name: str) -> list[str]:
+    """The manifest's files (relative paths, sorted) whose file name matches the glob `name`."""
+    return sorted(rel for rel in manifest["files"] if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], name))
+
+
 def resolve(pattern: str) -> list[str] | None:
     """The published files a glob names, checked against the manifest; None when its folder has no manifest.
 
     `OUTPUT/train-*.csv` matches the file names of the published run's files
-    (wherever they live under OUTPUT), so documented globs keep working.
+    (wherever they live under OUTPUT), so documented globs keep working; when no
+    file matches a `*.csv` glob, its `*.parquet` twin is tried (Parquet shards).
     A glob whose folder part has wildcards is not resolved (None).
     """
     folder, name = _split(pattern)
@@ -184,7 +193,10 @@ def resolve(pattern: str) -> list[str] | None:
     manifest = read_manifest(folder)
     if manifest is None:
         return None
-    names = sorted(rel for rel in manifest["files"] if fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], name))
+    names = _matching(manifest, name)
+    if not names and name.endswith(CSV_SUFFIX):
+        # A run that wrote Parquet shards (--shard_format parquet): the documented CSV globs name them.
+        names = _matching(manifest, name[: -len(CSV_SUFFIX)] + PARQUET_SUFFIX)
     check_complete(folder, manifest, names)
     return [storage.join(folder, rel) for rel in names]
 

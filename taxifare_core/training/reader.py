@@ -1,8 +1,10 @@
 """Streaming reader of processed shards: fixed-size chunks of (features, fares), any shard count.
 
 Shards are the preprocessing pipeline's CSVs (65 features then fare, no header;
-CONTRACT.md section 4), found by a glob on local disk or `gs://`. Rows flow
-through pyarrow's streaming CSV reader into one preallocated chunk at a time,
+CONTRACT.md section 4) or its Parquet files (`--shard_format parquet`, the same
+values: taxifare_core.shard_format), found by a glob on local disk or `gs://`; in a
+published output folder a `train-*.csv` glob names the run's Parquet shards when it
+wrote Parquet. Rows flow through pyarrow's streaming readers into one preallocated chunk at a time,
 so memory depends on `chunk_size`, never on the dataset; chunks cross shard
 boundaries, so their count follows `chunk_size`, not the number of shards.
 
@@ -19,16 +21,11 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from taxifare_core import storage
-from taxifare_core.contract import (
-    COLS_DROPOFF_DISTRICT,
-    COLS_MONTH,
-    COLS_PICKUP_DISTRICT,
-    COLS_WEEKDAY,
-    N_FEATURES,
-    N_PROCESSED_COLUMNS,
-)
+from taxifare_core.contract import N_FEATURES, N_PROCESSED_COLUMNS
+from taxifare_core.shard_format import ONE_HOT_COLUMNS, format_of
 from taxifare_core.storage import outputs
 
 # pyarrow parses this many bytes per block: a block that fits the core's cache
@@ -38,13 +35,9 @@ BLOCK_BYTES = 1 << 20
 # (more threads cost more CPU in total for no faster training).
 PARSE_THREADS = False
 _COLUMN_NAMES = [f"c{j}" for j in range(N_PROCESSED_COLUMNS)]
-_ONE_HOT_COLUMNS = frozenset(
-    j for group in (COLS_WEEKDAY, COLS_MONTH, COLS_PICKUP_DISTRICT, COLS_DROPOFF_DISTRICT)
-    for j in range(N_PROCESSED_COLUMNS)[group]
-)  # fmt: skip
 # The 55 one-hot columns are written "0" / "1": parsed as integers they cost half
 # of float parsing. A writer that spells them otherwise ("1.0") gets floats.
-_FAST_TYPES = {name: pa.int8() if j in _ONE_HOT_COLUMNS else pa.float32() for j, name in enumerate(_COLUMN_NAMES)}
+_FAST_TYPES = {name: pa.int8() if j in ONE_HOT_COLUMNS else pa.float32() for j, name in enumerate(_COLUMN_NAMES)}
 _FLOAT_TYPES = {name: pa.float32() for name in _COLUMN_NAMES}
 
 
@@ -154,11 +147,31 @@ def _skip_rows(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Reco
         rows = 0
 
 
+def _iter_parquet_batches(path: str) -> Iterator[pa.RecordBatch]:
+    """Record batches of one Parquet shard, one row group at a time; ShardError for another file."""
+    try:
+        shard = pq.ParquetFile(storage.open_input_file(path))
+    except FileNotFoundError:
+        raise _gone(path) from None
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ShardError(f"{path}: not a processed Parquet shard ({error})") from None
+    if shard.metadata.num_columns != N_PROCESSED_COLUMNS:
+        raise ShardError(
+            f"{path}: not a processed Parquet shard ({shard.metadata.num_columns} columns, "
+            f"{N_PROCESSED_COLUMNS} expected)"
+        )
+    for index in range(shard.num_row_groups):
+        for piece in shard.read_row_group(index, use_threads=PARSE_THREADS).to_batches():
+            if piece.num_rows:
+                yield piece
+
+
 def _iter_row_blocks(paths: list[str]) -> Iterator[tuple[str, int, pa.RecordBatch]]:
-    """(path, line number of the batch's first row, batch) over every shard in order."""
+    """(path, line (Parquet: row) number of the batch's first row, batch) over every shard in order."""
     for path in paths:
         first_line = 1
-        for batch in _iter_batches(path):
+        batches = _iter_parquet_batches(path) if format_of(path) == "parquet" else _iter_batches(path)
+        for batch in batches:
             yield path, first_line, batch
             first_line += batch.num_rows
 
@@ -188,6 +201,26 @@ def _rows_of(batch: pa.RecordBatch, path: str, first_line: int) -> np.ndarray:
             f"{path}: line {first_line + int(row)}: non-finite value {rows[row, column]} in column "
             f"{int(column)} (processed shards hold finite numbers only: re-run preprocessing)"
         )
+    return rows
+
+
+def estimate_rows(paths: list[str]) -> int:
+    """The shards' row count, for a progress line's ETA: exact for Parquet (its footers), estimated for CSV
+    (total bytes / the bytes per line of the first shard's first MB); 0 when unknown."""
+    rows, csv_bytes = 0, 0
+    for path in paths:
+        if format_of(path) == "parquet":
+            with storage.open_input_file(path) as handle:
+                rows += pq.ParquetFile(handle).metadata.num_rows
+        else:
+            csv_bytes += storage.size(path)
+    if csv_bytes:
+        sample = next((p for p in paths if format_of(p) == "csv"), None)
+        with storage.open_input_stream(sample) as stream:
+            head = stream.read(BLOCK_BYTES)
+        lines = head.count(b"\n")
+        if lines:
+            rows += round(csv_bytes * lines / len(head))
     return rows
 
 
