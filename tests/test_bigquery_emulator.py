@@ -615,7 +615,8 @@ def test_a_run_ends_soon_after_bigquery_dies(tmp_path, read_method, kill_after):
     assert run.returncode == 1, run.stderr_lines[-5:]
     assert run.seconds < max(DYING_TIMEOUT_S, bigquery_clients.BEAM_REST_RETRY_S) + DYING_MARGIN_S
     *progress, error = run.stderr_lines
-    assert all(line.startswith("preprocess: BigQuery") for line in progress)
+    # Before the error: the run's start line and its progress lines (pipelines.progress), nothing else.
+    assert all(line.startswith("preprocess: ") and "Traceback" not in line for line in progress), progress
     assert error.startswith(
         f"preprocess: error: reading BigQuery table {contract.BQ_PROJECT}.{contract.BQ_DATASET}.raw_all "
         f"({read_method}) failed: "

@@ -131,14 +131,20 @@ def _wait_for_new_run_folder(folder: Path, proc: subprocess.Popen, timeout: floa
     return False
 
 
-def _stop_while_writing(command: list[str], folder: Path, env: dict, signum: int):
-    """Start a run, send `signum` once its run folder exists; (exit code, stderr, the descendants it had)."""
+def _stop_while_writing(command: list[str], folder: Path, env: dict, signum: int, workers: bool = False):
+    """Start a run, send `signum` once its run folder exists (and, with `workers`, once its worker
+    processes run); (exit code, stderr, the descendants it had)."""
     before = _published(folder)
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for_new_run_folder(folder, proc), "the run ended before it wrote anything: use more rides"
         time.sleep(0.3)
         descendants = psutil.Process(proc.pid).children(recursive=True)
+        # The run folder is made before the pipeline starts; Beam spawns its workers later (seconds on a busy machine).
+        deadline = time.monotonic() + 60
+        while workers and not descendants and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            descendants = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -177,7 +183,7 @@ def test_multi_processing_workers_are_stopped_before_exit(work, signum, code):
         work, work / "rides" / "big.csv", out, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"
     )
     # To the launcher alone: without the wrapper the workers would write on into the run folder.
-    got, stderr, descendants = _stop_while_writing(command, out, _env(work), signum)
+    got, stderr, descendants = _stop_while_writing(command, out, _env(work), signum, workers=True)
     assert got == code, stderr[-3000:]
     assert descendants, "multi_processing started no worker process"
     _assert_one_line_ending(stderr, f"({signal.Signals(signum).name}); {out} keeps its last published run")

@@ -15,7 +15,9 @@ that moves them fails tests/test_bigquery_emulator.py::test_beam_still_has_the_r
 
 - REST: `seconds` per HTTP request, and no apitools retry under Beam's own (3 retries after
   waits of 5, 10 and 20 s, each fuzzed to 50-100%: a refused connection ends a call within
-  BEAM_REST_RETRY_S = 35 s, whatever `seconds` is);
+  BEAM_REST_RETRY_S = 35 s, whatever `seconds` is); once requests have failed for `seconds`,
+  every later one fails at once, not retried (`_Breaker`), so Beam's clean-up calls after a
+  failed read do not add their own retries;
 - Storage Read: `create_read_session` gets `timeout=seconds` and both it and `read_rows`
   (each reconnect of a broken stream included) a retry that gives up after `seconds`. A
   stream that keeps sending rows is not cut: a large table may take longer to read.
@@ -33,6 +35,8 @@ defaults; Dataflow retries and fails a stuck work item itself.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 import types
 
 import apache_beam
@@ -41,7 +45,9 @@ from apache_beam.internal.http_client import get_new_http
 from apache_beam.io.gcp import bigquery as beam_bigquery
 from apache_beam.io.gcp import bigquery_tools
 from apache_beam.io.gcp.internal.clients import bigquery as bigquery_api
+from apache_beam.utils.retry import PermanentException
 from google.auth.exceptions import DefaultCredentialsError
+from httplib2 import HttpLib2Error
 
 from pipelines.preprocessing.bigquery import CREDENTIALS_HINT, DEFAULT_TIMEOUT_S
 
@@ -59,13 +65,80 @@ CLIENT_FACTORIES = (
 _ORIGINAL_STORAGE = beam_bigquery.bq_storage
 
 
+class BigQueryUnreachableError(PermanentException, ConnectionError):
+    """BigQuery's REST endpoint failed every request for longer than the deadline: not retried by Beam."""
+
+
+class _Breaker:
+    """The time since this process's REST requests started failing (reset by any success).
+
+    Beam retries each REST call after waits of 5, 10 and 20 s, and after a failed read it still
+    makes its clean-up calls (temporary dataset, jobs), each retried the same way: with the server
+    gone, those retries added up to 133 s on a loaded machine for a 10 s deadline. Once requests
+    have failed for longer than the deadline, every later request fails at once, as a
+    PermanentException Beam does not retry.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def open_for(self) -> float | None:
+        """Seconds requests have been failing, when that is past the deadline; else None."""
+        with self._lock:
+            if self._since is None:
+                return None
+            failing = time.monotonic() - self._since
+            return failing if failing >= self.seconds else None
+
+    def failed(self) -> None:
+        with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._since = None
+
+
+_breaker: _Breaker | None = None
+
+
+def _guarded_http(timeout: float):
+    """Beam's HTTP object for apitools, with `timeout` per request and the process's breaker."""
+    http = get_new_http(timeout_secs=timeout)
+    breaker = _breaker
+    if breaker is None:
+        return http
+    request = http.request
+
+    def guarded_request(*args, **kwargs):
+        failing = breaker.open_for()
+        if failing is not None:
+            raise BigQueryUnreachableError(f"BigQuery has not answered for {failing:.0f} s (--bigquery_timeout)")
+        try:
+            response = request(*args, **kwargs)
+        except (OSError, HttpLib2Error) as error:  # refused, reset, timed out, name not found
+            breaker.failed()
+            failing = breaker.open_for()
+            if failing is not None:
+                raise BigQueryUnreachableError(f"BigQuery has not answered for {failing:.0f} s: {error}") from error
+            raise
+        breaker.succeeded()
+        return response
+
+    http.request = guarded_request
+    return http
+
+
 def _rest_client(timeout: float, url: str | None, pipeline_options=None):
     """Beam's apitools BigQuery client, as Beam builds it, with a deadline per request and few retries;
     on `url` (an emulator) without credentials; DefaultCredentialsError, never a browser login, when
     Google's credentials are missing."""
     if url:
         client = bigquery_api.BigqueryV2(
-            url=url, http=get_new_http(timeout_secs=timeout), get_credentials=False, response_encoding="utf8"
+            url=url, http=_guarded_http(timeout), get_credentials=False, response_encoding="utf8"
         )
     else:
         credentials = beam_auth.get_service_credentials(pipeline_options)
@@ -73,7 +146,7 @@ def _rest_client(timeout: float, url: str | None, pipeline_options=None):
             # apitools would start an interactive browser login (a listener on :8080, ~/.apitools.token).
             raise DefaultCredentialsError(CREDENTIALS_HINT)
         client = bigquery_api.BigqueryV2(
-            http=get_new_http(timeout_secs=timeout),
+            http=_guarded_http(timeout),
             credentials=credentials,
             response_encoding="utf8",
             additional_http_headers={"user-agent": f"apache-beam-{apache_beam.__version__}"},
@@ -142,5 +215,7 @@ def bound_bigquery_calls(timeout: float = DEFAULT_TIMEOUT_S, rest_url: str | Non
     if not timeout > 0:
         raise ValueError(f"the BigQuery timeout must be positive, got {timeout}")
     check_beam_names()
+    global _breaker
+    _breaker = _Breaker(timeout)
     bigquery_tools.BigQueryWrapper._bigquery_client = staticmethod(functools.partial(_rest_client, timeout, rest_url))
     beam_bigquery.bq_storage = _storage_module(timeout, storage_channel)
