@@ -172,7 +172,8 @@ def test_portable_run_on_dirty_input_equals_the_in_process_run(tmp_path):
     assert summary["bad_input"] > 0 and summary["balanced"]  # the dirty lines reached the dead letter
     assert summary["config"]["runner"] == "PortableRunner"
     # The workers ran the package from their environment, not from this checkout.
-    environment = re.search(r"worker environment (/\S+)", done.stderr).group(1)
+    # The last one named: a build first names the older environments it removed from the cache.
+    environment = re.findall(r"worker environment (/\S+)", done.stderr)[-1]
     probe = subprocess.run(
         [
             f"{environment}/venv/bin/python",
