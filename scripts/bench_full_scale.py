@@ -20,6 +20,8 @@ peak of its Beam temp files). Then raw, processed (each format) and temp bytes, 
 rate against the in-memory fit, and a check that no step left temp files, locks or unpublished
 run folders behind. `--skip STEP` (repeatable) leaves a step out; a skipped preprocess or generate
 reuses what WORK holds. WORK defaults to a fresh temp folder removed at the end (--work keeps it).
+Memory over time: each step's RSS at 25, 50 and 75% of its wall time (flat memory: the same
+three figures), and with --plot PATH a PNG of every step's RSS against its seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_train  # noqa: E402  (scripts/ on the path: its shard maker and in-memory case)
+from scripts.jobs import TreePeak  # noqa: E402
 from taxifare_core import contract  # noqa: E402
 
 STEPS = ("generate", "preprocess", "read", "train", "fit", "predict")
@@ -53,6 +55,8 @@ FULL_PREDICT_ROWS = 1_000_000
 FULL_FIT_ROWS = 4_000_000
 ROWS_PER_RAW_SHARD = 5_000_000
 SAMPLE_SECONDS = 0.2
+MEMORY_POINTS = 400  # samples of each step's memory kept for the JSON and the plot
+MEMORY_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 def folder_bytes(folder: Path, name_part: str | None = None) -> int:
@@ -78,37 +82,81 @@ def measure(command: list[str], temp_folder: Path | None = None, log: Path | Non
     """Run a command; its wall seconds, peak summed RSS of its process tree, peak Beam temp bytes, exit code."""
     import psutil
 
-    peak_rss, peak_temp, done = 0, 0, threading.Event()
+    peak_temp = 0
+
+    def sample_temp():
+        nonlocal peak_temp
+        if temp_folder is not None and temp_folder.exists():
+            peak_temp = max(peak_temp, folder_bytes(temp_folder, "beam-temp"))
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = time.perf_counter()
     with open(log, "w") if log else open(os.devnull, "w") as sink:
         # stdout (tables, JSON) to the log; stderr (progress lines) passes through to the terminal.
         process = psutil.Popen(command, stdout=sink if log else None, env=env)
+        with TreePeak(process, SAMPLE_SECONDS, also=sample_temp) as peak:
+            code = process.wait()
+            seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "peak_rss": peak.rss,
+        "memory": thin(peak.samples, MEMORY_POINTS),
+        "peak_temp": peak_temp,
+        "code": code,
+    }
 
-        def sample():
-            nonlocal peak_rss, peak_temp
-            while not done.is_set():
-                total = 0
-                try:
-                    for member in [process, *process.children(recursive=True)]:
-                        try:
-                            total += member.memory_info().rss
-                        except psutil.Error:
-                            pass
-                except psutil.Error:
-                    pass
-                peak_rss = max(peak_rss, total)
-                if temp_folder is not None and temp_folder.exists():
-                    peak_temp = max(peak_temp, folder_bytes(temp_folder, "beam-temp"))
-                done.wait(SAMPLE_SECONDS)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        seconds = time.perf_counter() - started
-        done.set()
-        sampler.join()
-    return {"seconds": seconds, "peak_rss": peak_rss, "peak_temp": peak_temp, "code": code}
+def thin(samples: list[tuple[float, int]], points: int) -> list[tuple[float, int]]:
+    """At most `points` of the (seconds, bytes) samples, evenly spaced, the peak kept (for the JSON and the plot)."""
+    if len(samples) <= points:
+        return list(samples)
+    step = len(samples) / points
+    kept = {int(k * step) for k in range(points)} | {max(range(len(samples)), key=lambda k: samples[k][1])}
+    return [samples[k] for k in sorted(kept)]
+
+
+def memory_at(row: dict, fractions=MEMORY_FRACTIONS) -> list[int]:
+    """The tree's RSS at each fraction of the step's wall time (the sample nearest it)."""
+    samples = row.get("memory") or [(0.0, 0)]
+    return [min(samples, key=lambda sample: abs(sample[0] - fraction * row["seconds"]))[1] for fraction in fractions]
+
+
+def memory_lines(table: list[dict]) -> list[str]:
+    """One line per step: RSS at 25/50/75% of it and the growth from 25% to 75% (flat memory: about 0)."""
+    lines = []
+    for row in table:
+        quarter, half, three_quarters = memory_at(row)
+        if not quarter:
+            continue
+        growth = three_quarters / quarter - 1
+        lines.append(
+            f"{row['step']}: {quarter / 2**20:,.0f} / {half / 2**20:,.0f} / {three_quarters / 2**20:,.0f} MB "
+            f"({growth:+.1%})"
+        )
+    return lines
+
+
+def plot_memory(table: list[dict], path: Path, title: str) -> None:
+    """A PNG of each step's process-tree RSS over its wall time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 4.8), layout="constrained")
+    axes = figure.subplots()
+    for row in table:
+        if row.get("memory"):
+            seconds, rss = zip(*row["memory"])
+            axes.plot(seconds, [value / 2**30 for value in rss], label=f"{row['step']} ({row['seconds']:,.0f} s)")
+    axes.set_xscale("symlog", linthresh=10)
+    axes.set_xlabel("seconds into the step (log scale past 10 s)")
+    axes.set_ylabel("RSS of the process tree (GB)")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.set_title(title)
+    axes.legend(fontsize="small", loc="upper left")
+    figure.savefig(path, dpi=110)
 
 
 def run_step(name: str, command: list[str], work: Path, temp_folder: Path | None = None, log: Path | None = None):
@@ -195,6 +243,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=contract.BATCH_SIZE, help="batch size of both fits")
     parser.add_argument("--work", type=Path, default=None, help="keep everything in this folder (reused)")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw each step's memory over time (PNG)")
     args = parser.parse_args(argv)
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not args.formats or set(args.formats) - {"csv", "parquet"}:
@@ -326,6 +375,13 @@ def report(found: dict, work: Path) -> dict:
                 row["ratio_to_fit"] = loop_rate / fit_rate
                 line += f" = {row['ratio_to_fit']:.2f}x the in-memory fit's {fit_rate:,.0f} rows/s"
             print(line)
+    loops = {row["step"]: row["rows"] / row["loop_seconds"] for row in table if "loop_seconds" in row}
+    csv_loop, parquet_loop = loops.get("train, one pass (csv shards)"), loops.get("train, one pass (parquet shards)")
+    if csv_loop and parquet_loop:
+        print(f"the trainer's chunk loop from Parquet / from CSV: {parquet_loop / csv_loop:.2f}x")
+    print("\nmemory at 25 / 50 / 75% of each step's wall time (growth from 25% to 75%):")
+    for line in memory_lines(table):
+        print(f"  {line}")
     left = leftovers(work)
     print("left behind: " + (", ".join(left) if left else "nothing (no Beam temp files, locks or unpublished runs)"))
     return {"table": table, "disk": disk, "left_behind": left}
@@ -340,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOCAL_DATA_PATH", str(work / "local_data"))
         os.environ.setdefault("LOCAL_REGISTRY_PATH", str(work / "local_registry"))
         results = report(run(args, work), work)
+        if args.plot:
+            plot_memory(results["table"], args.plot, f"bench_full_scale.py --rows {args.rows:,}: memory over time")
+            print(f"memory over time: {args.plot}")
     results["args"] = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))

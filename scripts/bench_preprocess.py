@@ -33,7 +33,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,8 +41,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from taxifare_core import contract
-from taxifare_core.storage import outputs
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.jobs import TreePeak  # noqa: E402
+from taxifare_core import contract  # noqa: E402
+from taxifare_core.storage import outputs  # noqa: E402
 
 APPROACHES = ("pipeline", "reference", "vectorized")
 # The fastest local configuration measured at 1.1 M rows on the 2-core machine: the default
@@ -175,37 +178,16 @@ def measure(command: list[str], log_path: Path) -> tuple[float, int, float, int]
     """Run a command; (seconds, peak summed RSS of its process tree in bytes, CPU seconds of the tree, exit code)."""
     import psutil
 
-    peak, done = 0, threading.Event()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with open(log_path, "w") as log:
         process = psutil.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-        def sample():
-            nonlocal peak
-            while not done.is_set():
-                try:
-                    tree = [process, *process.children(recursive=True)]
-                    total = 0
-                    for member in tree:
-                        try:
-                            total += member.memory_info().rss
-                        except psutil.Error:
-                            pass
-                    peak = max(peak, total)
-                except psutil.Error:
-                    pass
-                done.wait(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        seconds = time.perf_counter() - started
-        done.set()
-        sampler.join()
+        with TreePeak(process, interval=0.02) as peak:
+            code = process.wait()
+            seconds = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return seconds, peak, cpu, code
+    return seconds, peak.rss, cpu, code
 
 
 def approach_command(name: str, input_csv: str, output_dir: Path, pipeline_args: str) -> list[str]:

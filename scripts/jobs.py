@@ -15,6 +15,9 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +136,59 @@ def wait_or_kill_group(process: subprocess.Popen, timeout: float) -> int | None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         return None
+
+
+class TreePeak:
+    """The peak summed RSS of a process and all its descendants (Beam's workers too), sampled in a thread.
+
+        process = psutil.Popen(command)
+        with TreePeak(process, interval=0.2) as peak:
+            process.wait()
+        peak.rss      # bytes
+        peak.samples  # [(seconds since the start, bytes), ...]: memory over time
+
+    `also`, when given, is called at every sample (e.g. to sample the size of a temp folder).
+    psutil has no peak for a whole tree (a dead child's RSS is gone), hence the sampling.
+    """
+
+    def __init__(self, process, interval: float, also: Callable[[], None] | None = None):
+        self.process, self.interval, self.also = process, interval, also
+        self.rss, self.samples, self._done = 0, [], threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def tree_rss(self) -> int:
+        """The summed RSS now (members that exit while summed count 0)."""
+        import psutil
+
+        try:
+            tree = [self.process, *self.process.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for member in tree:
+            try:
+                total += member.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            rss = self.tree_rss()
+            self.rss = max(self.rss, rss)
+            self.samples.append((time.perf_counter() - self._started, rss))
+            if self.also is not None:
+                self.also()
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:

@@ -22,8 +22,10 @@ def _bench(*flags: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_quick_run_prints_every_step_and_leaves_nothing_behind(tmp_path):
-    work, results = tmp_path / "work", tmp_path / "results.json"
-    done = _bench("--rows", "40000", "--fit_rows", "20000", "--work", str(work), "--output", str(results))
+    work, results, plot = tmp_path / "work", tmp_path / "results.json", tmp_path / "memory.png"
+    done = _bench(
+        "--rows", "40000", "--fit_rows", "20000", "--work", str(work), "--output", str(results), "--plot", str(plot)
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = json.loads(results.read_text())
     steps = [row["step"] for row in found["table"]]
@@ -47,6 +49,13 @@ def test_quick_run_prints_every_step_and_leaves_nothing_behind(tmp_path):
     assert all("ratio_to_fit" in row for row in found["table"] if row["step"].startswith("train"))
     assert found["left_behind"] == []
     assert "| preprocess (csv shards) | 40,000 |" in done.stdout
+    assert "the trainer's chunk loop from Parquet / from CSV: " in done.stdout
+    # Memory over time: sampled through each step, its peak among the samples, drawn.
+    for row in found["table"]:
+        assert row["memory"] and max(rss for _, rss in row["memory"]) == row["peak_rss"], row["step"]
+    assert "memory at 25 / 50 / 75% of each step's wall time" in done.stdout
+    assert "train, one pass (parquet shards): " in done.stdout.split("memory at 25")[1]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Progress lines of the long steps reached the terminal (stderr passes through).
     assert "preprocess: " in done.stderr and "(100%)" in done.stderr and "predict: " in done.stderr
 
