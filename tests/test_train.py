@@ -124,6 +124,19 @@ def test_chunks_are_scored_on_every_kth_val_row_and_the_run_on_all_of_them(data,
     assert abs(whole - mae) > 1e-6  # the sample is not the whole set: the test can tell them apart
 
 
+def test_a_long_chunk_prints_epoch_lines_and_quiet_prints_none(data, tmp_path, capsys, monkeypatch):
+    from pipelines import progress
+
+    monkeypatch.setattr(progress, "DEFAULT_EVERY_SECONDS", 0.0)  # every epoch counts as "long"
+    train.run(_args(data, tmp_path / "loud", "--max_epochs_per_chunk", "3", "--patience", "5"))
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if ", epoch " in line]
+    assert len(epoch_lines) == 5 * 3  # 5 chunks of 3 epochs (patience 5: none stops early)
+    for line in epoch_lines:
+        assert re.fullmatch(r"  chunk [1-5], epoch [123]: val MAE \d+\.\d{3} \(\d+ s into the chunk\)", line), line
+    train.run(_args(data, tmp_path / "quiet", "--max_epochs_per_chunk", "3", "--quiet"))
+    assert ", epoch " not in capsys.readouterr().out
+
+
 def test_baseline_is_the_least_squares_line_of_the_train_rows(data, tmp_path):
     metrics = train.run(_args(data, tmp_path, "--max_epochs_per_chunk", "1"))
     x, y = manhattan_km_of(data["train_rows"][:, :-1]), data["train_rows"][:, -1].astype(np.float64)

@@ -204,7 +204,30 @@ def _non_finite_loss_stopper():
     return StopOnNonFiniteLoss()
 
 
-def _fit_chunk(model, features, fares, validation_rows, settings: dict):
+def _epoch_progress(chunk: int, every: float):
+    """A Keras callback printing a line after an epoch when `every` s passed since the chunk's start or its last line.
+
+    A chunk of many epochs (up to --max_epochs_per_chunk) can run for minutes: the
+    per-chunk line alone would leave a long silence.
+    """
+    keras = keras_module()
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = self.last = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            if now - self.last >= every:
+                self.last = now
+                val_mae = (logs or {}).get("val_mae", float("nan"))
+                into = now - self.started
+                _log(f"  chunk {chunk}, epoch {epoch + 1}: val MAE {val_mae:.3f} ({into:.0f} s into the chunk)")
+
+    return EpochProgress()
+
+
+def _fit_chunk(model, features, fares, validation_rows, settings: dict, chunk: int = 0, quiet: bool = False):
     """Fit one chunk with early stopping on val loss (its best epoch's weights restored).
 
     Returns (the best epoch, from 1; its logs; every epoch's logs), or
@@ -215,13 +238,16 @@ def _fit_chunk(model, features, fares, validation_rows, settings: dict):
         monitor="val_loss", patience=settings["patience"], restore_best_weights=True
     )
     non_finite = _non_finite_loss_stopper()
+    callbacks = [non_finite, stopper]
+    if not quiet:
+        callbacks.append(_epoch_progress(chunk, progress.DEFAULT_EVERY_SECONDS))
     history = model.fit(
         features,
         fares,
         batch_size=settings["batch_size"],
         epochs=settings["max_epochs_per_chunk"],
         validation_data=validation_rows,
-        callbacks=[non_finite, stopper],
+        callbacks=callbacks,
         shuffle=True,
         verbose=0,
     ).history
@@ -336,7 +362,9 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
         if on_chunk:
             on_chunk("start", chunk, model)
         baseline.update(manhattan_km_of(features), fares)
-        best_epoch, logs, every_epoch = _fit_chunk(model, features, fares, validation_rows, settings)
+        best_epoch, logs, every_epoch = _fit_chunk(
+            model, features, fares, validation_rows, settings, chunk, getattr(args, "quiet", False)
+        )
         if best_epoch is None:
             raise RunFailed(_non_finite_loss_message(run_dir, state, chunk, *logs))
         epochs = len(every_epoch["val_loss"])
