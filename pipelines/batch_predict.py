@@ -393,8 +393,10 @@ def predict_and_publish(
     try:
         result = pipeline.run()
         result.wait_until_finish()
-    finally:
-        progress.stop()
+    except BaseException:
+        progress.stop(failed=True)
+        raise
+    progress.stop()
     summary = {
         "predicted": _counter(result, PREDICTIONS),
         "dead_letter": _counter(result, DEAD_LETTER),

@@ -106,6 +106,7 @@ class Progress:
         self.done, self.rows = 0, 0
         self._lock = threading.Lock()  # DoFns of one process may advance it from several threads
         self._terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._printed = False
 
     def line(self) -> str:
         """The progress line as of now."""
@@ -128,9 +129,17 @@ class Progress:
         with self._lock:
             self._print(self.line(), final=True)
 
+    def abandon(self) -> None:
+        """The work failed: no last line (it would read as done), only the end of a terminal's updating line."""
+        with self._lock:
+            if self._terminal and self._printed and not _quiet:
+                self.stream.write("\n")
+                self.stream.flush()
+
     def _print(self, text: str, final: bool = False) -> None:
         if _quiet:
             return
+        self._printed = True
         if self._terminal:
             self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
         else:
@@ -161,9 +170,12 @@ def start(label: str, total: float | None = None, unit: str = "rows", **kwargs) 
     return current
 
 
-def stop() -> None:
-    """Finish and drop the process's `current` reporter."""
+def stop(failed: bool = False) -> None:
+    """Finish (or, for a failed run, abandon) and drop the process's `current` reporter."""
     global current
     if current is not None:
-        current.finish()
+        if failed:
+            current.abandon()
+        else:
+            current.finish()
     current = None

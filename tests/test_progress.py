@@ -75,6 +75,21 @@ def test_on_a_terminal_one_line_is_rewritten_in_place():
     assert text.count("\r\x1b[K") == 3 and text.count("\n") == 1 and text.endswith("\n")
 
 
+def test_a_failed_run_gets_no_last_line_only_the_end_of_the_terminals_line():
+    terminal, log = _Terminal(), io.StringIO()
+    for out in (terminal, log):
+        reporter = progress.Progress("predict", total=4, every=0, stream=out)
+        reporter.advance(1)
+        reporter.abandon()
+    # The terminal's one updating line (25%, never rewritten to 100%) is ended so the error line starts fresh.
+    assert terminal.getvalue().count("\r\x1b[K") == 1 and "(25%)" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\n") and "100%" not in terminal.getvalue()
+    assert log.getvalue().count("\n") == 1 and "(25%)" in log.getvalue()  # the line printed while it ran, no more
+    silent = _Terminal()
+    progress.Progress("predict", total=4, every=60, stream=silent).abandon()
+    assert silent.getvalue() == ""  # nothing printed yet: nothing to end
+
+
 def test_quiet_prints_nothing():
     out = io.StringIO()
     progress.set_quiet(True)

@@ -277,9 +277,12 @@ def run(options: PipelineOptions, config: PreprocessConfig) -> dict:
             if config.runner in LOCAL_RUNNERS and progress.runs_here(options):  # the parse step advances it
                 progress.start("preprocess", input_bytes(files), unit="B")
             try:
-                return write_and_publish(options, config, run_folder)
-            finally:
-                progress.stop()
+                published = write_and_publish(options, config, run_folder)
+            except BaseException:
+                progress.stop(failed=True)
+                raise
+            progress.stop()
+            return published
     except outputs.OutputUsageError as error:
         raise UsageError(str(error)) from None
 
