@@ -62,7 +62,7 @@ from pipelines.runners import LOCAL_RUNNERS, pipeline_options
 from taxifare_core import contract, storage
 from taxifare_core.drift import drift_report
 from taxifare_core.parsing import clip_record
-from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.serving import SERVING_COLUMNS, PreparedRides, prepare_rides
 from taxifare_core.stats_file import STATS_FILE, parse_stats
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
@@ -202,7 +202,7 @@ class _Rides(NamedTuple):
 def _typed_rides(block: RawBlock) -> _Rides | None:
     """The fast path (preprocessing's): Arrow reads the block with the contract's types; None when the
     text path must judge it (a value Arrow cannot convert, a quoted newline, a line too long...)."""
-    if b'"' in block.data or block.data.count(b"\r") != block.data.count(b"\r\n"):
+    if b'"' in block.data or (b"\r" in block.data and block.data.count(b"\r") != block.data.count(b"\r\n")):
         # Then one line is one row for Arrow as for the text split: a quoted newline joins two lines, a lone
         # CR splits one, and the two can cancel out in a count. Quotes are rare: such blocks take the text path.
         return None
@@ -227,10 +227,10 @@ def _text_rides(block: RawBlock) -> _Rides:
     return _Rides(split.fields, split.line_numbers, split.texts.__getitem__, split.bad)
 
 
-def _numeric_parse_reason(reasons: list) -> bool:
+def _numeric_parse_reason(prepared: PreparedRides) -> bool:
     """True when a numeric column gave a parse reason: its message quotes the value as read (text or
     number), so the text path must give it for the dead letter to read the same on both paths."""
-    return any(reason is not None and reason.startswith(_NUMERIC_REASON_PREFIXES) for reason in reasons)
+    return any(prepared.reasons[row].startswith(_NUMERIC_REASON_PREFIXES) for row in np.flatnonzero(~prepared.valid))
 
 
 _NUMERIC_REASON_PREFIXES = tuple(f"{column}: " for column in contract.NUMERIC_COLUMNS)
@@ -246,7 +246,7 @@ def encode_block(block: RawBlock, name_by_file: bool, key_root: str | None = Non
     prefix = f"{file_label(block.source, key_root)}:" if name_by_file else ""
     rides = _typed_rides(block)
     prepared = None if rides is None or not len(rides.fields) else prepare_rides(rides.fields[list(SERVING_COLUMNS)])
-    if prepared is not None and _numeric_parse_reason(prepared.reasons):
+    if prepared is not None and _numeric_parse_reason(prepared):
         rides = prepared = None
     if rides is None:
         rides = _text_rides(block)
