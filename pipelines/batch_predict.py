@@ -202,9 +202,10 @@ class _Rides(NamedTuple):
 def _typed_rides(block: RawBlock) -> _Rides | None:
     """The fast path (preprocessing's): Arrow reads the block with the contract's types; None when the
     text path must judge it (a value Arrow cannot convert, a quoted newline, a line too long...)."""
+    # Without quotes and lone CRs, a line is a row for Arrow as for the text split. With them, a quoted
+    # newline joins two lines, a lone CR splits one, and the two cancel out in a count of rows (a blank
+    # line then shifts). Quotes are rare in rides: such blocks take the text path, as they always did.
     if b'"' in block.data or (b"\r" in block.data and block.data.count(b"\r") != block.data.count(b"\r\n")):
-        # Then one line is one row for Arrow as for the text split: a quoted newline joins two lines, a lone
-        # CR splits one, and the two can cancel out in a count. Quotes are rare: such blocks take the text path.
         return None
     wanted = tuple(column for column in block.columns if column in SERVING_COLUMNS or column == contract.KEY_COLUMN)
     typed = typed_block(block, typed_csv_options(wanted))
@@ -227,13 +228,13 @@ def _text_rides(block: RawBlock) -> _Rides:
     return _Rides(split.fields, split.line_numbers, split.texts.__getitem__, split.bad)
 
 
+_NUMERIC_REASON_PREFIXES = tuple(f"{column}: " for column in contract.NUMERIC_COLUMNS)
+
+
 def _numeric_parse_reason(prepared: PreparedRides) -> bool:
     """True when a numeric column gave a parse reason: its message quotes the value as read (text or
     number), so the text path must give it for the dead letter to read the same on both paths."""
     return any(prepared.reasons[row].startswith(_NUMERIC_REASON_PREFIXES) for row in np.flatnonzero(~prepared.valid))
-
-
-_NUMERIC_REASON_PREFIXES = tuple(f"{column}: " for column in contract.NUMERIC_COLUMNS)
 
 
 def encode_block(block: RawBlock, name_by_file: bool, key_root: str | None = None) -> tuple[EncodedBlock, list[str]]:
