@@ -34,6 +34,7 @@ Importing this module never imports TensorFlow: the handler loads Keras on the w
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import logging
@@ -296,7 +297,13 @@ class KerasBlockModelHandler(ModelHandler[EncodedBlock, PredictionResult, Any]):
 
     def load_model(self):
         """Load the Keras model once per worker (TensorFlow imported here, not at module import)."""
-        return registry.load_keras_model(self.model_uri)
+        # The modules loaded so far, then TensorFlow's (millions of objects), live as long as the worker: out
+        # of the cyclic garbage collector's sight, its full passes (during the import, the run, and at exit)
+        # stop walking them all.
+        gc.freeze()
+        model = registry.load_keras_model(self.model_uri)
+        gc.freeze()
+        return model
 
     def run_inference(self, batch: Sequence[EncodedBlock], model, inference_args=None) -> Iterable[PredictionResult]:
         """One forward pass over the blocks of a batch; each block gets its fares back."""
