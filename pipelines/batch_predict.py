@@ -34,17 +34,20 @@ Importing this module never imports TensorFlow: the handler loads Keras on the w
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import StandardOptions
@@ -53,14 +56,14 @@ from pipelines import progress
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.options import absolute_path
-from pipelines.preprocessing.parse import RawBlock, split_lines
+from pipelines.preprocessing.parse import RawBlock, split_lines, typed_block, typed_csv_options
 from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs, input_bytes
 from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
 from pipelines.runners import LOCAL_RUNNERS, pipeline_options
 from taxifare_core import contract, storage
 from taxifare_core.drift import drift_report
 from taxifare_core.parsing import clip_record
-from taxifare_core.serving import SERVING_COLUMNS, prepare_rides
+from taxifare_core.serving import SERVING_COLUMNS, PreparedRides, prepare_rides
 from taxifare_core.stats_file import STATS_FILE, parse_stats
 from taxifare_core.storage import outputs
 from taxifare_core.training import registry
@@ -75,9 +78,9 @@ KIND = "predict"  # the manifest's job name (taxifare_core.storage.outputs.check
 
 @dataclass(frozen=True)
 class EncodedBlock:
-    """Rides ready for the model: their output keys and float32 (n, 65) features."""
+    """Rides ready for the model: their output keys (an Arrow string array) and float32 (n, 65) features."""
 
-    keys: tuple[str, ...]
+    keys: pa.Array
     features: np.ndarray
 
 
@@ -88,6 +91,57 @@ def _csv_line(*fields) -> str:
     # quote both, so a key with a CR or a newline is one row for every CSV reader.
     csv.writer(buffer, lineterminator="\r\n").writerow(fields)
     return buffer.getvalue()[:-2]
+
+
+# What makes csv.writer quote a field: the delimiter, the quote, a character of the "\r\n" terminator.
+_NEEDS_QUOTES = '[,"\r\n]'
+
+
+def csv_field_texts(values: pa.Array) -> pa.Array:
+    """Non-empty strings as CSV fields, quoted (quotes doubled) exactly where `_csv_line` quotes them."""
+    needs = pc.match_substring_regex(values, _NEEDS_QUOTES)
+    if not pc.any(needs).as_py():
+        return values
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(values, '"', '""'), '"', "")
+    return pc.if_else(needs, quoted, values)
+
+
+# Cents are the fare times 100, rounded half to even as Python's formatting rounds: the product is
+# exact for a float32 fare (24 + 7 bits fit a float64's 53). A float64 fare within this margin of half
+# a cent, or too large for exact cents, is written by Python's own formatting instead.
+_HALF_CENT_MARGIN = 1e-6
+_EXACT_CENTS = 2.0**52
+
+
+def fare_texts(fares: np.ndarray) -> pa.Array:
+    """Finite fares as f"{fare:.2f}" writes them ("12.35", "-0.00"), computed over the whole array."""
+    fares = np.asarray(fares)
+    values = fares.astype(np.float64)
+    scaled = np.abs(values) * 100
+    odd = scaled >= _EXACT_CENTS
+    if fares.dtype != np.float32:
+        odd |= np.abs(scaled - np.floor(scaled) - 0.5) < _HALF_CENT_MARGIN
+    cents = np.where(odd, 0, np.rint(scaled)).astype(np.int64)
+    units = pa.array(cents // 100).cast(pa.string())
+    hundredths = pc.utf8_lpad(pa.array(cents % 100).cast(pa.string()), 2, "0")
+    signs = pa.array(np.where(np.signbit(values), "-", ""), pa.string())
+    texts = pc.binary_join_element_wise(signs, units, ".", hundredths, "")
+    if odd.any():
+        exact = [f"{fare:.2f}" for fare in values[odd].tolist()]
+        texts = pc.replace_with_mask(texts, pa.array(odd), pa.array(exact, pa.string()))
+    return texts
+
+
+def prediction_lines(keys: pa.Array, fares: np.ndarray) -> str:
+    """`key,fare_pred` lines joined by newlines, each as `_csv_line(key, f"{fare:.2f}")` writes it, vectorized."""
+    if not len(keys):
+        return ""
+    lines = pc.binary_join_element_wise(csv_field_texts(keys), fare_texts(fares), ",")
+    lines = pc.binary_join_element_wise(lines, "\n", "").cast(pa.large_string())
+    # Each line ends with its newline: the array's value buffer is the whole text, read in one go.
+    _, offsets, data = lines.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return data.to_pybytes()[bounds[0] : bounds[-1] - 1].decode("utf-8")
 
 
 def common_folder(files: Sequence[str]) -> str:
@@ -114,31 +168,106 @@ def _dead_line(key: str, reason: str, text: str) -> str:
     return _csv_line(key, reason, text)
 
 
+# A key whose first and last characters are printable ASCII other than a space: str.strip() leaves it as it is.
+_KEPT_AS_IS = r"(?s)^[!-~](.*[!-~])?$"
+
+
+def ride_keys(keys: pa.Array | None, line_numbers: np.ndarray, prefix: str) -> pa.Array:
+    """Each ride's output key: its `key` stripped, else (no column, blank key) `prefix` + its line number.
+
+    Vectorized: only keys that may hold whitespace at an end are stripped one by one, as str.strip() does.
+    """
+    labels = pa.array(line_numbers, pa.int64()).cast(pa.string())
+    if prefix:
+        labels = pc.binary_join_element_wise(prefix, labels, "")
+    if keys is None:
+        return labels
+    as_is = pc.fill_null(pc.match_substring_regex(keys, _KEPT_AS_IS), False).to_numpy(zero_copy_only=False)
+    if as_is.all():
+        return keys
+    rows = np.flatnonzero(~as_is)
+    stripped = [key.strip() if key is not None else "" for key in keys.take(rows).to_pylist()]
+    chosen = pa.array([key or label for key, label in zip(stripped, labels.take(rows).to_pylist())], pa.string())
+    return pc.replace_with_mask(keys, pa.array(~as_is), chosen)
+
+
+class _Rides(NamedTuple):
+    """A block's rides with the header's field count, before the model: where each came from, as text."""
+
+    fields: pd.DataFrame  # the SERVING_COLUMNS (typed or text) and the key column if any
+    line_numbers: np.ndarray
+    text: Callable[[int], str]  # position -> the ride's line as read
+    bad: list  # [(line number, text, reason)] of the lines set aside
+
+
+def _typed_rides(block: RawBlock) -> _Rides | None:
+    """The fast path (preprocessing's): Arrow reads the block with the contract's types; None when the
+    text path must judge it (a value Arrow cannot convert, a quoted newline, a line too long...)."""
+    # Without quotes and lone CRs, a line is a row for Arrow as for the text split. With them, a quoted
+    # newline joins two lines, a lone CR splits one, and the two cancel out in a count of rows (a blank
+    # line then shifts). Quotes are rare in rides: such blocks take the text path, as they always did.
+    if b'"' in block.data or (b"\r" in block.data and block.data.count(b"\r") != block.data.count(b"\r\n")):
+        return None
+    wanted = tuple(column for column in block.columns if column in SERVING_COLUMNS or column == contract.KEY_COLUMN)
+    typed = typed_block(block, typed_csv_options(wanted))
+    if typed is None:
+        return None
+    frame, line_numbers, bad = typed
+    lines = None
+
+    def text(position: int) -> str:
+        nonlocal lines
+        lines = block.data.split(b"\n") if lines is None else lines
+        return lines[line_numbers[position] - block.first_line].decode("utf-8").rstrip("\r")
+
+    return _Rides(frame, line_numbers, text, bad)
+
+
+def _text_rides(block: RawBlock) -> _Rides:
+    """The text path: every field as text, split by Arrow or line by line (`split_lines`)."""
+    split = split_lines(block)
+    return _Rides(split.fields, split.line_numbers, split.texts.__getitem__, split.bad)
+
+
+_NUMERIC_REASON_PREFIXES = tuple(f"{column}: " for column in contract.NUMERIC_COLUMNS)
+
+
+def _numeric_parse_reason(prepared: PreparedRides) -> bool:
+    """True when a numeric column gave a parse reason: its message quotes the value as read (text or
+    number), so the text path must give it for the dead letter to read the same on both paths."""
+    return any(prepared.reasons[row].startswith(_NUMERIC_REASON_PREFIXES) for row in np.flatnonzero(~prepared.valid))
+
+
 def encode_block(block: RawBlock, name_by_file: bool, key_root: str | None = None) -> tuple[EncodedBlock, list[str]]:
     """One block -> (the rides the model can price, dead-letter lines for the others).
 
     A ride without key is named by its line number, prefixed with its file (`file_label`) when
     `name_by_file`: two files of the same name in different folders keep different keys.
+    Vectorized over the block: Arrow's typed read when it can (as preprocessing), the text split otherwise.
     """
-    name = file_label(block.source, key_root)
-    label = (lambda n: f"{name}:{n}") if name_by_file else str
-    split = split_lines(block)
-    frame, lines = split.fields, list(zip(split.line_numbers.tolist(), split.texts))
-    dead = [_dead_line(label(number), reason, text) for number, text, reason in split.bad]
-    if not len(frame):
-        return EncodedBlock((), np.empty((0, contract.N_FEATURES), dtype=np.float32)), dead
-    keys = [
-        key.strip() if contract.KEY_COLUMN in block.columns and key.strip() else label(number)
-        for (number, _), key in zip(lines, frame.get(contract.KEY_COLUMN, pd.Series([""] * len(frame))))
-    ]
-    prepared = prepare_rides(frame[list(SERVING_COLUMNS)])
-    dead += [
-        _dead_line(key, reason, text)
-        for key, reason, (_, text) in zip(keys, prepared.reasons, lines)
-        if reason is not None
-    ]
-    good_keys = tuple(key for key, ok in zip(keys, prepared.valid) if ok)
-    return EncodedBlock(good_keys, prepared.features), dead
+    prefix = f"{file_label(block.source, key_root)}:" if name_by_file else ""
+    rides = _typed_rides(block)
+    prepared = None if rides is None or not len(rides.fields) else prepare_rides(rides.fields[list(SERVING_COLUMNS)])
+    if prepared is not None and _numeric_parse_reason(prepared):
+        rides = prepared = None
+    if rides is None:
+        rides = _text_rides(block)
+    dead = [_dead_line(f"{prefix}{number}", reason, text) for number, text, reason in rides.bad]
+    if not len(rides.fields):
+        return EncodedBlock(pa.array([], pa.string()), np.empty((0, contract.N_FEATURES), dtype=np.float32)), dead
+    if prepared is None:
+        prepared = prepare_rides(rides.fields[list(SERVING_COLUMNS)])
+    key_column = rides.fields.get(contract.KEY_COLUMN)
+    keys = ride_keys(None if key_column is None else pa.array(key_column, pa.string()), rides.line_numbers, prefix)
+    failed = np.flatnonzero(~prepared.valid)
+    if len(failed):
+        failed_keys = keys.take(failed).to_pylist()
+        dead += [
+            _dead_line(key, prepared.reasons[position], rides.text(position))
+            for key, position in zip(failed_keys, failed.tolist())
+        ]
+        keys = keys.filter(pa.array(prepared.valid))
+    return EncodedBlock(keys, prepared.features), dead
 
 
 class EncodeBlockFn(beam.DoFn):
@@ -155,7 +284,7 @@ class EncodeBlockFn(beam.DoFn):
         if dead:
             self.dead.inc(len(dead))
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(dead))
-        if encoded.keys:
+        if len(encoded.keys):
             yield encoded
 
 
@@ -168,7 +297,13 @@ class KerasBlockModelHandler(ModelHandler[EncodedBlock, PredictionResult, Any]):
 
     def load_model(self):
         """Load the Keras model once per worker (TensorFlow imported here, not at module import)."""
-        return registry.load_keras_model(self.model_uri)
+        # The modules loaded so far, then TensorFlow's (millions of objects), live as long as the worker: out
+        # of the cyclic garbage collector's sight, its full passes (during the import, the run, and at exit)
+        # stop walking them all.
+        gc.freeze()
+        model = registry.load_keras_model(self.model_uri)
+        gc.freeze()
+        return model
 
     def run_inference(self, batch: Sequence[EncodedBlock], model, inference_args=None) -> Iterable[PredictionResult]:
         """One forward pass over the blocks of a batch; each block gets its fares back."""
@@ -187,7 +322,7 @@ class KerasBlockModelHandler(ModelHandler[EncodedBlock, PredictionResult, Any]):
 
 def format_predictions(result: PredictionResult) -> str:
     """A priced block as `key,fare_pred` lines (cents)."""
-    return "\n".join(_csv_line(key, f"{fare:.2f}") for key, fare in zip(result.example.keys, result.inference))
+    return prediction_lines(result.example.keys, result.inference)
 
 
 # A broken model (NaN weights) answers NaN: such a ride is not priced, and the line says why.
@@ -206,13 +341,11 @@ class KeepFiniteFaresFn(beam.DoFn):
         finite = np.isfinite(fares)
         if not finite.all():
             keys = result.example.keys
-            lost = np.flatnonzero(~finite)
+            lost = keys.filter(pa.array(~finite)).to_pylist()
             self.dead.inc(len(lost))
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, "\n".join(_dead_line(keys[i], NON_FINITE_FARE, "") for i in lost)
-            )
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, "\n".join(_dead_line(key, NON_FINITE_FARE, "") for key in lost))
             kept = np.flatnonzero(finite)
-            block = EncodedBlock(tuple(keys[i] for i in kept), result.example.features[kept])
+            block = EncodedBlock(keys.filter(pa.array(finite)), result.example.features[kept])
             result = PredictionResult(block, fares[kept])
         if len(result.example.keys):
             self.priced.inc(len(result.example.keys))

@@ -81,10 +81,26 @@ _TYPED_CSV = pacsv.ConvertOptions(
 _ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string())}.get
 
 
+def typed_csv_options(columns: tuple[str, ...]) -> pacsv.ConvertOptions:
+    """Arrow's typed read of `columns` (a header's, in its order): the contract's numeric columns as
+    float64 with parsing's missing-value words null, the others as text, never null (parse_frame judges
+    the time's text). Batch prediction's read: the fare is left out, whatever it holds."""
+    return pacsv.ConvertOptions(
+        column_types={
+            column: pa.float64() if column in contract.NUMERIC_COLUMNS else pa.string() for column in columns
+        },
+        include_columns=list(columns),
+        null_values=_NULL_TEXT,
+        strings_can_be_null=False,
+    )
+
+
 def _has_nan_text(table: pa.Table) -> bool:
     """True when a numeric column holds a NaN Arrow read from text not in the null list ("-nan"):
     the text path judges such spellings, so both paths give the same answer."""
-    return any(pc.any(pc.is_nan(table[column])).as_py() for column in contract.NUMERIC_COLUMNS)
+    return any(
+        pc.any(pc.is_nan(table[column])).as_py() for column in contract.NUMERIC_COLUMNS if column in table.column_names
+    )
 
 
 def _is_utf8(body: bytes) -> bool:
@@ -99,15 +115,26 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
-def _typed_block(block: RawBlock, body: bytes) -> tuple[pd.DataFrame, np.ndarray, list] | None:
+def typed_block(block: RawBlock, convert_options: pacsv.ConvertOptions) -> tuple[pd.DataFrame, np.ndarray, list] | None:
+    """`_typed_block` for a whole block (its final newline aside) read with `convert_options`: the fast
+    path batch prediction shares (typed frame, line numbers, [(line, text, reason)]), or None."""
+    body = block.data[:-1] if block.data.endswith(b"\n") else block.data
+    if not body.strip():
+        return None
+    return _typed_block(block, body, convert_options)
+
+
+def _typed_block(
+    block: RawBlock, body: bytes, convert_options: pacsv.ConvertOptions = _TYPED_CSV
+) -> tuple[pd.DataFrame, np.ndarray, list] | None:
     """Fast path: the block read by Arrow with the contract's types, lines with another field
     count set aside; (typed frame, line numbers, [(line, text, reason)]) or None if a line needs
     the text path (a value Arrow cannot convert, a blank line, a quoted newline, a line too long)."""
     if len(long_lines(body)) or not _is_utf8(body):
         return None
-    read = read_csv_setting_aside(body, block.columns, _TYPED_CSV, use_threads=True)
+    read = read_csv_setting_aside(body, block.columns, convert_options, use_threads=True)
     if read is not None and any(index is None for index, _ in read[1]):
-        read = read_csv_setting_aside(body, block.columns, _TYPED_CSV)  # one thread numbers the lines
+        read = read_csv_setting_aside(body, block.columns, convert_options)  # one thread numbers the lines
     if read is None:
         return None
     table, set_aside = read

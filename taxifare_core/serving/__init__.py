@@ -57,9 +57,9 @@ def prepare_rides(rides: pd.DataFrame) -> PreparedRides:
     raw = rides.reset_index(drop=True).assign(**{contract.LABEL_COLUMN: PLACEHOLDER_FARE})
     typed, parse_reasons = parse_frame(raw)
     rules = first_failed_rule(typed)
-    reasons = [
-        parse_reason if parse_reason is not None else (RULE_MESSAGES[rule] if rule is not None else None)
-        for parse_reason, rule in zip(parse_reasons.tolist(), rules.tolist())
-    ]
-    valid = np.array([reason is None for reason in reasons], dtype=bool)
-    return PreparedRides(encode(typed[valid]), valid, reasons)
+    # Only the failed rows are looked at one by one: a batch of a million good rides costs no per-row Python.
+    reasons = parse_reasons.to_numpy(dtype=object, copy=True)
+    for row in np.flatnonzero((reasons == None) & (rules != None)).tolist():  # noqa: E711 - elementwise
+        reasons[row] = RULE_MESSAGES[rules[row]]
+    valid = reasons == None  # noqa: E711 - elementwise comparison on an object array
+    return PreparedRides(encode(typed[valid]), valid, reasons.tolist())
