@@ -53,7 +53,6 @@ from pipelines.cli import (
 from pipelines.trainer.blessing import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_GAIN
 from pipelines.trainer.loop import (
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_CHUNK_VAL_ROWS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_LOSS,
     DEFAULT_MAX_EPOCHS_PER_CHUNK,
@@ -141,13 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=DEFAULT_MAX_VAL_ROWS,
         help="validation uses the first this-many rows of the val shards (bounded memory)",
-    )
-    parser.add_argument(
-        "--chunk_val_rows",
-        type=positive_int,
-        default=DEFAULT_CHUNK_VAL_ROWS,
-        help="of those, the rows scored after every chunk for early stopping and the best chunk (every k-th row, "
-        "spanning the val period); the final score, the baseline and the blessing use all --max_val_rows",
     )
     parser.add_argument(
         "--registry", default=str(contract.local_registry_path()), help="model registry folder (local or gs://)"

@@ -101,29 +101,6 @@ def test_run_is_saved_in_the_registry(data, tmp_path):
     assert mae == pytest.approx(saved["val_mae"], rel=1e-3)
 
 
-def test_chunks_are_scored_on_every_kth_val_row_and_the_run_on_all_of_them(data, tmp_path, capsys):
-    kept_weights = {}
-
-    def keep(stage, chunk, model):
-        if stage == "end":
-            kept_weights[chunk] = _weights(model)
-
-    metrics = train.run(_args(data, tmp_path, "--chunk_val_rows", "40", "--max_epochs_per_chunk", "1"), on_chunk=keep)
-    assert "120 validation rows (40 of them after each chunk)" in capsys.readouterr().out
-    assert metrics["val_rows"] == 120
-    # A chunk's val MAE is its model's MAE on every 3rd of the 120 val rows (the last chunk's weights are its own).
-    model = registry.load_model(metrics["run"], registry=str(tmp_path))
-    last = metrics["history"][-1]
-    model.set_weights(kept_weights[last["chunk"]])
-    sample = data["val_rows"][::3]
-    mae = float(np.mean(np.abs(model.predict(sample[:, :-1], verbose=0).reshape(-1) - sample[:, -1])))
-    assert len(sample) == 40 and last["val_mae"] == pytest.approx(mae, rel=1e-3)
-    whole = float(
-        np.mean(np.abs(model.predict(data["val_rows"][:, :-1], verbose=0).reshape(-1) - data["val_rows"][:, -1]))
-    )
-    assert abs(whole - mae) > 1e-6  # the sample is not the whole set: the test can tell them apart
-
-
 def test_a_long_chunk_prints_epoch_lines_and_quiet_prints_none(data, tmp_path, capsys, monkeypatch):
     from pipelines import progress
 

@@ -63,13 +63,6 @@ DEFAULT_MAX_EPOCHS_PER_CHUNK = 100
 DEFAULT_MAX_VAL_ROWS = 200_000
 
 
-# Scored after every chunk (early stopping, the best chunk), evenly spaced through the validation rows.
-# At 55 M rides the val split fills all 200k rows, and scoring them after each 100k-row chunk cost
-# 17 % of the epoch (scripts/bench_full_scale.py: 0.81x the in-memory fit, against 0.93x at 5.5 M
-# rides and 61k val rows). The final score, the baseline and the blessing still use every row.
-DEFAULT_CHUNK_VAL_ROWS = 50_000
-
-
 # Validation is inference only: big batches cut its per-step overhead (same figures).
 VALIDATION_BATCH_SIZE = 8192
 
@@ -87,7 +80,7 @@ EXIT_RUN_FAILED = 1
 # Flags that define a run: a resumed run keeps its own values of these.
 RUN_SETTINGS = (
     "train", "val", "chunk_size", "batch_size", "learning_rate", "loss",
-    "patience", "max_epochs_per_chunk", "max_val_rows", "chunk_val_rows", "seed",
+    "patience", "max_epochs_per_chunk", "max_val_rows", "seed",
 )  # fmt: skip
 
 
@@ -337,11 +330,8 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
     val_features, val_fares = reader.read_rows(settings["val"], settings["max_val_rows"])
     if len(val_fares) == 0:
         raise UsageError(f"the validation shards {settings['val']} hold no rows")
-    # Runs started before --chunk_val_rows existed scored every validation row after each chunk.
-    chunk_val = chunk_validation(val_features, val_fares, settings.get("chunk_val_rows"))
-    scored = "" if len(chunk_val[1]) == len(val_fares) else f" ({len(chunk_val[1]):,} of them after each chunk)"
     _log(
-        f"training on {len(train_paths)} train shard(s), {len(val_fares):,} validation rows{scored} "
+        f"training on {len(train_paths)} train shard(s), {len(val_fares):,} validation rows "
         f"from {len(val_paths)} shard(s), chunks of {settings['chunk_size']:,} rows, loss {settings['loss']}"
     )
 
@@ -350,7 +340,7 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
     best_weights = model.get_weights() if state["chunks_done"] and state["best_chunk"] == state["chunks_done"] else None
     baseline = RunningLinearFit.from_state(state["baseline"])
     validation = (val_features, val_fares)
-    validation_rows = validation_dataset(*chunk_val, VALIDATION_BATCH_SIZE)
+    validation_rows = validation_dataset(val_features, val_fares, VALIDATION_BATCH_SIZE)
     chunks = reader.iter_chunks(settings["train"], settings["chunk_size"], skip_rows=state["rows_seen"])
     # The pass's rate and ETA on every chunk line: rows left of the shards' (estimated) total at this run's rate.
     rows_left_at_start = max(reader.estimate_rows(train_paths) - state["rows_seen"], 0)
@@ -416,21 +406,6 @@ def _run(args: argparse.Namespace, on_chunk: ChunkHook | None, locks: list) -> d
     check_inputs(state["inputs"], input_fingerprint(train_paths, val_paths), f"while run {_name(run_dir)} trained")
     metrics = _finish(run_dir, model, state, baseline, validation, train_paths, val_paths, started, args)
     return _promote_if_blessed(metrics, args.registry)
-
-
-def chunk_validation(features: np.ndarray, fares: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """At most `rows` validation rows, every k-th one: the sample scored after each chunk spans the whole val period.
-
-    >>> features, fares = np.zeros((10, 2)), np.arange(10.0)
-    >>> chunk_validation(features, fares, 4)[1]
-    array([0., 3., 6., 9.])
-    >>> len(chunk_validation(features, fares, None)[1])
-    10
-    """
-    if not rows or len(fares) <= rows:
-        return features, fares
-    step = -(-len(fares) // rows)
-    return features[::step], fares[::step]
 
 
 def _first_checkpoint(registry_dir: str, model, state: dict, best_weights, locks: list) -> str:
