@@ -56,7 +56,14 @@ from pipelines import progress
 from pipelines.cli import UsageError
 from pipelines.cloud import dataflow
 from pipelines.preprocessing.options import absolute_path
-from pipelines.preprocessing.parse import RawBlock, split_lines, typed_block, typed_csv_options
+from pipelines.preprocessing.parse import (
+    RawBlock,
+    block_body,
+    line_text,
+    split_lines,
+    typed_block,
+    typed_csv_options,
+)
 from pipelines.preprocessing.sources import ReadCsvBlocks, check_inputs, input_bytes
 from pipelines.preprocessing.statistics import STATS_PARTS, FeatureStatisticsFn
 from pipelines.runners import LOCAL_RUNNERS, pipeline_options
@@ -217,8 +224,8 @@ def _typed_rides(block: RawBlock) -> _Rides | None:
 
     def text(position: int) -> str:
         nonlocal lines
-        lines = block.data.split(b"\n") if lines is None else lines
-        return lines[line_numbers[position] - block.first_line].decode("utf-8").rstrip("\r")
+        lines = block_body(block).split(b"\n") if lines is None else lines
+        return line_text(lines, block, int(line_numbers[position]))
 
     return _Rides(frame, line_numbers, text, bad)
 

@@ -115,10 +115,20 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
+def block_body(block: RawBlock) -> bytes:
+    """The block's bytes without its final newline: what Arrow reads, one line per newline."""
+    return block.data[:-1] if block.data.endswith(b"\n") else block.data
+
+
+def line_text(lines: list[bytes], block: RawBlock, line: int) -> str:
+    """Line `line` (numbered in its file) of the block's body split at newlines, as text without its CR."""
+    return lines[line - block.first_line].decode("utf-8", errors="replace").rstrip("\r")
+
+
 def typed_block(block: RawBlock, convert_options: pacsv.ConvertOptions) -> tuple[pd.DataFrame, np.ndarray, list] | None:
     """`_typed_block` for a whole block (its final newline aside) read with `convert_options`: the fast
     path batch prediction shares (typed frame, line numbers, [(line, text, reason)]), or None."""
-    body = block.data[:-1] if block.data.endswith(b"\n") else block.data
+    body = block_body(block)
     if not body.strip():
         return None
     return _typed_block(block, body, convert_options)
@@ -147,8 +157,7 @@ def _typed_block(
     kept, aside = sorted_out
     lines = body.split(b"\n") if aside else []
     bad = [
-        (block.first_line + index, lines[index].decode("utf-8", errors="replace").rstrip("\r"), reason)
-        for index, reason in aside
+        (block.first_line + index, line_text(lines, block, block.first_line + index), reason) for index, reason in aside
     ]
     # A whitespace-only line is a blank line, not a row, as the text path sees it (Arrow counts it as one field).
     bad = [entry for entry in bad if entry[1].strip()]
@@ -161,7 +170,7 @@ def parse_block(block: RawBlock) -> tuple[pd.DataFrame, list[str], int]:
     Rows read counts every non-blank line; each is either in the typed rides or
     in the dead letter with its file, line number, verbatim text and reason.
     """
-    body = block.data[:-1] if block.data.endswith(b"\n") else block.data
+    body = block_body(block)
     if not body.strip():
         return empty_rides(), [], 0
     typed_block = _typed_block(block, body)
@@ -177,8 +186,7 @@ def parse_block(block: RawBlock) -> tuple[pd.DataFrame, list[str], int]:
         lines = body.split(b"\n")
         for position in np.flatnonzero(failed):
             line = int(line_numbers[position])
-            text = lines[line - block.first_line].decode("utf-8", errors="replace").rstrip("\r")
-            dead.append(dead_letter_line(block.source, line, text, reasons.iloc[position]))
+            dead.append(dead_letter_line(block.source, line, line_text(lines, block, line), reasons.iloc[position]))
         typed = typed[~failed]
     return typed[list(contract.RAW_COLUMNS)], dead, len(typed) + len(dead)
 

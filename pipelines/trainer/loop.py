@@ -220,7 +220,7 @@ def _epoch_progress(chunk: int, every: float):
     return EpochProgress()
 
 
-def _fit_chunk(model, features, fares, validation_rows, settings: dict, chunk: int = 0, quiet: bool = False):
+def _fit_chunk(model, features, fares, validation_rows, settings: dict, chunk: int, quiet: bool):
     """Fit one chunk with early stopping on val loss (its best epoch's weights restored).
 
     Returns (the best epoch, from 1; its logs; every epoch's logs), or
